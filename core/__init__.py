@@ -1,0 +1,1 @@
+"""The functional core shared by controller and agent: models, resolve, plan. Pure."""

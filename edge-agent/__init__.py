@@ -1,0 +1,1 @@
+"""Hedgerow edge agent: the device-side converge loop, runtimes and local services."""

@@ -1,0 +1,1 @@
+"""Hedgerow: Kubernetes-native edge orchestration."""

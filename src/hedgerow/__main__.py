@@ -1,0 +1,3 @@
+from hedgerow import cli
+
+cli.main()
