@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import datetime
 import enum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import pydantic
 from pydantic import alias_generators
 
 GROUP = "hedgerow.dev"
 VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
+API_VERSION: Final = "hedgerow.dev/v1alpha1"
 
 # RFC 1123 subdomain, as Kubernetes requires of object names.
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -46,9 +46,8 @@ def list_map(key: str = "name") -> dict[str, Any]:
     return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": [key]}
 
 
-class StrEnum(str, enum.Enum):
-    def __str__(self) -> str:
-        return str(self.value)
+class StrEnum(enum.StrEnum):
+    """String enums whose YAML form is their value."""
 
 
 class ConditionStatus(StrEnum):

@@ -27,7 +27,8 @@ class DependencyType(base.StrEnum):
 class Dependency(base.Model):
     name: Annotated[str, pydantic.Field(pattern=base.COMPONENT_NAME)]
     version_requirement: Annotated[str, pydantic.Field(
-        default="*", max_length=256, description="npm-style range, e.g. '>=1.0.0 <2.0.0' or '^1.2'.",
+        default="*", max_length=256,
+        description="npm-style range, e.g. '>=1.0.0 <2.0.0' or '^1.2'.",
     )]
     type: DependencyType = DependencyType.HARD
 

@@ -49,7 +49,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _crds(args: argparse.Namespace) -> int:
     out = pathlib.Path(args.dir)
-    rendered = {name: yaml.safe_dump(doc, sort_keys=False) for name, doc in crd.render_all().items()}
+    rendered = {name: yaml.safe_dump(doc, sort_keys=False)
+                for name, doc in crd.render_all().items()}
     if args.check:
         stale = [n for n, text in rendered.items()
                  if not (out / n).is_file() or (out / n).read_text() != text]

@@ -1,0 +1,67 @@
+# Hedgerow — two commands do everything on a fresh Debian machine:
+#   make demo   the local control plane with the examples applied
+#   make test   lint, type-check, import contracts, CRD drift and the whole test suite
+# Everything else here is a step of those two.
+
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= .demo
+PYTEST_ARGS ?=
+
+.PHONY: help setup system venv image apiserver lint crds check-crds test unit bench demo demo-down clean
+
+help:
+	@echo "make demo        start a local API server, apply crds/ and examples/, show them"
+	@echo "make demo-down   stop what make demo started"
+	@echo "make test        everything CI runs (installs what it needs first)"
+	@echo "make unit        only the fast tests (no API server, Docker or broker)"
+	@echo "make bench       run every benchmark (python -m bench lists them)"
+	@echo "make crds        regenerate crds/ from the models in hedgerow.core"
+
+setup: system venv image apiserver
+
+system:
+	@scripts/setup-system.sh
+
+venv: $(STAMP)
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+image: system
+	@scripts/build-test-image.sh
+
+apiserver:
+	@tests/apiserver/build.sh >/dev/null
+
+lint: venv
+	$(VENV)/bin/ruff check core controller edge-agent src tests bench
+	$(VENV)/bin/mypy -p hedgerow
+	$(VENV)/bin/mypy bench
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/hedgerow crds --check
+
+crds: venv
+	$(VENV)/bin/hedgerow crds
+
+test: setup lint
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+unit: venv
+	$(VENV)/bin/pytest tests/core tests/test_cli.py $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m bench all
+
+demo: setup
+	@scripts/demo.sh up "$(DEMO_DIR)"
+
+demo-down:
+	@scripts/demo.sh down "$(DEMO_DIR)"
+
+clean: demo-down
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
