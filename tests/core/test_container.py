@@ -1,0 +1,263 @@
+"""render_container: recipe → docker create arguments; render_component_state: → state."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from typing import Any
+
+import pytest
+
+from hedgerow.core import component, container, deployment, documents
+from hedgerow.core.container import ContainerSpecError, ObservedContainer
+from hedgerow.core.documents import ComponentState
+
+ROOT = "/var/lib/hedgerow"
+SOCKET = "/var/lib/hedgerow/ipc.sock"
+
+
+def _resolved(spec: dict[str, Any] | None = None, *, limits: dict[str, Any] | None = None,
+              name: str = "com.example.Web", version: str = "1.0.0",
+              configuration: dict[str, Any] | None = None) -> documents.ResolvedComponent:
+    return documents.ResolvedComponent(
+        name=name, version=version,
+        container=component.Container.model_validate(
+            {"image": "hedgerow/busybox:latest", **(spec or {})}),
+        configuration=configuration or {},
+        run_with=None if limits is None else deployment.RunWith(
+            system_resource_limits=deployment.SystemResourceLimits(**limits)),
+    )
+
+
+def _fake_render(text: str) -> str:
+    """Stands in for hedgerow.core.recipe: enough to see where rendering is applied."""
+    return text.replace("{iot:thingName}", "gw-1").replace("{configuration:/title}", "Hi")
+
+
+def _render(resolved: documents.ResolvedComponent, **kwargs: Any) -> container.ContainerConfig:
+    return container.render_container(
+        resolved, thing=kwargs.pop("thing", "gw-1"), root=ROOT, ipc_socket=SOCKET,
+        render=_fake_render, **kwargs)
+
+
+def test_example_web_status_renders_to_create_arguments() -> None:
+    config = _render(_resolved({
+        "command": ["/bin/sh", "-c"],
+        "args": ["echo '{configuration:/title} on {iot:thingName}' && exec httpd -f"],
+        "env": {"THING": "{iot:thingName}"},
+        "ports": [{"containerPort": 8080}],
+        "healthCheck": {"command": ["wget", "-q", "http://127.0.0.1:8080/"],
+                        "intervalSeconds": 5},
+    }))
+    kwargs = config.create_kwargs()
+    assert kwargs["name"] == "hedgerow-gw-1_com.example.Web"
+    assert kwargs["image"] == "hedgerow/busybox:latest"
+    # Kubernetes semantics: command replaces the entrypoint, args the image's CMD.
+    assert kwargs["entrypoint"] == ["/bin/sh", "-c"]
+    assert kwargs["command"] == ["echo 'Hi on gw-1' && exec httpd -f"]
+    assert kwargs["environment"] == {"THING": "gw-1", "HEDGEROW_THING_NAME": "gw-1"}
+    assert kwargs["ports"] == {"8080/tcp": [("127.0.0.1", 8080)]}
+    assert kwargs["restart_policy"] == {"Name": "no"}
+    assert kwargs["privileged"] is False
+    assert kwargs["healthcheck"] == {
+        "test": ["CMD", "wget", "-q", "http://127.0.0.1:8080/"],
+        "interval": 5_000_000_000, "timeout": 5_000_000_000, "retries": 3,
+        "start_period": 0,
+    }
+    assert kwargs["labels"] == {
+        "hedgerow.dev/thing": "gw-1", "hedgerow.dev/component": "com.example.Web",
+        "hedgerow.dev/version": "1.0.0", "hedgerow.dev/spec-hash": config.spec_hash,
+    }
+    assert "mem_limit" not in kwargs and "nano_cpus" not in kwargs and "volumes" not in kwargs
+
+
+@pytest.mark.parametrize(("spec", "key", "expected"), [
+    ({}, "read_only", False),
+    ({"readOnlyRootFilesystem": True}, "read_only", True),
+    ({"requiresPrivilege": True}, "privileged", True),
+    ({"user": "65534:65534"}, "user", "65534:65534"),
+    ({"ports": [{"containerPort": 80, "hostPort": 8081}]}, "ports",
+     {"80/tcp": [("127.0.0.1", 8081)]}),
+    ({"ports": [{"containerPort": 53, "protocol": "udp", "hostIp": "0.0.0.0"}]}, "ports",
+     {"53/udp": [("0.0.0.0", 53)]}),
+    ({"ports": [{"containerPort": 80}, {"containerPort": 80, "hostPort": 8080}]}, "ports",
+     {"80/tcp": [("127.0.0.1", 80), ("127.0.0.1", 8080)]}),
+    ({"volumes": [{"source": "data", "target": "/data"}]}, "volumes", ["data:/data:rw"]),
+    ({"volumes": [{"source": "/srv/x/", "target": "/x", "readOnly": True}]}, "volumes",
+     ["/srv/x:/x:ro"]),
+    ({"volumes": [{"source": f"{ROOT}/work/com.example.Web/db", "target": "/db"}]},
+     "volumes", [f"{ROOT}/work/com.example.Web/db:/db:rw"]),
+    ({"volumes": [{"source": f"{ROOT}/artifacts/ab12", "target": "/a", "readOnly": True}]},
+     "volumes", [f"{ROOT}/artifacts/ab12:/a:ro"]),
+    ({"mountIpcSocket": True}, "volumes", [f"{SOCKET}:/run/hedgerow/ipc.sock:rw"]),
+    ({"healthCheck": {"command": ["CMD-SHELL", "test -f /ok"], "timeoutSeconds": 2,
+                      "retries": 1, "startPeriodSeconds": 3}}, "healthcheck",
+     {"test": ["CMD-SHELL", "test -f /ok"], "interval": 10_000_000_000,
+      "timeout": 2_000_000_000, "retries": 1, "start_period": 3_000_000_000}),
+    ({"args": ["only", "args"]}, "command", ["only", "args"]),
+])
+def test_recipe_fields_map_to_create_arguments(
+    spec: dict[str, Any], key: str, expected: object,
+) -> None:
+    assert _render(_resolved(spec)).create_kwargs()[key] == expected
+
+
+def test_ipc_socket_mount_also_tells_the_component_where_it_is() -> None:
+    env = _render(_resolved({"mountIpcSocket": True})).create_kwargs()["environment"]
+    assert env["HEDGEROW_IPC_SOCKET"] == "/run/hedgerow/ipc.sock"
+    assert "HEDGEROW_IPC_SOCKET" not in _render(_resolved()).create_kwargs()["environment"]
+
+
+def test_agent_variables_win_over_the_recipe() -> None:
+    config = _render(_resolved({"env": {"HEDGEROW_THING_NAME": "other", "TOKEN": "x"}}),
+                     agent_env={"TOKEN": "from-agent"})
+    env = config.create_kwargs()["environment"]
+    assert env["HEDGEROW_THING_NAME"] == "gw-1"
+    assert env["TOKEN"] == "from-agent"
+
+
+def test_environment_values_stay_out_of_repr() -> None:
+    config = _render(_resolved({"env": {"PASSWORD": "hunter2"}}))
+    assert "hunter2" not in repr(config)
+
+
+@pytest.mark.parametrize(("limits", "mem_limit", "nano_cpus"), [
+    ({"memory": "64Mi"}, 64 * 2**20, None),
+    ({"memory": "0.5Gi"}, 2**29, None),
+    ({"memory": "100M"}, 100_000_000, None),
+    ({"memory": "1k"}, 1000, None),
+    ({"memory": "7340032"}, 7340032, None),
+    ({"cpus": 0.5}, None, 500_000_000),
+    ({"cpus": 2, "memory": "1Gi"}, 2**30, 2_000_000_000),
+    ({}, None, None),
+])
+def test_limits_come_from_run_with(
+    limits: dict[str, Any], mem_limit: int | None, nano_cpus: int | None,
+) -> None:
+    kwargs = _render(_resolved(limits=limits)).create_kwargs()
+    assert kwargs.get("mem_limit") == mem_limit
+    assert kwargs.get("nano_cpus") == nano_cpus
+
+
+@pytest.mark.parametrize(("spec", "thing", "message"), [
+    ({"volumes": [{"source": ROOT, "target": "/r"}]}, "gw-1", "expose the agent's root"),
+    ({"volumes": [{"source": "/var", "target": "/r"}]}, "gw-1", "expose the agent's root"),
+    ({"volumes": [{"source": "/", "target": "/r", "readOnly": True}]}, "gw-1",
+     "expose the agent's root"),
+    ({"volumes": [{"source": f"{ROOT}/state", "target": "/s", "readOnly": True}]}, "gw-1",
+     "expose the agent's root"),
+    ({"volumes": [{"source": f"{ROOT}/work/other", "target": "/w"}]}, "gw-1",
+     "expose the agent's root"),
+    ({"volumes": [{"source": f"{ROOT}/work/com.example.Web/../other", "target": "/w"}]},
+     "gw-1", "expose the agent's root"),
+    ({"volumes": [{"source": f"{ROOT}/artifacts/x", "target": "/a"}]}, "gw-1",
+     "expose the agent's root"),
+    ({"volumes": [{"source": "../etc", "target": "/e"}]}, "gw-1", "neither an absolute"),
+    ({"volumes": [{"source": "/a:b", "target": "/e"}]}, "gw-1", "':' is not allowed"),
+    ({"volumes": [{"source": "v", "target": "/run/hedgerow/ipc.sock"}],
+      "mountIpcSocket": True}, "gw-1", "used twice"),
+    ({"ports": [{"containerPort": 80, "hostPort": 90}, {"containerPort": 81, "hostPort": 90}]},
+     "gw-1", "bound twice"),
+    ({"env": {"BAD-NAME": "x"}}, "gw-1", "invalid environment variable"),
+    ({"imageArchive": {"uri": "file:///a.tar", "sha256": "a" * 64},
+      "image": "hedgerow/busybox@sha256:" + "b" * 64}, "gw-1", "needs a tag reference"),
+    ({}, "Bad_Thing", "not a valid thing name"),
+])
+def test_recipes_that_cannot_run_are_rejected(
+    spec: dict[str, Any], thing: str, message: str,
+) -> None:
+    with pytest.raises(ContainerSpecError, match=message):
+        _render(_resolved(spec), thing=thing)
+
+
+def test_requires_privilege_is_the_way_to_bind_anything() -> None:
+    config = _render(_resolved({"requiresPrivilege": True,
+                                "volumes": [{"source": "/", "target": "/host"}]}))
+    assert config.create_kwargs()["volumes"] == ["/:/host:rw"]
+    assert config.privileged
+
+
+def test_a_process_component_is_not_a_container() -> None:
+    resolved = documents.ResolvedComponent(
+        name="p", version="1.0.0", lifecycle=component.Lifecycle(
+            run=component.Step(script="true")))
+    with pytest.raises(ContainerSpecError, match="not a container"):
+        _render(resolved)
+
+
+@pytest.mark.parametrize("change", [
+    {"spec": {"env": {"A": "2"}}},
+    {"spec": {"env": {"A": "1"}, "user": "1000"}},
+    {"spec": {"env": {"A": "1"}, "ports": [{"containerPort": 1}]}},
+    {"spec": {"env": {"A": "1"}, "image": "hedgerow/busybox:v2"}},
+    {"spec": {"env": {"A": "1"}}, "limits": {"memory": "64Mi"}},
+    {"spec": {"env": {"A": "1"}}, "version": "1.0.1"},
+    {"spec": {"env": {"A": "1"}}, "thing": "gw-2"},
+    {"spec": {"env": {"A": "1"}}, "agent_env": {"TOKEN": "t"}},
+    {"spec": {"env": {"A": "1"},
+              "imageArchive": {"uri": "file:///a.tar", "sha256": "c" * 64}}},
+])
+def test_spec_hash_changes_with_anything_docker_would_run_differently(
+    change: dict[str, Any],
+) -> None:
+    def config(spec: dict[str, Any], limits: dict[str, Any] | None = None,
+               version: str = "1.0.0", thing: str = "gw-1",
+               agent_env: dict[str, str] | None = None) -> container.ContainerConfig:
+        return _render(_resolved(spec, limits=limits, version=version), thing=thing,
+                       agent_env=agent_env)
+
+    base = config({"env": {"A": "1"}})
+    assert base.spec_hash == config({"env": {"A": "1"}}).spec_hash  # deterministic
+    assert config(**change).spec_hash != base.spec_hash
+
+
+def test_configuration_reaches_the_hash_only_through_rendering() -> None:
+    # Configuration that no placeholder reads does not restart the container.
+    one = _render(_resolved(configuration={"unused": 1}))
+    two = _render(_resolved(configuration={"unused": 2}))
+    assert one.spec_hash == two.spec_hash
+    assert one == two
+
+
+def test_names_are_unique_across_things() -> None:
+    assert container.render_container_name("a-b", "c") != \
+        container.render_container_name("a", "b-c")
+
+
+@pytest.mark.parametrize(("image", "ref"), [
+    ("busybox", "busybox:latest"),
+    ("docker.io/library/busybox:1.36", "busybox:1.36"),
+    ("docker.io/acme/app", "acme/app:latest"),
+    ("localhost:5000/app", "localhost:5000/app:latest"),
+    ("localhost:5000/app:2", "localhost:5000/app:2"),
+    ("app@sha256:" + "a" * 64, "app@sha256:" + "a" * 64),
+])
+def test_image_refs_are_named_as_docker_names_them(image: str, ref: str) -> None:
+    assert container.render_image_ref(image) == ref
+
+
+def _observed(**changes: Any) -> ObservedContainer:
+    base = ObservedContainer(
+        name="hedgerow-gw-1_c", container_id="abc", component="c", version="1.0.0",
+        spec_hash="h", image="i", status="running", exit_code=None, health="none",
+        started_at=datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC), finished_at=None)
+    return dataclasses.replace(base, **changes)
+
+
+@pytest.mark.parametrize(("changes", "state"), [
+    ({}, ComponentState.RUNNING),
+    ({"health": "healthy"}, ComponentState.RUNNING),
+    ({"health": "starting"}, ComponentState.STARTING),
+    ({"health": "unhealthy"}, ComponentState.ERRORED),
+    ({"status": "exited", "exit_code": 0}, ComponentState.FINISHED),
+    ({"status": "exited", "exit_code": 3}, ComponentState.ERRORED),
+    ({"status": "exited", "exit_code": 0, "oom_killed": True}, ComponentState.ERRORED),
+    ({"status": "created"}, ComponentState.INSTALLED),
+    ({"status": "created", "error": "exec: not found"}, ComponentState.ERRORED),
+    ({"status": "restarting"}, ComponentState.STARTING),
+    ({"status": "removing"}, ComponentState.STOPPING),
+    ({"status": "paused"}, ComponentState.ERRORED),
+    ({"status": "dead", "exit_code": 137}, ComponentState.ERRORED),
+])
+def test_component_state_of_a_container(changes: dict[str, Any], state: ComponentState) -> None:
+    assert container.render_component_state(_observed(**changes)) is state
