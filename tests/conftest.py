@@ -14,6 +14,8 @@ from collections.abc import Iterator
 import docker
 import pytest
 
+from tests.support import apiserver as apiserver_
+
 ROOT = pathlib.Path(__file__).parents[1]
 TEST_IMAGE = "hedgerow/busybox:latest"
 
@@ -38,25 +40,12 @@ def test_image(docker_client: docker.DockerClient) -> str:
 
 
 @pytest.fixture(scope="session")
-def apiserver() -> Iterator[object]:
+def apiserver() -> Iterator[apiserver_.ApiServer]:
     """A real Kubernetes API server + etcd on 127.0.0.1 with crds/ installed.
 
     Built from Debian's Kubernetes sources by tests/apiserver/build.sh on first use (a few
-    minutes, cached in ~/.cache/hedgerow), started in about a second afterwards.
+    minutes, cached in ~/.cache/hedgerow), started in about two seconds afterwards.
     """
-    from tests.support import apiserver as apiserver_
-
     with apiserver_.ApiServer() as server:
         server.apply_crds(ROOT / "crds")
         yield server
-
-
-def kubectl(server: object, *args: str, stdin: str | None = None,
-            check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run kubectl against a test server, as a user would."""
-    kubeconfig = str(getattr(server, "kubeconfig"))  # noqa: B009
-    result = subprocess.run(["kubectl", "--kubeconfig", kubeconfig, *args], input=stdin,
-                            capture_output=True, text=True, timeout=60)
-    if check and result.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)} failed:\n{result.stderr}")
-    return result

@@ -1,0 +1,1 @@
+"""Test support code shared by Hedgerow's test suites."""
