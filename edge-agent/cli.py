@@ -1,10 +1,216 @@
-"""Subcommands this side adds to `hedgerow` (filled in as the side is built)."""
+"""`hedgerow agent run`, `component`, `deployment` and `logs` subcommands.
+
+Kept light: only argparse here; the agent, asyncio and pydantic-heavy modules are
+imported inside handlers, so `hedgerow component list` starts fast on a small device.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import pathlib
+import sys
+import time
 from typing import Any
+
+DEFAULT_ROOT = os.environ.get("HEDGEROW_ROOT", "/var/lib/hedgerow")
+
+
+def _root(args: argparse.Namespace) -> pathlib.Path:
+    return pathlib.Path(args.root)
+
+
+def _call(args: argparse.Namespace, payload: dict[str, Any]) -> Any:
+    from hedgerow.agent import control
+    return control.request(_root(args) / "agent.sock", payload)
+
+
+def _print(args: argparse.Namespace, rows: Any, columns: list[str]) -> None:
+    if args.output == "json":
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    rows = rows if isinstance(rows, list) else [rows]
+    table = [[str(r.get(c, "") if r.get(c) is not None else "") for c in columns] for r in rows]
+    widths = [max([len(c), *(len(row[i]) for row in table)]) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in table:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _guard(fn: Any) -> Any:
+    def wrapped(args: argparse.Namespace) -> int:
+        from hedgerow.agent import control
+        try:
+            result: int = fn(args)
+        except control.CommandError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        return result
+    return wrapped
+
+
+def _agent_run(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+    import signal
+
+    from hedgerow.agent import agent as agent_
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)
+    settings = agent_.Settings(resync_s=args.resync, default_user=args.default_user,
+                               deployment_timeout_s=args.deployment_timeout,
+                               settle_s=args.settle)
+    the_agent = agent_.Agent(args.root, args.thing, settings)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, the_agent.shutdown)
+        await the_agent.run()
+
+    asyncio.run(main())
+    return 0
+
+
+@_guard
+def _component(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        _print(args, _call(args, {"op": "component.list"}),
+               ["name", "version", "state", "pid", "message"])
+    elif args.action == "details":
+        result = _call(args, {"op": "component.details", "name": args.name})
+        if args.output == "json":
+            print(json.dumps(result, indent=2))
+        else:
+            for key, value in result.items():
+                shown = json.dumps(value) if isinstance(value, dict | list) else value
+                print(f"{key + ':':16}{shown}")
+    else:
+        result = _call(args, {"op": f"component.{args.action}", "name": args.name})
+        _print(args, result, ["name", "version", "state"])
+    return 0
+
+
+@_guard
+def _deployment(args: argparse.Namespace) -> int:
+    if args.action == "create":
+        recipes = {}
+        if args.recipes:
+            for path in sorted(pathlib.Path(args.recipes).glob("*.y*ml")):
+                recipes[path.name] = path.read_text()
+        merge = dict(item.split("=", 1) for item in args.merge)
+        update = json.loads(args.update_config) if args.update_config else {}
+        result = _call(args, {"op": "deployment.create", "recipes": recipes, "merge": merge,
+                              "remove": args.remove, "update_config": update,
+                              "artifacts": str(pathlib.Path(args.artifacts).resolve())
+                              if args.artifacts else None})
+        _print(args, result, ["id", "components"])
+    elif args.action == "list":
+        _print(args, _call(args, {"op": "deployment.list"}),
+               ["id", "source", "outcome", "revision", "reason"])
+    else:
+        _print(args, _call(args, {"op": "deployment.status", "id": args.id}),
+               ["id", "outcome", "revision", "rolledBackTo", "reason"])
+    return 0
+
+
+def _logs(args: argparse.Namespace) -> int:
+    path = _root(args) / "logs" / f"{args.name}.log"
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - args.since)) \
+        if args.since else ""
+    if not path.exists():
+        print(f"error: no log for {args.name} at {path}", file=sys.stderr)
+        return 1
+    olds = sorted(path.parent.glob(f"{args.name}.log.*"), reverse=True)
+    for file in [*olds, path]:
+        for line in file.read_text(errors="replace").splitlines():
+            if line[:19] >= since:
+                print(line)
+    if args.follow:
+        with path.open(errors="replace") as handle:
+            handle.seek(0, os.SEEK_END)
+            try:
+                while True:
+                    line = handle.readline()
+                    if line:
+                        print(line, end="", flush=True)
+                    else:
+                        time.sleep(0.2)
+            except KeyboardInterrupt:
+                return 0
+    return 0
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", default=DEFAULT_ROOT,
+                        help=f"the agent's root folder (default: {DEFAULT_ROOT}, or "
+                             "$HEDGEROW_ROOT)")
+    parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
-    del subparsers
+    agent = subparsers.add_parser("agent", help="run the edge agent on this device")
+    agent_sub = agent.add_subparsers(dest="action", metavar="ACTION", required=True)
+    run = agent_sub.add_parser(
+        "run", help="run the converge loop in the foreground",
+        description="Run the edge agent: watch ROOT/desired and ROOT/deployments, run the "
+                    "components they name as processes, and keep them converged. Stop "
+                    "with SIGTERM; components keep running and are adopted on restart.")
+    run.add_argument("--root", default=DEFAULT_ROOT, help="root folder (default: %(default)s)")
+    run.add_argument("--thing", required=True, help="this device's thing name")
+    run.add_argument("--default-user", default="nobody",
+                     help="user for components without runWith.posixUser "
+                          "(default: %(default)s)")
+    run.add_argument("--resync", type=float, default=30.0,
+                     help="seconds between periodic passes (default: %(default)s)")
+    run.add_argument("--deployment-timeout", type=float, default=600.0,
+                     help="seconds a revision may take to become RUNNING (default: %(default)s)")
+    run.add_argument("--settle", type=float, default=2.0,
+                     help="seconds every component must stay RUNNING before a revision "
+                          "counts as succeeded (default: %(default)s)")
+    run.set_defaults(handler=_agent_run)
+
+    comp = subparsers.add_parser("component", help="list and control components on a device")
+    comp_sub = comp.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for action, text in (("list", "components and their states"),
+                         ("details", "one component: state, config, limits"),
+                         ("restart", "stop and start one component"),
+                         ("stop", "stop one component until the next revision or restart")):
+        p = comp_sub.add_parser(action, help=text)
+        _common(p)
+        if action != "list":
+            p.add_argument("name")
+        p.set_defaults(handler=_component)
+
+    dep = subparsers.add_parser("deployment", help="local deployments on a device")
+    dep_sub = dep.add_subparsers(dest="action", metavar="ACTION", required=True)
+    create = dep_sub.add_parser(
+        "create", help="merge components into the local deployment",
+        description="Add, update or remove components in this device's local deployment.")
+    _common(create)
+    create.add_argument("--recipes", metavar="DIR", help="folder of Component YAML files")
+    create.add_argument("--artifacts", metavar="DIR",
+                        help="folder copied to ROOT/local-artifacts (for file:// URIs)")
+    create.add_argument("--merge", action="append", default=[], metavar="NAME=VERSION")
+    create.add_argument("--remove", action="append", default=[], metavar="NAME")
+    create.add_argument("--update-config", metavar="JSON",
+                        help='{"NAME": {"merge": {...}, "reset": ["/ptr"]}}')
+    create.set_defaults(handler=_deployment)
+    lst = dep_sub.add_parser("list", help="deployments and their outcomes")
+    _common(lst)
+    lst.set_defaults(handler=_deployment)
+    status = dep_sub.add_parser("status", help="one deployment's outcome")
+    _common(status)
+    status.add_argument("id")
+    status.set_defaults(handler=_deployment)
+
+    logs = subparsers.add_parser("logs", help="component logs on a device")
+    logs_sub = logs.add_subparsers(dest="action", metavar="ACTION", required=True)
+    get = logs_sub.add_parser("get", help="print a component's log")
+    get.add_argument("--root", default=DEFAULT_ROOT)
+    get.add_argument("name")
+    get.add_argument("-f", "--follow", action="store_true")
+    get.add_argument("--since", type=float, metavar="SECONDS",
+                     help="only lines from the last SECONDS")
+    get.set_defaults(handler=_logs)

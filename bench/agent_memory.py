@@ -1,0 +1,54 @@
+"""Agent PSS with 10 running process components (target <= 40 MB), beside `python -c pass`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+
+from bench import harness
+from bench.agent_reconcile import BenchAgent
+
+
+def _pss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no Pss in smaps_rollup")
+
+
+def run() -> Iterator[harness.Figure]:
+    # `python -c pass` exits at once; the same interpreter blocked on stdin is its PSS.
+    idle = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                            stdin=subprocess.PIPE)
+    agent = BenchAgent()
+    try:
+        names = [f"c{i}" for i in range(10)]
+        agent.deploy(names)
+        agent.wait(lambda: (s := agent.states()) and all(s.get(n) == "RUNNING" for n in names))
+        baseline = _pss_mb(idle.pid)
+        yield harness.Figure("agent_pss_mb", _pss_mb(agent.proc.pid), "MB", baseline,
+                             "<= 40 MB")
+        shims = [int(p) for p in subprocess.run(
+            ["pgrep", "-f", "logpipe.py"], capture_output=True, text=True).stdout.split()]
+        total = sum(_pss_mb(p) for p in shims if _owned(p, agent))
+        yield harness.Figure("logpipe_pss_mb_total", total, "MB", baseline,
+                             "report only: one small log writer per running component")
+    finally:
+        agent.close()
+        idle.communicate(b"")
+
+
+def _owned(pid: int, agent: BenchAgent) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return str(agent.root).encode() in f.read()
+    except OSError:
+        return False
+
+
+if __name__ == "__main__":
+    for figure in run():
+        print(json.dumps(figure.to_json()))

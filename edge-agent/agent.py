@@ -1,0 +1,511 @@
+"""The edge agent: ONE level-triggered loop.
+
+Anything — a change under desired/ or deployments/, a component process exit, a control
+command, a backoff deadline, the periodic resync — only sets `wake`. Each pass then runs
+the same flat checklist (`reconcile`): read desired, pick the document to apply (last
+good on bad input, last successful on rollback), observe, plan (pure), apply, judge the
+deployment, write status once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import platform as platform_
+import secrets
+import time
+from typing import Any
+
+from hedgerow.agent import artifacts, desired, files, records
+from hedgerow.agent import cgroups as cgroups_
+from hedgerow.agent import process as process_
+from hedgerow.agent.layout import Layout
+from hedgerow.core import component, documents, lifecycle, recipe
+from hedgerow.core import plan as plan_
+from hedgerow.core.documents import ComponentState as State
+from hedgerow.core.lifecycle import Event
+
+log = logging.getLogger("hedgerow.agent")
+AGENT_VERSION = "0.1.0"
+_DONE = frozenset({State.RUNNING, State.FINISHED})
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    resync_s: float = 30.0
+    deployment_timeout_s: float = 600.0
+    # A revision succeeds once every component has been RUNNING/FINISHED this long: a
+    # process that crashes right after starting must fail the deployment, not pass it.
+    settle_s: float = 2.0
+    kill_grace_s: float = 5.0
+    default_user: str = "nobody"
+    log_max_bytes: int = 1 << 20
+    log_keep: int = 3
+    policy: lifecycle.Policy = dataclasses.field(default_factory=lifecycle.Policy)
+
+
+def observe_platform() -> documents.PlatformInfo:
+    arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(
+        platform_.machine(), platform_.machine().lower())
+    return documents.PlatformInfo(os="linux", arch=arch)
+
+
+class Agent:
+    def __init__(self, root: os.PathLike[str] | str, thing: str,
+                 settings: Settings = Settings()) -> None:
+        self.layout = Layout(__import__("pathlib").Path(root).resolve())
+        self.thing, self.settings = thing, settings
+        self.platform = observe_platform()
+        self.cgroups = cgroups_.Cgroups()
+        self.runtime = process_.ProcessRuntime(
+            self.layout, thing, self.cgroups, settings.default_user,
+            settings.log_max_bytes, settings.log_keep, settings.kill_grace_s)
+        self.store = artifacts.Store(self.layout)
+        self.records: dict[str, records.Record] = {}
+        self.wake = asyncio.Event()
+        self.applied: documents.DesiredState | None = None
+        self.problems: tuple[str, ...] = ()
+        self.history: dict[str, Any] = {"outcomes": {}, "local": []}
+        self.sequence = 0
+        self.passes = 0
+        self._stopping = False
+        self.lock = asyncio.Lock()
+        self.pending_local: str | None = None
+        self._judge_at = 0.0
+
+    # --- records and transitions -------------------------------------------------
+
+    def _save(self, rec: records.Record) -> None:
+        records.save(self.layout.records, rec)
+
+    def transition(self, rec: records.Record, event: Event, message: str = "") -> None:
+        before = rec.state
+        status = lifecycle.resolve_transition(rec.status, event, time.time(),
+                                              self.settings.policy)
+        rec.state, rec.errors, rec.retry_at = status.state, list(status.errors), status.retry_at
+        if message:
+            rec.message = message
+        if rec.state is State.BROKEN:
+            rec.hold_revision = self.applied.revision if self.applied else None
+        if event is Event.RESET:
+            rec.hold_revision = None
+        if rec.state is not before:
+            rec.since = time.time()
+        self._save(rec)
+        if rec.state is not before:  # log changes, not repeats
+            log.info("%s: %s -> %s%s", rec.name, before, rec.state,
+                     f" ({message})" if message else "")
+
+    # --- startup: adopt what still runs ---------------------------------------------
+
+    def adopt(self) -> None:
+        """After a crash: keep run processes whose identity matches, end stale steps."""
+        self.records = records.load_all(self.layout.records)
+        for rec in self.records.values():
+            ref = rec.process
+            alive = ref is not None and process_.is_same_process(ref)
+            if ref is not None and alive and ref.step == "run" and rec.state is State.RUNNING:
+                self.runtime.watch(rec.name, ref, self._on_exit(rec.name, ref))
+                log.info("%s: adopted pid %d", rec.name, ref.pid)
+                continue
+            # A step cut short by the crash (install, startup, shutdown, recover) is ended
+            # and retried from a known state; nothing runs twice, nothing is orphaned.
+            for pid in self.runtime.members(rec.name, ref.pid if alive and ref else None):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, 9)
+            rec.process = None
+            if rec.state in (State.STARTING, State.RUNNING):
+                self.transition(rec, Event.FAILED, "process ended while the agent was down")
+            elif rec.state is State.STOPPING:
+                self.transition(rec, Event.STOPPED)
+            else:
+                self._save(rec)
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            self.history = __import__("json").loads(self.layout.history_file.read_bytes())
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            self.applied = documents.DesiredState.model_validate_json(
+                (self.layout.state / "applied.json").read_bytes())
+
+    def _on_exit(self, name: str, ref: records.ProcessRef) -> Any:
+        def handle(code: int | None) -> None:
+            rec = self.records.get(name)
+            if rec is None or rec.process != ref or rec.state not in (State.RUNNING,
+                                                                       State.STARTING):
+                return
+            rec.process = None
+            if code == 0:
+                self.transition(rec, Event.EXITED_OK, "exited with 0")
+            else:
+                what = "exit code unknown (adopted)" if code is None else f"exited with {code}"
+                self.transition(rec, Event.FAILED, what)
+            self.wake.set()
+        return handle
+
+    # --- the pass --------------------------------------------------------------------
+
+    async def reconcile(self) -> list[plan_.Action]:
+        self.passes += 1
+        reading = desired.fetch_desired(self.layout, self.thing, self.platform)  # 1. read
+        if reading.problems != self.problems and reading.problems:
+            for problem in reading.problems:
+                log.error("rejected: %s", problem)
+        self.problems = reading.problems
+        doc = self.choose(reading)                                               # 2. pick
+        observed = self.observe()                                                # 3. observe
+        actions = plan_.plan(plan_.resolve_desired(doc), observed)              # 4. plan
+        if doc is not None and doc != self.applied:
+            self.applied = doc
+            files.write_atomic(self.layout.state / "applied.json", documents.render_bytes(doc))
+        await self.apply(actions, doc)                                           # 5. apply
+        self.judge(doc, reading)                                                 # 6. judge
+        self.write_status(reading)                                               # 7. status
+        return actions
+
+    def choose(self, reading: desired.Reading) -> documents.DesiredState | None:
+        if reading.desired is None:
+            return self.applied  # bad input: keep the last good state, remove nothing
+        target = self.history["outcomes"].get(reading.desired.revision, {})
+        if target.get("rolled_back_to"):
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                return documents.DesiredState.model_validate_json(
+                    self.layout.last_good_file.read_bytes())
+        return reading.desired
+
+    def observe(self) -> dict[str, plan_.Observed]:
+        now = time.time()
+        out = {}
+        for rec in self.records.values():
+            if (rec.state is State.RUNNING and rec.process is not None
+                    and not process_.is_same_process(rec.process)):
+                rec.process = None
+                self.transition(rec, Event.FAILED, "process disappeared")
+            deps = tuple(d.name for d in rec.component().dependencies)
+            out[rec.name] = plan_.Observed(
+                rec.name, rec.spec_hash, rec.state, deps,
+                retry_due=rec.retry_at is not None and rec.retry_at <= now,
+                hold_revision=rec.hold_revision)
+        return out
+
+    # --- apply -----------------------------------------------------------------------
+
+    async def apply(self, actions: list[plan_.Action],
+                    doc: documents.DesiredState | None) -> None:
+        assert doc is not None or not any(a.verb is not plan_.Verb.REMOVE for a in actions)
+        for action in actions:
+            if action.verb is plan_.Verb.PREPARE:
+                comp = doc.component(action.name) if doc else None
+                assert comp is not None
+                try:
+                    identity = process_.resolve_identity(
+                        comp.run_with.posix_user if comp.run_with else None,
+                        self.settings.default_user, False)
+                    await asyncio.to_thread(self.store.prepare, comp, identity.uid,
+                                            identity.gid)
+                except (artifacts.ArtifactError, KeyError) as exc:
+                    reason = f"{comp.name}: artifact failure: {exc}"
+                    log.error("%s", reason)
+                    self.fail(doc, reason)  # nothing stops, nothing starts
+                    return
+        for action in actions:
+            if action.verb is plan_.Verb.PREPARE:
+                continue
+            comp = doc.component(action.name) if doc else None
+            if action.verb in (plan_.Verb.STOP, plan_.Verb.REMOVE):
+                await self.stop(action.name, remove=action.verb is plan_.Verb.REMOVE)
+            elif action.verb is plan_.Verb.INSTALL and comp is not None:
+                await self.install(comp)
+            elif action.verb is plan_.Verb.START and comp is not None:
+                await self.start(comp)
+            elif action.verb is plan_.Verb.RECOVER and comp is not None:
+                await self.recover(comp)
+        if doc is not None and any(a.verb is plan_.Verb.REMOVE for a in actions):
+            keep = list(doc.components)
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                keep += documents.DesiredState.model_validate_json(
+                    self.layout.last_good_file.read_bytes()).components
+            await asyncio.to_thread(self.store.collect_garbage, keep)
+
+    def _context(self, comp: documents.ResolvedComponent,
+                 doc: documents.DesiredState | None) -> recipe.Context:
+        def paths(c: documents.ResolvedComponent) -> recipe.Paths:
+            return recipe.Paths(str(self.store.view_of(c)), str(self.store.unpacked_of(c)),
+                                str(self.layout.work_of(c.name)), c.configuration)
+        deps = {}
+        for dep in comp.dependencies:
+            found = doc.component(dep.name) if doc else None
+            if found is not None:
+                deps[dep.name] = paths(found)
+        return recipe.Context(comp.name, paths(comp), str(self.layout.root), self.thing, deps)
+
+    async def _step(self, rec: records.Record, comp: documents.ResolvedComponent,
+                    name: str) -> process_.StepResult | None:
+        """Run a lifecycle step to completion; None when the recipe has no such step."""
+        life = comp.lifecycle
+        assert life is not None
+        step: component.Step | None = getattr(life, name)
+        if step is None:
+            return None
+        context = self._context(comp, self.applied)
+        try:
+            script = recipe.render_text(step.script, context)
+            env = recipe.render_env({**life.setenv, **step.setenv}, context)
+            skip = recipe.render_text(step.skip_if, context) if step.skip_if else None
+        except recipe.RecipeVariableError as exc:
+            return process_.StepResult(ok=False, message=f"{name}: {exc}")
+
+        def remember(ref: records.ProcessRef) -> None:
+            rec.process = ref
+            self._save(rec)
+
+        result = await self.runtime.run_step(rec, comp, name, step, script, env, skip, remember)
+        rec.process = None
+        return result
+
+    def _fail_event(self, result: process_.StepResult) -> Event:
+        return Event.TIMED_OUT if result.timed_out else Event.FAILED
+
+    async def install(self, comp: documents.ResolvedComponent) -> None:
+        rec = self.records.get(comp.name)
+        if rec is None or rec.spec_hash != comp.spec_hash:
+            rec = records.Record(name=comp.name, version=comp.version,
+                                 spec_hash=comp.spec_hash, spec=comp.to_dict(),
+                                 token=secrets.token_urlsafe(24))
+            self.records[comp.name] = rec
+        elif rec.state is State.BROKEN:
+            self.transition(rec, Event.RESET, "new desired revision")
+        rec.installed_in = self.applied.revision if self.applied else ""
+        rec.install_failed = False
+        self._save(rec)
+        result = await self._step(rec, comp, "install")
+        if result is not None and not result.ok:
+            rec.install_failed = True
+            self.transition(rec, self._fail_event(result), result.message)
+            return
+        self.transition(rec, Event.INSTALLED, result.message if result else "")
+
+    def _deps_ready(self, comp: documents.ResolvedComponent) -> bool:
+        for dep in comp.dependencies:
+            other = self.records.get(dep.name)
+            if other is None or other.state not in _DONE:
+                return False
+        return True
+
+    async def start(self, comp: documents.ResolvedComponent) -> None:
+        rec = self.records.get(comp.name)
+        if rec is None or rec.state not in (State.INSTALLED, State.FINISHED):
+            return
+        if not self._deps_ready(comp):
+            return  # a later pass starts it once its dependencies run (level-triggered)
+        rec.hold_revision = None
+        self.transition(rec, Event.START)
+        life = comp.lifecycle
+        assert life is not None
+        if life.run is None:
+            result = await self._step(rec, comp, "startup")
+            if result is not None and not result.ok:
+                self.transition(rec, self._fail_event(result), result.message)
+            elif result is None:
+                self.transition(rec, Event.EXITED_OK, "no startup or run step")
+            else:
+                self.transition(rec, Event.STARTED)
+            return
+        context = self._context(comp, self.applied)
+        try:
+            script = recipe.render_text(life.run.script, context)
+            env = recipe.render_env({**life.setenv, **life.run.setenv}, context)
+            skip = recipe.render_text(life.run.skip_if, context) if life.run.skip_if else None
+            if self.runtime.is_skipped(life.run, skip):
+                self.transition(rec, Event.EXITED_OK, f"run skipped ({skip})")
+                return
+            _proc, ref = self.runtime.spawn(rec, comp, "run", life.run, script, env)
+        except (recipe.RecipeVariableError, OSError, KeyError, cgroups_.LimitError) as exc:
+            self.transition(rec, Event.FAILED, f"run: {exc}")
+            return
+        rec.process = ref
+        self.transition(rec, Event.STARTED, f"pid {ref.pid}")
+        self.runtime.watch(comp.name, ref, self._on_exit(comp.name, ref))
+
+    async def stop(self, name: str, remove: bool = False, hold: bool = False) -> None:
+        rec = self.records.get(name)
+        if rec is None:
+            return
+        comp = rec.component()
+        self.transition(rec, Event.STOP_REQUESTED)
+        ref, rec.process = rec.process, None
+        self.runtime.unwatch(name)
+        if rec.state is State.STOPPING:
+            result = await self._step(rec, comp, "shutdown") if comp.lifecycle else None
+            await self.runtime.terminate(name, ref)
+            self.transition(rec, Event.STOPPED,
+                            result.message if result and not result.ok else "stopped")
+        else:
+            await self.runtime.terminate(name, ref)
+        if hold:
+            rec.hold_revision = self.applied.revision if self.applied else None
+            self._save(rec)
+        if remove:
+            self.runtime.remove(name)
+            records.delete(self.layout.records, name)
+            self.records.pop(name, None)
+            log.info("%s: removed", name)
+
+    async def recover(self, comp: documents.ResolvedComponent) -> None:
+        rec = self.records[comp.name]
+        await self.runtime.terminate(comp.name, rec.process)
+        rec.process = None
+        result = await self._step(rec, comp, "recover")
+        if result is not None and not result.ok:
+            self.transition(rec, self._fail_event(result), result.message)
+            return
+        self.transition(rec, Event.RECOVER, "recovering")
+        await self.install(comp)
+        await self.start(comp)
+
+    # --- outcome ---------------------------------------------------------------------
+
+    def _outcome(self, revision: str) -> dict[str, Any]:
+        outcomes: dict[str, Any] = self.history["outcomes"]
+        if revision not in outcomes:
+            outcomes[revision] = {"outcome": "IN_PROGRESS", "started": time.time(),
+                                  "reason": ""}
+            while len(outcomes) > 20:
+                outcomes.pop(next(iter(outcomes)))
+        entry: dict[str, Any] = outcomes[revision]
+        return entry
+
+    def fail(self, doc: documents.DesiredState | None, reason: str) -> None:
+        if doc is None:
+            return
+        entry = self._outcome(doc.revision)
+        if entry["outcome"] not in ("IN_PROGRESS",):
+            return
+        entry.update(outcome="FAILED", reason=reason[:1000], finished=time.time())
+        log.error("deployment %s failed: %s", doc.revision, reason)
+        if doc.failure_handling.value == "ROLLBACK" and self.layout.last_good_file.exists():
+            good = documents.DesiredState.model_validate_json(
+                self.layout.last_good_file.read_bytes())
+            if good.revision != doc.revision:
+                entry.update(outcome="ROLLED_BACK", rolled_back_to=good.revision)
+                log.warning("rolling back to %s", good.revision)
+                self.wake.set()
+        files.write_json(self.layout.history_file, self.history)
+
+    def judge(self, doc: documents.DesiredState | None, reading: desired.Reading) -> None:
+        wanted = reading.desired
+        if wanted is None or doc is None or doc.revision != wanted.revision:
+            return  # bad input or rolled back: the outcome was recorded when it happened
+        entry = self._outcome(doc.revision)
+        if self.pending_local is not None:
+            for local in self.history.get("local", []):
+                if local["id"] == self.pending_local:
+                    local["revision"] = doc.revision
+            self.pending_local = None
+        if entry["outcome"] != "IN_PROGRESS":
+            files.write_json(self.layout.history_file, self.history)
+            return
+        mine = [self.records.get(c.name) for c in doc.components]
+        broken = [r for r in mine if r is not None and (
+            r.state is State.BROKEN or (r.install_failed and r.state is State.ERRORED))]
+        if broken:
+            self.fail(doc, "; ".join(f"{r.name} {r.state}: {r.message}" for r in broken))
+        elif all(r is not None and r.state in _DONE for r in mine) and (
+                time.time() - max((r.since for r in mine if r), default=0.0)
+                < self.settings.settle_s):
+            self._judge_at = time.time() + self.settings.settle_s
+        elif all(r is not None and r.state in _DONE for r in mine):
+            entry.update(outcome="SUCCEEDED", finished=time.time())
+            files.write_atomic(self.layout.last_good_file, documents.render_bytes(doc))
+            files.write_json(self.layout.history_file, self.history)
+            log.info("deployment %s succeeded", doc.revision)
+        elif time.time() - entry["started"] > self.settings.deployment_timeout_s:
+            self.fail(doc, f"not RUNNING after {self.settings.deployment_timeout_s:g}s")
+        else:
+            files.write_json(self.layout.history_file, self.history)
+
+    # --- status ----------------------------------------------------------------------
+
+    def report(self, reading: desired.Reading | None = None) -> documents.StatusReport:
+        self.sequence += 1
+        wanted = reading.desired if reading else None
+        revision = wanted.revision if wanted else (self.applied.revision if self.applied
+                                                    else None)
+        outcome = None
+        if reading is not None and reading.problems:
+            outcome = documents.DeploymentOutcome(
+                revision=revision or "", outcome=documents.Outcome.REJECTED,
+                reason="; ".join(reading.problems)[:1024])
+        elif revision and revision in self.history["outcomes"]:
+            entry = self.history["outcomes"][revision]
+            outcome = documents.DeploymentOutcome(
+                revision=revision, outcome=documents.Outcome(entry["outcome"]),
+                reason=entry.get("reason", ""), rolled_back_to=entry.get("rolled_back_to"))
+        comps = [documents.ComponentReport(name=r.name, version=r.version, state=r.state,
+                                           message=r.message[:512])
+                 for r in sorted(self.records.values(), key=lambda r: r.name)]
+        bad = any(r.state in (State.ERRORED, State.BROKEN) for r in self.records.values())
+        return documents.StatusReport(
+            thing=self.thing, sequence=self.sequence,
+            time=__import__("datetime").datetime.now(__import__("datetime").UTC),
+            agent_version=AGENT_VERSION, platform=self.platform,
+            health=documents.Health.UNHEALTHY if bad else documents.Health.HEALTHY,
+            desired_revision=revision,
+            applied_revision=self.applied.revision if self.applied else None,
+            components=comps, deployment=outcome)
+
+    def write_status(self, reading: desired.Reading) -> None:
+        files.write_atomic(self.layout.status_file,
+                           documents.render_bytes(self.report(reading)))
+
+    # --- the loop --------------------------------------------------------------------
+
+    def _next_deadline(self) -> float:
+        now = time.time()
+        deadline = now + self.settings.resync_s
+        if self._judge_at > now:
+            deadline = min(deadline, self._judge_at)
+        for rec in self.records.values():
+            if rec.state is State.ERRORED and rec.retry_at is not None:
+                deadline = min(deadline, rec.retry_at)
+        return max(0.0, deadline - now)
+
+    async def _watch_files(self) -> None:
+        import watchfiles
+
+        async for _changes in watchfiles.awatch(self.layout.desired, self.layout.deployments,
+                                                debounce=50, step=5, recursive=True):
+            self.wake.set()
+
+    async def run(self, ready: asyncio.Event | None = None) -> None:
+        from hedgerow.agent import control
+
+        self.layout.ensure()
+        self.adopt()
+        server = await control.serve(self)
+        watcher = asyncio.create_task(self._watch_files())
+        self.wake.set()
+        try:
+            if ready is not None:
+                ready.set()
+            while not self._stopping:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), self._next_deadline())
+                self.wake.clear()
+                try:
+                    async with self.lock:
+                        await self.reconcile()
+                except Exception:  # a bug must not take the device's workloads down
+                    log.exception("reconcile pass failed; retrying at the next wake")
+                    await asyncio.sleep(1.0)
+        finally:
+            watcher.cancel()
+            server.close()
+            with contextlib.suppress(FileNotFoundError):
+                self.layout.control_socket.unlink()
+
+    def shutdown(self) -> None:
+        """Leave the loop; components keep running (a restart adopts them)."""
+        self._stopping = True
+        self.wake.set()

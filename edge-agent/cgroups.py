@@ -1,0 +1,118 @@
+"""Per-component cgroups: memory/CPU limits, and the inventory of a component's processes.
+
+Every component process is placed in hedgerow/<name> before it runs a single instruction
+(see process.py's start gate), so the cgroup lists everything it forked, including
+daemons that left its process group: stopping a component leaves nothing behind.
+cgroup v2 (unified) when the machine has it, v1 (memory + cpu hierarchies) otherwise;
+without a writable cgroupfs (not root) limits are refused and process groups alone are
+used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import re
+
+from hedgerow.core import deployment
+
+_PERIOD_US = 100_000
+_UNITS = {"": 1, "k": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
+          "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4}
+
+
+class LimitError(RuntimeError):
+    pass
+
+
+def resolve_bytes(quantity: str) -> int:
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?", quantity)
+    if not match:
+        raise LimitError(f"not a quantity: {quantity!r}")
+    return int(float(match[1]) * _UNITS[match[2] or ""])
+
+
+class Cgroups:
+    def __init__(self, base: pathlib.Path = pathlib.Path("/sys/fs/cgroup"),
+                 group: str = "hedgerow") -> None:
+        self.base, self.group = base, group
+        if (base / "cgroup.controllers").exists():
+            self.version: int | None = 2
+        elif (base / "memory").is_dir() and os.access(base / "memory", os.W_OK):
+            self.version = 1
+        else:
+            self.version = None
+
+    def _dirs(self, name: str) -> dict[str, pathlib.Path]:
+        if self.version == 2:
+            return {"unified": self.base / self.group / name}
+        if self.version == 1:
+            return {c: self.base / c / self.group / name for c in ("memory", "cpu")}
+        return {}
+
+    def create(self, name: str, limits: deployment.SystemResourceLimits | None) -> None:
+        dirs = self._dirs(name)
+        if not dirs:
+            if limits and (limits.memory or limits.cpus):
+                raise LimitError("resource limits need a writable cgroup filesystem")
+            return
+        if self.version == 2:
+            self._enable_v2_controllers()
+        for path in dirs.values():
+            path.mkdir(parents=True, exist_ok=True)
+        memory = resolve_bytes(limits.memory) if limits and limits.memory else None
+        quota = int(limits.cpus * _PERIOD_US) if limits and limits.cpus else None
+        if self.version == 2:
+            d = dirs["unified"]
+            (d / "memory.max").write_text(str(memory) if memory else "max")
+            (d / "cpu.max").write_text(f"{quota or 'max'} {_PERIOD_US}")
+            if memory:  # no swap escape hatch
+                with contextlib.suppress(OSError):
+                    (d / "memory.swap.max").write_text("0")
+        else:
+            mem = dirs["memory"]
+            # memory.limit may never exceed memsw.limit: lift memsw first, then set both.
+            with contextlib.suppress(OSError):
+                (mem / "memory.memsw.limit_in_bytes").write_text("-1")
+            (mem / "memory.limit_in_bytes").write_text(str(memory) if memory else "-1")
+            if memory:
+                with contextlib.suppress(OSError):  # needs swap accounting enabled
+                    (mem / "memory.memsw.limit_in_bytes").write_text(str(memory))
+            cpu = dirs["cpu"]
+            (cpu / "cpu.cfs_period_us").write_text(str(_PERIOD_US))
+            (cpu / "cpu.cfs_quota_us").write_text(str(quota) if quota else "-1")
+
+    def _enable_v2_controllers(self) -> None:
+        for path in (self.base, self.base / self.group):
+            path.mkdir(exist_ok=True)
+            with contextlib.suppress(OSError):
+                (path / "cgroup.subtree_control").write_text("+memory +cpu")
+
+    def attach(self, name: str, pid: int) -> None:
+        for path in self._dirs(name).values():
+            (path / "cgroup.procs").write_text(str(pid))
+
+    def pids(self, name: str) -> set[int]:
+        dirs = list(self._dirs(name).values())
+        if not dirs:
+            return set()
+        try:
+            text = (dirs[0] / "cgroup.procs").read_text()
+        except FileNotFoundError:
+            return set()
+        return {int(p) for p in text.split()}
+
+    def limit_files(self, name: str) -> dict[str, str]:
+        """What the kernel enforces, for `component details` and tests."""
+        out = {}
+        for path in self._dirs(name).values():
+            for file in ("memory.max", "cpu.max", "memory.limit_in_bytes", "cpu.cfs_quota_us"):
+                with contextlib.suppress(OSError):
+                    out[file] = (path / file).read_text().strip()
+        return out
+
+    def remove(self, name: str) -> None:
+        for path in self._dirs(name).values():
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only succeeds when empty: never strands a live process

@@ -1,0 +1,187 @@
+"""The local control socket: one JSON request per connection, one JSON answer.
+
+agent.sock is created 0660 owner root (group: the agent's), so only an operator who could
+read the agent's state anyway can drive it. Auth tokens are never part of an answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pathlib
+import shutil
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from hedgerow.agent import files, records
+from hedgerow.core import deployment, manifest
+
+if TYPE_CHECKING:
+    from hedgerow.agent.agent import Agent
+
+LOCAL_DEPLOYMENT = "local"
+
+
+class CommandError(ValueError):
+    pass
+
+
+async def serve(agent: Agent) -> asyncio.AbstractServer:
+    path = agent.layout.control_socket
+    path.unlink(missing_ok=True)
+    old = os.umask(0o117)  # no window in which the socket is wider than 0660
+    try:
+        server = await asyncio.start_unix_server(
+            lambda r, w: _handle(agent, r, w), path=str(path))
+    finally:
+        os.umask(old)
+    path.chmod(0o660)
+    return server
+
+
+async def _handle(agent: Agent, reader: asyncio.StreamReader,
+                  writer: asyncio.StreamWriter) -> None:
+    try:
+        request = json.loads(await reader.readline())
+        answer = {"ok": True, "result": await _dispatch(agent, request)}
+    except (CommandError, manifest.InvalidDocumentError, ValueError, KeyError) as exc:
+        answer = {"ok": False, "error": str(exc)}
+    writer.write(json.dumps(answer).encode() + b"\n")
+    await writer.drain()
+    writer.close()
+
+
+def _public(rec: Any) -> dict[str, Any]:
+    return {"name": rec.name, "version": rec.version, "state": str(rec.state),
+            "message": rec.message, "pid": rec.process.pid if rec.process else None}
+
+
+async def _dispatch(agent: Agent, request: dict[str, Any]) -> Any:
+    op = request.get("op")
+    name = request.get("name", "")
+    if op == "status":
+        return agent.report().to_dict()
+    if op == "component.list":
+        return [_public(r) for r in sorted(agent.records.values(), key=lambda r: r.name)]
+    if op in ("component.details", "component.restart", "component.stop"):
+        rec = agent.records.get(name)
+        if rec is None:
+            raise CommandError(f"no component {name!r} on this device")
+        if op == "component.details":
+            spec = rec.component()
+            return {**_public(rec), "specHash": rec.spec_hash,
+                    "errors": len(rec.errors), "retryAt": rec.retry_at,
+                    "hold": rec.hold_revision is not None,
+                    "configuration": spec.configuration,
+                    "dependencies": [d.to_dict() for d in spec.dependencies],
+                    "limits": agent.cgroups.limit_files(name),
+                    "log": str(agent.layout.log_of(name))}
+        async with agent.lock:
+            await agent.stop(name, hold=op == "component.stop")
+            if op == "component.restart":  # also lifts an earlier `component stop`
+                rec.hold_revision = None
+                agent.records[name] = rec
+                records.save(agent.layout.records, rec)
+        agent.wake.set()
+        return _public(rec)
+    if op == "deployment.create":
+        async with agent.lock:
+            return create_local_deployment(agent, request)
+    if op == "deployment.list":
+        return list_deployments(agent)
+    if op == "deployment.status":
+        found = [d for d in list_deployments(agent) if d["id"] == request.get("id")]
+        if not found:
+            raise CommandError(f"no deployment {request.get('id')!r}")
+        return found[0]
+    raise CommandError(f"unknown operation {op!r}")
+
+
+def list_deployments(agent: Agent) -> list[dict[str, Any]]:
+    out = []
+    for entry in agent.history.get("local", []):
+        outcome = agent.history["outcomes"].get(entry.get("revision") or "", {})
+        out.append({**entry, "outcome": outcome.get("outcome", "PENDING"),
+                    "reason": outcome.get("reason", ""),
+                    "rolledBackTo": outcome.get("rolled_back_to")})
+    for revision, outcome in agent.history["outcomes"].items():
+        if not any(d.get("revision") == revision for d in out):
+            out.append({"id": revision[:12], "revision": revision, "source": "cloud",
+                        "outcome": outcome["outcome"], "reason": outcome.get("reason", ""),
+                        "rolledBackTo": outcome.get("rolled_back_to")})
+    return out
+
+
+def create_local_deployment(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
+    """Merge the request into the one cumulative local Deployment (as Greengrass does)."""
+    folder = agent.layout.deployments
+    recipes = folder / "recipes"
+    for filename, text in request.get("recipes", {}).items():
+        for resource in manifest.parse_documents(text, filename):
+            if resource.kind != "Component":
+                raise CommandError(f"{filename}: only Component documents are recipes")
+        recipes.mkdir(exist_ok=True, mode=0o700)
+        files.write_atomic(recipes / pathlib.Path(filename).name, text.encode())
+    if request.get("artifacts"):
+        target = agent.layout.root / "local-artifacts"
+        shutil.copytree(request["artifacts"], target, dirs_exist_ok=True)
+    local = folder / f"{LOCAL_DEPLOYMENT}.yaml"
+    current: dict[str, dict[str, Any]] = {}
+    generation = 0
+    if local.exists():
+        doc = manifest.parse_documents(local.read_text(), str(local))[0]
+        assert isinstance(doc, deployment.Deployment)
+        current = {c.name: c.to_dict() for c in doc.spec.components}
+        generation = doc.metadata.generation or 0
+    for name, version in request.get("merge", {}).items():
+        current.setdefault(name, {"name": name})["version"] = version
+    for name, update in request.get("update_config", {}).items():
+        if name not in current:
+            raise CommandError(f"--update-config names {name}, which is not deployed")
+        current[name]["configurationUpdate"] = update
+    for name in request.get("remove", []):
+        current.pop(name, None)
+    generation += 1
+    ident = f"local-{generation}"
+    if current:
+        body = {"apiVersion": "hedgerow.dev/v1alpha1", "kind": "Deployment",
+                "metadata": {"name": LOCAL_DEPLOYMENT, "generation": generation},
+                "spec": {"target": {"thing": agent.thing},
+                         "components": [current[n] for n in sorted(current)],
+                         "policies": {"failureHandling":
+                                      request.get("failure_handling", "ROLLBACK")}}}
+        text = yaml.safe_dump(body, sort_keys=False)
+        manifest.parse_documents(text, str(local))  # refuse before writing anything
+        files.write_atomic(local, text.encode())
+    else:
+        files.remove_file(local)
+    entry = {"id": ident, "created": time.time(), "components": sorted(current),
+             "revision": None, "source": "local"}
+    agent.history.setdefault("local", []).append(entry)
+    agent.history["local"] = agent.history["local"][-20:]
+    agent.pending_local = ident
+    agent.wake.set()
+    return entry
+
+
+def request(socket_path: pathlib.Path, payload: dict[str, Any], timeout: float = 120.0) -> Any:
+    """Client side: send one command, return its result or raise CommandError."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(socket_path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise CommandError(f"no agent answers on {socket_path}; is `hedgerow agent run` "
+                               "running with this --root?") from None
+        sock.sendall(json.dumps(payload).encode() + b"\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    answer = json.loads(data)
+    if not answer["ok"]:
+        raise CommandError(answer["error"])
+    return answer["result"]

@@ -1,0 +1,96 @@
+"""The agent's root folder (ARCHITECTURE.md "The device"), in one place.
+
+    desired/        cloud desired-state document (desired.json), written atomically
+    deployments/    local Component/Deployment YAML (`hedgerow deployment create`)
+    state/          the agent's own records: components/, status.json, deployments.json,
+                    last-good.json — crash-safe writes only
+    artifacts/      sha256/<digest> content-addressed cache; <name>/<version>/ views
+    artifacts-unarchived/<name>/<version>/   unpacked archives
+    work/<name>/    each component's working folder, owned by its user
+    logs/<name>.log each component's log, rotated
+    agent.sock      control socket for the CLI (0660, root:root)
+    ipc.sock        component IPC socket path (served by the IPC issue)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    root: pathlib.Path
+
+    @property
+    def desired(self) -> pathlib.Path:
+        return self.root / "desired"
+
+    @property
+    def desired_file(self) -> pathlib.Path:
+        return self.desired / "desired.json"
+
+    @property
+    def deployments(self) -> pathlib.Path:
+        return self.root / "deployments"
+
+    @property
+    def state(self) -> pathlib.Path:
+        return self.root / "state"
+
+    @property
+    def records(self) -> pathlib.Path:
+        return self.state / "components"
+
+    @property
+    def status_file(self) -> pathlib.Path:
+        return self.state / "status.json"
+
+    @property
+    def history_file(self) -> pathlib.Path:
+        return self.state / "deployments.json"
+
+    @property
+    def last_good_file(self) -> pathlib.Path:
+        return self.state / "last-good.json"
+
+    @property
+    def artifacts(self) -> pathlib.Path:
+        return self.root / "artifacts"
+
+    @property
+    def unarchived(self) -> pathlib.Path:
+        return self.root / "artifacts-unarchived"
+
+    @property
+    def work(self) -> pathlib.Path:
+        return self.root / "work"
+
+    @property
+    def logs(self) -> pathlib.Path:
+        return self.root / "logs"
+
+    @property
+    def control_socket(self) -> pathlib.Path:
+        return self.root / "agent.sock"
+
+    @property
+    def ipc_socket(self) -> pathlib.Path:
+        return self.root / "ipc.sock"
+
+    def work_of(self, name: str) -> pathlib.Path:
+        return self.work / name
+
+    def log_of(self, name: str) -> pathlib.Path:
+        return self.logs / f"{name}.log"
+
+    def ensure(self) -> None:
+        """Create the folders; private ones 0700, those components traverse 0711/0755."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o711)
+        for path, mode in ((self.desired, 0o700), (self.deployments, 0o700),
+                           (self.state, 0o700), (self.records, 0o700),
+                           (self.artifacts, 0o711), (self.unarchived, 0o711),
+                           (self.work, 0o711), (self.logs, 0o750)):
+            path.mkdir(exist_ok=True)
+            path.chmod(mode)

@@ -1,0 +1,314 @@
+"""The process runtime: lifecycle steps as real processes (one of the runtimes behind plan).
+
+Each step runs `/bin/sh -c SCRIPT` in its own session (so its process group can be
+signalled as a whole and it survives the agent), as the component's user, with a clean
+environment, stdin from /dev/null and stdout/stderr into a logpipe process, never into
+the agent. A start gate (fd 3) holds the shell until it is in the component's cgroup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import grp
+import os
+import pathlib
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Mapping
+
+from hedgerow.agent import cgroups as cgroups_
+from hedgerow.agent import records
+from hedgerow.agent.layout import Layout
+from hedgerow.core import component, documents
+
+DEFAULT_TIMEOUTS: Mapping[str, float | None] = {
+    "install": 120.0, "startup": 120.0, "shutdown": 15.0, "recover": 60.0, "run": None}
+_LOGPIPE = str(pathlib.Path(__file__).with_name("logpipe.py"))
+_SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclasses.dataclass(frozen=True)
+class StepResult:
+    ok: bool
+    timed_out: bool = False
+    code: int | None = None
+    skipped: bool = False
+    message: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    uid: int
+    gid: int
+    name: str
+    home: str
+
+
+def read_start_time(pid: int) -> int | None:
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 2 (comm) may hold spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rindex(")") + 2:].split()
+    return None if fields[0] == "Z" else int(fields[19])
+
+
+def is_same_process(ref: records.ProcessRef) -> bool:
+    """Pid, kernel start time and our marker must all match: pids get reused."""
+    if read_start_time(ref.pid) != ref.start_time:
+        return False
+    try:
+        environ = pathlib.Path(f"/proc/{ref.pid}/environ").read_bytes()
+    except OSError:
+        return False
+    return f"HEDGEROW_INSTANCE={ref.marker}".encode() in environ.split(b"\0")
+
+
+def resolve_identity(posix_user: str | None, default_user: str,
+                     privileged: bool) -> Identity:
+    if os.geteuid() != 0:  # an unprivileged agent can only run things as itself
+        me = pwd.getpwuid(os.geteuid())
+        return Identity(me.pw_uid, me.pw_gid, me.pw_name, me.pw_dir)
+    if privileged:
+        return Identity(0, 0, "root", "/root")
+    user, _, group = (posix_user or default_user).partition(":")
+    entry = pwd.getpwnam(user)  # KeyError: an unknown user is a permanent error
+    gid = grp.getgrnam(group).gr_gid if group else entry.pw_gid
+    return Identity(entry.pw_uid, gid, entry.pw_name, entry.pw_dir)
+
+
+async def wait_exit(proc: subprocess.Popen[bytes], timeout: float | None) -> int | None:
+    """The exit code, or None when `timeout` passed first. A pidfd wakes the loop."""
+    if proc.poll() is not None:
+        return proc.returncode
+    loop = asyncio.get_running_loop()
+    fd = os.pidfd_open(proc.pid)
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, wake)
+    try:
+        await asyncio.wait_for(ready, timeout)
+    except TimeoutError:
+        return None
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+    return proc.wait()
+
+
+def group_members(pgid: int) -> set[int]:
+    out = set()
+    for entry in pathlib.Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            out.add(int(entry.name))
+    return out
+
+
+class ProcessRuntime:
+    name = "process"
+
+    def __init__(self, layout: Layout, thing: str, cgroups: cgroups_.Cgroups,
+                 default_user: str = "nobody", log_max_bytes: int = 1 << 20,
+                 log_keep: int = 3, kill_grace_s: float = 5.0) -> None:
+        self.layout, self.thing, self.cgroups = layout, thing, cgroups
+        self.default_user, self.kill_grace_s = default_user, kill_grace_s
+        self.log_max_bytes, self.log_keep = log_max_bytes, log_keep
+        self.children: dict[int, subprocess.Popen[bytes]] = {}
+        self._watches: dict[str, int] = {}
+
+    # --- environment ----------------------------------------------------------------
+
+    def environment(self, record: records.Record, comp: documents.ResolvedComponent,
+                    step_env: Mapping[str, str], identity: Identity,
+                    marker: str) -> dict[str, str]:
+        env = {
+            "PATH": _SAFE_PATH, "LANG": "C.UTF-8", "HOME": str(self.layout.work_of(comp.name)),
+            "USER": identity.name,
+            "HEDGEROW_THING_NAME": self.thing, "AWS_IOT_THING_NAME": self.thing,
+            "HEDGEROW_ROOT": str(self.layout.root),
+            "HEDGEROW_COMPONENT": comp.name, "HEDGEROW_COMPONENT_VERSION": comp.version,
+            "HEDGEROW_IPC_SOCKET": str(self.layout.ipc_socket),
+            "HEDGEROW_AUTH_TOKEN": record.token, "SVCUID": record.token,
+        }
+        env.update(step_env)
+        env["HEDGEROW_INSTANCE"] = marker  # last: a recipe cannot forge our marker
+        return env
+
+    def prepare_work(self, comp: documents.ResolvedComponent, identity: Identity) -> None:
+        work = self.layout.work_of(comp.name)
+        work.mkdir(exist_ok=True)
+        work.chmod(0o700)
+        if os.geteuid() == 0:
+            os.chown(work, identity.uid, identity.gid)
+
+    # --- spawning -------------------------------------------------------------------
+
+    def spawn(self, record: records.Record, comp: documents.ResolvedComponent,
+              step_name: str, step: component.Step, script: str,
+              env: Mapping[str, str]) -> tuple[subprocess.Popen[bytes], records.ProcessRef]:
+        """Start one step; raises OSError/KeyError/LimitError when it cannot start."""
+        identity = resolve_identity(comp.run_with.posix_user if comp.run_with else None,
+                                    self.default_user, step.requires_privilege)
+        self.prepare_work(comp, identity)
+        limits = comp.run_with.system_resource_limits if comp.run_with else None
+        self.cgroups.create(comp.name, limits)
+        marker = uuid.uuid4().hex
+        full_env = self.environment(record, comp, env, identity, marker)
+        log_r, log_w = os.pipe()
+        gated = self.cgroups.version is not None
+        gate_r, gate_w = os.pipe() if gated else (-1, -1)
+        try:
+            log_path = str(self.layout.log_of(comp.name))
+            subprocess.Popen(
+                [sys.executable, "-I", "-S", _LOGPIPE, log_path, str(self.log_max_bytes),
+                 str(self.log_keep)],
+                stdin=log_r, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True, close_fds=True)
+            # The gate is stdin: the shell blocks on it until it is in its cgroup, then
+            # the component gets /dev/null like any daemon.
+            prefix = "read _; exec </dev/null\n" if gated else ""
+            as_other = os.geteuid() == 0 and identity.uid != 0
+            proc = subprocess.Popen(
+                ["/bin/sh", "-c", prefix + script],
+                stdin=gate_r if gated else subprocess.DEVNULL,
+                stdout=log_w, stderr=log_w, env=full_env,
+                cwd=self.layout.work_of(comp.name), start_new_session=True,
+                user=identity.uid if as_other else None,
+                group=identity.gid if as_other else None,
+                extra_groups=[] if as_other else None)
+        finally:
+            for fd in (log_r, log_w, gate_r):
+                if fd >= 0:
+                    os.close(fd)
+        try:
+            if gated:
+                self.cgroups.attach(comp.name, proc.pid)
+        finally:
+            if gated:
+                os.write(gate_w, b"go\n")
+                os.close(gate_w)
+        start_time = read_start_time(proc.pid) or 0
+        self.children[proc.pid] = proc
+        return proc, records.ProcessRef(pid=proc.pid, start_time=start_time, marker=marker,
+                                        step=step_name)
+
+    def is_skipped(self, step: component.Step, skip_if: str | None) -> bool:
+        if not skip_if:
+            return False
+        kind, _, arg = skip_if.partition(" ")
+        if kind == "onpath":
+            return shutil.which(arg.strip(), path=_SAFE_PATH) is not None
+        return pathlib.Path(arg.strip()).exists()
+
+    async def run_step(self, record: records.Record, comp: documents.ResolvedComponent,
+                       step_name: str, step: component.Step, script: str,
+                       env: Mapping[str, str], skip_if: str | None,
+                       on_spawn: Callable[[records.ProcessRef], None]) -> StepResult:
+        """Run a step to completion (install, startup, shutdown, recover)."""
+        if self.is_skipped(step, skip_if):
+            return StepResult(ok=True, skipped=True, message=f"{step_name} skipped ({skip_if})")
+        timeout = step.timeout_seconds or DEFAULT_TIMEOUTS[step_name]
+        try:
+            proc, ref = self.spawn(record, comp, step_name, step, script, env)
+        except (OSError, KeyError, cgroups_.LimitError) as exc:
+            return StepResult(ok=False, message=f"{step_name} could not start: {exc}")
+        on_spawn(ref)
+        code = await wait_exit(proc, timeout)
+        if code is None:
+            await self.terminate(comp.name, ref)
+            return StepResult(ok=False, timed_out=True,
+                              message=f"{step_name} timed out after {timeout:g}s")
+        self.children.pop(proc.pid, None)
+        await self.kill_leftovers(ref.pid)
+        if code != 0:
+            return StepResult(ok=False, code=code, message=f"{step_name} exited with {code}")
+        return StepResult(ok=True, code=0)
+
+    # --- watching and stopping ----------------------------------------------------
+
+    def watch(self, name: str, ref: records.ProcessRef,
+              on_exit: Callable[[int | None], None]) -> bool:
+        """Call on_exit(code) once when the process ends; code is None for an adopted one."""
+        self.unwatch(name)
+        try:
+            fd = os.pidfd_open(ref.pid)
+        except ProcessLookupError:
+            return False
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self.unwatch(name)
+            proc = self.children.pop(ref.pid, None)
+            on_exit(proc.wait() if proc is not None else None)
+
+        self._watches[name] = fd
+        loop.add_reader(fd, fire)
+        return True
+
+    def unwatch(self, name: str) -> None:
+        fd = self._watches.pop(name, None)
+        if fd is not None:
+            asyncio.get_running_loop().remove_reader(fd)
+            os.close(fd)
+
+    def members(self, name: str, pgid: int | None) -> set[int]:
+        found = self.cgroups.pids(name)
+        if pgid is not None:
+            found |= group_members(pgid)
+        return found
+
+    async def kill_leftovers(self, pgid: int) -> None:
+        """A finished step's background processes in its group are not left behind."""
+        for pid in group_members(pgid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    async def terminate(self, name: str, ref: records.ProcessRef | None) -> None:
+        """SIGTERM the group and the cgroup, SIGKILL what remains after the grace period."""
+        self.unwatch(name)
+        pgid = ref.pid if ref is not None and is_same_process(ref) else None
+        deadline = time.monotonic() + self.kill_grace_s
+        sig = signal.SIGTERM
+        while True:
+            self._reap()
+            pids = self.members(name, pgid)
+            if not pids:
+                break
+            if time.monotonic() > deadline:
+                sig = signal.SIGKILL
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            await asyncio.sleep(0.02)
+        if ref is not None:
+            proc = self.children.pop(ref.pid, None)
+            if proc is not None:
+                proc.wait()
+
+    def _reap(self) -> None:
+        for pid, proc in list(self.children.items()):
+            if proc.poll() is not None:
+                self.children.pop(pid, None)
+
+    def remove(self, name: str) -> None:
+        shutil.rmtree(self.layout.work_of(name), ignore_errors=True)
+        self.cgroups.remove(name)

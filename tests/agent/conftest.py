@@ -1,0 +1,140 @@
+"""A real agent process on a real temp root, and helpers to drive it by its files."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from hedgerow.core import component, documents
+
+THING = "gw-test"
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(0.02)
+
+
+def rc(name: str, run: str | None = None, version: str = "1.0.0", **kw: Any,
+       ) -> documents.ResolvedComponent:
+    life = kw.pop("lifecycle", None) or component.Lifecycle(
+        run=component.Step(script=run or "sleep 60"))
+    return documents.ResolvedComponent(name=name, version=version, lifecycle=life, **kw)
+
+
+class AgentProcess:
+    def __init__(self, root: pathlib.Path) -> None:
+        self.root = root
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, *extra: str) -> None:
+        log = (self.root.parent / "agent.log").open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hedgerow", "agent", "run", "--root", str(self.root),
+             "--thing", THING, "--resync", "2", "--settle", "0.5", *extra],
+            stdout=log, stderr=log, start_new_session=True)
+        wait_for(lambda: (self.root / "agent.sock").exists(), 15, "the control socket")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        (self.root / "agent.sock").unlink(missing_ok=True)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def deploy(self, *components: documents.ResolvedComponent,
+               failure_handling: str = "ROLLBACK") -> documents.DesiredState:
+        ref = documents.DeploymentRef.model_validate(
+            {"name": "cloud", "policies": {"failureHandling": failure_handling}})
+        doc = documents.render_desired_state(THING, [ref], list(components))
+        target = self.root / "desired" / "desired.json"
+        tmp = target.with_suffix(".tmp")
+        tmp.write_bytes(documents.render_bytes(doc))
+        tmp.replace(target)
+        return doc
+
+    def status(self) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads((self.root / "state" / "status.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return data
+
+    def states(self) -> dict[str, str]:
+        return {c["name"]: c["state"] for c in self.status().get("components", [])}
+
+    def wait_states(self, expected: dict[str, str], timeout: float = 15.0) -> None:
+        wait_for(lambda: self.states() == expected, timeout,
+                 f"states {expected} (last: {self.states()})")
+
+    def record(self, name: str) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(
+            (self.root / "state" / "components" / f"{name}.json").read_text())
+        return data
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "hedgerow", *args, "--root",
+                               str(self.root)], capture_output=True, text=True, timeout=60)
+
+
+def pids_with_marker(root: pathlib.Path) -> set[int]:
+    """Every live process whose environment points at this agent root."""
+    out = set()
+    needle = f"HEDGEROW_ROOT={root}".encode()
+    for entry in pathlib.Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if needle in (entry / "environ").read_bytes().split(b"\0"):
+                    stat = (entry / "stat").read_text()
+                    if stat[stat.rindex(")") + 2] != "Z":
+                        out.add(int(entry.name))
+            except OSError:
+                continue
+    return out
+
+
+@pytest.fixture
+def agent_home() -> Iterator[pathlib.Path]:
+    """A temp folder components (running as nobody) can traverse; pytest's is 0700."""
+    home = pathlib.Path(tempfile.mkdtemp(prefix="hedgerow-agent-"))
+    home.chmod(0o711)
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def agent(agent_home: pathlib.Path) -> Iterator[AgentProcess]:
+    tmp_path = agent_home
+    root = tmp_path / "root"
+    (root / "desired").mkdir(parents=True)
+    (root / "deployments").mkdir()
+    a = AgentProcess(root)
+    a.start()
+    yield a
+    a.stop()
+    for pid in pids_with_marker(root):  # never leave test workloads behind
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    print((tmp_path / "agent.log").read_text()[-4000:])

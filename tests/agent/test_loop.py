@@ -1,0 +1,106 @@
+"""The converge loop with real processes: start, update, remove, dependencies, bad input."""
+
+from __future__ import annotations
+
+from hedgerow.core import component, documents
+
+from .conftest import AgentProcess, pids_with_marker, rc, wait_for
+
+
+def test_a_component_runs_and_sees_its_environment(agent: AgentProcess) -> None:
+    agent.deploy(rc("a", "echo thing=$HEDGEROW_THING_NAME tok=${#HEDGEROW_AUTH_TOKEN} "
+                         "user=$(id -un) cfg={configuration:/m} work={work:path}; sleep 60",
+                    configuration={"m": "hi"}))
+    agent.wait_states({"a": "RUNNING"})
+    log = agent.root / "logs" / "a.log"
+    line = wait_for(lambda: log.exists() and log.read_text(), 5, "log output")
+    assert f"thing=gw-test tok=32 user=nobody cfg=hi work={agent.root}/work/a" in line
+    assert line[:4].isdigit() and "Z " in line  # timestamped
+    assert oct((agent.root / "agent.sock").stat().st_mode & 0o777) == "0o660"
+
+
+def test_update_restarts_only_what_changed_and_removal_cleans_up(agent: AgentProcess) -> None:
+    agent.deploy(rc("a"), rc("b"))
+    agent.wait_states({"a": "RUNNING", "b": "RUNNING"})
+    pid_a, pid_b = agent.record("a")["process"]["pid"], agent.record("b")["process"]["pid"]
+    agent.deploy(rc("a"), rc("b", configuration={"x": 1}))
+    wait_for(lambda: (agent.record("b").get("process") or {}).get("pid") not in (None, pid_b))
+    assert agent.record("a")["process"]["pid"] == pid_a
+    agent.deploy(rc("a"))
+    agent.wait_states({"a": "RUNNING"})
+    assert not (agent.root / "work" / "b").exists()
+    assert len(pids_with_marker(agent.root)) >= 1
+
+
+def test_dependencies_start_first_and_hard_restart_restarts_dependents(
+    agent: AgentProcess,
+) -> None:
+    dep = documents.ResolvedDependency(name="base", version="1.0.0", type="HARD")
+    order = "echo $(date +%s%N) {name} >> {root}/order; sleep 60"
+    (agent.root / "order").touch(mode=0o666)
+    (agent.root / "order").chmod(0o666)
+    agent.deploy(rc("base", order.format(name="base", root=agent.root)),
+                 rc("user", order.format(name="user", root=agent.root), dependencies=[dep]))
+    agent.wait_states({"base": "RUNNING", "user": "RUNNING"})
+    user_pid = agent.record("user")["process"]["pid"]
+    agent.deploy(rc("base", order.format(name="base", root=agent.root),
+                    configuration={"v": 2}),
+                 rc("user", order.format(name="user", root=agent.root), dependencies=[dep]))
+    wait_for(lambda: (agent.record("user").get("process") or {}).get("pid")
+             not in (None, user_pid), 10, "user restarted")
+    agent.wait_states({"base": "RUNNING", "user": "RUNNING"})
+    wait_for(lambda: len((agent.root / "order").read_text().splitlines()) == 4)
+    names = [line.split()[1] for line in (agent.root / "order").read_text().splitlines()]
+    assert names == ["base", "user", "base", "user"]
+
+
+def test_invalid_desired_document_is_rejected_and_nothing_is_removed(
+    agent: AgentProcess,
+) -> None:
+    agent.deploy(rc("a"))
+    agent.wait_states({"a": "RUNNING"})
+    target = agent.root / "desired" / "desired.json"
+    target.write_text(target.read_text().replace('"sleep 60"', '"sleep 61"'))
+    wait_for(lambda: (agent.status().get("deployment") or {}).get("outcome") == "REJECTED")
+    reason = agent.status()["deployment"]["reason"]
+    assert "desired.json DesiredState" in reason and "revision" in reason
+    assert agent.states() == {"a": "RUNNING"}
+
+
+def test_invalid_local_manifest_names_file_object_and_field(agent: AgentProcess) -> None:
+    (agent.root / "deployments" / "bad.yaml").write_text(
+        "apiVersion: hedgerow.dev/v1alpha1\nkind: Component\nmetadata: {name: x}\n"
+        "spec: {name: x, version: one, manifests: []}\n")
+    wait_for(lambda: (agent.status().get("deployment") or {}).get("outcome") == "REJECTED")
+    assert "bad.yaml#1 Component/x: spec.version: must be a semantic version" in \
+        agent.status()["deployment"]["reason"]
+
+
+def test_lifecycle_steps_timeouts_and_skipif(agent: AgentProcess) -> None:
+    life = component.Lifecycle.model_validate({
+        "setenv": {"G": "global"},
+        "install": {"script": "echo installed-$G > {work:path}/i", "setenv": {"G": "step"}},
+        "startup": {"script": "echo started-$G > {work:path}/s"},
+        "shutdown": {"script": "echo bye > {work:path}/../../bye"},
+    })
+    skipped = component.Lifecycle.model_validate({
+        "install": {"script": "exit 1", "skipIf": "onpath sh"},
+        "run": {"script": "sleep 60", "skipIf": "exists /etc/hostname"},
+    })
+    agent.deploy(rc("steps", lifecycle=life), rc("skip", lifecycle=skipped))
+    agent.wait_states({"steps": "RUNNING", "skip": "FINISHED"})
+    assert (agent.root / "work" / "steps" / "i").read_text() == "installed-step\n"
+    assert (agent.root / "work" / "steps" / "s").read_text() == "started-global\n"
+    agent.deploy()
+    wait_for(lambda: agent.states() == {})
+    assert not (agent.root / "work" / "steps").exists()
+
+
+def test_startup_timeout_errors_then_broken(agent: AgentProcess) -> None:
+    life = component.Lifecycle.model_validate(
+        {"startup": {"script": "sleep 30", "timeoutSeconds": 1}})
+    agent.deploy(rc("slow", lifecycle=life), failure_handling="DO_NOTHING")
+    agent.wait_states({"slow": "BROKEN"}, timeout=30)
+    assert "timed out after 1s" in agent.status()["components"][0]["message"]
+    assert agent.status()["deployment"]["outcome"] == "FAILED"
+    assert pids_with_marker(agent.root) == set()
