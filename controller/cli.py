@@ -1,10 +1,132 @@
-"""Subcommands this side adds to `hedgerow` (filled in as the side is built)."""
+"""Subcommands this side adds to `hedgerow`: `controller` (run the operator) and `plan`
+(dry run of deployments against the live cluster). Heavy imports stay inside handlers."""
 
 from __future__ import annotations
 
 import argparse
+import pathlib
+import sys
 from typing import Any
 
 
+def _controller(args: argparse.Namespace) -> int:
+    from hedgerow.controller import broker, operator
+
+    if args.broker.startswith("mqtts://") and not args.ca:
+        print("--ca is required with an mqtts:// broker", file=sys.stderr)
+        return 2
+    settings = operator.Settings(
+        broker=broker.BrokerSettings(args.broker, args.ca, args.cert, args.key, args.client_id),
+        kubeconfig=args.kubeconfig, resync=args.resync, status_interval=args.status_interval,
+        rollout_window=args.rollout_minute, verbose=args.verbose, liveness=args.liveness,
+    )
+    operator.run(settings)
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from hedgerow.controller import fleet, kube
+    from hedgerow.core import component, coredevice, deployment, manifest, resolve, thinggroup
+
+    proposed: list[Any] = []
+    for path in args.files:
+        try:
+            proposed += manifest.parse_documents(pathlib.Path(path).read_text(), path)
+        except OSError as exc:
+            print(f"{path}: cannot read: {exc.strerror}", file=sys.stderr)
+            return 2
+        except manifest.InvalidDocumentError as exc:
+            for problem in exc.problems:
+                print(problem, file=sys.stderr)
+            return 2
+    kube.load_config(args.kubeconfig)
+    api = kube.Kube()
+    live: dict[str, list[Any]] = {}
+    for kind, model in (("Component", component.Component), ("ThingGroup", thinggroup.ThingGroup),
+                        ("Deployment", deployment.Deployment),
+                        ("CoreDevice", coredevice.CoreDevice)):
+        live[kind] = [model.model_validate(item) for item in api.fetch_all(kind)]
+
+    def overlay(kind: str) -> list[Any]:
+        # Objects from the files replace live ones of the same namespace/name.
+        mine = {}
+        for obj in proposed:
+            if obj.kind == kind:
+                meta = obj.metadata
+                if kind != "CoreDevice" and not meta.namespace:
+                    meta = meta.model_copy(update={"namespace": args.namespace})
+                    obj = obj.model_copy(update={"metadata": meta})
+                mine[(meta.namespace or "", meta.name)] = obj
+        kept = [o for o in live[kind]
+                if (o.metadata.namespace or "", o.metadata.name) not in mine]
+        return kept + list(mine.values())
+
+    before = resolve.Fleet(live["ThingGroup"], live["Deployment"], live["Component"])
+    after = resolve.Fleet(overlay("ThingGroup"), overlay("Deployment"), overlay("Component"))
+    problems: dict[str, str] = {}
+    changed = 0
+    for device in sorted(live["CoreDevice"], key=lambda d: d.metadata.name):
+        thing, labels = device.metadata.name, device.metadata.labels
+        platform = device.status.platform if device.status else None
+        old = before.resolve(thing, labels, platform).combination
+        new = after.resolve(thing, labels, platform)
+        if new.problems:
+            for p in new.problems:
+                problems[f"{p.deployment}: {p.reason}: {p.message}"] = thing
+            print(f"{thing}: would keep its current state ({new.problems[0].reason})")
+            continue
+        changes = fleet.plan_changes(old.components, new.combination.components)
+        if not changes:
+            if not args.quiet:
+                print(f"{thing}: no change")
+            continue
+        changed += 1
+        print(f"{thing}:")
+        for change in changes:
+            print(f"  {change}")
+    empty = after.empty_targets((d.metadata.name, d.metadata.labels) for d in live["CoreDevice"])
+    for p in empty:
+        problems[f"{p.deployment}: {p.reason}: {p.message}"] = ""
+    for text in problems:
+        print(f"problem: {text}", file=sys.stderr)
+    print(f"{changed} device(s) would change")
+    return 1 if problems else 0
+
+
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
-    del subparsers
+    run = subparsers.add_parser(
+        "controller", help="run the controller (a kopf operator) against a cluster",
+        description="Watch Components, ThingGroups, Deployments and CoreDevices; publish each "
+                    "device's desired state to the MQTT broker; fold device status back.",
+    )
+    run.add_argument("--kubeconfig", help="default: in-cluster, then ~/.kube/config")
+    run.add_argument("--broker", required=True, metavar="URL",
+                     help="mqtts://host:8883 (mTLS) or, for tests, mqtt://127.0.0.1:PORT")
+    run.add_argument("--ca", help="CA bundle that signed the broker's certificate")
+    run.add_argument("--cert", help="the controller's client certificate (PEM)")
+    run.add_argument("--key", help="the controller's client key (PEM)")
+    run.add_argument("--client-id", default="hedgerow-controller")
+    run.add_argument("--resync", type=float, default=60.0, metavar="SECONDS",
+                     help="re-plan the whole fleet at least this often (default 60)")
+    run.add_argument("--status-interval", type=float, default=1.0, metavar="SECONDS",
+                     help="at most one CoreDevice status write per device this often")
+    run.add_argument("--rollout-minute", type=float, default=60.0, metavar="SECONDS",
+                     help=argparse.SUPPRESS)  # tests shorten rollout windows
+    run.add_argument("--liveness", metavar="URL",
+                     help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz")
+    run.add_argument("-v", "--verbose", action="store_true")
+    run.set_defaults(handler=_controller)
+
+    plan = subparsers.add_parser(
+        "plan", help="dry run: what each device would run after applying FILEs",
+        description="Resolve the live cluster with the Deployments (and Components, "
+                    "ThingGroups) in FILEs applied, and print per device the components "
+                    "that would be added (+), changed (~) or removed (-). Changes nothing. "
+                    "Rollouts are ignored: this is where every device ends up.",
+    )
+    plan.add_argument("files", nargs="+", metavar="FILE")
+    plan.add_argument("--kubeconfig")
+    plan.add_argument("-n", "--namespace", default="default",
+                      help="namespace for objects in FILEs that name none (default: default)")
+    plan.add_argument("-q", "--quiet", action="store_true", help="omit unchanged devices")
+    plan.set_defaults(handler=_plan)

@@ -41,6 +41,10 @@ class CoreDeviceStatus(base.Model):
     platform: documents.PlatformInfo | None = None
     agent_version: str | None = None
     desired_revision: str | None = None
+    desired_generations: Annotated[dict[str, int], pydantic.Field(
+        description="The generation of each deployment the desired revision was built "
+                    "from ('namespace/name': generation); written by the controller.",
+    )] = {}
     applied_revision: str | None = None
     components: Annotated[list[DeviceComponent], pydantic.Field(max_length=256)] = []
     certificate: CertificateStatus | None = None

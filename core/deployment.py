@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from typing import Annotated, Any, Literal
 
 import pydantic
@@ -171,6 +172,21 @@ class DeploymentSpec(base.Model):
         return self
 
 
+class RolloutStatus(base.Model):
+    """The rollout of one generation: when it started and whether it was aborted."""
+
+    generation: int
+    started_at: datetime.datetime
+    aborted_at: datetime.datetime | None = None
+
+
+class GenerationSpec(base.Model):
+    """A spec some devices still run: devices a rollout has not reached keep theirs."""
+
+    generation: int
+    spec: DeploymentSpec
+
+
 class DeploymentStatus(base.Model):
     observed_generation: int | None = None
     targeted: int = 0
@@ -179,6 +195,11 @@ class DeploymentStatus(base.Model):
     failed: int = 0
     timed_out: int = 0
     rolled_back: int = 0
+    rollout: RolloutStatus | None = None
+    history: Annotated[list[GenerationSpec], pydantic.Field(
+        max_length=8, description="Specs of generations devices still run (for rollouts "
+        "and rollback); written by the controller.",
+    )] = []
     conditions: Annotated[list[base.Condition], pydantic.Field(
         json_schema_extra=base.list_map("type"),
     )] = []

@@ -1,0 +1,453 @@
+"""One reconcile pass over the whole fleet, as a pure function: what to publish, and the
+status every Deployment and ThingGroup should have. The operator is a thin shell around
+:func:`plan_fleet`; tests call it with a fake clock.
+
+Rollouts. Each device records, in ``CoreDevice.status.desiredGenerations``, the generation
+of every deployment its published document was built from. A device is *reached* by a
+deployment's rollout when that record equals the deployment's current generation. Devices
+not reached keep the spec of the generation they are on (kept in the Deployment's
+``status.history``), or go without the deployment if they never had it. Each pass reaches
+as many more devices as :func:`hedgerow.core.rollout.plan_allowance` allows, in thing-name
+order. When an abort criterion trips, the rollout stops; with ``failureHandling:
+ROLLBACK`` every device on the failing generation is resolved with the generation before it
+again (rollback is re-applying the previous document, nothing else).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections.abc import Mapping, Sequence
+from typing import Final
+
+from hedgerow.core import base, component, coredevice, deployment, documents, resolve, rollout
+from hedgerow.core import thinggroup as thinggroup_
+
+APPLIED: Final = "Applied"
+READY: Final = "Ready"
+PROGRESSING: Final = "Progressing"
+STALLED: Final = "Stalled"  # kstatus (Flux): a permanent failure, not "still working"
+
+Key = resolve.Key
+
+
+@dataclasses.dataclass(frozen=True)
+class Device:
+    thing: str
+    labels: Mapping[str, str]
+    status: coredevice.CoreDeviceStatus
+
+
+@dataclasses.dataclass(frozen=True)
+class Publish:
+    thing: str
+    revision: str
+    payload: bytes
+    generations: dict[str, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    deployment: Key
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class FleetPlan:
+    publishes: list[Publish]
+    deployments: dict[Key, deployment.DeploymentStatus]
+    member_counts: dict[Key, int]
+    events: list[Event]
+    wake_at: datetime.datetime | None
+    problems: dict[str, list[resolve.Problem]]  # by deployment id
+
+
+def render_condition(
+    conditions: Sequence[base.Condition], type_: str, status: base.ConditionStatus,
+    reason: str, message: str, now: datetime.datetime, generation: int | None = None,
+) -> list[base.Condition]:
+    """Set one condition, keeping lastTransitionTime when the status did not change."""
+    old = next((c for c in conditions if c.type == type_), None)
+    since = old.last_transition_time if old is not None and old.status == status else now
+    new = base.Condition(type=type_, status=status, reason=reason, message=message[:4096],
+                         last_transition_time=since, observed_generation=generation)
+    return [*(c for c in conditions if c.type != type_), new]
+
+
+def applied_state(
+    status: coredevice.CoreDeviceStatus,
+) -> tuple[base.ConditionStatus | None, datetime.datetime | None]:
+    cond = next((c for c in status.conditions if c.type == APPLIED), None)
+    return (None, None) if cond is None else (cond.status, cond.last_transition_time)
+
+
+def render_notified(
+    status: coredevice.CoreDeviceStatus, publish: Publish, now: datetime.datetime,
+) -> coredevice.CoreDeviceStatus:
+    """A device's status once a new document was published to it."""
+    applied = base.Condition(type=APPLIED, status=base.ConditionStatus.UNKNOWN,
+                             reason="Notified", message=f"revision {publish.revision} published",
+                             last_transition_time=now)
+    return status.model_copy(update={
+        "desired_revision": publish.revision,
+        "desired_generations": publish.generations,
+        "conditions": [*(c for c in status.conditions if c.type != APPLIED), applied],
+    })
+
+
+def render_report(
+    status: coredevice.CoreDeviceStatus, report: documents.StatusReport,
+    now: datetime.datetime,
+) -> coredevice.CoreDeviceStatus:
+    """Fold one StatusReport into a device's status (small: name/version/state triples)."""
+    conditions = list(status.conditions)
+    outcome = report.deployment
+    if status.desired_revision is not None:
+        verdict: tuple[base.ConditionStatus, str] | None = None
+        if outcome is not None and outcome.revision == status.desired_revision:
+            verdict = {
+                documents.Outcome.SUCCEEDED: (base.ConditionStatus.TRUE, "Succeeded"),
+                documents.Outcome.IN_PROGRESS: (base.ConditionStatus.UNKNOWN, "InProgress"),
+            }.get(outcome.outcome, (base.ConditionStatus.FALSE, outcome.outcome.value.title()
+                                    .replace("_", "")))
+        elif (report.applied_revision == status.desired_revision
+              and report.health is documents.Health.HEALTHY):
+            verdict = (base.ConditionStatus.TRUE, "Succeeded")
+        if verdict is not None:
+            message = outcome.reason if outcome is not None else ""
+            conditions = render_condition(conditions, APPLIED, verdict[0], verdict[1],
+                                          message, now)
+    return status.model_copy(update={
+        "health": report.health,
+        "last_seen": report.time,
+        "platform": report.platform,
+        "agent_version": report.agent_version,
+        "applied_revision": report.applied_revision,
+        "components": [coredevice.DeviceComponent(name=c.name, version=c.version,
+                                                  state=c.state) for c in report.components],
+        "conditions": conditions,
+    })
+
+
+@dataclasses.dataclass
+class _Rollout:
+    d: deployment.Deployment
+    id: str
+    generation: int
+    state: deployment.RolloutStatus
+    history: dict[int, deployment.Deployment]
+    targeted: list[str] = dataclasses.field(default_factory=list)  # things
+    promote: set[str] = dataclasses.field(default_factory=set)
+    rolled_back: int = 0
+    fresh: bool = False  # this pass started the rollout of this generation
+    frozen: rollout.Counts | None = None  # counts when the rollout was aborted
+    previous: deployment.DeploymentStatus = dataclasses.field(
+        default_factory=deployment.DeploymentStatus)  # the status before this pass
+
+    @property
+    def aborted(self) -> bool:
+        return self.state.aborted_at is not None
+
+    @property
+    def rolls_back(self) -> bool:
+        return (self.aborted and self.d.spec.policies.failure_handling
+                is deployment.FailureHandling.ROLLBACK)
+
+    def baseline(self, below: int) -> deployment.Deployment | None:
+        older = [g for g in self.history if g < below]
+        return self.history[max(older)] if older else None
+
+    def choose(self, thing: str, record: int | None) -> deployment.Deployment | None:
+        """The generation of this deployment a device gets, given the one it is on."""
+        if self.rolls_back:
+            if record is not None and record != self.generation and record in self.history:
+                return self.history[record]
+            return self.baseline(self.generation)
+        if record == self.generation or thing in self.promote:
+            return self.d
+        if record is None:
+            return None
+        if record in self.history:
+            return self.history[record]
+        return self.baseline(self.generation) or self.d
+
+
+@dataclasses.dataclass
+class _View:
+    """Every device's status during one pass, and what its Applied condition says."""
+
+    statuses: dict[str, coredevice.CoreDeviceStatus]
+    applied: dict[str, tuple[base.ConditionStatus | None, datetime.datetime | None]]
+
+    def set(self, thing: str, status: coredevice.CoreDeviceStatus) -> None:
+        self.statuses[thing] = status
+        self.applied[thing] = applied_state(status)
+
+    def record(self, thing: str, deployment_id: str) -> int | None:
+        return self.statuses[thing].desired_generations.get(deployment_id)
+
+
+def _counts(r: _Rollout, view: _View, now: datetime.datetime,
+            window: datetime.timedelta) -> rollout.Counts:
+    notified = succeeded = failed = timed_out = 0
+    for thing in r.targeted:
+        if view.record(thing, r.id) != r.generation:
+            continue
+        notified += 1
+        state, since = view.applied[thing]
+        if state is base.ConditionStatus.TRUE:
+            succeeded += 1
+        elif state is base.ConditionStatus.FALSE:
+            failed += 1
+        elif since is not None and rollout.is_timed_out(r.d.spec.rollout, since, now, window):
+            timed_out += 1
+    return rollout.Counts(len(r.targeted), notified, succeeded, failed, timed_out)
+
+
+def _history_object(
+    fleet: resolve.Fleet, d: deployment.Deployment, h: deployment.GenerationSpec,
+) -> deployment.Deployment:
+    """The deployment as it was at an older generation; one object per generation for
+    the fleet's lifetime, so resolutions that use it are cached like any other."""
+    key = ("history", id(d), h.generation)
+    if key not in fleet.memo:
+        meta = d.metadata.model_copy(update={"generation": h.generation})
+        fleet.memo[key] = (d.model_copy(update={"metadata": meta, "spec": h.spec}), d)
+    old: deployment.Deployment = fleet.memo[key][0]
+    return old
+
+
+def plan_fleet(
+    devices: Sequence[Device],
+    groups: Sequence[thinggroup_.ThingGroup],
+    deployments: Sequence[deployment.Deployment],
+    components: Sequence[component.Component],
+    now: datetime.datetime,
+    window: datetime.timedelta = rollout.MINUTE,
+    *,
+    fleet: resolve.Fleet | None = None,
+    statuses: Mapping[Key, deployment.DeploymentStatus] | None = None,
+) -> FleetPlan:
+    """One pass. ``fleet`` (built from the same groups, deployments and components) may be
+    kept between passes: its caches then carry over, and devices whose combination did
+    not change cost a lookup. ``statuses`` override the Deployments' own status (the
+    controller's latest writes, which the watch may not have delivered yet)."""
+    if fleet is None:
+        fleet = resolve.Fleet(groups, deployments, components)
+    events: list[Event] = []
+    rollouts: list[_Rollout] = []
+    for d, did in zip(fleet.deployments, fleet.ids, strict=True):
+        generation = d.metadata.generation or 0
+        previous = ((statuses or {}).get(resolve.key_of(d)) or d.status
+                    or deployment.DeploymentStatus())
+        state = previous.rollout
+        fresh = state is None or state.generation != generation
+        if state is None or fresh:
+            state = deployment.RolloutStatus(generation=generation, started_at=now)
+        history = {h.generation: _history_object(fleet, d, h) for h in previous.history
+                   if h.generation < generation}
+        rollouts.append(_Rollout(d, did, generation, state, history,
+                                 rolled_back=0 if fresh else previous.rolled_back, fresh=fresh,
+                                 previous=previous))
+    position = {id(d): i for i, d in enumerate(fleet.deployments)}
+
+    view = _View({}, {})
+    targeting: dict[str, tuple[int, ...]] = {}
+    members: dict[Key, int] = dict.fromkeys(fleet.groups, 0)
+    for device in devices:
+        view.set(device.thing, device.status)
+        targeting[device.thing] = fleet.indices(device.thing, device.labels)
+        for i in targeting[device.thing]:
+            rollouts[i].targeted.append(device.thing)
+        for g in fleet.groups_of(device.thing, device.labels):
+            members[g] += 1
+
+    wake: list[datetime.datetime] = []
+    for r in rollouts:
+        spec = r.d.spec.rollout
+        counts = _counts(r, view, now, window)
+        if not r.aborted:
+            criterion = rollout.resolve_abort(spec.abort_criteria, counts)
+            if criterion is not None:
+                r.state = r.state.model_copy(update={"aborted_at": now})
+                r.rolled_back = counts.notified if r.rolls_back else 0
+                r.frozen = counts
+                executed = counts.succeeded + counts.failed + counts.timed_out
+                events.append(Event(
+                    resolve.key_of(r.d), "Warning", "RolloutAborted",
+                    f"generation {r.generation}: {counts.failed} failed and {counts.timed_out} "
+                    f"timed out of {executed} executed devices, reaching the "
+                    f"{criterion.threshold_percentage}% {criterion.failure_type.value} "
+                    "threshold; " + (f"rolling back {r.rolled_back} devices" if r.rolls_back
+                                     else "leaving devices as they are")))
+        if r.aborted or spec.suspend:
+            continue
+        if counts.notified < counts.targeted:
+            allowance = rollout.plan_allowance(spec, r.state.started_at, now, counts, window)
+            budget = max(0, allowance - counts.notified)
+            unreached = sorted(t for t in r.targeted if view.record(t, r.id) != r.generation)
+            r.promote = set(unreached[:budget])
+            if len(unreached) > budget:
+                wake.append(rollout.plan_next_window(spec, r.state.started_at, now, window))
+        if spec.timeout_minutes is not None:
+            for thing in r.targeted:
+                applied, since = view.applied[thing]
+                if (applied is base.ConditionStatus.UNKNOWN and since is not None
+                        and view.record(thing, r.id) == r.generation):
+                    timeout_at = rollout.plan_timeout_at(spec, since, window)
+                    if timeout_at is not None and timeout_at > now:
+                        wake.append(timeout_at)
+
+    publishes: list[Publish] = []
+    problems: dict[str, list[resolve.Problem]] = {}
+    for device in devices:
+        status = device.status
+        chosen = {i: rollouts[i].choose(device.thing, status.desired_generations.get(
+            rollouts[i].id)) for i in targeting[device.thing]}
+
+        def substitute(d: deployment.Deployment,
+                       chosen: dict[int, deployment.Deployment | None] = chosen,
+                       ) -> deployment.Deployment | None:
+            return chosen[position[id(d)]]
+
+        result = fleet.resolve(device.thing, device.labels, status.platform, substitute)
+        if result.problems:
+            for p in result.problems:
+                problems.setdefault(p.deployment, []).append(p)
+            continue
+        revision = result.revision
+        assert revision is not None
+        if status.desired_revision is None and not result.combination.deployments:
+            continue  # nothing was ever published and nothing is asked of it yet
+        generations = {rollouts[i].id: v.metadata.generation or 0
+                       for i, v in chosen.items() if v is not None}
+        if revision != status.desired_revision or generations != status.desired_generations:
+            payload = result.payload()
+            assert payload is not None
+            publish = Publish(device.thing, revision, payload, generations)
+            publishes.append(publish)
+            view.set(device.thing, render_notified(status, publish, now)
+                     if revision != status.desired_revision else
+                     status.model_copy(update={"desired_generations": generations}))
+
+    for p in fleet.empty_targets((d.thing, d.labels) for d in devices):
+        problems.setdefault(p.deployment, []).append(p)
+
+    written = {resolve.key_of(r.d): _render_status(r, view, problems.get(r.id, []), now,
+                                                   window, events) for r in rollouts}
+    return FleetPlan(publishes, written, members, events, min(wake) if wake else None, problems)
+
+
+def _render_status(
+    r: _Rollout, view: _View, problems: list[resolve.Problem], now: datetime.datetime,
+    window: datetime.timedelta, events: list[Event],
+) -> deployment.DeploymentStatus:
+    old = r.previous
+    counts = _counts(r, view, now, window)
+    if r.aborted:
+        # Rolled-back devices no longer run this generation; report the rollout as it
+        # stood when it stopped.
+        counts = r.frozen or rollout.Counts(counts.targeted, old.notified, old.succeeded,
+                                            old.failed, old.timed_out)
+    spec = r.d.spec.rollout
+    key = resolve.key_of(r.d)
+    t, f = base.ConditionStatus.TRUE, base.ConditionStatus.FALSE
+    executed = counts.succeeded + counts.failed + counts.timed_out
+    progress = (f"{counts.notified}/{counts.targeted} notified, {counts.succeeded} succeeded, "
+                f"{counts.failed} failed, {counts.timed_out} timed out")
+    if problems:
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        ready = (f, first.reason, first.message + more)
+        progressing = (f, first.reason, "waiting for the spec to change")
+        stalled = (t, first.reason, first.message)
+    elif r.aborted:
+        ready = (f, "RolloutAborted", f"rollout of generation {r.generation} aborted; "
+                 f"{r.rolled_back} devices rolled back; {progress}")
+        progressing = (f, "RolloutAborted", "the rollout stopped")
+        stalled = (t, "RolloutAborted", ready[2])
+    elif counts.notified < counts.targeted and spec.suspend:
+        ready = (f, "Suspended", progress)
+        progressing = (f, "Suspended", "rollout.suspend is true")
+        stalled = (f, "Suspended", "")
+    elif counts.notified < counts.targeted or executed < counts.targeted:
+        ready = (f, "RollingOut", progress)
+        progressing = (t, "RollingOut", progress)
+        stalled = (f, "RollingOut", "")
+    elif counts.failed or counts.timed_out:
+        ready = (f, "DevicesFailed", progress)
+        progressing = (f, "Complete", progress)
+        stalled = (t, "DevicesFailed", progress)
+    else:
+        ready = (t, "Succeeded", progress)
+        progressing = (f, "Complete", progress)
+        stalled = (f, "Succeeded", "")
+
+    conditions = list(old.conditions)
+    for type_, (status, reason, message) in ((READY, ready), (PROGRESSING, progressing),
+                                             (STALLED, stalled)):
+        conditions = render_condition(conditions, type_, status, reason, message, now,
+                                      r.generation)
+    was = {c.type: c for c in old.conditions}
+    if r.fresh and not problems:
+        events.append(Event(key, "Normal", "RolloutStarted",
+                            f"rolling out generation {r.generation} to {counts.targeted} devices"))
+    if ready[0] is t and (was.get(READY) is None or was[READY].status is not t
+                          or was[READY].observed_generation != r.generation):
+        events.append(Event(key, "Normal", "RolloutFinished", progress))
+
+    # Keep the specs devices still run, and the current one (the next rollout's baseline).
+    in_use = {view.record(thing, r.id) for thing in r.targeted}
+    older = [h.generation for h in old.history if h.generation < r.generation]
+    history = [h for h in old.history if h.generation < r.generation
+               and (h.generation in in_use or h.generation == max(older))]
+    if not problems:
+        history.append(deployment.GenerationSpec(generation=r.generation, spec=r.d.spec))
+    history = history[-8:]
+    return deployment.DeploymentStatus(
+        observed_generation=r.generation, targeted=counts.targeted, notified=counts.notified,
+        succeeded=counts.succeeded, failed=counts.failed, timed_out=counts.timed_out,
+        rolled_back=r.rolled_back, rollout=old.rollout if problems else r.state,
+        history=history, conditions=conditions)
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+    """One line of a dry run: a component added (+), changed (~) or removed (-)."""
+
+    op: str
+    name: str
+    before: str | None
+    after: str | None
+    what: str = ""
+
+    def __str__(self) -> str:
+        if self.op == "+":
+            return f"+ {self.name} {self.after}"
+        if self.op == "-":
+            return f"- {self.name} {self.before}"
+        detail = f" ({self.what})" if self.what else ""
+        version = self.after if self.before == self.after else f"{self.before} -> {self.after}"
+        return f"~ {self.name} {version}{detail}"
+
+
+def plan_changes(
+    before: Sequence[documents.ResolvedComponent], after: Sequence[documents.ResolvedComponent],
+) -> list[Change]:
+    old = {c.name: c for c in before}
+    new = {c.name: c for c in after}
+    changes = []
+    for name in sorted(old.keys() | new.keys()):
+        a, b = old.get(name), new.get(name)
+        if a is None and b is not None:
+            changes.append(Change("+", name, None, b.version))
+        elif b is None and a is not None:
+            changes.append(Change("-", name, a.version, None))
+        elif a is not None and b is not None and a.spec_hash != b.spec_hash:
+            what = [f for f in ("configuration", "lifecycle", "container", "artifacts",
+                                "run_with", "dependencies")
+                    if getattr(a, f) != getattr(b, f)]
+            changes.append(Change("~", name, a.version, b.version, ", ".join(what)))
+    return changes

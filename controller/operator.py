@@ -1,0 +1,406 @@
+"""The kopf operator: a thin shell around :func:`hedgerow.controller.fleet.plan_fleet`.
+
+- kopf *indexes* hold every Component, ThingGroup, Deployment and CoreDevice, parsed. kopf
+  calls no other handler before all four are filled from the initial listing, so the first
+  pass never decides on a partial view (which, after a restart, would republish).
+- Every watch event only marks the fleet dirty (level-triggered); one loop re-plans the
+  whole fleet from the indexes, at most every ``min_interval`` seconds, and at the latest
+  after ``resync`` seconds or when a rollout window opens or a device times out.
+- The last published revision per device lives in CoreDevice.status.desiredRevision and
+  in memory; a restart re-plans, finds every revision equal, and publishes nothing.
+- Status reports arrive on the paho thread, are folded into an in-memory copy of each
+  device's status, and written by one writer: at most one status write per device per
+  ``status_interval``, carrying everything that changed meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import datetime
+import functools
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, Final, TypeVar
+
+import kopf
+import pydantic
+
+from hedgerow.controller import broker as broker_
+from hedgerow.controller import fleet, kube
+from hedgerow.core import (
+    base,
+    component,
+    coredevice,
+    deployment,
+    documents,
+    resolve,
+    thinggroup,
+)
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_MODELS: Final[dict[str, type[base.Model]]] = {
+    "components": component.Component, "thinggroups": thinggroup.ThingGroup,
+    "deployments": deployment.Deployment, "coredevices": coredevice.CoreDevice,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    broker: broker_.BrokerSettings
+    kubeconfig: str | None = None
+    resync: float = 60.0
+    min_interval: float = 0.2
+    status_interval: float = 1.0
+    rollout_window: float = 60.0  # seconds in a rollout "minute" (shortened by tests)
+    verbose: bool = False
+    liveness: str | None = None
+
+
+def parse_body(plural: str, body: Mapping[str, Any]) -> base.Model | None:
+    try:
+        return _MODELS[plural].model_validate(dict(body))
+    except pydantic.ValidationError as exc:
+        # The API server validated the schema; this is a model/CRD drift, not user input.
+        logger.error("cannot read %s %s: %s", plural, body.get("metadata", {}).get("name"), exc)
+        return None
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+class Controller:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.window = datetime.timedelta(seconds=settings.rollout_window)
+        self.indexes: dict[str, Any] = {}
+        self.devices: dict[str, coredevice.CoreDeviceStatus] = {}  # our copy of each status
+        self.sequences: dict[str, int] = {}
+        self.reports: dict[str, documents.StatusReport] = {}  # the last one per device
+        self.written: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.deployment_status: dict[resolve.Key, deployment.DeploymentStatus] = {}
+        self.status_dirty: set[str] = set()
+        self.fingerprints: dict[tuple[str, str, str], Any] = {}
+        self.uids: dict[tuple[str, ...], str | None] = {}  # whose status our caches describe
+        # (identities of the inputs, the Fleet built from them, the inputs kept alive)
+        self.fleet: tuple[tuple[int, ...], resolve.Fleet, Any] | None = None
+        self.work_pool = concurrent.futures.ThreadPoolExecutor(1, "hedgerow-plan")
+        self.api_pool = concurrent.futures.ThreadPoolExecutor(4, "hedgerow-status")
+        self.wake = asyncio.Event()
+        self.status_wake = asyncio.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.tasks: list[asyncio.Task[None]] = []
+        self.broker: broker_.Broker | None = None
+        self.kube: kube.Kube | None = None
+        self.passes = 0
+        self.published = 0
+
+    # --- wiring ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        kube.load_config(self.settings.kubeconfig)
+        self.kube = kube.Kube()
+        self.broker = broker_.Broker(self.settings.broker, self._report_from_thread)
+        await asyncio.to_thread(self.broker.connect)
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        if self.broker is not None:
+            await asyncio.to_thread(self.broker.close)
+        self.work_pool.shutdown(wait=False, cancel_futures=True)
+        self.api_pool.shutdown(wait=False, cancel_futures=True)
+
+    def poke(self, indexes: Mapping[str, Any], plural: str, event_type: str | None,
+             body: Mapping[str, Any]) -> None:
+        """Called by every watch event once kopf's indexes are complete."""
+        self.indexes = dict(indexes)
+        if not self.tasks:
+            # Created from a handler so the tasks inherit kopf's context (event posting).
+            self.tasks = [asyncio.create_task(self._reconcile_loop()),
+                          asyncio.create_task(self._status_loop())]
+        # Statuses are ours: a watch event that changed neither the spec (generation) nor
+        # the labels is most likely our own status write and cannot change any decision.
+        meta = body.get("metadata", {})
+        key = (plural, meta.get("namespace") or "", meta.get("name", ""))
+        fingerprint = (meta.get("generation"), tuple(sorted((meta.get("labels") or {}).items())))
+        if event_type == "DELETED":
+            self.fingerprints.pop(key, None)
+        elif self.fingerprints.get(key) == fingerprint:
+            return
+        else:
+            self.fingerprints[key] = fingerprint
+        self.wake.set()
+
+    async def _work(self, fn: Callable[..., T], *args: Any) -> T:
+        """Planning and publishing run on their own thread, never queued behind a burst
+        of status writes (which have theirs)."""
+        return await asyncio.get_running_loop().run_in_executor(self.work_pool, fn, *args)
+
+    # --- reconcile ------------------------------------------------------------------
+
+    def _objects(self, name: str) -> list[Any]:
+        index = self.indexes.get(name)
+        if index is None:
+            return []
+        return [obj for store in index.values() for obj in store]
+
+    async def _reconcile_loop(self) -> None:
+        timeout = self.settings.resync
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=timeout)
+            self.wake.clear()
+            started = asyncio.get_running_loop().time()
+            try:
+                wake_at = await self.reconcile_once()
+            except Exception:
+                logger.exception("reconcile pass failed; retrying")
+                wake_at = None
+                await asyncio.sleep(1.0)
+            timeout = self.settings.resync
+            if wake_at is not None:
+                timeout = max(0.0, min(timeout, (wake_at - _now()).total_seconds()))
+            # Events arriving meanwhile coalesce into the next pass. Resting as long as
+            # the pass took keeps a large fleet's re-planning under half of one core.
+            took = asyncio.get_running_loop().time() - started
+            await asyncio.sleep(max(self.settings.min_interval, took))
+
+    async def reconcile_once(self) -> datetime.datetime | None:
+        assert self.broker is not None
+        devices = []
+        seen = set()
+        for cd in self._objects("coredevice_index"):
+            thing = cd.metadata.name
+            seen.add(thing)
+            if self.uids.get(("", thing)) != cd.metadata.uid:
+                # New (or deleted and re-created): start from what the object says.
+                self.uids[("", thing)] = cd.metadata.uid
+                self.devices[thing] = cd.status or coredevice.CoreDeviceStatus()
+                self.written.pop(("CoreDevice", "", thing), None)
+            status = self.devices[thing]
+            if status.observed_generation != cd.metadata.generation:
+                # Carried by the next write this device needs anyway: a write of its own
+                # for every device on the first run would only delay the publishing.
+                status = status.model_copy(
+                    update={"observed_generation": cd.metadata.generation})
+                self.devices[thing] = status
+            devices.append(fleet.Device(thing, cd.metadata.labels, status))
+        gone = sorted(set(self.devices) - seen)
+        for thing in gone:
+            del self.devices[thing]
+            self.reports.pop(thing, None)
+            self.uids.pop(("", thing), None)
+        if gone:
+            # A deleted CoreDevice's retained document goes too (an empty retained
+            # message clears it), so a re-registered device starts from nothing.
+            await self._work(self.broker.publish_desired, [(t, b"") for t in gone])
+        deployments = self._objects("deployment_index")
+        statuses = {}
+        for d in deployments:
+            key = resolve.key_of(d)
+            if self.uids.get(key) != d.metadata.uid:
+                self.uids[key] = d.metadata.uid
+                self.deployment_status.pop(key, None)
+                self.written.pop(("Deployment", *key), None)
+            statuses[key] = self.deployment_status.get(key) or d.status
+        groups = self._objects("thinggroup_index")
+        components = self._objects("component_index")
+        # kopf's index replaces an object only when a watch event brings a new version, so
+        # unchanged identities mean unchanged inputs: keep the Fleet and all it resolved.
+        identity = tuple(id(o) for o in (*groups, *deployments, *components))
+        if self.fleet is None or self.fleet[0] != identity:
+            self.fleet = (identity, resolve.Fleet(groups, deployments, components),
+                          (groups, deployments, components))
+        now = _now()
+        plan = await self._work(
+            functools.partial(fleet.plan_fleet, devices, groups, deployments, components, now,
+                              self.window, fleet=self.fleet[1],
+                              statuses={k: v for k, v in statuses.items() if v is not None}))
+        self.passes += 1
+        if self.passes == 1:
+            logger.info("first pass: %d devices, %d documents to publish",
+                        len(devices), len(plan.publishes))
+
+        if plan.publishes:
+            sent = set(await self._work(
+                self.broker.publish_desired, [(p.thing, p.payload) for p in plan.publishes]))
+            for p in plan.publishes:
+                if p.thing not in sent:
+                    continue
+                old = self.devices[p.thing]
+                new = (fleet.render_notified(old, p, now) if p.revision != old.desired_revision
+                       else old.model_copy(update={"desired_generations": p.generations}))
+                # A fast device may have reported on this revision before its PUBACK
+                # reached us; fold that report again now that the revision is ours.
+                early = self.reports.get(p.thing)
+                if early is not None and early.deployment is not None and (
+                        early.deployment.revision == p.revision):
+                    new = fleet.render_report(new, early, now)
+                    self.wake.set()
+                self.devices[p.thing] = new
+                self.status_dirty.add(p.thing)
+            self.published += len(sent)
+            logger.info("published %d desired documents", len(sent))
+            if len(sent) < len(plan.publishes):
+                self.wake.set()  # try the rest again on the next pass
+            self.status_wake.set()
+
+        by_key = {resolve.key_of(d): d for d in deployments}
+        for key, dstatus in plan.deployments.items():
+            self.deployment_status[key] = dstatus
+            await self._write_status("Deployment", key[0], key[1], dstatus.to_dict())
+        for gkey, count in plan.member_counts.items():
+            group = next((g for g in groups if resolve.key_of(g) == gkey), None)
+            if group is None:
+                continue
+            old_status = group.status or thinggroup.ThingGroupStatus()
+            group_status = old_status.model_copy(update={
+                "member_count": count, "observed_generation": group.metadata.generation})
+            if self.uids.get(("ThingGroup", *gkey)) != group.metadata.uid:
+                self.uids[("ThingGroup", *gkey)] = group.metadata.uid
+                self.written.pop(("ThingGroup", *gkey), None)
+            await self._write_status("ThingGroup", gkey[0], gkey[1], group_status.to_dict())
+        for event in plan.events:
+            d = by_key.get(event.deployment)
+            if d is not None:
+                self._post_event(d, event)
+        return plan.wake_at
+
+    async def _write_status(self, kind: str, namespace: str, name: str,
+                            status: dict[str, Any]) -> None:
+        """Write only what changed since our last write (statuses are ours alone)."""
+        key = (kind, namespace, name)
+        if self.written.get(key) == status:
+            return
+        assert self.kube is not None
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self.api_pool, self.kube.apply_status, kind,
+                                       namespace or None, name, status)
+        except Exception as exc:  # transient: the next pass writes it again
+            logger.warning("status of %s %s/%s not written: %s", kind, namespace, name, exc)
+            return
+        self.written[key] = status
+
+    def _post_event(self, d: deployment.Deployment, event: fleet.Event) -> None:
+        body: dict[str, Any] = {"apiVersion": base.API_VERSION, "kind": "Deployment",
+                "metadata": {"name": d.metadata.name, "namespace": d.metadata.namespace,
+                             "uid": d.metadata.uid}}
+        try:
+            kopf.event(kopf.Body(body),  # type: ignore[arg-type]
+                       type=event.type, reason=event.reason, message=event.message)
+        except LookupError:  # outside kopf's context (never in the operator)
+            logger.info("event %s %s: %s", event.reason, d.metadata.name, event.message)
+        logger.info("%s/%s %s: %s", d.metadata.namespace, d.metadata.name, event.reason,
+                    event.message)
+
+    # --- device status ----------------------------------------------------------------
+
+    def _report_from_thread(self, thing: str, payload: bytes) -> None:
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.fold_report, thing, payload)
+
+    def fold_report(self, thing: str, payload: bytes) -> None:
+        try:
+            report = documents.StatusReport.model_validate_json(payload)
+        except pydantic.ValidationError as exc:
+            logger.warning("unreadable status report on %s: %s", thing, exc.errors()[:1])
+            return
+        if report.thing != thing or thing not in self.devices:
+            return  # not this topic's device, or not a registered one
+        if report.sequence <= self.sequences.get(thing, -1):
+            return  # stale or duplicate (QoS 1 may redeliver)
+        self.sequences[thing] = report.sequence
+        self.reports[thing] = report
+        old = self.devices[thing]
+        new = fleet.render_report(old, report, _now())
+        self.devices[thing] = new
+        self.status_dirty.add(thing)
+        self.status_wake.set()
+        if fleet.applied_state(new) != fleet.applied_state(old) or new.platform != old.platform:
+            self.wake.set()  # counts, abort criteria or the platform changed
+
+    async def _status_loop(self) -> None:
+        """One writer: every dirty device once per interval, with its latest status."""
+        while True:
+            await self.status_wake.wait()
+            self.status_wake.clear()
+            batch, self.status_dirty = self.status_dirty, set()
+            await asyncio.gather(*(self._write_device(t) for t in sorted(batch)))
+            await asyncio.sleep(self.settings.status_interval)
+
+    async def _write_device(self, thing: str) -> None:
+        status = self.devices.get(thing)
+        if status is not None:
+            await self._write_status("CoreDevice", "", thing, status.to_dict())
+
+
+def build_registry(controller: Controller) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    group, version = base.GROUP, base.VERSION
+
+    def make_index(plural: str) -> Any:
+        async def index(body: kopf.Body, namespace: str | None, name: str,
+                        **_: Any) -> dict[tuple[str, str], Any] | None:
+            model = parse_body(plural, body)
+            return None if model is None else {(namespace or "", name): model}
+        return index
+
+    def make_event(plural: str) -> Any:
+        async def on_event(body: kopf.Body, **kwargs: Any) -> None:
+            controller.poke({k: v for k, v in kwargs.items() if k.endswith("_index")},
+                            plural, kwargs.get("type"), body)
+        return on_event
+
+    for plural in ("components", "thinggroups", "deployments", "coredevices"):
+        kind = plural[:-1]
+        kopf.index(group, version, plural, id=f"{kind}_index",
+                   registry=registry)(make_index(plural))
+
+        kopf.on.event(group, version, plural, id=f"{kind}_event",
+                      registry=registry)(make_event(plural))
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> Any:
+        # A custom registry does not get kopf's default login handlers.
+        if controller.settings.kubeconfig:
+            return kopf.login_with_kubeconfig(**kwargs)
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        # Standalone, no peering; the statuses we write need no kopf progress storage.
+        settings.posting.level = logging.INFO
+        settings.watching.server_timeout = 300
+        # One line per watch event ("Handler succeeded") is noise at 10,000 devices.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+        await controller.start()
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        await controller.stop()
+
+    @kopf.on.probe(id="published", registry=registry)
+    def published(**_: Any) -> int:
+        return controller.published
+
+    return registry
+
+
+def run(settings: Settings) -> None:
+    """Run the operator until interrupted (clusterwide, standalone)."""
+    import os
+
+    if settings.kubeconfig:
+        os.environ["KUBECONFIG"] = settings.kubeconfig
+    controller = Controller(settings)
+    kopf.configure(verbose=settings.verbose)
+    kopf.run(registry=build_registry(controller), standalone=True, clusterwide=True,
+             liveness_endpoint=settings.liveness)
