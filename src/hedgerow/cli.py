@@ -19,8 +19,14 @@ from hedgerow.core import crd, manifest
 
 Handler = Callable[[argparse.Namespace], int]
 
-# Modules that contribute subcommands through a `register(subparsers)` function.
-_PLUGINS = ("hedgerow.agent.cli", "hedgerow.controller.cli")
+# Modules that contribute subcommands through a `register(subparsers)` function. Order
+# matters: identity_cli adds to the `agent` command that hedgerow.agent.cli creates.
+_PLUGINS = (
+    "hedgerow.agent.cli",
+    "hedgerow.agent.identity_cli",
+    "hedgerow.controller.cli",
+    "hedgerow.controller.fleet_cli",
+)
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -66,8 +67,17 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
 
 
 class Mosquitto:
-    def __init__(self, *, tls: bool = False, directory: Path | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        tls: bool = False,
+        directory: Path | None = None,
+        config: Callable[[int], str] | None = None,
+    ) -> None:
+        """``config``, if given, renders the whole configuration for a port (certificates
+        and ACL are then the caller's; ``tls`` only sets the URL scheme)."""
         self.tls = tls
+        self._external_config = config
         self._own_dir = directory is None
         self.dir = directory or Path(tempfile.mkdtemp(prefix="hedgerow-mqtt-"))
         self.port = 0
@@ -149,6 +159,8 @@ class Mosquitto:
     # --- process --------------------------------------------------------------------
 
     def _config(self) -> str:
+        if self._external_config is not None:
+            return self._external_config(self.port)
         lines = [
             f"listener {self.port} {LOOPBACK}",
             "persistence false",
@@ -177,11 +189,12 @@ class Mosquitto:
             lines.append("allow_anonymous true")
         return "\n".join(lines) + "\n"
 
-    def start(self, timeout: float = 10.0) -> None:
-        if self.tls and self._ca_cert is None:
+    def start(self, timeout: float = 10.0, *, port: int | None = None) -> None:
+        """``port`` restarts on a known port (e.g. after stop(), so clients reconnect)."""
+        if self.tls and self._ca_cert is None and self._external_config is None:
             self._make_ca()
         for _ in range(5):  # the free port may be taken in between; try another
-            self.port = free_port()
+            self.port = port or free_port()
             conf = self.dir / "mosquitto.conf"
             conf.write_text(self._config())
             self.proc = subprocess.Popen(

@@ -1,0 +1,415 @@
+"""The agent's cloud connector: the device's only link to the cloud MQTT broker.
+
+One thread of its own (never the agent's asyncio loop), one state machine:
+
+    ┌──────────┐ connect ok ┌───────────┐ CONNACK ok ┌────────┐
+    │ WAITING  │───────────▶│ CONNECTING│───────────▶│ ONLINE │
+    └──────────┘            └───────────┘            └────────┘
+         ▲   backoff (jittered, capped)   │ refused / lost  │ lost
+         └────────────────────────────────┴─────────────────┘
+
+- Outbound only, MQTT 5 over mutual TLS (paho-mqtt v2 callbacks). The client id is the
+  thing name; the session is persistent (clean start off, session expiry), and the
+  desired topic is subscribed again on every CONNACK (a no-op for a resumed session).
+- A desired document (retained, QoS 1) is validated — JSON, the DesiredState schema, the
+  content-hash revision, the thing name — and written atomically to
+  ``desired/desired.json`` only if it differs; the agent loop (watching ``desired/``) does
+  the rest. A rejected document is logged (reason only, never the payload), counted, and
+  recorded in ``state/connector.json``; the last good file stays untouched. An empty
+  retained message (the CoreDevice was deleted) changes nothing on the device.
+- Status: the agent loop writes ``state/status.json`` each pass. The connector publishes
+  it (QoS 1, not retained) when it changes in substance (anything but ``sequence`` and
+  ``time``) and otherwise as a heartbeat every ``heartbeat_s``. Offline it keeps only the
+  latest report and sends that one on reconnect; a publish cut off by a disconnect is
+  resent only if nothing newer exists. The connector stamps each report it sends with
+  ``time`` = now, ``certificateDaysLeft`` from its certificate, and the wire ``sequence``:
+  ``max(last sent + 1, unix milliseconds)``, persisted, so it keeps growing across agent
+  restarts (the controller drops reports whose sequence does not grow).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import pathlib
+import random
+import ssl
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from typing import Any, Final
+
+import paho.mqtt.client as mqtt
+import pydantic
+from paho.mqtt import packettypes
+from paho.mqtt import properties as mqtt_properties
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from hedgerow.agent import files
+from hedgerow.agent import identity as identity_
+from hedgerow.agent.layout import Layout
+from hedgerow.core import broker, documents
+
+log = logging.getLogger("hedgerow.agent.connector")
+
+MAX_DOCUMENT_BYTES: Final = 4 << 20
+_UNSTAMPED: Final = ("sequence", "time", "certificate_days_left")
+
+
+def backoff_delay(attempt: int, base: float, cap: float,
+                  rand: Callable[[], float] = random.random) -> float:
+    """Equal jitter: half of the capped exponential step, plus a random other half."""
+    step: float = min(cap, base * 2.0 ** min(attempt, 30))
+    return step / 2 + rand() * step / 2
+
+
+def _substance(report: documents.StatusReport) -> dict[str, Any]:
+    return report.model_dump(mode="json", exclude=set(_UNSTAMPED))
+
+
+@dataclasses.dataclass
+class Stats:
+    """Counters for observability and tests (written by the connector thread only)."""
+
+    connects: int = 0
+    connect_failures: int = 0
+    written: int = 0
+    rejected: int = 0
+    published: int = 0
+    last_error: str = ""
+    last_rejection: str = ""
+
+
+class Connector:
+    def __init__(self, root: pathlib.Path | str, thing: str, broker_url: str,
+                 ca: pathlib.Path | str, cert: pathlib.Path | str, key: pathlib.Path | str,
+                 *, heartbeat_s: float = 60.0, keepalive_s: int = 30,
+                 session_expiry_s: int = 7 * 86400, backoff_min_s: float = 1.0,
+                 backoff_max_s: float = 60.0, poll_s: float = 0.2,
+                 connect_timeout_s: float = 10.0) -> None:
+        parts = urllib.parse.urlsplit(broker_url)
+        if parts.scheme != "mqtts" or not parts.hostname:
+            raise ValueError(f"broker URL must be mqtts://HOST[:PORT] (got {broker_url!r}): "
+                             "the connector only speaks mutual TLS")
+        self.layout = Layout(pathlib.Path(root))
+        self.thing = thing
+        self.host, self.port = parts.hostname, parts.port or 8883
+        self.ca, self.cert, self.key = pathlib.Path(ca), pathlib.Path(cert), pathlib.Path(key)
+        self.desired_topic = broker.desired_topic(thing)
+        self.status_topic = broker.status_topic(thing)
+        self.heartbeat_s, self.keepalive_s = heartbeat_s, keepalive_s
+        self.session_expiry_s = session_expiry_s
+        self.backoff_min_s, self.backoff_max_s = backoff_min_s, backoff_max_s
+        self.poll_s, self.connect_timeout_s = poll_s, connect_timeout_s
+        self.stats = Stats()
+        self._stop = threading.Event()
+        self._online = threading.Event()
+        self._thread: threading.Thread | None = None
+        # Status state, owned by the connector thread.
+        self._status_stat: tuple[int, int, int] | None = None
+        self._latest: documents.StatusReport | None = None
+        self._queued_substance: dict[str, Any] | None = None
+        self._pending: documents.StatusReport | None = None
+        self._resend: bytes | None = None
+        self._inflight: tuple[int, bytes] | None = None
+        self._last_sent = 0.0
+        self._sequence = 0
+        self._quiet_failures = False
+
+    @classmethod
+    def from_root(cls, root: pathlib.Path | str, thing: str | None = None,
+                  **options: Any) -> Connector:
+        """A connector for the identity installed under ``<root>/identity``."""
+        ident = identity_.load(pathlib.Path(root))
+        if thing is not None and thing != ident.thing:
+            raise identity_.IdentityError(
+                f"the installed identity is {ident.thing!r}, not {thing!r}")
+        return cls(root, ident.thing, ident.broker_url, ident.ca, ident.cert, ident.key,
+                   **options)
+
+    # --- public ----------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._online.is_set()
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("connector already started")
+        self._sequence = self._load_state().get("lastSequence", 0)
+        self._thread = threading.Thread(target=self._run, name=f"connector-{self.thing}",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._online.wait(timeout)
+
+    # --- the thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            reached = self._session()
+            if reached:
+                attempt = 0
+            if self._stop.is_set():
+                break
+            self._pause(backoff_delay(attempt, self.backoff_min_s, self.backoff_max_s))
+            attempt += 1
+
+    def _pause(self, seconds: float) -> None:
+        """Wait out a backoff, still following status.json (only the latest is kept)."""
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            self._follow_status()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._stop.wait(min(self.poll_s, left))
+
+    def _failed(self, what: str) -> None:
+        self.stats.connect_failures += 1
+        self.stats.last_error = what
+        if not self._quiet_failures:  # log the change, not every retry
+            log.warning("cloud broker %s:%s unreachable: %s; retrying with backoff",
+                        self.host, self.port, what)
+            self._quiet_failures = True
+        else:
+            log.debug("cloud broker still unreachable: %s", what)
+
+    def _client(self) -> mqtt.Client:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.thing,
+                             protocol=mqtt.MQTTv5)
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca))
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(str(self.cert), str(self.key))
+        client.tls_set_context(context)
+        client.connect_timeout = self.connect_timeout_s
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        return client
+
+    def _session(self) -> bool:
+        """One connection, from connect to loss; True if the broker accepted us."""
+        props = mqtt_properties.Properties(  # type: ignore[no-untyped-call]
+            packettypes.PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.session_expiry_s
+        try:
+            # Built per attempt: a renewed certificate is picked up on the next connect.
+            client = self._client()
+            client.connect(self.host, self.port, keepalive=self.keepalive_s,
+                           clean_start=False, properties=props)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            self._failed(f"{type(exc).__name__}: {exc}")
+            return False
+        reached = False
+        try:
+            while not self._stop.is_set():
+                try:
+                    rc = client.loop(timeout=self.poll_s)
+                except (OSError, ValueError) as exc:
+                    self._failed(f"{type(exc).__name__}: {exc}")
+                    break
+                if rc is not MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    if not reached:
+                        self._failed(mqtt.error_string(rc))
+                    break
+                reached = reached or self.connected
+                self._follow_status()
+                self._send(client)
+        finally:
+            if self._stop.is_set() and self.connected:
+                client.disconnect()  # DISCONNECT keeps the session (expiry > 0)
+                client.loop(timeout=0.5)
+            self._lost()
+        return reached
+
+    def _lost(self) -> None:
+        if self._online.is_set():
+            self._online.clear()
+            log.warning("disconnected from the cloud broker; reconnecting with backoff")
+        if self._inflight is not None:
+            # Not acknowledged: resend it on reconnect unless something newer is queued.
+            self._resend = self._inflight[1] if self._pending is None else None
+            self._inflight = None
+
+    # --- paho callbacks (run inside client.loop(), on this thread) -------------------
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any,
+                    reason: Any, properties: Any) -> None:
+        if reason.is_failure:
+            self._failed(f"broker refused the connection: {reason}")
+            return
+        client.subscribe(self.desired_topic, options=SubscribeOptions(qos=1))
+        self.stats.connects += 1
+        self._quiet_failures = False
+        self._online.set()
+        log.info("connected to the cloud broker %s:%s as %s (session %s)", self.host,
+                 self.port, self.thing, "resumed" if flags.session_present else "new")
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any,
+                       reason: Any, properties: Any) -> None:
+        if reason.is_failure:
+            self.stats.last_error = f"disconnected: {reason}"
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int,
+                      reasons: list[Any], properties: Any) -> None:
+        for reason in reasons:
+            if reason.is_failure:
+                log.error("subscription to %s refused: %s", self.desired_topic, reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any,
+                    message: mqtt.MQTTMessage) -> None:
+        if message.topic != self.desired_topic:
+            log.warning("ignoring a message on %s (not this device's desired topic)",
+                        message.topic)
+            return
+        self.accept_desired(bytes(message.payload))
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any,
+                    properties: Any) -> None:
+        if self._inflight is None or self._inflight[0] != mid:
+            return
+        self._inflight = None
+        if reason.is_failure:
+            log.warning("status report refused by the broker: %s", reason)
+            return
+        self.stats.published += 1
+        self._last_sent = time.monotonic()
+
+    # --- desired ---------------------------------------------------------------------
+
+    def _reject(self, reason: str) -> None:
+        self.stats.rejected += 1
+        self.stats.last_rejection = reason
+        log.warning("rejected a desired document: %s; keeping the last good one", reason)
+        state = self._load_state()
+        state["lastRejection"] = {"reason": reason[:1024],
+                                  "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        self._save_state(state)
+
+    def accept_desired(self, payload: bytes) -> bool:
+        """Validate one desired document and write it; False if it was rejected."""
+        if not payload:
+            log.info("the desired document was cleared on the broker; the device keeps "
+                     "running its last desired state")
+            return False
+        if len(payload) > MAX_DOCUMENT_BYTES:
+            self._reject(f"document of {len(payload)} bytes exceeds {MAX_DOCUMENT_BYTES}")
+            return False
+        try:
+            doc = documents.DesiredState.model_validate_json(payload)
+        except pydantic.ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "document"
+            self._reject(f"{where}: {first['msg']}"[:1024])
+            return False
+        if doc.thing != self.thing:
+            self._reject(f"document for thing {doc.thing!r} arrived for {self.thing!r}")
+            return False
+        target = self.layout.desired_file
+        try:
+            if target.read_bytes() == payload:
+                return True
+        except FileNotFoundError:
+            pass
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        files.write_atomic(target, payload, mode=0o600)
+        self.stats.written += 1
+        log.info("desired revision %s written (%d components)", doc.revision,
+                 len(doc.components))
+        return True
+
+    # --- status ----------------------------------------------------------------------
+
+    def _follow_status(self) -> None:
+        path = self.layout.status_file
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if key == self._status_stat:
+            return
+        self._status_stat = key
+        try:
+            report = documents.StatusReport.model_validate_json(path.read_bytes())
+        except (OSError, pydantic.ValidationError) as exc:
+            log.debug("status file unreadable (%s); waiting for the next one", exc)
+            return
+        if report.thing != self.thing:
+            log.warning("status file is for %r, not %r; not publishing it", report.thing,
+                        self.thing)
+            return
+        self._latest = report
+        substance = _substance(report)
+        if substance != self._queued_substance:
+            self._queued_substance = substance
+            self._pending = report  # only the latest is ever kept
+            self._resend = None
+
+    def _stamp(self, report: documents.StatusReport) -> bytes:
+        self._sequence = max(self._sequence + 1, time.time_ns() // 1_000_000)
+        state = self._load_state()
+        state["lastSequence"] = self._sequence
+        self._save_state(state)
+        days = report.certificate_days_left
+        if days is None:
+            try:
+                days = identity_.certificate_days_left(self.cert)
+            except (OSError, ValueError):
+                days = None
+        stamped = report.model_copy(update={
+            "sequence": self._sequence,
+            "time": datetime.datetime.now(datetime.UTC),
+            "certificate_days_left": days,
+        })
+        return documents.render_bytes(stamped)
+
+    def _send(self, client: mqtt.Client) -> None:
+        if not self.connected or self._inflight is not None:
+            return
+        if (self._pending is None and self._resend is None and self._latest is not None
+                and time.monotonic() - self._last_sent >= self.heartbeat_s):
+            self._pending = self._latest  # heartbeat
+        if self._pending is not None:
+            payload, self._pending, self._resend = self._stamp(self._pending), None, None
+        elif self._resend is not None:
+            payload, self._resend = self._resend, None
+        else:
+            return
+        info = client.publish(self.status_topic, payload, qos=1)
+        if info.rc is not MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._resend = payload
+            return
+        self._inflight = (info.mid, payload)
+
+    # --- the connector's own record --------------------------------------------------
+
+    @property
+    def state_file(self) -> pathlib.Path:
+        return self.layout.state / "connector.json"
+
+    def _load_state(self) -> dict[str, Any]:
+        try:
+            value = json.loads(self.state_file.read_bytes())
+        except (OSError, ValueError):
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    def _save_state(self, state: dict[str, Any]) -> None:
+        self.state_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        files.write_json(self.state_file, state)

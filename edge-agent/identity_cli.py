@@ -1,0 +1,112 @@
+"""`hedgerow agent init`, `agent install-bundle` and `agent identity`: the device side of
+the certificate round trip (docs/identity.md).
+
+These join the `agent` command that hedgerow.agent.cli creates, so this module must be
+listed after it in hedgerow.cli._PLUGINS (alone, it creates `agent` itself). Kept light:
+cryptography is imported inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+from typing import Any
+
+DEFAULT_ROOT = os.environ.get("HEDGEROW_ROOT", "/var/lib/hedgerow")
+
+
+def _agent_actions(subparsers: argparse._SubParsersAction[Any],
+                   ) -> argparse._SubParsersAction[Any]:
+    parser: argparse.ArgumentParser | None = subparsers.choices.get("agent")
+    if parser is None:
+        parser = subparsers.add_parser("agent", help="run the edge agent on this device")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found: argparse._SubParsersAction[Any] = action
+            return found
+    return parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+
+def _init(args: argparse.Namespace) -> int:
+    from hedgerow.agent import identity
+
+    try:
+        path = identity.init(pathlib.Path(args.root), args.thing, renew=args.renew)
+    except (identity.IdentityError, OSError) as exc:
+        print(f"hedgerow agent init: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {path} (the private key stays in {path.parent}); give this CSR to "
+          f"`hedgerow device register {args.thing} --csr FILE`, or put it in the "
+          "CoreDevice's spec.csr:", file=sys.stderr)
+    sys.stdout.write(path.read_text())
+    return 0
+
+
+def _install(args: argparse.Namespace) -> int:
+    from hedgerow.agent import identity
+
+    try:
+        data = (sys.stdin.buffer.read() if args.bundle == "-"
+                else pathlib.Path(args.bundle).read_bytes())
+        installed = identity.install_bundle(pathlib.Path(args.root), data, args.thing)
+    except (identity.IdentityError, OSError) as exc:
+        print(f"hedgerow agent install-bundle: {exc}", file=sys.stderr)
+        return 1
+    print(f"installed the certificate for {installed.thing} (expires in "
+          f"{installed.days_left()} days); broker {installed.broker_url}")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from hedgerow.agent import identity
+
+    try:
+        ident = identity.load(pathlib.Path(args.root))
+        days = ident.days_left()
+    except (identity.IdentityError, OSError, ValueError) as exc:
+        print(f"hedgerow agent identity: {exc}", file=sys.stderr)
+        return 1
+    row = {"thing": ident.thing, "broker": ident.broker_url, "certificate": str(ident.cert),
+           "daysLeft": days}
+    if args.output == "json":
+        print(json.dumps(row, indent=2))
+    else:
+        for key, value in row.items():
+            print(f"{key}: {value}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    actions = _agent_actions(subparsers)
+    root_help = f"the agent's root folder (default: {DEFAULT_ROOT}, or $HEDGEROW_ROOT)"
+
+    init = actions.add_parser(
+        "init", help="make this device's private key and a CSR",
+        description="Generate the device's private key on this device (EC P-256, "
+                    "ROOT/identity/device.key, mode 0600; kept if it exists) and write a "
+                    "certificate signing request with CN = the thing name. The CSR (PEM) "
+                    "is printed on stdout; the key never leaves the device.")
+    init.add_argument("--root", default=DEFAULT_ROOT, help=root_help)
+    init.add_argument("--thing", required=True, help="this device's thing name")
+    init.add_argument("--renew", action="store_true",
+                      help="make a second key and CSR for a certificate rotation; the "
+                           "current certificate works until the new one is installed")
+    init.set_defaults(handler=_init)
+
+    install = actions.add_parser(
+        "install-bundle", help="install the signed certificate, CA and broker URL",
+        description="Install a bootstrap bundle from `hedgerow device register`: checked "
+                    "against this device's key, thing name, CA and validity before "
+                    "anything is written.")
+    install.add_argument("--root", default=DEFAULT_ROOT, help=root_help)
+    install.add_argument("--thing", help="refuse a bundle for another thing")
+    install.add_argument("bundle", metavar="BUNDLE", help="bundle file ('-' for stdin)")
+    install.set_defaults(handler=_install)
+
+    show = actions.add_parser("identity", help="show the installed identity and its expiry")
+    show.add_argument("--root", default=DEFAULT_ROOT, help=root_help)
+    show.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    show.set_defaults(handler=_show)
