@@ -35,7 +35,7 @@ def run() -> Iterator[harness.Figure]:
             ["pgrep", "-f", "logpipe.py"], capture_output=True, text=True).stdout.split()]
         total = sum(_pss_mb(p) for p in shims if _owned(p, agent))
         yield harness.Figure("logpipe_pss_mb_total", total, "MB", baseline,
-                             "report only: one small log writer per running component")
+                             "report only: one small log writer per batch of spawned steps")
     finally:
         agent.close()
         idle.communicate(b"")

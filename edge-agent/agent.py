@@ -59,7 +59,7 @@ class Agent:
         self.layout = Layout(__import__("pathlib").Path(root).resolve())
         self.thing, self.settings = thing, settings
         self.platform = observe_platform()
-        self.cgroups = cgroups_.Cgroups()
+        self.cgroups = cgroups_.Cgroups(group=f"hedgerow/{thing}")
         self.runtime = process_.ProcessRuntime(
             self.layout, thing, self.cgroups, settings.default_user,
             settings.log_max_bytes, settings.log_keep, settings.kill_grace_s)
@@ -75,11 +75,22 @@ class Agent:
         self.lock = asyncio.Lock()
         self.pending_local: str | None = None
         self._judge_at = 0.0
+        self._dirty = False
+        self._history_written = b""
 
     # --- records and transitions -------------------------------------------------
 
-    def _save(self, rec: records.Record) -> None:
-        records.save(self.layout.records, rec)
+    def save(self, rec: records.Record) -> None:
+        """Mark the records changed; `flush` makes them durable in one batched write."""
+        self._dirty = True
+
+    def flush(self) -> None:
+        """Write every record at once (temp, fsync, rename, fsync dir). Called before the
+        agent relies on them: before spawning (the record that owns a process must exist),
+        before awaiting a step, after a process exit, at the end of every pass."""
+        if self._dirty:
+            self._dirty = False
+            records.save_all(self.layout.records, self.records)
 
     def transition(self, rec: records.Record, event: Event, message: str = "") -> None:
         before = rec.state
@@ -94,7 +105,7 @@ class Agent:
             rec.hold_revision = None
         if rec.state is not before:
             rec.since = time.time()
-        self._save(rec)
+        self.save(rec)
         if rec.state is not before:  # log changes, not repeats
             log.info("%s: %s -> %s%s", rec.name, before, rec.state,
                      f" ({message})" if message else "")
@@ -113,7 +124,8 @@ class Agent:
                 continue
             # A step cut short by the crash (install, startup, shutdown, recover) is ended
             # and retried from a known state; nothing runs twice, nothing is orphaned.
-            for pid in self.runtime.members(rec.name, ref.pid if alive and ref else None):
+            for pid in self.runtime.members(rec.name, ref.pid if alive and ref else None,
+                                            rec.instance):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, 9)
             rec.process = None
@@ -122,7 +134,8 @@ class Agent:
             elif rec.state is State.STOPPING:
                 self.transition(rec, Event.STOPPED)
             else:
-                self._save(rec)
+                self.save(rec)
+        self.flush()
         with contextlib.suppress(FileNotFoundError, ValueError):
             self.history = __import__("json").loads(self.layout.history_file.read_bytes())
         with contextlib.suppress(FileNotFoundError, ValueError):
@@ -141,6 +154,7 @@ class Agent:
             else:
                 what = "exit code unknown (adopted)" if code is None else f"exited with {code}"
                 self.transition(rec, Event.FAILED, what)
+            self.flush()
             self.wake.set()
         return handle
 
@@ -159,9 +173,14 @@ class Agent:
         if doc is not None and doc != self.applied:
             self.applied = doc
             files.write_atomic(self.layout.state / "applied.json", documents.render_bytes(doc))
-        await self.apply(actions, doc)                                           # 5. apply
+        try:
+            await self.apply(actions, doc)                                       # 5. apply
+        finally:
+            self.runtime.flush_logs()
+            self.flush()
         self.judge(doc, reading)                                                 # 6. judge
         self.write_status(reading)                                               # 7. status
+        self.save_history(now=True)  # outcomes: durable, but not ahead of the status
         return actions
 
     def choose(self, reading: desired.Reading) -> documents.DesiredState | None:
@@ -194,39 +213,73 @@ class Agent:
     async def apply(self, actions: list[plan_.Action],
                     doc: documents.DesiredState | None) -> None:
         assert doc is not None or not any(a.verb is not plan_.Verb.REMOVE for a in actions)
-        for action in actions:
-            if action.verb is plan_.Verb.PREPARE:
-                comp = doc.component(action.name) if doc else None
-                assert comp is not None
-                try:
-                    identity = process_.resolve_identity(
-                        comp.run_with.posix_user if comp.run_with else None,
-                        self.settings.default_user, False)
-                    await asyncio.to_thread(self.store.prepare, comp, identity.uid,
-                                            identity.gid)
-                except (artifacts.ArtifactError, KeyError) as exc:
-                    reason = f"{comp.name}: artifact failure: {exc}"
-                    log.error("%s", reason)
-                    self.fail(doc, reason)  # nothing stops, nothing starts
-                    return
-        for action in actions:
-            if action.verb is plan_.Verb.PREPARE:
-                continue
-            comp = doc.component(action.name) if doc else None
+        by_name = {c.name: c for c in doc.components} if doc else {}
+        to_prepare = [by_name.get(a.name) for a in actions
+                      if a.verb is plan_.Verb.PREPARE]
+        comps = [c for c in to_prepare if c is not None]
+        if comps:  # downloads go to a worker thread (one trip); a few mkdirs do not
+            failure = (await asyncio.to_thread(self._prepare, comps)
+                       if any(c.artifacts for c in comps) else self._prepare(comps))
+            if failure:
+                log.error("%s", failure)
+                self.fail(doc, failure)  # nothing stops, nothing starts
+                return
+        for action in actions:  # dependents first, one at a time (the plan's order)
             if action.verb in (plan_.Verb.STOP, plan_.Verb.REMOVE):
                 await self.stop(action.name, remove=action.verb is plan_.Verb.REMOVE)
-            elif action.verb is plan_.Verb.INSTALL and comp is not None:
-                await self.install(comp)
-            elif action.verb is plan_.Verb.START and comp is not None:
-                await self.start(comp)
-            elif action.verb is plan_.Verb.RECOVER and comp is not None:
-                await self.recover(comp)
+        # Install/start/recover: every record that may own a process exists durably before
+        # anything is spawned (one write), then independent components go in parallel and
+        # each waits only for its own dependencies in this plan.
+        ups = [a for a in actions if a.verb in (plan_.Verb.INSTALL, plan_.Verb.START,
+                                                  plan_.Verb.RECOVER)]
+        for action in ups:
+            comp = by_name.get(action.name)
+            if action.verb is plan_.Verb.INSTALL and comp is not None:
+                self._ensure_record(comp)
+        self.flush()
+        verbs_of: dict[str, list[plan_.Verb]] = {}
+        for action in ups:  # the plan lists dependencies first: chains see theirs
+            verbs_of.setdefault(action.name, []).append(action.verb)
+        chains: dict[str, asyncio.Task[None]] = {}
+        for name, verbs in verbs_of.items():
+            comp = by_name.get(name)
+            if comp is None:
+                continue
+            deps = [chains[d.name] for d in comp.dependencies if d.name in chains]
+            chains[name] = asyncio.create_task(self._bring_up(comp, verbs, deps))
+        if chains:
+            await asyncio.gather(*chains.values())
         if doc is not None and any(a.verb is plan_.Verb.REMOVE for a in actions):
             keep = list(doc.components)
             with contextlib.suppress(FileNotFoundError, ValueError):
                 keep += documents.DesiredState.model_validate_json(
                     self.layout.last_good_file.read_bytes()).components
             await asyncio.to_thread(self.store.collect_garbage, keep)
+
+    def _prepare(self, comps: list[documents.ResolvedComponent]) -> str | None:
+        """Fetch and verify every component's artifacts; the first failure, if any."""
+        for comp in comps:
+            try:
+                identity = process_.resolve_identity(
+                    comp.run_with.posix_user if comp.run_with else None,
+                    self.settings.default_user, False)
+                self.store.prepare(comp, identity.uid, identity.gid)
+            except (artifacts.ArtifactError, KeyError) as exc:
+                return f"{comp.name}: artifact failure: {exc}"
+        return None
+
+    async def _bring_up(self, comp: documents.ResolvedComponent, verbs: list[plan_.Verb],
+                        deps: list[asyncio.Task[None]]) -> None:
+        if deps:
+            await asyncio.gather(*deps, return_exceptions=True)
+            self.runtime.flush_logs()
+        for verb in verbs:
+            if verb is plan_.Verb.INSTALL:
+                await self.install(comp)
+            elif verb is plan_.Verb.START:
+                await self.start(comp)
+            elif verb is plan_.Verb.RECOVER:
+                await self.recover(comp)
 
     def _context(self, comp: documents.ResolvedComponent,
                  doc: documents.DesiredState | None) -> recipe.Context:
@@ -258,7 +311,8 @@ class Agent:
 
         def remember(ref: records.ProcessRef) -> None:
             rec.process = ref
-            self._save(rec)
+            self.save(rec)
+            self.flush()  # the step may run long: its pid must survive a crash
 
         result = await self.runtime.run_step(rec, comp, name, step, script, env, skip, remember)
         rec.process = None
@@ -267,18 +321,24 @@ class Agent:
     def _fail_event(self, result: process_.StepResult) -> Event:
         return Event.TIMED_OUT if result.timed_out else Event.FAILED
 
-    async def install(self, comp: documents.ResolvedComponent) -> None:
+    def _ensure_record(self, comp: documents.ResolvedComponent) -> records.Record:
         rec = self.records.get(comp.name)
         if rec is None or rec.spec_hash != comp.spec_hash:
             rec = records.Record(name=comp.name, version=comp.version,
                                  spec_hash=comp.spec_hash, spec=comp.to_dict(),
-                                 token=secrets.token_urlsafe(24))
+                                 token=secrets.token_urlsafe(24),
+                                 instance=secrets.token_hex(8))
             self.records[comp.name] = rec
-        elif rec.state is State.BROKEN:
+            self.save(rec)
+        return rec
+
+    async def install(self, comp: documents.ResolvedComponent) -> None:
+        rec = self._ensure_record(comp)
+        if rec.state is State.BROKEN:
             self.transition(rec, Event.RESET, "new desired revision")
         rec.installed_in = self.applied.revision if self.applied else ""
         rec.install_failed = False
-        self._save(rec)
+        self.save(rec)
         result = await self._step(rec, comp, "install")
         if result is not None and not result.ok:
             rec.install_failed = True
@@ -345,11 +405,12 @@ class Agent:
             await self.runtime.terminate(name, ref)
         if hold:
             rec.hold_revision = self.applied.revision if self.applied else None
-            self._save(rec)
+            self.save(rec)
         if remove:
             self.runtime.remove(name)
-            records.delete(self.layout.records, name)
             self.records.pop(name, None)
+            self.save(rec)
+            self.flush()
             log.info("%s: removed", name)
 
     async def recover(self, comp: documents.ResolvedComponent) -> None:
@@ -391,7 +452,7 @@ class Agent:
                 entry.update(outcome="ROLLED_BACK", rolled_back_to=good.revision)
                 log.warning("rolling back to %s", good.revision)
                 self.wake.set()
-        files.write_json(self.layout.history_file, self.history)
+        self.save_history()
 
     def judge(self, doc: documents.DesiredState | None, reading: desired.Reading) -> None:
         wanted = reading.desired
@@ -404,7 +465,7 @@ class Agent:
                     local["revision"] = doc.revision
             self.pending_local = None
         if entry["outcome"] != "IN_PROGRESS":
-            files.write_json(self.layout.history_file, self.history)
+            self.save_history()
             return
         mine = [self.records.get(c.name) for c in doc.components]
         broken = [r for r in mine if r is not None and (
@@ -418,12 +479,12 @@ class Agent:
         elif all(r is not None and r.state in _DONE for r in mine):
             entry.update(outcome="SUCCEEDED", finished=time.time())
             files.write_atomic(self.layout.last_good_file, documents.render_bytes(doc))
-            files.write_json(self.layout.history_file, self.history)
+            self.save_history()
             log.info("deployment %s succeeded", doc.revision)
         elif time.time() - entry["started"] > self.settings.deployment_timeout_s:
             self.fail(doc, f"not RUNNING after {self.settings.deployment_timeout_s:g}s")
         else:
-            files.write_json(self.layout.history_file, self.history)
+            self.save_history()
 
     # --- status ----------------------------------------------------------------------
 
@@ -456,8 +517,19 @@ class Agent:
             components=comps, deployment=outcome)
 
     def write_status(self, reading: desired.Reading) -> None:
+        # A report, regenerated every pass, not a record the agent relies on: atomic
+        # (rename, never torn) but not fsync'd.
         files.write_atomic(self.layout.status_file,
-                           documents.render_bytes(self.report(reading)))
+                           documents.render_bytes(self.report(reading)), durable=False)
+
+    def save_history(self, now: bool = False) -> None:
+        """Deployment outcomes (state/deployments.json): written when they changed, at
+        the end of the pass (or `now`, outside a pass)."""
+        if now or not self.lock.locked():
+            data = __import__("json").dumps(self.history, sort_keys=True, indent=1).encode()
+            if data != self._history_written:
+                files.write_atomic(self.layout.history_file, data)
+                self._history_written = data
 
     # --- the loop --------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """Per-component cgroups: memory/CPU limits, and the inventory of a component's processes.
 
-Every component process is placed in hedgerow/<name> before it runs a single instruction
+Every component process is placed in hedgerow/<thing>/<name> (per thing: two agents on
+one machine never share a cgroup) before it runs a single instruction
 (see process.py's start gate), so the cgroup lists everything it forked, including
 daemons that left its process group: stopping a component leaves nothing behind.
 cgroup v2 (unified) when the machine has it, v1 (memory + cpu hierarchies) otherwise;
@@ -84,10 +85,16 @@ class Cgroups:
             (cpu / "cpu.cfs_quota_us").write_text(str(quota) if quota else "-1")
 
     def _enable_v2_controllers(self) -> None:
-        for path in (self.base, self.base / self.group):
+        parts = pathlib.PurePosixPath(self.group).parts
+        for i in range(len(parts) + 1):
+            path = self.base.joinpath(*parts[:i])
             path.mkdir(exist_ok=True)
             with contextlib.suppress(OSError):
                 (path / "cgroup.subtree_control").write_text("+memory +cpu")
+
+    def procs_files(self, name: str) -> list[pathlib.Path]:
+        """The files a process writes its pid into to join the component's cgroups."""
+        return [path / "cgroup.procs" for path in self._dirs(name).values()]
 
     def attach(self, name: str, pid: int) -> None:
         for path in self._dirs(name).values():
@@ -116,3 +123,4 @@ class Cgroups:
         for path in self._dirs(name).values():
             with contextlib.suppress(OSError):
                 path.rmdir()  # only succeeds when empty: never strands a live process
+                path.parent.rmdir()  # the thing's folder, once its last component left

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from hedgerow.agent import files, records
+from hedgerow.agent import files
 from hedgerow.core import deployment, manifest
 
 if TYPE_CHECKING:
@@ -85,7 +85,8 @@ async def _dispatch(agent: Agent, request: dict[str, Any]) -> Any:
             if op == "component.restart":  # also lifts an earlier `component stop`
                 rec.hold_revision = None
                 agent.records[name] = rec
-                records.save(agent.layout.records, rec)
+                agent.save(rec)
+            agent.flush()
         agent.wake.set()
         return _public(rec)
     if op == "deployment.create":

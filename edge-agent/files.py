@@ -14,20 +14,24 @@ import tempfile
 from typing import Any
 
 
-def write_atomic(path: pathlib.Path, data: bytes, mode: int = 0o600) -> None:
+def write_atomic(path: pathlib.Path, data: bytes, mode: int = 0o600,
+                 durable: bool = True) -> None:
+    """durable=False: still never torn (rename), but may be lost on power failure."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as out:
             out.write(data)
             out.flush()
-            os.fsync(out.fileno())
+            if durable:
+                os.fsync(out.fileno())
         pathlib.Path(tmp).replace(path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             pathlib.Path(tmp).unlink()
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def fsync_dir(path: pathlib.Path) -> None:

@@ -2,7 +2,7 @@
 
     desired/        cloud desired-state document (desired.json), written atomically
     deployments/    local Component/Deployment YAML (`hedgerow deployment create`)
-    state/          the agent's own records: components/, status.json, deployments.json,
+    state/          the agent's own records: components.json, status.json, deployments.json,
                     last-good.json — crash-safe writes only
     artifacts/      sha256/<digest> content-addressed cache; <name>/<version>/ views
     artifacts-unarchived/<name>/<version>/   unpacked archives
@@ -40,7 +40,7 @@ class Layout:
 
     @property
     def records(self) -> pathlib.Path:
-        return self.state / "components"
+        return self.state / "components.json"
 
     @property
     def status_file(self) -> pathlib.Path:
@@ -84,12 +84,16 @@ class Layout:
     def log_of(self, name: str) -> pathlib.Path:
         return self.logs / f"{name}.log"
 
+    def exit_file(self, name: str, marker: str) -> pathlib.Path:
+        """Where a step's shell leaves its exit code (read back for adopted processes)."""
+        return self.work_of(name) / f".hedgerow-exit-{marker}"
+
     def ensure(self) -> None:
         """Create the folders; private ones 0700, those components traverse 0711/0755."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o711)
         for path, mode in ((self.desired, 0o700), (self.deployments, 0o700),
-                           (self.state, 0o700), (self.records, 0o700),
+                           (self.state, 0o700),
                            (self.artifacts, 0o711), (self.unarchived, 0o711),
                            (self.work, 0o711), (self.logs, 0o750)):
             path.mkdir(exist_ok=True)

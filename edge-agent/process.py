@@ -3,7 +3,11 @@
 Each step runs `/bin/sh -c SCRIPT` in its own session (so its process group can be
 signalled as a whole and it survives the agent), as the component's user, with a clean
 environment, stdin from /dev/null and stdout/stderr into a logpipe process, never into
-the agent. A start gate (fd 3) holds the shell until it is in the component's cgroup.
+the agent. Spawning is `os.posix_spawn` (vfork-like: the agent is never copied). The
+first thing the (root) shell does is put itself into the component's cgroup; only then
+does it drop to the component's user (`setpriv`) and run the script, so every descendant
+is accounted. An EXIT trap leaves the exit code in the work folder, so the code of a
+process the agent adopted after a restart is known too.
 """
 
 from __future__ import annotations
@@ -11,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
 import grp
 import os
 import pathlib
 import pwd
+import shlex
 import shutil
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -85,7 +90,38 @@ def resolve_identity(posix_user: str | None, default_user: str,
     return Identity(entry.pw_uid, gid, entry.pw_name, entry.pw_dir)
 
 
-async def wait_exit(proc: subprocess.Popen[bytes], timeout: float | None) -> int | None:
+class Child:
+    """A spawned process the agent is the parent of (a tiny Popen for posix_spawn)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def _reaped(self, status: int) -> int:
+        self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                self.returncode = 255
+                return self.returncode
+            if pid:
+                return self._reaped(status)
+        return self.returncode
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            try:
+                return self._reaped(os.waitpid(self.pid, 0)[1])
+            except ChildProcessError:
+                self.returncode = 255
+        return self.returncode
+
+
+async def wait_exit(proc: Child, timeout: float | None) -> int | None:
     """The exit code, or None when `timeout` passed first. A pidfd wakes the loop."""
     if proc.poll() is not None:
         return proc.returncode
@@ -123,6 +159,21 @@ def group_members(pgid: int) -> set[int]:
     return out
 
 
+def marked(prefix: bytes) -> set[int]:
+    """Live processes with an environment entry starting with `prefix` (our marker)."""
+    out = set()
+    for entry in pathlib.Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                environ = (entry / "environ").read_bytes()
+            except OSError:
+                continue
+            if any(v.startswith(prefix) for v in environ.split(b"\0")) and \
+                    read_start_time(int(entry.name)) is not None:
+                out.add(int(entry.name))
+    return out
+
+
 class ProcessRuntime:
     name = "process"
 
@@ -132,8 +183,9 @@ class ProcessRuntime:
         self.layout, self.thing, self.cgroups = layout, thing, cgroups
         self.default_user, self.kill_grace_s = default_user, kill_grace_s
         self.log_max_bytes, self.log_keep = log_max_bytes, log_keep
-        self.children: dict[int, subprocess.Popen[bytes]] = {}
+        self.children: dict[int, Child] = {}
         self._watches: dict[str, int] = {}
+        self._pending_logs: list[tuple[int, str]] = []  # pipe read ends, log paths
 
     # --- environment ----------------------------------------------------------------
 
@@ -164,52 +216,81 @@ class ProcessRuntime:
 
     def spawn(self, record: records.Record, comp: documents.ResolvedComponent,
               step_name: str, step: component.Step, script: str,
-              env: Mapping[str, str]) -> tuple[subprocess.Popen[bytes], records.ProcessRef]:
-        """Start one step; raises OSError/KeyError/LimitError when it cannot start."""
+              env: Mapping[str, str]) -> tuple[Child, records.ProcessRef]:
+        """Start one step; raises OSError/KeyError/LimitError when it cannot start.
+
+        Its output pipe is queued for the batch's log writer: call `flush_logs` before
+        awaiting anything (a pipe holds 64 KiB until the writer starts)."""
         identity = resolve_identity(comp.run_with.posix_user if comp.run_with else None,
                                     self.default_user, step.requires_privilege)
         self.prepare_work(comp, identity)
         limits = comp.run_with.system_resource_limits if comp.run_with else None
         self.cgroups.create(comp.name, limits)
-        marker = uuid.uuid4().hex
+        marker = f"{record.instance or 'x'}.{uuid.uuid4().hex[:16]}"
         full_env = self.environment(record, comp, env, identity, marker)
+        work = self.layout.work_of(comp.name)
+        exit_file = shlex.quote(str(self.layout.exit_file(comp.name, marker)))
+        inner = (f"trap {shlex.quote(f'echo $? >{exit_file}')} EXIT\n"
+                 f"cd {shlex.quote(str(work))} || exit 125\n{script}")
+        attach = "".join(f"echo $$ >{shlex.quote(str(p))} || exit 125\n"
+                         for p in self.cgroups.procs_files(comp.name))
+        as_other = os.geteuid() == 0 and identity.uid != 0
+        if as_other:  # in the cgroup as root first, then become the component's user
+            argv = ["/bin/sh", "-c", attach + 'exec setpriv --reuid="$1" --regid="$2" '
+                    '--clear-groups -- /bin/sh -c "$3"', "sh", str(identity.uid),
+                    str(identity.gid), inner]
+        else:
+            argv = ["/bin/sh", "-c", attach + inner]
         log_r, log_w = os.pipe()
-        gated = self.cgroups.version is not None
-        gate_r, gate_w = os.pipe() if gated else (-1, -1)
         try:
-            log_path = str(self.layout.log_of(comp.name))
-            subprocess.Popen(
-                [sys.executable, "-I", "-S", _LOGPIPE, log_path, str(self.log_max_bytes),
-                 str(self.log_keep)],
-                stdin=log_r, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True, close_fds=True)
-            # The gate is stdin: the shell blocks on it until it is in its cgroup, then
-            # the component gets /dev/null like any daemon.
-            prefix = "read _; exec </dev/null\n" if gated else ""
-            as_other = os.geteuid() == 0 and identity.uid != 0
-            proc = subprocess.Popen(
-                ["/bin/sh", "-c", prefix + script],
-                stdin=gate_r if gated else subprocess.DEVNULL,
-                stdout=log_w, stderr=log_w, env=full_env,
-                cwd=self.layout.work_of(comp.name), start_new_session=True,
-                user=identity.uid if as_other else None,
-                group=identity.gid if as_other else None,
-                extra_groups=[] if as_other else None)
+            pid = os.posix_spawn("/bin/sh", argv, full_env, setsid=True, file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, log_w, 1), (os.POSIX_SPAWN_DUP2, log_w, 2)])
+        except BaseException:
+            os.close(log_r)
+            raise
         finally:
-            for fd in (log_r, log_w, gate_r):
-                if fd >= 0:
-                    os.close(fd)
+            os.close(log_w)
+        self._pending_logs.append((log_r, str(self.layout.log_of(comp.name))))
+        start_time = read_start_time(pid) or 0
+        child = Child(pid)
+        self.children[pid] = child
+        return child, records.ProcessRef(pid=pid, start_time=start_time, marker=marker,
+                                         step=step_name)
+
+    def flush_logs(self) -> None:
+        """One log writer for every step spawned since the last flush."""
+        pending, self._pending_logs = self._pending_logs, []
+        if not pending:
+            return
+        actions: list[tuple[int, ...] | tuple[int, int, str, int, int]] = [
+            (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+                   (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0),
+                   (os.POSIX_SPAWN_OPEN, 2, "/dev/null", os.O_WRONLY, 0)]
+        args = [sys.executable, "-I", "-S", _LOGPIPE, str(self.log_max_bytes),
+                str(self.log_keep)]
+        # Our read ends may sit where the writer wants fds 3..: move them above first.
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3 + len(pending)) for fd, _ in pending]
+        for i, (fd, (_, path)) in enumerate(zip(high, pending, strict=True)):
+            actions.append((os.POSIX_SPAWN_DUP2, fd, 3 + i))
+            args.append(f"{3 + i}={path}")
         try:
-            if gated:
-                self.cgroups.attach(comp.name, proc.pid)
+            pid = os.posix_spawn(sys.executable, args, {}, setsid=True, file_actions=actions)
+            self.children[pid] = Child(pid)
         finally:
-            if gated:
-                os.write(gate_w, b"go\n")
-                os.close(gate_w)
-        start_time = read_start_time(proc.pid) or 0
-        self.children[proc.pid] = proc
-        return proc, records.ProcessRef(pid=proc.pid, start_time=start_time, marker=marker,
-                                        step=step_name)
+            for fd in [*high, *(fd for fd, _ in pending)]:
+                os.close(fd)
+
+    def exit_code_of(self, name: str, ref: records.ProcessRef) -> int | None:
+        """An adopted process's exit code, from the file its shell's EXIT trap wrote."""
+        path = self.layout.exit_file(name, ref.marker)
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            return None
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return int(text) if text.isdigit() else None
 
     def is_skipped(self, step: component.Step, skip_if: str | None) -> bool:
         if not skip_if:
@@ -231,6 +312,7 @@ class ProcessRuntime:
             proc, ref = self.spawn(record, comp, step_name, step, script, env)
         except (OSError, KeyError, cgroups_.LimitError) as exc:
             return StepResult(ok=False, message=f"{step_name} could not start: {exc}")
+        self.flush_logs()
         on_spawn(ref)
         code = await wait_exit(proc, timeout)
         if code is None:
@@ -238,6 +320,7 @@ class ProcessRuntime:
             return StepResult(ok=False, timed_out=True,
                               message=f"{step_name} timed out after {timeout:g}s")
         self.children.pop(proc.pid, None)
+        self.layout.exit_file(comp.name, ref.marker).unlink(missing_ok=True)
         await self.kill_leftovers(ref.pid)
         if code != 0:
             return StepResult(ok=False, code=code, message=f"{step_name} exited with {code}")
@@ -258,7 +341,12 @@ class ProcessRuntime:
         def fire() -> None:
             self.unwatch(name)
             proc = self.children.pop(ref.pid, None)
-            on_exit(proc.wait() if proc is not None else None)
+            if proc is not None:
+                code: int | None = proc.wait()
+                self.layout.exit_file(name, ref.marker).unlink(missing_ok=True)
+            else:
+                code = self.exit_code_of(name, ref)
+            on_exit(code)
 
         self._watches[name] = fd
         loop.add_reader(fd, fire)
@@ -270,10 +358,12 @@ class ProcessRuntime:
             asyncio.get_running_loop().remove_reader(fd)
             os.close(fd)
 
-    def members(self, name: str, pgid: int | None) -> set[int]:
+    def members(self, name: str, pgid: int | None, instance: str = "") -> set[int]:
         found = self.cgroups.pids(name)
         if pgid is not None:
             found |= group_members(pgid)
+        if instance:  # after a crash: processes spawned but never recorded by pid
+            found |= marked(f"HEDGEROW_INSTANCE={instance}.".encode())
         return found
 
     async def kill_leftovers(self, pgid: int) -> None:
@@ -303,6 +393,7 @@ class ProcessRuntime:
             proc = self.children.pop(ref.pid, None)
             if proc is not None:
                 proc.wait()
+            self.layout.exit_file(name, ref.marker).unlink(missing_ok=True)
 
     def _reap(self) -> None:
         for pid, proc in list(self.children.items()):

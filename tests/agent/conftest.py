@@ -19,7 +19,8 @@ import pytest
 
 from hedgerow.core import component, documents
 
-THING = "gw-test"
+# Per test process: cgroups are hedgerow/<thing>/<component>, so parallel runs never collide.
+THING = f"gw-test-{os.getpid()}"
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
@@ -91,7 +92,7 @@ class AgentProcess:
 
     def record(self, name: str) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(
-            (self.root / "state" / "components" / f"{name}.json").read_text())
+            (self.root / "state" / "components.json").read_text())[name]
         return data
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -137,4 +138,29 @@ def agent(agent_home: pathlib.Path) -> Iterator[AgentProcess]:
     for pid in pids_with_marker(root):  # never leave test workloads behind
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+    remove_cgroups(THING)
     print((tmp_path / "agent.log").read_text()[-4000:])
+
+
+def remove_cgroups(thing: str, timeout: float = 5.0) -> None:
+    """The cgroup folders this thing's agent made: kill what is left in them (only this
+    test's processes), then remove them once the kernel has let those processes go."""
+    folders = [base / "hedgerow" / thing for base in (
+        pathlib.Path("/sys/fs/cgroup/memory"), pathlib.Path("/sys/fs/cgroup/cpu"),
+        pathlib.Path("/sys/fs/cgroup"))]
+    deadline = time.monotonic() + timeout
+    while True:
+        for folder in folders:
+            if not folder.is_dir():
+                continue
+            for child in [*folder.iterdir(), folder]:
+                if not child.is_dir():
+                    continue
+                with contextlib.suppress(OSError, ValueError):
+                    for pid in (child / "cgroup.procs").read_text().split():
+                        os.kill(int(pid), signal.SIGKILL)
+                with contextlib.suppress(OSError):
+                    child.rmdir()
+        if not any(f.is_dir() for f in folders) or time.monotonic() > deadline:
+            return
+        time.sleep(0.05)

@@ -7,7 +7,7 @@ import pathlib
 
 from hedgerow.core import deployment
 
-from .conftest import AgentProcess, rc, wait_for
+from .conftest import THING, AgentProcess, rc, wait_for
 
 RECIPE = """apiVersion: hedgerow.dev/v1alpha1
 kind: Component
@@ -36,7 +36,7 @@ def test_component_list_details_stop_restart(agent: AgentProcess) -> None:
     assert "token" not in json.dumps(details).lower()
     pid = details["pid"]
     cgroup = pathlib.Path(f"/proc/{pid}/cgroup").read_text()
-    assert "memory:/hedgerow/a" in cgroup
+    assert f"memory:/hedgerow/{THING}/a" in cgroup
     assert agent.cli("component", "stop", "a").returncode == 0
     agent.wait_states({"a": "INSTALLED"})
     assert agent.cli("component", "restart", "a").returncode == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hedgerow.core import component, documents
 
-from .conftest import AgentProcess, pids_with_marker, rc, wait_for
+from .conftest import THING, AgentProcess, pids_with_marker, rc, wait_for
 
 
 def test_a_component_runs_and_sees_its_environment(agent: AgentProcess) -> None:
@@ -14,7 +14,7 @@ def test_a_component_runs_and_sees_its_environment(agent: AgentProcess) -> None:
     agent.wait_states({"a": "RUNNING"})
     log = agent.root / "logs" / "a.log"
     line = wait_for(lambda: log.exists() and log.read_text(), 5, "log output")
-    assert f"thing=gw-test tok=32 user=nobody cfg=hi work={agent.root}/work/a" in line
+    assert f"thing={THING} tok=32 user=nobody cfg=hi work={agent.root}/work/a" in line
     assert line[:4].isdigit() and "Z " in line  # timestamped
     assert oct((agent.root / "agent.sock").stat().st_mode & 0o777) == "0o660"
 
@@ -36,16 +36,21 @@ def test_dependencies_start_first_and_hard_restart_restarts_dependents(
     agent: AgentProcess,
 ) -> None:
     dep = documents.ResolvedDependency(name="base", version="1.0.0", type="HARD")
-    order = "echo $(date +%s%N) {name} >> {root}/order; sleep 60"
+    # The guarantee is spawn order (a dependent is spawned only once its dependency is
+    # RUNNING); two running shells' first lines race, so the dependent writes a bit later.
+    order = "{delay}echo $(date +%s%N) {name} >> {root}/order; sleep 60"
     (agent.root / "order").touch(mode=0o666)
     (agent.root / "order").chmod(0o666)
-    agent.deploy(rc("base", order.format(name="base", root=agent.root)),
-                 rc("user", order.format(name="user", root=agent.root), dependencies=[dep]))
+    agent.deploy(rc("base", order.format(name="base", root=agent.root, delay="")),
+                 rc("user", order.format(name="user", root=agent.root,
+                                     delay="sleep 0.2; "), dependencies=[dep]))
     agent.wait_states({"base": "RUNNING", "user": "RUNNING"})
     user_pid = agent.record("user")["process"]["pid"]
-    agent.deploy(rc("base", order.format(name="base", root=agent.root),
+    wait_for(lambda: len((agent.root / "order").read_text().splitlines()) == 2)
+    agent.deploy(rc("base", order.format(name="base", root=agent.root, delay=""),
                     configuration={"v": 2}),
-                 rc("user", order.format(name="user", root=agent.root), dependencies=[dep]))
+                 rc("user", order.format(name="user", root=agent.root,
+                                     delay="sleep 0.2; "), dependencies=[dep]))
     wait_for(lambda: (agent.record("user").get("process") or {}).get("pid")
              not in (None, user_pid), 10, "user restarted")
     agent.wait_states({"base": "RUNNING", "user": "RUNNING"})

@@ -1,0 +1,74 @@
+"""The shipped examples on a real agent: HelloWorld + its dependent Telemetry through a
+local deployment (examples/local/), both RUNNING and Telemetry sampling; plus the logs
+CLI following a component's output and adopted exit codes."""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+
+from .conftest import THING, AgentProcess, rc, wait_for
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_examples_run_through_a_local_deployment(agent: AgentProcess) -> None:
+    deployments = agent.root / "deployments"
+    shutil.copy(EXAMPLES / "hello-world.yaml", deployments)
+    shutil.copy(EXAMPLES / "telemetry.yaml", deployments)
+    local = (EXAMPLES / "local" / "gateway-1.yaml").read_text()
+    assert "thing: gateway-1" in local
+    (deployments / "local.yaml").write_text(local.replace("thing: gateway-1",
+                                                           f"thing: {THING}"))
+    agent.wait_states({"com.example.HelloWorld": "RUNNING",
+                       "com.example.Telemetry": "RUNNING"}, timeout=20)
+    samples = agent.root / "work" / "com.example.Telemetry" / "samples" / "load.txt"
+    wait_for(lambda: samples.exists() and len(samples.read_text().split()) >= 2, 10,
+             "two load samples")
+    float(samples.read_text().split()[0])
+    hello = agent.root / "logs" / "com.example.HelloWorld.log"
+    wait_for(lambda: hello.exists() and f"Hello from the gateway from {THING}"
+             in hello.read_text(), 10, "the greeting")
+    listing = agent.cli("component", "list")
+    assert listing.returncode == 0, listing.stderr
+    assert all(f"com.example.{n}" in listing.stdout for n in ("HelloWorld", "Telemetry"))
+
+
+def test_logs_get_follow_prints_new_lines(agent: AgentProcess) -> None:
+    agent.deploy(rc("talker", "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done"))
+    agent.wait_states({"talker": "RUNNING"})
+    log = agent.root / "logs" / "talker.log"
+    wait_for(lambda: log.exists() and "tick 1" in log.read_text(), 5, "first tick")
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "hedgerow", "logs", "get", "talker", "--follow", "--root",
+         str(agent.root)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert follow.stdout is not None
+        deadline = time.monotonic() + 10
+        seen: list[str] = []
+        while time.monotonic() < deadline and len(seen) < 30:
+            seen.append(follow.stdout.readline())
+        ticks = [int(line.split()[-1]) for line in seen if "tick" in line]
+        # Old lines first, then lines written after `logs get` started, in order.
+        assert ticks == sorted(ticks) and ticks[-1] - ticks[0] >= 5, seen
+        assert all(line[10] == "T" for line in seen if line.strip())
+    finally:
+        follow.terminate()
+        follow.wait(5)
+
+
+def test_an_adopted_process_exit_code_is_known(agent: AgentProcess) -> None:
+    flag = agent.root.parent / "go"
+    agent.deploy(rc("once", f"while [ ! -e {flag} ]; do sleep 0.05; done; exit 0"),
+                 failure_handling="DO_NOTHING")
+    agent.wait_states({"once": "RUNNING"})
+    agent.kill9()
+    agent.start()
+    wait_for(lambda: "adopted" in (agent.root.parent / "agent.log").read_text(), 10,
+             "adoption")
+    flag.touch()
+    agent.wait_states({"once": "FINISHED"})
+    assert agent.record("once")["message"] == "exited with 0"
