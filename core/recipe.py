@@ -18,6 +18,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from hedgerow.core import configuration
+
 _PLACEHOLDER = re.compile(r"(?<!\$)\{([A-Za-z][A-Za-z0-9._-]*):([^{}\s,]*)\}")
 _BUILTIN = frozenset({"artifacts", "work", "configuration", "kernel", "iot"})
 
@@ -45,24 +47,6 @@ class Context:
     dependencies: Mapping[str, Paths] = dataclasses.field(default_factory=dict)
 
 
-def resolve_pointer(document: Any, pointer: str) -> Any:
-    """RFC 6901 lookup; KeyError names the first missing part."""
-    if pointer == "":
-        return document
-    if not pointer.startswith("/"):
-        raise KeyError(pointer)
-    node = document
-    for raw in pointer[1:].split("/"):
-        part = raw.replace("~1", "/").replace("~0", "~")
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            raise KeyError(part)
-    return node
-
-
 def render_value(value: Any) -> str:
     """Strings as they are; numbers, booleans, objects as JSON (Greengrass does the same)."""
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
@@ -71,7 +55,7 @@ def render_value(value: Any) -> str:
 def _lookup(paths: Paths, namespace: str, key: str, whole: str, who: str) -> str:
     if namespace == "configuration":
         try:
-            return render_value(resolve_pointer(paths.configuration, key))
+            return render_value(configuration.resolve_pointer(paths.configuration, key))
         except KeyError:
             raise RecipeVariableError(
                 f"{whole}: {who} has no configuration value at {key!r}") from None

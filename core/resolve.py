@@ -33,7 +33,6 @@ Any problem makes the device's ``desired`` None: the device keeps its last good 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import hashlib
@@ -42,7 +41,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
-from hedgerow.core import component, deployment, documents, semver, thinggroup
+from hedgerow.core import component, configuration, deployment, documents, semver, thinggroup
 
 VERSION_CONFLICT: Final = "VersionConflict"
 UNKNOWN_COMPONENT: Final = "UnknownComponent"
@@ -103,66 +102,6 @@ def targets(
         return target.thing == thing
     group = groups_by_name.get((d.metadata.namespace or "", target.thing_group or ""))
     return group is not None and is_member(thing, labels, group)
-
-
-# --- configuration -------------------------------------------------------------------
-
-
-def _pointer_tokens(pointer: str) -> list[str]:
-    return [t.replace("~1", "/").replace("~0", "~") for t in pointer.split("/")[1:]]
-
-
-_MISSING: Final = object()
-
-
-def _lookup(value: Any, tokens: Sequence[str]) -> Any:
-    for token in tokens:
-        if isinstance(value, dict) and token in value:
-            value = value[token]
-        elif isinstance(value, list) and token.isdigit() and int(token) < len(value):
-            value = value[int(token)]
-        else:
-            return _MISSING
-    return value
-
-
-def _reset(config: dict[str, Any], defaults: Mapping[str, Any], pointer: str) -> dict[str, Any]:
-    if pointer == "":
-        return copy.deepcopy(dict(defaults))
-    tokens = _pointer_tokens(pointer)
-    parent = _lookup(config, tokens[:-1])
-    last = tokens[-1]
-    default = _lookup(defaults, tokens)
-    if isinstance(parent, dict):
-        if default is _MISSING:
-            parent.pop(last, None)
-        else:
-            parent[last] = copy.deepcopy(default)
-    elif (isinstance(parent, list) and last.isdigit() and int(last) < len(parent)
-          and default is not _MISSING):
-        parent[int(last)] = copy.deepcopy(default)
-    return config
-
-
-def _merge(into: dict[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
-    for k, v in patch.items():
-        if isinstance(v, dict) and isinstance(into.get(k), dict):
-            _merge(into[k], v)
-        else:
-            into[k] = copy.deepcopy(v)
-    return into
-
-
-def resolve_configuration(
-    defaults: Mapping[str, Any], updates: Iterable[deployment.ConfigurationUpdate],
-) -> dict[str, Any]:
-    """Defaults, then for each update: reset its pointers, then deep-merge."""
-    config = copy.deepcopy(dict(defaults))
-    for update in updates:
-        for pointer in update.reset:
-            config = _reset(config, defaults, pointer)
-        _merge(config, update.merge)
-    return config
 
 
 # --- the catalog of component versions -----------------------------------------------
@@ -232,7 +171,7 @@ class Catalog:
             lifecycle=manifest.lifecycle,
             container=manifest.container,
             artifacts=manifest.artifacts,
-            configuration=resolve_configuration(
+            configuration=configuration.resolve_configuration(
                 comp.spec.default_configuration,
                 [x.configuration_update for x in layers if x.configuration_update]),
             run_with=run_with,

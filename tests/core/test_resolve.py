@@ -8,7 +8,15 @@ from typing import Any
 
 import pytest
 
-from hedgerow.core import component, deployment, documents, manifest, resolve, thinggroup
+from hedgerow.core import (
+    component,
+    configuration,
+    deployment,
+    documents,
+    manifest,
+    resolve,
+    thinggroup,
+)
 
 ROOT = pathlib.Path(__file__).parents[2]
 LINUX_AMD64 = documents.PlatformInfo(os="linux", arch="amd64")
@@ -174,9 +182,9 @@ def test_platform_picks_the_first_matching_manifest_and_defaults_to_linux_amd64(
 def test_configuration(defaults: dict[str, Any], updates: list[dict[str, Any]],
                        expected: dict[str, Any]) -> None:
     parsed = [deployment.ConfigurationUpdate.model_validate(u) for u in updates]
-    assert resolve.resolve_configuration(defaults, parsed) == expected
+    assert configuration.resolve_configuration(defaults, parsed) == expected
     # Defaults are never mutated in place (they belong to a shared Component object).
-    assert resolve.resolve_configuration(defaults, []) == defaults
+    assert configuration.resolve_configuration(defaults, []) == defaults
 
 
 def test_configuration_and_run_with_come_from_the_winning_deployment() -> None:
