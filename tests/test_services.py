@@ -60,7 +60,7 @@ def test_a_plain_broker_keeps_retained_messages() -> None:
 
 def test_the_tls_broker_lets_a_device_read_only_its_own_desired_topic() -> None:
     with Mosquitto(tls=True) as broker:
-        controller = _client(broker, "controller")
+        controller = _client(broker, "hedgerow_controller")
         for thing in ("gw-1", "gw-2"):
             controller.publish(f"hedgerow/things/{thing}/desired", thing.encode(), qos=1,
                                retain=True).wait_for_publish(5)

@@ -12,26 +12,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from hedgerow.core import component, documents
+from tests.support.wait import wait_for
 
 # Per test process: cgroups are hedgerow/<thing>/<component>, so parallel runs never collide.
 THING = f"gw-test-{os.getpid()}"
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(0.02)
 
 
 def rc(name: str, run: str | None = None, version: str = "1.0.0", **kw: Any,

@@ -14,8 +14,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from hedgerow.core import documents
 from tests.conftest import ROOT
-from tests.controller.conftest import Cluster, ControllerProcess, Devices, wait_for
+from tests.controller.conftest import Cluster, ControllerProcess, Devices
 from tests.support.mosquitto import Mosquitto
+from tests.support.wait import wait_for
 
 pytestmark = [pytest.mark.apiserver, pytest.mark.mqtt]
 
@@ -244,7 +245,7 @@ def test_over_mutual_tls_each_device_reads_only_its_own_document(
 ) -> None:
     cluster.kubectl("apply", "-n", "default", "-f", str(EXAMPLES))
     with Mosquitto(tls=True) as tls_broker:
-        cert, key = tls_broker.client_cert("controller")
+        cert, key = tls_broker.client_cert("hedgerow_controller")
         log = tmp_path / "controller-tls.log"
         controller = ControllerProcess(cluster, tls_broker, log, [
             "--ca", str(tls_broker.ca), "--cert", str(cert), "--key", str(key)])

@@ -9,7 +9,6 @@ import dataclasses
 import os
 import pwd
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,17 +25,7 @@ from hedgerow.controller import pki
 from hedgerow.core import broker as broker_
 from hedgerow.core import identity as core_identity
 from tests.support.mosquitto import LOOPBACK, Mosquitto
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(0.02)
+from tests.support.wait import wait_for
 
 
 class MqttClient:

@@ -17,7 +17,8 @@ import pytest
 from hedgerow.agent import cli as agent_cli
 from hedgerow.agent import connector, identity, identity_cli
 from hedgerow.controller import fleet_cli
-from tests.support.mosquitto import Mosquitto, free_port
+from tests.support.mosquitto import Mosquitto
+from tests.support.net import free_port
 
 
 def parser() -> argparse.ArgumentParser:

@@ -30,7 +30,6 @@ import ipaddress
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -46,6 +45,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tests.support import net
 
 __all__ = ["ApiServer", "ApiServerError", "Binaries", "locate_binaries"]
 
@@ -85,12 +86,6 @@ def locate_binaries(*, refresh: bool = False) -> Binaries:
         raise ApiServerError(f"unexpected output from {BUILD_SCRIPT}: {proc.stdout!r}") from None
 
 
-def free_port() -> int:
-    """A loopback port that was free a moment ago (callers retry on a race)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 # --- certificates -----------------------------------------------------------
@@ -425,7 +420,7 @@ class ApiServer:
     def _start_etcd(self, etcd: Path) -> None:
         last = ""
         for _attempt in range(3):  # a "free" port can be taken before we bind it
-            client, peer = free_port(), free_port()
+            client, peer = net.free_port(), net.free_port()
             self.etcd_url = f"http://{LOOPBACK}:{client}"
             peer_url = f"http://{LOOPBACK}:{peer}"
             data = self.workdir / "etcd-data"
@@ -457,7 +452,7 @@ class ApiServer:
         context = self.ssl_context()
         last = problem = ""
         for _attempt in range(3):
-            self.port = free_port()
+            self.port = net.free_port()
             self.url = f"https://{LOOPBACK}:{self.port}"
             self._server = _spawn(
                 [

@@ -3,7 +3,7 @@
 Plain MQTT by default; ``tls=True`` makes a test CA, a server certificate and client
 certificates (``client_cert(cn)``), requires them, uses the CN as the username and applies
 the Hedgerow ACL (a device reads only its own desired topic and writes only its own
-status topic; ``controller`` may do anything under ``hedgerow/``).
+status topic; ``hedgerow_controller`` may do anything under ``hedgerow/``).
 
     with Mosquitto() as broker:
         broker.url  # mqtt://127.0.0.1:PORT
@@ -33,21 +33,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.support import net
+
 LOOPBACK = "127.0.0.1"
 ACL = """\
-user controller
+user hedgerow_controller
 topic readwrite hedgerow/#
 
 pattern read hedgerow/things/%u/desired
 pattern write hedgerow/things/%u/status
 """
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _name(cn: str) -> x509.Name:
@@ -194,7 +189,7 @@ class Mosquitto:
         if self.tls and self._ca_cert is None and self._external_config is None:
             self._make_ca()
         for _ in range(5):  # the free port may be taken in between; try another
-            self.port = port or free_port()
+            self.port = port or net.free_port()
             conf = self.dir / "mosquitto.conf"
             conf.write_text(self._config())
             self.proc = subprocess.Popen(
