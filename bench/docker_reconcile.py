@@ -1,19 +1,16 @@
-"""apply(config) → container RUNNING through ContainerRuntime vs. the bare Docker SDK.
+"""Desired-file change → containers RUNNING through the real agent loop, vs the bare SDK.
 
-What is measured, per sample: the wall time from handing N rendered `ContainerConfig`s
-to `ContainerRuntime.apply` (image present) until `observe()` maps every container to
-RUNNING — against creating and starting the same containers with docker-py directly
-and inspecting each once. Both sides run N = 1 and N = 20 containers, one at a time,
-alternating which side goes first in every round, in the same run, against the same
-dockerd. The runtime's overhead is its ownership checks: the label listing before
-create, the image check, and the observation (list + inspect) that confirms RUNNING.
-
-Not measured yet: desired file → RUNNING through the full agent loop (watchfiles wake-up,
-resolve, plan); the agent loop will be wired to the runtime by the lead, and the same
-harness then needs only a different "apply" side.
+What is measured, per sample: the wall time from atomically writing a desired.json with N
+new container components (image present) until the agent's status.json shows every one
+RUNNING — through the whole loop: watchfiles wake-up, read + resolve, label observation,
+plan, PREPARE (image check), record writes, `ContainerRuntime.apply` (create + start in
+worker threads), status — against creating and starting the same containers with
+docker-py directly (sequentially) and reloading each until Docker says running. N = 1
+and N = 20, alternating which side goes first in every round, in the same run, against
+the same dockerd. Each round's containers are removed (untimed) before the next.
 
 Figures: p50_ratio / p99_ratio (the worse of N = 1 and N = 20; target ≤ 1.25), and per N
-the runtime's p50/p99 in ms with the SDK's beside it as the baseline.
+the agent's p50/p99 in ms with the SDK's beside it as the baseline.
 Rounds: HEDGEROW_BENCH_ROUNDS (default 20 for N = 1; a quarter of that, at least 3,
 for N = 20).
 """
@@ -21,8 +18,13 @@ for N = 20).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
+import signal
 import subprocess
+import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -32,7 +34,6 @@ import docker
 import docker.errors
 
 from bench.harness import Figure, percentile
-from hedgerow.agent.containers import ContainerRuntime
 from hedgerow.core import component, container, documents
 
 IMAGE = "hedgerow/busybox:latest"
@@ -55,18 +56,68 @@ def _configs(thing: str, count: int) -> list[container.ContainerConfig]:
     return configs
 
 
-def _through_runtime(runtime: ContainerRuntime,
-                     configs: list[container.ContainerConfig]) -> float:
+class _Agent:
+    """A real `hedgerow agent run` on a temp root (as the agent tests run it)."""
+
+    def __init__(self, thing: str) -> None:
+        self.thing = thing
+        self.home = Path(tempfile.mkdtemp(prefix="hedgerow-bench-docker-"))
+        self.home.chmod(0o711)
+        self.root = self.home / "root"
+        (self.root / "desired").mkdir(parents=True)
+        (self.root / "deployments").mkdir()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hedgerow", "agent", "run", "--root", str(self.root),
+             "--thing", thing, "--settle", "0", "--resync", "60"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        _wait(lambda: (self.root / "agent.sock").exists())
+
+    def deploy(self, comps: list[documents.ResolvedComponent]) -> None:
+        doc = documents.render_desired_state(self.thing, [], comps)
+        tmp = self.root / "desired" / ".desired.tmp"
+        tmp.write_bytes(documents.render_bytes(doc))
+        tmp.replace(self.root / "desired" / "desired.json")
+
+    def states(self) -> dict[str, str]:
+        try:
+            data = json.loads((self.root / "state" / "status.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return {c["name"]: c["state"] for c in data.get("components", [])}
+
+    def close(self) -> None:
+        self.deploy([])
+        with contextlib.suppress(TimeoutError):
+            _wait(lambda: self.states() == {}, 60)
+        os.kill(self.proc.pid, signal.SIGTERM)
+        self.proc.wait()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+def _wait(predicate: Callable[[], object], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("benchmark did not converge")
+        time.sleep(0.001)
+
+
+def _components(prefix: str, count: int) -> list[documents.ResolvedComponent]:
+    return [documents.ResolvedComponent(
+        name=f"{prefix}.C{i:02d}", version="1.0.0",
+        container=component.Container(image=IMAGE, command=SLEEPER, env={"INDEX": str(i)}))
+        for i in range(count)]
+
+
+def _through_agent(agent: _Agent, comps: list[documents.ResolvedComponent]) -> float:
+    names = [c.name for c in comps]
     start = time.perf_counter()
-    for config in configs:
-        runtime.apply(config)
-    while True:
-        observed = runtime.observe()
-        if len(observed) == len(configs) and all(
-            container.render_component_state(o) is documents.ComponentState.RUNNING
-            for o in observed
-        ):
-            return time.perf_counter() - start
+    agent.deploy(comps)
+    _wait(lambda: (s := agent.states()) and all(s.get(n) == "RUNNING" for n in names))
+    took = time.perf_counter() - start
+    agent.deploy([])  # untimed: the next round starts from nothing
+    _wait(lambda: agent.states() == {})
+    return took
 
 
 def _through_sdk(client: docker.DockerClient,
@@ -97,41 +148,45 @@ def _clean(client: docker.DockerClient, *things: str) -> None:
                 found.remove(force=True, v=True)
 
 
-def _measure(count: int, rounds: int, client: docker.DockerClient
+def _measure(count: int, rounds: int, client: docker.DockerClient, agent: _Agent,
              ) -> tuple[list[float], list[float]]:
-    ours, baseline = f"bench-{uuid.uuid4().hex[:10]}", f"bench-{uuid.uuid4().hex[:10]}"
-    runtime = ContainerRuntime(docker.from_env, thing=ours)
-    configs = _configs(ours, count)
-    runtime_times: list[float] = []
+    baseline = f"bench-{uuid.uuid4().hex[:10]}"
+    configs = _configs(baseline, count)
+    agent_times: list[float] = []
     sdk_times: list[float] = []
-    sides: list[Callable[[], None]] = [
-        lambda: runtime_times.append(_through_runtime(runtime, configs)),
-        lambda: sdk_times.append(_through_sdk(client, configs, baseline)),
-    ]
+    round_ = 0
+
+    def through_agent() -> None:
+        agent_times.append(_through_agent(agent, _components(f"r{count}x{round_}", count)))
+
+    def through_sdk() -> None:
+        sdk_times.append(_through_sdk(client, configs, baseline))
+        _clean(client, baseline)
+
+    sides: list[Callable[[], None]] = [through_agent, through_sdk]
     try:
         # Warm-up (clients, connection pools, page cache), not counted.
-        _through_runtime(runtime, configs[:1])
+        _through_agent(agent, _components("warm", 1))
         _through_sdk(client, configs[:1], baseline)
-        _clean(client, ours, baseline)
+        _clean(client, baseline)
         for round_ in range(rounds):
             for side in sides if round_ % 2 == 0 else reversed(sides):
                 side()
-                _clean(client, ours, baseline)
     finally:
-        _clean(client, ours, baseline)
-        runtime.close()
-    return runtime_times, sdk_times
+        _clean(client, baseline)
+    return agent_times, sdk_times
 
 
 def run() -> Iterable[Figure]:
     subprocess.run([str(ROOT / "scripts" / "build-test-image.sh"), IMAGE], check=True)
     rounds = int(os.environ.get("HEDGEROW_BENCH_ROUNDS", "20"))
     client = docker.from_env(timeout=60)
+    agent = _Agent(f"bench-{uuid.uuid4().hex[:10]}")
     ratios: dict[str, list[float]] = {"p50": [], "p99": []}
     figures: list[Figure] = []
     try:
         for count, n_rounds in ((1, rounds), (20, max(3, rounds // 4))):
-            ours, sdk = _measure(count, n_rounds, client)
+            ours, sdk = _measure(count, n_rounds, client, agent)
             for name, pct in (("p50", 50.0), ("p99", 99.0)):
                 value, base = percentile(ours, pct) * 1000, percentile(sdk, pct) * 1000
                 ratios[name].append(value / base)
@@ -139,6 +194,8 @@ def run() -> Iterable[Figure]:
                     metric=f"{name}_ms_{count}", value=value, unit="ms", baseline=base,
                     target=f"ratio <= {TARGET} ({n_rounds} rounds)"))
     finally:
+        agent.close()
+        _clean(client, agent.thing)
         client.close()
     for name in ("p50", "p99"):
         worst = max(ratios[name])

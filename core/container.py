@@ -33,6 +33,7 @@ LABEL_SPEC_HASH: Final = "hedgerow.dev/spec-hash"
 
 # Where the agent's IPC socket appears inside a container that asks for it. A fixed path,
 # so images can hard-code it; the variable tells components that read the environment.
+IPC_SOCKET_DIR: Final = "/run/hedgerow"
 IPC_SOCKET_TARGET: Final = "/run/hedgerow/ipc.sock"
 IPC_SOCKET_ENV: Final = "HEDGEROW_IPC_SOCKET"
 THING_ENV: Final = "HEDGEROW_THING_NAME"
@@ -154,6 +155,9 @@ def render_container(
         raise ContainerSpecError(f"{thing!r} is not a valid thing name")
     if not posixpath.isabs(root) or not posixpath.isabs(ipc_socket):
         raise ContainerSpecError("the agent root and IPC socket must be absolute paths")
+    if posixpath.basename(ipc_socket) != posixpath.basename(IPC_SOCKET_TARGET):
+        raise ContainerSpecError(f"the IPC socket must be named "
+                                 f"{posixpath.basename(IPC_SOCKET_TARGET)}: {ipc_socket}")
     if spec.image_archive is not None and "@" in spec.image:
         # `docker save` does not keep repository digests, so a loaded archive can never
         # satisfy a digest reference: it would be loaded again on every pass.
@@ -332,11 +336,18 @@ def _render_binds(
                 "volume name")
         binds.append(Bind(source=source, target=target, read_only=volume.read_only))
     if spec.mount_ipc_socket:
-        # Read-write: connect() on a Unix socket needs write permission on the file.
-        binds.append(Bind(source=posixpath.normpath(ipc_socket), target=IPC_SOCKET_TARGET,
-                          read_only=False))
+        # The socket's *folder* is bound, not the socket file: a bind of a file pins its
+        # inode, so a socket the agent re-creates (every restart) would stay invisible to
+        # running containers, and a bind of a socket not yet created makes Docker create a
+        # directory in its place. Read-only is enough: connect() is not a write to the
+        # mount, and the container cannot plant files beside the socket.
+        binds.append(Bind(source=posixpath.dirname(posixpath.normpath(ipc_socket)),
+                          target=IPC_SOCKET_DIR, read_only=True))
     targets = [b.target for b in binds]
     duplicates = sorted({t for t in targets if targets.count(t) > 1})
+    if spec.mount_ipc_socket:  # nothing may shadow the socket's folder, or sit inside it
+        duplicates += sorted({t for t in targets[:-1] if _is_within(t, IPC_SOCKET_DIR)
+                              or _is_within(IPC_SOCKET_DIR, t)})
     if duplicates:
         raise ContainerSpecError(f"{name}: mount targets used twice: {duplicates}")
     return tuple(binds)

@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 _ZERO_TIME = "0001-01-01T00:00:00Z"
 _IMAGES_FILE = "images.json"
+_STREAM_TIMEOUT = 3600  # log and event streams: long-lived, on a client of their own
 
 
 class ClientFactory(Protocol):
@@ -318,7 +319,59 @@ class ContainerRuntime:
                                     timestamps=timestamps)
         return _lines(chunks, f"logs of {_name(container)}")
 
+    def follow_logs(self, container_id: str, since: int | None = None) -> Iterator[str]:
+        """One container's output with Docker's timestamps, following until it stops.
+
+        Uses a client of its own: a long-lived stream must not hold a connection the
+        loop's ordinary calls need.
+        """
+        client = self._client(_STREAM_TIMEOUT)
+        with translated(f"logs of {container_id[:12]}"):
+            chunks = client.api.logs(container_id, stream=True, follow=True,
+                                     timestamps=True, since=since)
+        return _lines(chunks, f"logs of {container_id[:12]}")
+
+    def watch_events(self, wake: Callable[[], None], stopping: threading.Event) -> None:
+        """Call `wake` on every event of our containers (die, health, oom, destroy ...).
+
+        Runs in a thread until `stopping` is set; reconnects with backoff while dockerd
+        is away (and wakes once on every reconnect: events may have been missed).
+        """
+        failures = 0
+        while not stopping.is_set():
+            try:
+                client = self._client(_STREAM_TIMEOUT)
+                with translated("events"):
+                    stream = client.api.events(decode=True, filters={
+                        "type": "container",
+                        "label": [f"{container_.LABEL_THING}={self.thing}"]})
+                failures = 0
+                wake()
+                try:
+                    for _event in stream:
+                        if stopping.is_set():
+                            break
+                        wake()
+                finally:
+                    stream.close()
+            except Exception as exc:  # transport errors of a stream
+                log.debug("docker events: %s", exc)
+                self._drop_client(_STREAM_TIMEOUT)
+            failures += 1
+            stopping.wait(min(30.0, 0.5 * 2 ** min(failures, 6)))
+
+    def reset(self) -> None:
+        """Forget pooled connections (after dockerd was away, start afresh)."""
+        self.close()
+
     # --- internals -------------------------------------------------------------------
+
+    def _drop_client(self, timeout: int) -> None:
+        with self._lock:
+            client = self._clients.pop(timeout, None)
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
 
     def _client(self, timeout: int) -> docker.DockerClient:
         with self._lock:
@@ -598,3 +651,89 @@ def _write_atomically(path: Path, data: bytes) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+# --- logs mirrored to <root>/logs/<component>.log ---------------------------------------
+
+class LogMirror:
+    """Copy each running container's output into the component's log file.
+
+    `hedgerow logs get NAME` reads `logs/NAME.log` for every component; for containers a
+    thread per running container follows `docker logs` into that file, in the same
+    format and rotation as the process log writer. Docker keeps the output while the
+    agent is down; after a restart the copy resumes from the last line written (lines in
+    the same millisecond as that line are not copied twice).
+    """
+
+    def __init__(self, runtime: ContainerRuntime, path_of: Callable[[str], Path],
+                 max_bytes: int, keep: int) -> None:
+        self._runtime, self._path_of = runtime, path_of
+        self._max_bytes, self._keep = max_bytes, keep
+        self._threads: dict[str, tuple[str, threading.Thread]] = {}
+
+    def follow(self, component: str, container_id: str) -> None:
+        current = self._threads.get(component)
+        if current is not None and current[0] == container_id and current[1].is_alive():
+            return
+        thread = threading.Thread(target=self._copy, args=(component, container_id),
+                                  name=f"logs:{component}", daemon=True)
+        self._threads[component] = (container_id, thread)
+        thread.start()
+
+    def forget(self, keep: Iterable[str]) -> None:
+        for name in set(self._threads) - set(keep):
+            del self._threads[name]  # the stream ends with its container
+
+    def _copy(self, component: str, container_id: str) -> None:
+        path = self._path_of(component)
+        last = _last_stamp(path)
+        since = None
+        if last:
+            with contextlib.suppress(ValueError):
+                since = int(datetime.datetime.fromisoformat(last[:19]).replace(
+                    tzinfo=datetime.UTC).timestamp())
+        try:
+            for line in self._runtime.follow_logs(container_id, since):
+                stamp, _, text = line.partition(" ")
+                stamp = _short_stamp(stamp)
+                if last and stamp <= last:
+                    continue
+                _append_rotating(path, f"{stamp} {text}\n".encode(), self._max_bytes,
+                                 self._keep)
+        except Exception as exc:  # dockerd went away; the next pass resumes
+            log.debug("%s: log copy ended: %s", component, exc)
+
+
+def _short_stamp(docker_stamp: str) -> str:
+    """2024-05-01T12:00:00.123456789Z -> 2024-05-01T12:00:00.123Z (the process format)."""
+    whole, _, fraction = docker_stamp.rstrip("Z").partition(".")
+    return f"{whole[:19]}.{(fraction + '000')[:3]}Z"
+
+
+def _last_stamp(path: Path) -> str:
+    try:
+        with path.open("rb") as stream:
+            stream.seek(max(0, path.stat().st_size - 4096))
+            tail = stream.read().splitlines()
+    except OSError:
+        return ""
+    for line in reversed(tail):
+        stamp = line[:24].decode(errors="replace")
+        if len(stamp) == 24 and stamp.endswith("Z"):
+            return stamp
+    return ""
+
+
+def _append_rotating(path: Path, data: bytes, max_bytes: int, keep: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        if path.stat().st_size + len(data) > max_bytes:
+            for i in range(keep, 0, -1):
+                src = path if i == 1 else path.with_name(f"{path.name}.{i - 1}")
+                if src.exists():
+                    src.replace(path.with_name(f"{path.name}.{i}"))
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)

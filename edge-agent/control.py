@@ -64,7 +64,10 @@ async def _dispatch(agent: Agent, request: dict[str, Any]) -> Any:
     op = request.get("op")
     name = request.get("name", "")
     if op == "status":
-        return agent.report().to_dict()
+        return {**agent.report().to_dict(), "runtimes": {"container": {
+            "available": agent.docker_available, "message": agent.docker_message}}}
+    if op == "logs.get":
+        return await _logs(agent, name, float(request.get("since") or 0))
     if op == "component.list":
         return [_public(r) for r in sorted(agent.records.values(), key=lambda r: r.name)]
     if op in ("component.details", "component.restart", "component.stop"):
@@ -100,6 +103,31 @@ async def _dispatch(agent: Agent, request: dict[str, Any]) -> Any:
             raise CommandError(f"no deployment {request.get('id')!r}")
         return found[0]
     raise CommandError(f"unknown operation {op!r}")
+
+
+async def _logs(agent: Agent, name: str, since: float) -> list[str]:
+    """A component's log lines, by runtime: the process log files, or (containers) what
+    Docker kept — so lines written while the agent was down are there too."""
+    rec = agent.records.get(name)
+    if rec is None:
+        raise CommandError(f"no component {name!r} on this device")
+    if "container" in rec.spec:
+        from hedgerow.agent.dockererrors import ContainerRuntimeError
+
+        def read() -> list[str]:
+            return list(agent.containers.logs(name, since=since or None))
+        try:
+            return await asyncio.to_thread(read)
+        except ContainerRuntimeError as exc:
+            raise CommandError(str(exc)) from None
+    path = agent.layout.log_of(name)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(since)) if since else ""
+    lines: list[str] = []
+    for file in [*sorted(path.parent.glob(f"{name}.log.*"), reverse=True), path]:
+        if file.exists():
+            lines += [line for line in file.read_text(errors="replace").splitlines()
+                      if line[:19] >= stamp]
+    return lines
 
 
 def list_deployments(agent: Agent) -> list[dict[str, Any]]:

@@ -9,7 +9,8 @@
     work/<name>/    each component's working folder, owned by its user
     logs/<name>.log each component's log, rotated
     agent.sock      control socket for the CLI (0660, root:root)
-    ipc.sock        component IPC socket path (served by the IPC issue)
+    ipc/ipc.sock    component IPC socket path (served by the IPC issue); in its own folder
+                    so containers bind the folder and see a re-created socket
 """
 
 from __future__ import annotations
@@ -75,8 +76,12 @@ class Layout:
         return self.root / "agent.sock"
 
     @property
+    def ipc_dir(self) -> pathlib.Path:
+        return self.root / "ipc"
+
+    @property
     def ipc_socket(self) -> pathlib.Path:
-        return self.root / "ipc.sock"
+        return self.ipc_dir / "ipc.sock"
 
     def work_of(self, name: str) -> pathlib.Path:
         return self.work / name
@@ -95,6 +100,7 @@ class Layout:
         for path, mode in ((self.desired, 0o700), (self.deployments, 0o700),
                            (self.state, 0o700),
                            (self.artifacts, 0o711), (self.unarchived, 0o711),
-                           (self.work, 0o711), (self.logs, 0o750)):
+                           (self.work, 0o711), (self.logs, 0o750),
+                           (self.ipc_dir, 0o755)):
             path.mkdir(exist_ok=True)
             path.chmod(mode)

@@ -79,7 +79,7 @@ def make_config(thing: str, tmp_path: pathlib.Path, test_image: str) -> ConfigMa
         )
         return container.render_container(
             resolved, thing=thing, root=str(tmp_path / "root"),
-            ipc_socket=str(tmp_path / "ipc.sock"), render=lambda text: text)
+            ipc_socket=str(tmp_path / "ipc" / "ipc.sock"), render=lambda text: text)
     return make
 
 
@@ -92,3 +92,6 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0) -> Any:
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(0.1)
+
+
+from tests.agent_docker.agent_support import dagent, images  # noqa: E402, F401

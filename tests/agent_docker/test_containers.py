@@ -273,7 +273,8 @@ def test_the_ipc_socket_is_mounted_into_the_container(
     runtime: ContainerRuntime, make_config: ConfigMaker, tmp_path: pathlib.Path,
 ) -> None:
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(str(tmp_path / "ipc.sock"))
+    (tmp_path / "ipc").mkdir()
+    server.bind(str(tmp_path / "ipc" / "ipc.sock"))
     server.listen(1)
     try:
         config = make_config(mountIpcSocket=True, command=[

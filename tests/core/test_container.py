@@ -13,7 +13,7 @@ from hedgerow.core.container import ContainerSpecError, ObservedContainer
 from hedgerow.core.documents import ComponentState
 
 ROOT = "/var/lib/hedgerow"
-SOCKET = "/var/lib/hedgerow/ipc.sock"
+SOCKET = "/var/lib/hedgerow/ipc/ipc.sock"
 
 
 def _resolved(spec: dict[str, Any] | None = None, *, limits: dict[str, Any] | None = None,
@@ -89,7 +89,7 @@ def test_example_web_status_renders_to_create_arguments() -> None:
      "volumes", [f"{ROOT}/work/com.example.Web/db:/db:rw"]),
     ({"volumes": [{"source": f"{ROOT}/artifacts/ab12", "target": "/a", "readOnly": True}]},
      "volumes", [f"{ROOT}/artifacts/ab12:/a:ro"]),
-    ({"mountIpcSocket": True}, "volumes", [f"{SOCKET}:/run/hedgerow/ipc.sock:rw"]),
+    ({"mountIpcSocket": True}, "volumes", ["/var/lib/hedgerow/ipc:/run/hedgerow:ro"]),
     ({"healthCheck": {"command": ["CMD-SHELL", "test -f /ok"], "timeoutSeconds": 2,
                       "retries": 1, "startPeriodSeconds": 3}}, "healthcheck",
      {"test": ["CMD-SHELL", "test -f /ok"], "interval": 10_000_000_000,

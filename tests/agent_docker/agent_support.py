@@ -1,0 +1,218 @@
+"""A real agent process driving real containers: helpers for the agent-loop docker tests.
+
+Each test gets its own thing name (containers are told apart by label), a root under /tmp
+(components run as nobody), and a clean-up that removes every container labelled for that
+thing and every image the test made — even when the test failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import docker
+import docker.errors
+import pytest
+
+from hedgerow.core import component, container, documents
+from tests.support.wait import wait_for
+
+SLEEPER = ["/bin/sh", "-c", "trap 'exit 0' TERM; sleep 1000 & wait"]
+
+
+def cc(name: str, version: str = "1.0.0", *, limits: dict[str, Any] | None = None,
+       **spec: Any) -> documents.ResolvedComponent:
+    """A container component (image: the local busybox unless told)."""
+    spec.setdefault("image", "hedgerow/busybox:latest")
+    spec.setdefault("command", SLEEPER)
+    extra: dict[str, Any] = {}
+    if limits is not None:
+        extra["runWith"] = {"systemResourceLimits": limits}
+    return documents.ResolvedComponent.model_validate(
+        {"name": name, "version": version, "container": spec, **extra})
+
+
+def pc(name: str, script: str = "sleep 60") -> documents.ResolvedComponent:
+    return documents.ResolvedComponent(
+        name=name, version="1.0.0",
+        lifecycle=component.Lifecycle(run=component.Step(script=script)))
+
+
+class DockerAgent:
+    def __init__(self, home: pathlib.Path, thing: str, client: docker.DockerClient) -> None:
+        self.home, self.thing, self.client = home, thing, client
+        self.root = home / "root"
+        (self.root / "desired").mkdir(parents=True)
+        (self.root / "deployments").mkdir()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, docker_host: str | None = None) -> None:
+        env = dict(os.environ)
+        if docker_host is not None:
+            env["DOCKER_HOST"] = docker_host
+        log = (self.home / "agent.log").open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hedgerow", "agent", "run", "--root", str(self.root),
+             "--thing", self.thing, "--resync", "1", "--settle", "0.5"],
+            stdout=log, stderr=log, start_new_session=True, env=env)
+        wait_for(lambda: (self.root / "agent.sock").exists(), 15, "the control socket")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        (self.root / "agent.sock").unlink(missing_ok=True)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def deploy(self, *components: documents.ResolvedComponent,
+               failure_handling: str = "ROLLBACK") -> documents.DesiredState:
+        ref = documents.DeploymentRef.model_validate(
+            {"name": "cloud", "policies": {"failureHandling": failure_handling}})
+        doc = documents.render_desired_state(self.thing, [ref], list(components))
+        target = self.root / "desired" / "desired.json"
+        tmp = target.with_suffix(".tmp")
+        tmp.write_bytes(documents.render_bytes(doc))
+        tmp.replace(target)
+        return doc
+
+    def status(self) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads((self.root / "state" / "status.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return data
+
+    def states(self) -> dict[str, str]:
+        return {c["name"]: c["state"] for c in self.status().get("components", [])}
+
+    def wait_states(self, expected: dict[str, str], timeout: float = 15.0) -> None:
+        wait_for(lambda: self.states() == expected, timeout,
+                 f"states {expected} (last: {self.states()})")
+
+    def outcome(self) -> str:
+        return str((self.status().get("deployment") or {}).get("outcome", ""))
+
+    def passes(self, count: int = 2, timeout: float = 10.0) -> None:
+        """Let `count` more passes run (status.json's sequence grows once per pass)."""
+        start = self.status().get("sequence", 0)
+        wait_for(lambda: self.status().get("sequence", 0) >= start + count, timeout,
+                 "more passes")
+
+    def containers(self) -> list[Any]:
+        return list(self.client.containers.list(
+            all=True, filters={"label": f"{container.LABEL_THING}={self.thing}"}))
+
+    def container(self, name: str) -> Any:
+        return self.client.containers.get(container.render_container_name(self.thing, name))
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "hedgerow", *args, "--root",
+                               str(self.root)], capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def images(docker_client: docker.DockerClient) -> Iterator[list[str]]:
+    """Image references a test made; removed afterwards."""
+    made: list[str] = []
+    yield made
+    for ref in made:
+        with contextlib.suppress(docker.errors.ImageNotFound, docker.errors.APIError):
+            docker_client.images.remove(ref, force=True)
+
+
+@pytest.fixture
+def dagent(docker_client: docker.DockerClient, test_image: str) -> Iterator[DockerAgent]:
+    home = pathlib.Path(tempfile.mkdtemp(prefix="hedgerow-dagent-"))
+    home.chmod(0o711)
+    agent = DockerAgent(home, f"d-{uuid.uuid4().hex[:10]}", docker_client)
+    try:
+        yield agent
+    finally:
+        agent.stop()
+        for found in agent.containers():
+            with contextlib.suppress(docker.errors.NotFound):
+                found.remove(force=True, v=True)
+        with contextlib.suppress(docker.errors.NotFound):  # from the orphan test
+            docker_client.containers.get(f"unlabelled-{agent.thing}").remove(force=True)
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            owned = json.loads((agent.root / "state" / "images.json").read_text())["images"]
+            for ref in owned:
+                with contextlib.suppress(docker.errors.ImageNotFound, docker.errors.APIError):
+                    docker_client.images.remove(ref)
+        print((home / "agent.log").read_text()[-4000:])
+        shutil.rmtree(home, ignore_errors=True)
+
+
+class SocketProxy:
+    """A Unix-socket relay to dockerd that can be cut: dockerd unreachable for the agent
+    (and only for it) without stopping the machine's dockerd."""
+
+    def __init__(self, path: pathlib.Path, target: str = "/var/run/docker.sock") -> None:
+        self.path, self.target = path, target
+        self.server: socket.socket | None = None
+        self.conns: list[socket.socket] = []
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        self.path.unlink(missing_ok=True)
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(str(self.path))
+        server.listen(64)
+        self.server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        with self.lock:
+            conns, self.conns = self.conns, []
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+        self.path.unlink(missing_ok=True)
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                upstream.connect(self.target)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
