@@ -13,7 +13,9 @@ _SKIP = {"__main__", "harness"}
 
 def _names() -> list[str]:
     here = pathlib.Path(__file__).parent
-    return sorted(m.name for m in pkgutil.iter_modules([str(here)]) if m.name not in _SKIP)
+    # Modules starting with "_" are shared helpers (simulators, fixtures), not benchmarks.
+    return sorted(m.name for m in pkgutil.iter_modules([str(here)])
+                  if m.name not in _SKIP and not m.name.startswith("_"))
 
 
 def _summary(module: Any) -> str:
