@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime
+import json
 import logging
 import os
 import pathlib
@@ -85,7 +87,7 @@ class Agent:
     def __init__(self, root: os.PathLike[str] | str, thing: str,
                  settings: Settings = Settings(),
                  docker_client: containers_.ClientFactory | None = None) -> None:
-        self.layout = Layout(__import__("pathlib").Path(root).resolve())
+        self.layout = Layout(pathlib.Path(root).resolve())
         self.thing, self.settings = thing, settings
         self.platform = observe_platform()
         self.cgroups = cgroups_.Cgroups(group=f"hedgerow/{thing}")
@@ -186,7 +188,7 @@ class Agent:
                 self.save(rec)
         self.flush()
         with contextlib.suppress(FileNotFoundError, ValueError):
-            self.history = __import__("json").loads(self.layout.history_file.read_bytes())
+            self.history = json.loads(self.layout.history_file.read_bytes())
         with contextlib.suppress(FileNotFoundError, ValueError):
             self.applied = documents.DesiredState.model_validate_json(
                 (self.layout.state / "applied.json").read_bytes())
@@ -849,7 +851,7 @@ class Agent:
         bad = bad or (docker_down and self._wants_docker(self.applied))
         return documents.StatusReport(
             thing=self.thing, sequence=self.sequence,
-            time=__import__("datetime").datetime.now(__import__("datetime").UTC),
+            time=datetime.datetime.now(datetime.UTC),
             agent_version=AGENT_VERSION, platform=self.platform,
             health=documents.Health.UNHEALTHY if bad else documents.Health.HEALTHY,
             desired_revision=revision,
@@ -866,7 +868,7 @@ class Agent:
         """Deployment outcomes (state/deployments.json): written when they changed, at
         the end of the pass (or `now`, outside a pass)."""
         if now or not self.lock.locked():
-            data = __import__("json").dumps(self.history, sort_keys=True, indent=1).encode()
+            data = json.dumps(self.history, sort_keys=True, indent=1).encode()
             if data != self._history_written:
                 files.write_atomic(self.layout.history_file, data)
                 self._history_written = data
