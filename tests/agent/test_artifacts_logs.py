@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import http.server
 import io
 import pathlib
 import subprocess
 import sys
 import tarfile
+import threading
 import zipfile
+from collections.abc import Iterator
 
 import pytest
 
@@ -89,3 +93,43 @@ def test_logpipe_timestamps_and_rotates_with_a_cap(tmp_path: pathlib.Path) -> No
     assert sum(f.stat().st_size for f in files) <= 3 * 4000
     last = log.read_text().splitlines()[-1]
     assert last.endswith("line 0199 " + "x" * 80) and last[10] == "T" and "Z line" in last
+
+
+@pytest.fixture
+def http_server(tmp_path: pathlib.Path) -> Iterator[tuple[str, pathlib.Path]]:
+    """A real HTTP server on 127.0.0.1 serving a folder (artifact downloads)."""
+    served = tmp_path / "served"
+    served.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", served
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_artifacts_are_downloaded_verified_and_cached(
+    tmp_path: pathlib.Path, http_server: tuple[str, pathlib.Path],
+) -> None:
+    url, served = http_server
+    (served / "model.bin").write_bytes(b"weights" * 1000)
+    digest = hashlib.sha256(b"weights" * 1000).hexdigest()
+    art = component.Artifact(uri=f"{url}/model.bin", sha256=digest)
+    store = _store(tmp_path)
+    store.prepare(_comp(art), 0, 0)
+    assert (store.cache / digest).read_bytes() == b"weights" * 1000
+    # Cached by content: the second prepare does not need the server any more.
+    (served / "model.bin").unlink()
+    store.prepare(_comp(art, version="1.0.1"), 0, 0)
+
+    # A download whose bytes do not match its digest is refused (the digest names
+    # content the cache does not hold, so the server is asked).
+    expected = hashlib.sha256(b"the real v2 weights").hexdigest()
+    bad = component.Artifact(uri=f"{url}/tampered.bin", sha256=expected)
+    (served / "tampered.bin").write_bytes(b"tampered v2 weights")
+    with pytest.raises(artifacts.ArtifactError, match="sha256 mismatch"):
+        store.prepare(_comp(bad, version="2.0.0"), 0, 0)
+    missing = component.Artifact(uri=f"{url}/gone.bin", sha256="2" * 64)
+    with pytest.raises(artifacts.ArtifactError, match=r"gone\.bin"):
+        store.prepare(_comp(missing, version="3.0.0"), 0, 0)
