@@ -1,7 +1,7 @@
 """The controller's connection to the cloud MQTT broker (paho-mqtt v2 API).
 
 Publishes desired documents retained at QoS 1 and hands status reports to a callback.
-The session is persistent (clean start only the first time, one hour expiry), so QoS 1
+The session is persistent (never a clean start, one hour expiry), so QoS 1
 reports sent while the controller restarts are delivered when it is back.
 """
 
@@ -44,7 +44,7 @@ class BrokerSettings:
     ca: str | None = None
     cert: str | None = None
     key: str | None = None
-    client_id: str = "hedgerow-controller"
+    client_id: str = "hedgerow_controller"
 
     @property
     def host(self) -> str:
@@ -88,7 +88,10 @@ class Broker:
             packettypes.PacketTypes.CONNECT)
         props.SessionExpiryInterval = 3600
         self.client.connect_async(self.settings.host, self.settings.port, keepalive=30,
-                                  clean_start=mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+                                  # Never clean: mosquitto does not persist a session
+                                  # whose last CONNECT had clean start, so reports sent
+                                  # while the broker restarted would be lost to us.
+                                  clean_start=False,
                                   properties=props)
         self.client.loop_start()
         if not self._connected.wait(timeout):

@@ -15,13 +15,40 @@ def _controller(args: argparse.Namespace) -> int:
     if args.broker.startswith("mqtts://") and not args.ca:
         print("--ca is required with an mqtts:// broker", file=sys.stderr)
         return 2
+    if args.cert:
+        problem = _check_identity(args.cert)
+        if problem:
+            print(problem, file=sys.stderr)
+            return 2
     settings = operator.Settings(
         broker=broker.BrokerSettings(args.broker, args.ca, args.cert, args.key, args.client_id),
         kubeconfig=args.kubeconfig, resync=args.resync, status_interval=args.status_interval,
         rollout_window=args.rollout_minute, verbose=args.verbose, liveness=args.liveness,
+        ca_dir=args.ca_dir,
     )
     operator.run(settings)
     return 0
+
+
+def _check_identity(cert_path: str) -> str | None:
+    """The controller's certificate CN must be a name no device can be issued
+    (`hedgerow broker config` makes one: CN hedgerow_controller)."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    from hedgerow.core import broker as core_broker
+
+    try:
+        cert = x509.load_pem_x509_certificate(pathlib.Path(cert_path).read_bytes())
+    except (OSError, ValueError) as exc:
+        return f"--cert {cert_path}: cannot read a PEM certificate: {exc}"
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    cn = str(names[0].value) if names else ""
+    try:
+        core_broker.check_controller_identity(cn)
+    except ValueError as exc:
+        return f"--cert {cert_path}: {exc}"
+    return None
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -105,7 +132,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     run.add_argument("--ca", help="CA bundle that signed the broker's certificate")
     run.add_argument("--cert", help="the controller's client certificate (PEM)")
     run.add_argument("--key", help="the controller's client key (PEM)")
-    run.add_argument("--client-id", default="hedgerow-controller")
+    run.add_argument("--client-id", default="hedgerow_controller",
+                     help="MQTT client id (brokers that take the identity from the "
+                          "certificate, as `hedgerow broker config` sets up, override it)")
+    run.add_argument("--ca-dir", metavar="DIR",
+                     help="the fleet CA folder (ca.pem, ca.key): sign each CoreDevice's "
+                          "spec.csr into status.certificate (GitOps registration)")
     run.add_argument("--resync", type=float, default=60.0, metavar="SECONDS",
                      help="re-plan the whole fleet at least this often (default 60)")
     run.add_argument("--status-interval", type=float, default=1.0, metavar="SECONDS",

@@ -20,7 +20,16 @@ import datetime
 from collections.abc import Mapping, Sequence
 from typing import Final
 
-from hedgerow.core import base, component, coredevice, deployment, documents, resolve, rollout
+from hedgerow.core import (
+    base,
+    component,
+    coredevice,
+    deployment,
+    documents,
+    identity,
+    resolve,
+    rollout,
+)
 from hedgerow.core import thinggroup as thinggroup_
 
 APPLIED: Final = "Applied"
@@ -119,6 +128,11 @@ def render_report(
             message = outcome.reason if outcome is not None else ""
             conditions = render_condition(conditions, APPLIED, verdict[0], verdict[1],
                                           message, now)
+    # CertificateValid from the certificateDaysLeft the connector stamps on each report
+    # (Unknown/NotReported until a report carries it).
+    expiry = identity.expiry_condition(report.certificate_days_left, now)
+    conditions = render_condition(conditions, expiry.type, expiry.status, expiry.reason,
+                                  expiry.message, now)
     return status.model_copy(update={
         "health": report.health,
         "last_seen": report.time,

@@ -22,6 +22,7 @@ import dataclasses
 import datetime
 import functools
 import logging
+import pathlib
 from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeVar
 
@@ -29,7 +30,7 @@ import kopf
 import pydantic
 
 from hedgerow.controller import broker as broker_
-from hedgerow.controller import fleet, kube
+from hedgerow.controller import fleet, kube, pki
 from hedgerow.core import (
     base,
     component,
@@ -59,6 +60,7 @@ class Settings:
     rollout_window: float = 60.0  # seconds in a rollout "minute" (shortened by tests)
     verbose: bool = False
     liveness: str | None = None
+    ca_dir: str | None = None  # the fleet CA: sign spec.csr into status.certificate
 
 
 def parse_body(plural: str, body: Mapping[str, Any]) -> base.Model | None:
@@ -99,6 +101,8 @@ class Controller:
         self.kube: kube.Kube | None = None
         self.passes = 0
         self.published = 0
+        self.ca: pki.FleetCA | None = None
+        self.signed: dict[str, tuple[Any, ...]] = {}  # thing -> what was last checked
 
     # --- wiring ---------------------------------------------------------------------
 
@@ -106,6 +110,8 @@ class Controller:
         self.loop = asyncio.get_running_loop()
         kube.load_config(self.settings.kubeconfig)
         self.kube = kube.Kube()
+        if self.settings.ca_dir:
+            self.ca = pki.FleetCA.load(pathlib.Path(self.settings.ca_dir))
         self.broker = broker_.Broker(self.settings.broker, self._report_from_thread)
         await asyncio.to_thread(self.broker.connect)
 
@@ -128,6 +134,8 @@ class Controller:
         # Statuses are ours: a watch event that changed neither the spec (generation) nor
         # the labels is most likely our own status write and cannot change any decision.
         meta = body.get("metadata", {})
+        if plural == "coredevices" and event_type != "DELETED":
+            self._carry_certificate(meta.get("name", ""), body)
         key = (plural, meta.get("namespace") or "", meta.get("name", ""))
         fingerprint = (meta.get("generation"), tuple(sorted((meta.get("labels") or {}).items())))
         if event_type == "DELETED":
@@ -137,6 +145,49 @@ class Controller:
         else:
             self.fingerprints[key] = fingerprint
         self.wake.set()
+
+    def _carry_certificate(self, thing: str, body: Mapping[str, Any]) -> None:
+        """`hedgerow device register` writes status.certificate itself, and our writes
+        replace /status whole from our copy: take every newer certificate we see into the
+        copy, so a write of ours that raced the registration puts it back."""
+        raw = (body.get("status") or {}).get("certificate")
+        status = self.devices.get(thing)
+        if not raw or status is None:
+            return
+        try:
+            cert = coredevice.CertificateStatus.model_validate(raw)
+        except pydantic.ValidationError:
+            return
+        ours = status.certificate
+        if cert == ours or not cert.pem:
+            return
+        if ours is not None and ours.not_after and cert.not_after and (
+                cert.not_after < ours.not_after):
+            return  # an echo of an older write of ours (renewals only move forward)
+        self.devices[thing] = status.model_copy(update={"certificate": cert})
+        self.status_dirty.add(thing)
+        self.status_wake.set()
+
+    def _sign(self, cd: coredevice.CoreDevice, now: datetime.datetime) -> None:
+        """GitOps: sign spec.csr into status.certificate (checked again when the spec or
+        the certificate changes, and once a day for renewal)."""
+        thing = cd.metadata.name
+        status = self.devices[thing]
+        checked = (cd.metadata.generation, status.certificate, now.date())
+        if self.ca is None or not cd.spec.csr or self.signed.get(thing) == checked:
+            return
+        self.signed[thing] = checked
+        try:
+            cert = pki.certificate_for(cd.model_copy(update={"status": status}), self.ca,
+                                       now=now)
+        except pki.CertificateRequestError as exc:
+            logger.warning("not signing the CSR of %s: %s", thing, exc)
+            return
+        if cert is not None:
+            self.devices[thing] = status.model_copy(update={"certificate": cert})
+            self.status_dirty.add(thing)
+            self.status_wake.set()
+            logger.info("signed the CSR of %s (valid until %s)", thing, cert.not_after)
 
     async def _work(self, fn: Callable[..., T], *args: Any) -> T:
         """Planning and publishing run on their own thread, never queued behind a burst
@@ -191,11 +242,15 @@ class Controller:
                 status = status.model_copy(
                     update={"observed_generation": cd.metadata.generation})
                 self.devices[thing] = status
+            if self.ca is not None:
+                self._sign(cd, _now())
+                status = self.devices[thing]
             devices.append(fleet.Device(thing, cd.metadata.labels, status))
         gone = sorted(set(self.devices) - seen)
         for thing in gone:
             del self.devices[thing]
             self.reports.pop(thing, None)
+            self.signed.pop(thing, None)
             self.uids.pop(("", thing), None)
         if gone:
             # A deleted CoreDevice's retained document goes too (an empty retained

@@ -62,6 +62,7 @@ def _agent_run(args: argparse.Namespace) -> int:
                                deployment_timeout_s=args.deployment_timeout,
                                settle_s=args.settle)
     the_agent = agent_.Agent(args.root, args.thing, settings)
+    cloud = _connector(args)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -69,8 +70,35 @@ def _agent_run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, the_agent.shutdown)
         await the_agent.run()
 
-    asyncio.run(main())
+    if cloud is not None:
+        cloud.start()  # its own thread; it talks to the loop only through files
+    try:
+        asyncio.run(main())
+    finally:
+        if cloud is not None:
+            cloud.stop()
     return 0
+
+
+def _connector(args: argparse.Namespace) -> Any:
+    """The cloud connector, when an identity is installed (`hedgerow agent install-bundle`).
+
+    Without one, or with one that cannot be used, the agent still runs: it converges on
+    the desired document already on disk and on local deployments."""
+    import logging
+
+    if not (_root(args) / "identity" / "connection.json").exists():
+        logging.info("no identity installed; running without the cloud connection")
+        return None
+    from hedgerow.agent import connector, identity
+
+    try:
+        return connector.Connector.from_root(_root(args), args.thing,
+                                             heartbeat_s=args.heartbeat)
+    except (identity.IdentityError, OSError, ValueError) as exc:
+        logging.error("cloud connector not started: %s; running on the last desired "
+                      "state on disk", exc)
+        return None
 
 
 @_guard
@@ -155,7 +183,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     run = agent_sub.add_parser(
         "run", help="run the converge loop in the foreground",
         description="Run the edge agent: watch ROOT/desired and ROOT/deployments, run the "
-                    "components they name as processes, and keep them converged. Stop "
+                    "components they name as processes, and keep them converged. With an "
+                    "identity installed (`hedgerow agent install-bundle`) the cloud "
+                    "connector runs too. Stop "
                     "with SIGTERM; components keep running and are adopted on restart.")
     run.add_argument("--root", default=DEFAULT_ROOT, help="root folder (default: %(default)s)")
     run.add_argument("--thing", required=True, help="this device's thing name")
@@ -169,6 +199,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     run.add_argument("--settle", type=float, default=2.0,
                      help="seconds every component must stay RUNNING before a revision "
                           "counts as succeeded (default: %(default)s)")
+    run.add_argument("--heartbeat", type=float, default=60.0, metavar="SECONDS",
+                     help="resend an unchanged status report this often (default: "
+                          "%(default)s)")
     run.set_defaults(handler=_agent_run)
 
     comp = subparsers.add_parser("component", help="list and control components on a device")
