@@ -93,6 +93,9 @@ class Controller:
         self.fleet: tuple[tuple[int, ...], resolve.Fleet, Any] | None = None
         self.work_pool = concurrent.futures.ThreadPoolExecutor(1, "hedgerow-plan")
         self.api_pool = concurrent.futures.ThreadPoolExecutor(4, "hedgerow-status")
+        # Deployment and ThingGroup status (what Argo CD / Flux read) must not queue behind
+        # a burst of 1,000 device writes in the FIFO pool above: they get their own thread.
+        self.fleet_pool = concurrent.futures.ThreadPoolExecutor(1, "hedgerow-fleet-status")
         self.wake = asyncio.Event()
         self.status_wake = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -122,6 +125,7 @@ class Controller:
             await asyncio.to_thread(self.broker.close)
         self.work_pool.shutdown(wait=False, cancel_futures=True)
         self.api_pool.shutdown(wait=False, cancel_futures=True)
+        self.fleet_pool.shutdown(wait=False, cancel_futures=True)
 
     def poke(self, indexes: Mapping[str, Any], plural: str, event_type: str | None,
              body: Mapping[str, Any]) -> None:
@@ -337,7 +341,8 @@ class Controller:
         assert self.kube is not None
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self.api_pool, self.kube.apply_status, kind,
+            pool = self.api_pool if kind == "CoreDevice" else self.fleet_pool
+            await loop.run_in_executor(pool, self.kube.apply_status, kind,
                                        namespace or None, name, status)
         except Exception as exc:  # transient: the next pass writes it again
             logger.warning("status of %s %s/%s not written: %s", kind, namespace, name, exc)
