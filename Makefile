@@ -1,5 +1,5 @@
 # Hedgerow — two commands do everything on a fresh Debian machine:
-#   make demo   the local control plane with the examples applied
+#   make demo   the whole fleet on this machine with the examples applied
 #   make test   lint, type-check, import contracts, CRD drift and the whole test suite
 # Everything else here is a step of those two.
 
@@ -13,8 +13,8 @@ PYTEST_ARGS ?=
 .PHONY: help setup system venv image apiserver lint crds check-crds test unit bench demo demo-down clean
 
 help:
-	@echo "make demo        start a local API server, apply crds/ and examples/, show them"
-	@echo "make demo-down   stop what make demo started"
+	@echo "make demo        the fleet on this machine: API server, broker, controller, 3 agents, examples/"
+	@echo "make demo-down   stop everything make demo started and remove .demo/"
 	@echo "make test        everything CI runs (installs what it needs first)"
 	@echo "make unit        only the fast tests (no API server, Docker or broker)"
 	@echo "make bench       run every benchmark (python -m bench lists them)"
