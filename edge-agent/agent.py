@@ -427,15 +427,19 @@ class Agent:
         self.transition(rec, Event.STOP_REQUESTED)
         if rec.state is State.STOPPING:
             self.transition(rec, Event.STOPPED, "stopped")
+        self._stopped(rec, remove, hold)
+
+    def _stopped(self, rec: records.Record, remove: bool, hold: bool) -> None:
+        """What every runtime does once a component is stopped: hold or forget it."""
         if hold:
             rec.hold_revision = self.applied.revision if self.applied else None
             self.save(rec)
         if remove:
-            self.runtime.remove(name)
-            self.records.pop(name, None)
+            self.runtime.remove(rec.name)
+            self.records.pop(rec.name, None)
             self.save(rec)
             self.flush()
-            log.info("%s: removed", name)
+            log.info("%s: removed", rec.name)
 
     async def _install_container(self, comp: documents.ResolvedComponent) -> None:
         rec = self._ensure_record(comp)
@@ -740,15 +744,7 @@ class Agent:
                             result.message if result and not result.ok else "stopped")
         else:
             await self.runtime.terminate(name, ref)
-        if hold:
-            rec.hold_revision = self.applied.revision if self.applied else None
-            self.save(rec)
-        if remove:
-            self.runtime.remove(name)
-            self.records.pop(name, None)
-            self.save(rec)
-            self.flush()
-            log.info("%s: removed", name)
+        self._stopped(rec, remove, hold)
 
     async def recover(self, comp: documents.ResolvedComponent) -> None:
         rec = self.records[comp.name]

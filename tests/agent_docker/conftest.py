@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import pathlib
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -82,16 +81,6 @@ def make_config(thing: str, tmp_path: pathlib.Path, test_image: str) -> ConfigMa
             ipc_socket=str(tmp_path / "ipc" / "ipc.sock"), render=lambda text: text)
     return make
 
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(0.1)
 
 
 from tests.agent_docker.agent_support import dagent, images  # noqa: E402, F401

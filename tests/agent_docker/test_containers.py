@@ -16,8 +16,9 @@ from hedgerow.agent.containers import Backoff, ContainerRuntime
 from hedgerow.agent.dockererrors import PermanentError, TransientError
 from hedgerow.core import container
 from hedgerow.core.documents import ComponentState
+from tests.support.wait import wait_for
 
-from .conftest import SLEEPER, ConfigMaker, Made, wait_for
+from .conftest import SLEEPER, ConfigMaker, Made
 
 pytestmark = pytest.mark.docker
 
