@@ -24,8 +24,6 @@ from tests.support.wait import wait_for
 THING = f"gw-test-{os.getpid()}"
 
 
-
-
 def rc(name: str, run: str | None = None, version: str = "1.0.0", **kw: Any,
        ) -> documents.ResolvedComponent:
     life = kw.pop("lifecycle", None) or component.Lifecycle(
@@ -34,16 +32,21 @@ def rc(name: str, run: str | None = None, version: str = "1.0.0", **kw: Any,
 
 
 class AgentProcess:
-    def __init__(self, root: pathlib.Path) -> None:
-        self.root = root
+    """A real `hedgerow agent run` on a test root, and what tests read back from it."""
+
+    resync = "2"
+
+    def __init__(self, root: pathlib.Path, thing: str = THING) -> None:
+        self.root, self.thing = root, thing
+        self.log = root.parent / "agent.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, *extra: str) -> None:
-        log = (self.root.parent / "agent.log").open("ab")
+    def start(self, *extra: str, env: dict[str, str] | None = None) -> None:
+        log = self.log.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "hedgerow", "agent", "run", "--root", str(self.root),
-             "--thing", THING, "--resync", "2", "--settle", "0.5", *extra],
-            stdout=log, stderr=log, start_new_session=True)
+             "--thing", self.thing, "--resync", self.resync, "--settle", "0.5", *extra],
+            stdout=log, stderr=log, start_new_session=True, env=env)
         wait_for(lambda: (self.root / "agent.sock").exists(), 15, "the control socket")
 
     def kill9(self) -> None:
@@ -61,7 +64,7 @@ class AgentProcess:
                failure_handling: str = "ROLLBACK") -> documents.DesiredState:
         ref = documents.DeploymentRef.model_validate(
             {"name": "cloud", "policies": {"failureHandling": failure_handling}})
-        doc = documents.render_desired_state(THING, [ref], list(components))
+        doc = documents.render_desired_state(self.thing, [ref], list(components))
         target = self.root / "desired" / "desired.json"
         tmp = target.with_suffix(".tmp")
         tmp.write_bytes(documents.render_bytes(doc))

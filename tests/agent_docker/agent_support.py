@@ -12,10 +12,7 @@ import json
 import os
 import pathlib
 import shutil
-import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import uuid
@@ -27,6 +24,7 @@ import docker.errors
 import pytest
 
 from hedgerow.core import component, container, documents
+from tests.agent import conftest as agent_conftest
 from tests.support.wait import wait_for
 
 SLEEPER = ["/bin/sh", "-c", "trap 'exit 0' TERM; sleep 1000 & wait"]
@@ -50,60 +48,20 @@ def pc(name: str, script: str = "sleep 60") -> documents.ResolvedComponent:
         lifecycle=component.Lifecycle(run=component.Step(script=script)))
 
 
-class DockerAgent:
+class DockerAgent(agent_conftest.AgentProcess):
+    resync = "1"
+
     def __init__(self, home: pathlib.Path, thing: str, client: docker.DockerClient) -> None:
-        self.home, self.thing, self.client = home, thing, client
-        self.root = home / "root"
+        super().__init__(home / "root", thing)
+        self.home, self.client = home, client
         (self.root / "desired").mkdir(parents=True)
         (self.root / "deployments").mkdir()
-        self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, docker_host: str | None = None) -> None:
+    def start(self, docker_host: str | None = None) -> None:  # type: ignore[override]
         env = dict(os.environ)
         if docker_host is not None:
             env["DOCKER_HOST"] = docker_host
-        log = (self.home / "agent.log").open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hedgerow", "agent", "run", "--root", str(self.root),
-             "--thing", self.thing, "--resync", "1", "--settle", "0.5"],
-            stdout=log, stderr=log, start_new_session=True, env=env)
-        wait_for(lambda: (self.root / "agent.sock").exists(), 15, "the control socket")
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-        (self.root / "agent.sock").unlink(missing_ok=True)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-    def deploy(self, *components: documents.ResolvedComponent,
-               failure_handling: str = "ROLLBACK") -> documents.DesiredState:
-        ref = documents.DeploymentRef.model_validate(
-            {"name": "cloud", "policies": {"failureHandling": failure_handling}})
-        doc = documents.render_desired_state(self.thing, [ref], list(components))
-        target = self.root / "desired" / "desired.json"
-        tmp = target.with_suffix(".tmp")
-        tmp.write_bytes(documents.render_bytes(doc))
-        tmp.replace(target)
-        return doc
-
-    def status(self) -> dict[str, Any]:
-        try:
-            data: dict[str, Any] = json.loads((self.root / "state" / "status.json").read_text())
-        except (FileNotFoundError, ValueError):
-            return {}
-        return data
-
-    def states(self) -> dict[str, str]:
-        return {c["name"]: c["state"] for c in self.status().get("components", [])}
-
-    def wait_states(self, expected: dict[str, str], timeout: float = 15.0) -> None:
-        wait_for(lambda: self.states() == expected, timeout,
-                 f"states {expected} (last: {self.states()})")
+        super().start(env=env)
 
     def outcome(self) -> str:
         return str((self.status().get("deployment") or {}).get("outcome", ""))
@@ -120,10 +78,6 @@ class DockerAgent:
 
     def container(self, name: str) -> Any:
         return self.client.containers.get(container.render_container_name(self.thing, name))
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "hedgerow", *args, "--root",
-                               str(self.root)], capture_output=True, text=True, timeout=60)
 
 
 @pytest.fixture
