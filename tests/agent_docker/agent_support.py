@@ -79,6 +79,21 @@ class DockerAgent(agent_conftest.AgentProcess):
     def container(self, name: str) -> Any:
         return self.client.containers.get(container.render_container_name(self.thing, name))
 
+    def container_id(self, name: str) -> str | None:
+        """The component's container id, or None while it is being replaced."""
+        try:
+            return str(self.container(name).id)
+        except docker.errors.NotFound:
+            return None
+
+    def label(self, name: str, label: str) -> str | None:
+        """A label of the component's container, or None while there is none (being
+        replaced: a poll must not fail on a moment the agent is entitled to)."""
+        try:
+            return str(self.container(name).labels.get(label))
+        except docker.errors.NotFound:
+            return None
+
 
 @pytest.fixture
 def images(docker_client: docker.DockerClient) -> Iterator[list[str]]:

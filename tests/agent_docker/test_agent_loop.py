@@ -52,7 +52,7 @@ def test_create_noop_update_limits_ipc_logs_orphans_and_removal(
     # spec change: replaced; limits and the IPC folder visible in docker inspect
     dagent.deploy(cc("com.example.Web", "1.1.0", mountIpcSocket=True,
                      limits={"memory": "64Mi", "cpus": 0.5}))
-    wait_for(lambda: dagent.container("com.example.Web").id != first.id
+    wait_for(lambda: dagent.container_id("com.example.Web") not in (None, first.id)
              and dagent.states() == {"com.example.Web": "RUNNING"}, 15, "replacement")
     second = dagent.container("com.example.Web")
     assert second.attrs["HostConfig"]["Memory"] == 64 * 1024 * 1024
@@ -165,8 +165,8 @@ def test_failed_container_update_rolls_back_to_the_previous_spec(dagent: DockerA
     wait_for(lambda: dagent.outcome() == "ROLLED_BACK", 25, "ROLLED_BACK")
     # The previous recipe again (a new record, so a new per-component auth token).
     wait_for(lambda: dagent.states() == {"com.example.Roll": "RUNNING"}
-             and dagent.container("com.example.Roll").labels[container.LABEL_VERSION]
-             == "1.0.0", 15, "the previous spec running again")
+             and dagent.label("com.example.Roll", container.LABEL_VERSION) == "1.0.0",
+             30, "the previous spec running again")
     assert dagent.container("com.example.Roll").attrs["Config"]["Entrypoint"] == \
         old["Entrypoint"]
 
@@ -192,7 +192,7 @@ def test_processes_carry_on_while_dockerd_is_unreachable(
         assert dagent.container("com.example.C").id == first  # left alone meanwhile
 
         proxy.start()  # back: the loop converges
-        wait_for(lambda: dagent.container("com.example.C").id != first
+        wait_for(lambda: dagent.container_id("com.example.C") not in (None, first)
                  and dagent.states() == {"com.example.P1": "RUNNING",
                                          "com.example.P2": "RUNNING",
                                          "com.example.C": "RUNNING"}, 40, "convergence")
