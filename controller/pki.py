@@ -14,13 +14,10 @@ logged.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import ipaddress
-import os
 import pathlib
-import tempfile
 from collections.abc import Sequence
 from typing import Final
 
@@ -30,6 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from hedgerow import files
 from hedgerow.core import broker, coredevice, identity
 
 CA_CERT: Final = "ca.pem"
@@ -56,22 +54,6 @@ def _private_dir(path: pathlib.Path) -> None:
     path.chmod(0o700)
 
 
-def _write(path: pathlib.Path, data: bytes, mode: int) -> None:
-    """temp → fsync → rename: a reader never sees half a key, and the mode is set first."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        pathlib.Path(tmp).replace(path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            pathlib.Path(tmp).unlink()
-        raise
-
-
 def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
@@ -82,11 +64,11 @@ def cert_pem(cert: x509.Certificate) -> bytes:
 
 
 def write_key(path: pathlib.Path, key: ec.EllipticCurvePrivateKey) -> None:
-    _write(path, key_pem(key), 0o600)
+    files.write_atomic(path, key_pem(key), 0o600)
 
 
 def write_cert(path: pathlib.Path, cert: x509.Certificate) -> None:
-    _write(path, cert_pem(cert), 0o644)
+    files.write_atomic(path, cert_pem(cert), 0o644)
 
 
 @dataclasses.dataclass(frozen=True)

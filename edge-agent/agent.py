@@ -26,7 +26,8 @@ from typing import Any
 
 import docker
 
-from hedgerow.agent import artifacts, desired, files, records
+from hedgerow import files
+from hedgerow.agent import artifacts, desired, records
 from hedgerow.agent import cgroups as cgroups_
 from hedgerow.agent import containers as containers_
 from hedgerow.agent import process as process_

@@ -49,7 +49,7 @@ from paho.mqtt import properties as mqtt_properties
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from hedgerow.agent import files
+from hedgerow import files
 from hedgerow.agent import identity as identity_
 from hedgerow.agent.layout import Layout
 from hedgerow.core import broker, documents

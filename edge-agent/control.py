@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from hedgerow.agent import files
+from hedgerow import files
 from hedgerow.core import deployment, manifest
 
 if TYPE_CHECKING:

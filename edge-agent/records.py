@@ -17,7 +17,7 @@ from typing import Any
 
 import pydantic
 
-from hedgerow.agent import files
+from hedgerow import files
 from hedgerow.core import documents, lifecycle
 
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from hedgerow.agent import files
+from hedgerow import files
 from hedgerow.agent.layout import Layout
 from hedgerow.controller import pki
 from hedgerow.core import component, documents

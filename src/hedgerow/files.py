@@ -1,4 +1,5 @@
-"""Crash-safe files: every record the agent keeps is written temp → fsync → rename → fsync dir.
+"""Crash-safe files, shared by the agent and the controller (which may not import each
+other): temp → fsync → rename → fsync dir.
 
 A reader therefore sees either the old or the new bytes, never a torn file, even after
 power loss or a `kill -9` in the middle of a write.
