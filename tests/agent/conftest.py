@@ -78,6 +78,14 @@ class AgentProcess:
             return {}
         return data
 
+    def outcome(self, doc: documents.DesiredState | None = None) -> str:
+        """The deployment outcome the agent reports — for ``doc`` only, when given: the
+        status may still describe the previous revision for a moment after a deploy."""
+        deployment = self.status().get("deployment") or {}
+        if doc is not None and deployment.get("revision") != doc.revision:
+            return ""
+        return str(deployment.get("outcome", ""))
+
     def states(self) -> dict[str, str]:
         return {c["name"]: c["state"] for c in self.status().get("components", [])}
 

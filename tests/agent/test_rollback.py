@@ -10,11 +10,11 @@ from .conftest import AgentProcess, rc, wait_for
 def test_failed_revision_rolls_back_to_the_last_good_one(agent: AgentProcess) -> None:
     good = agent.deploy(rc("a", "sleep 60"))
     agent.wait_states({"a": "RUNNING"})
-    wait_for(lambda: agent.status()["deployment"]["outcome"] == "SUCCEEDED")
+    wait_for(lambda: agent.outcome(good) == "SUCCEEDED")
     bad_install = component.Lifecycle.model_validate(
         {"install": {"script": "exit 3"}, "run": {"script": "sleep 60"}})
     bad = agent.deploy(rc("a", "sleep 61"), rc("b", lifecycle=bad_install))
-    wait_for(lambda: agent.status()["deployment"]["outcome"] == "ROLLED_BACK", 15)
+    wait_for(lambda: agent.outcome(bad) == "ROLLED_BACK", 15)
     outcome = agent.status()["deployment"]
     assert outcome["revision"] == bad.revision
     assert outcome["rolledBackTo"] == good.revision

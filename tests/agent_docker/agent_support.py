@@ -63,9 +63,6 @@ class DockerAgent(agent_conftest.AgentProcess):
             env["DOCKER_HOST"] = docker_host
         super().start(env=env)
 
-    def outcome(self) -> str:
-        return str((self.status().get("deployment") or {}).get("outcome", ""))
-
     def passes(self, count: int = 2, timeout: float = 10.0) -> None:
         """Let `count` more passes run (status.json's sequence grows once per pass)."""
         start = self.status().get("sequence", 0)

@@ -27,10 +27,10 @@ def test_create_noop_update_limits_ipc_logs_orphans_and_removal(
     stranger = docker_client.containers.create(
         "hedgerow/busybox:latest", ["sleep", "1000"], name=f"unlabelled-{dagent.thing}")
     dagent.start()
-    dagent.deploy(cc("com.example.Web", command=[
+    web = dagent.deploy(cc("com.example.Web", command=[
         "/bin/sh", "-c", "echo hello-from-container; trap 'exit 0' TERM; sleep 1000 & wait"]))
     dagent.wait_states({"com.example.Web": "RUNNING"})
-    wait_for(lambda: dagent.outcome() == "SUCCEEDED", 10, "SUCCEEDED")
+    wait_for(lambda: dagent.outcome(web) == "SUCCEEDED", 10, "SUCCEEDED")
     first = dagent.container("com.example.Web")
     assert first.status == "running"
     assert first.attrs["HostConfig"]["RestartPolicy"]["Name"] == "no"
@@ -95,10 +95,11 @@ def test_adoption_after_kill9_keeps_the_same_container(dagent: DockerAgent) -> N
 
 def test_a_crashing_container_is_restarted_up_to_broken(dagent: DockerAgent) -> None:
     dagent.start()
-    dagent.deploy(cc("com.example.Crash", command=["/bin/sh", "-c", "sleep 0.3; exit 3"]),
-                  failure_handling="DO_NOTHING")
+    crash = dagent.deploy(
+        cc("com.example.Crash", command=["/bin/sh", "-c", "sleep 0.3; exit 3"]),
+        failure_handling="DO_NOTHING")
     wait_for(lambda: dagent.states() == {"com.example.Crash": "BROKEN"}, 20, "BROKEN")
-    assert dagent.outcome() == "FAILED"
+    wait_for(lambda: dagent.outcome(crash) == "FAILED", 5, "FAILED")
     crashed = dagent.container("com.example.Crash")
     assert crashed.attrs["RestartCount"] == 0  # Docker did not restart it: the agent did
     assert len(dagent.containers()) == 1       # restarted in place, never duplicated
@@ -129,10 +130,10 @@ def test_image_archive_is_verified_loaded_and_collected(
     docker_client.images.remove(ref)  # the agent must load it
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     dagent.start()
-    dagent.deploy(cc("com.example.Arch", image=ref,
-                     imageArchive={"uri": archive.as_uri(), "sha256": digest}))
+    first = dagent.deploy(cc("com.example.Arch", image=ref,
+                             imageArchive={"uri": archive.as_uri(), "sha256": digest}))
     dagent.wait_states({"com.example.Arch": "RUNNING"}, 20)
-    wait_for(lambda: dagent.outcome() == "SUCCEEDED", 10, "SUCCEEDED")
+    wait_for(lambda: dagent.outcome(first) == "SUCCEEDED", 10, "SUCCEEDED")
     good = dagent.container("com.example.Arch")
     docker_client.images.get(ref)  # loaded
 
@@ -141,9 +142,9 @@ def test_image_archive_is_verified_loaded_and_collected(
     bad.write_bytes(archive.read_bytes() + b"tampered")
     other = f"hedgerow-test/archived-{uuid.uuid4().hex[:8]}:2"
     claimed = hashlib.sha256(b"what the recipe claims").hexdigest()
-    dagent.deploy(cc("com.example.Arch", "2.0.0", image=other,
-                     imageArchive={"uri": bad.as_uri(), "sha256": claimed}))
-    wait_for(lambda: dagent.outcome() in ("ROLLED_BACK", "FAILED"), 15, "failure")
+    second = dagent.deploy(cc("com.example.Arch", "2.0.0", image=other,
+                              imageArchive={"uri": bad.as_uri(), "sha256": claimed}))
+    wait_for(lambda: dagent.outcome(second) in ("ROLLED_BACK", "FAILED"), 15, "failure")
     assert "sha256" in dagent.status()["deployment"]["reason"]
     dagent.passes(2)
     assert dagent.container("com.example.Arch").id == good.id
@@ -158,11 +159,14 @@ def test_image_archive_is_verified_loaded_and_collected(
 
 def test_failed_container_update_rolls_back_to_the_previous_spec(dagent: DockerAgent) -> None:
     dagent.start()
-    dagent.deploy(cc("com.example.Roll"))
-    wait_for(lambda: dagent.outcome() == "SUCCEEDED", 15, "SUCCEEDED")
+    good = dagent.deploy(cc("com.example.Roll"))
+    # Wait for *this* revision: until the agent has judged it, the status still reports
+    # the empty start-up revision, which would be the rollback target instead.
+    wait_for(lambda: dagent.outcome(good) == "SUCCEEDED", 15, "SUCCEEDED")
     old = dagent.container("com.example.Roll").attrs["Config"]
-    dagent.deploy(cc("com.example.Roll", "2.0.0", command=["/bin/sh", "-c", "exit 7"]))
-    wait_for(lambda: dagent.outcome() == "ROLLED_BACK", 25, "ROLLED_BACK")
+    bad = dagent.deploy(cc("com.example.Roll", "2.0.0", command=["/bin/sh", "-c", "exit 7"]))
+    wait_for(lambda: dagent.outcome(bad) == "ROLLED_BACK", 25, "ROLLED_BACK")
+    assert dagent.status()["deployment"]["rolledBackTo"] == good.revision
     # The previous recipe again (a new record, so a new per-component auth token).
     wait_for(lambda: dagent.states() == {"com.example.Roll": "RUNNING"}
              and dagent.label("com.example.Roll", container.LABEL_VERSION) == "1.0.0",
