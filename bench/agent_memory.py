@@ -7,8 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
-from bench import harness
-from bench.agent_reconcile import BenchAgent
+from bench import _agent, harness
 
 
 def _pss_mb(pid: int) -> float:
@@ -23,11 +22,11 @@ def run() -> Iterator[harness.Figure]:
     # `python -c pass` exits at once; the same interpreter blocked on stdin is its PSS.
     idle = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
                             stdin=subprocess.PIPE)
-    agent = BenchAgent()
+    agent = _agent.BenchAgent()
     try:
         names = [f"c{i}" for i in range(10)]
-        agent.deploy(names)
-        agent.wait(lambda: (s := agent.states()) and all(s.get(n) == "RUNNING" for n in names))
+        agent.deploy(_agent.processes(names))
+        _agent.wait(lambda: agent.running(names))
         baseline = _pss_mb(idle.pid)
         yield harness.Figure("agent_pss_mb", _pss_mb(agent.proc.pid), "MB", baseline,
                              "<= 40 MB")
@@ -41,7 +40,7 @@ def run() -> Iterator[harness.Figure]:
         idle.communicate(b"")
 
 
-def _owned(pid: int, agent: BenchAgent) -> bool:
+def _owned(pid: int, agent: _agent.BenchAgent) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             return str(agent.root).encode() in f.read()

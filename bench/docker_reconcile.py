@@ -18,13 +18,8 @@ for N = 20).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import shutil
-import signal
 import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -33,6 +28,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
+from bench import _agent
 from bench.harness import Figure, percentile
 from hedgerow.core import component, container, documents
 
@@ -56,52 +52,6 @@ def _configs(thing: str, count: int) -> list[container.ContainerConfig]:
     return configs
 
 
-class _Agent:
-    """A real `hedgerow agent run` on a temp root (as the agent tests run it)."""
-
-    def __init__(self, thing: str) -> None:
-        self.thing = thing
-        self.home = Path(tempfile.mkdtemp(prefix="hedgerow-bench-docker-"))
-        self.home.chmod(0o711)
-        self.root = self.home / "root"
-        (self.root / "desired").mkdir(parents=True)
-        (self.root / "deployments").mkdir()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hedgerow", "agent", "run", "--root", str(self.root),
-             "--thing", thing, "--settle", "0", "--resync", "60"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        _wait(lambda: (self.root / "agent.sock").exists())
-
-    def deploy(self, comps: list[documents.ResolvedComponent]) -> None:
-        doc = documents.render_desired_state(self.thing, [], comps)
-        tmp = self.root / "desired" / ".desired.tmp"
-        tmp.write_bytes(documents.render_bytes(doc))
-        tmp.replace(self.root / "desired" / "desired.json")
-
-    def states(self) -> dict[str, str]:
-        try:
-            data = json.loads((self.root / "state" / "status.json").read_text())
-        except (OSError, ValueError):
-            return {}
-        return {c["name"]: c["state"] for c in data.get("components", [])}
-
-    def close(self) -> None:
-        self.deploy([])
-        with contextlib.suppress(TimeoutError):
-            _wait(lambda: self.states() == {}, 60)
-        os.kill(self.proc.pid, signal.SIGTERM)
-        self.proc.wait()
-        shutil.rmtree(self.home, ignore_errors=True)
-
-
-def _wait(predicate: Callable[[], object], timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("benchmark did not converge")
-        time.sleep(0.001)
-
-
 def _components(prefix: str, count: int) -> list[documents.ResolvedComponent]:
     return [documents.ResolvedComponent(
         name=f"{prefix}.C{i:02d}", version="1.0.0",
@@ -109,14 +59,15 @@ def _components(prefix: str, count: int) -> list[documents.ResolvedComponent]:
         for i in range(count)]
 
 
-def _through_agent(agent: _Agent, comps: list[documents.ResolvedComponent]) -> float:
+def _through_agent(agent: _agent.BenchAgent,
+                   comps: list[documents.ResolvedComponent]) -> float:
     names = [c.name for c in comps]
     start = time.perf_counter()
     agent.deploy(comps)
-    _wait(lambda: (s := agent.states()) and all(s.get(n) == "RUNNING" for n in names))
+    _agent.wait(lambda: agent.running(names))
     took = time.perf_counter() - start
     agent.deploy([])  # untimed: the next round starts from nothing
-    _wait(lambda: agent.states() == {})
+    _agent.wait(lambda: agent.states() == {})
     return took
 
 
@@ -148,7 +99,8 @@ def _clean(client: docker.DockerClient, *things: str) -> None:
                 found.remove(force=True, v=True)
 
 
-def _measure(count: int, rounds: int, client: docker.DockerClient, agent: _Agent,
+def _measure(count: int, rounds: int, client: docker.DockerClient,
+             agent: _agent.BenchAgent,
              ) -> tuple[list[float], list[float]]:
     baseline = f"bench-{uuid.uuid4().hex[:10]}"
     configs = _configs(baseline, count)
@@ -181,7 +133,7 @@ def run() -> Iterable[Figure]:
     subprocess.run([str(ROOT / "scripts" / "build-test-image.sh"), IMAGE], check=True)
     rounds = int(os.environ.get("HEDGEROW_BENCH_ROUNDS", "20"))
     client = docker.from_env(timeout=60)
-    agent = _Agent(f"bench-{uuid.uuid4().hex[:10]}")
+    agent = _agent.BenchAgent(f"bench-{uuid.uuid4().hex[:10]}")
     ratios: dict[str, list[float]] = {"p50": [], "p99": []}
     figures: list[Figure] = []
     try:

@@ -1,0 +1,73 @@
+"""A real `hedgerow agent run` on a throw-away root, driven the way the cloud connector
+drives it (an atomically replaced desired.json), shared by the agent benchmarks."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+from hedgerow.core import component, documents
+
+
+def wait(predicate: Callable[[], object], timeout: float = 120.0, poll: float = 0.0005) -> None:
+    """Poll tightly: the benchmarks time how soon a state shows, so the poll must not lag."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("benchmark agent did not converge")
+        time.sleep(poll)
+
+
+def processes(names: list[str], script: str = "sleep 600") -> list[documents.ResolvedComponent]:
+    return [documents.ResolvedComponent(
+        name=n, version="1.0.0",
+        lifecycle=component.Lifecycle(run=component.Step(script=script))) for n in names]
+
+
+class BenchAgent:
+    def __init__(self, thing: str = "bench") -> None:
+        self.thing = thing
+        self.home = pathlib.Path(tempfile.mkdtemp(prefix="hedgerow-bench-"))
+        self.home.chmod(0o711)  # components run as nobody and must reach their work folder
+        self.root = self.home / "root"
+        (self.root / "desired").mkdir(parents=True)
+        (self.root / "deployments").mkdir()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hedgerow", "agent", "run", "--root", str(self.root),
+             "--thing", thing, "--settle", "0", "--resync", "60"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        wait(lambda: (self.root / "agent.sock").exists())
+
+    def deploy(self, comps: list[documents.ResolvedComponent]) -> None:
+        doc = documents.render_desired_state(self.thing, [], comps)
+        tmp = self.root / "desired" / ".desired.tmp"
+        tmp.write_bytes(documents.render_bytes(doc))
+        tmp.replace(self.root / "desired" / "desired.json")
+
+    def states(self) -> dict[str, str]:
+        try:
+            data = json.loads((self.root / "state" / "status.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return {c["name"]: c["state"] for c in data.get("components", [])}
+
+    def running(self, names: list[str]) -> bool:
+        states = self.states()
+        return bool(states) and all(states.get(n) == "RUNNING" for n in names)
+
+    def close(self) -> None:
+        self.deploy([])
+        with contextlib.suppress(TimeoutError):
+            wait(lambda: self.states() == {}, 60)
+        os.kill(self.proc.pid, signal.SIGTERM)
+        self.proc.wait()
+        shutil.rmtree(self.home, ignore_errors=True)
