@@ -602,22 +602,17 @@ class Agent:
         if deps:
             await asyncio.gather(*deps, return_exceptions=True)
             self.runtime.flush_logs()
-        if comp.container is not None:
-            for verb in verbs:
-                if verb is plan_.Verb.INSTALL:
-                    await self._install_container(comp)
-                elif verb is plan_.Verb.START:
-                    await self._start_container(comp)
-                elif verb is plan_.Verb.RECOVER:
-                    await self._recover_container(comp)
-            return
+        # The same verbs for both runtimes; only who carries them out differs.
+        steps = ({plan_.Verb.INSTALL: self._install_container,
+                  plan_.Verb.START: self._start_container,
+                  plan_.Verb.RECOVER: self._recover_container}
+                 if comp.container is not None else
+                 {plan_.Verb.INSTALL: self.install, plan_.Verb.START: self.start,
+                  plan_.Verb.RECOVER: self.recover})
         for verb in verbs:
-            if verb is plan_.Verb.INSTALL:
-                await self.install(comp)
-            elif verb is plan_.Verb.START:
-                await self.start(comp)
-            elif verb is plan_.Verb.RECOVER:
-                await self.recover(comp)
+            step = steps.get(verb)
+            if step is not None:
+                await step(comp)
 
     def _context(self, comp: documents.ResolvedComponent,
                  doc: documents.DesiredState | None) -> recipe.Context:

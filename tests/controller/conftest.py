@@ -6,8 +6,6 @@ are plain paho MQTT clients."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import threading
@@ -21,6 +19,7 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.conftest import ROOT
+from tests.support import procs
 from tests.support.apiserver import ApiServer
 from tests.support.mosquitto import Mosquitto
 
@@ -71,14 +70,7 @@ class ControllerProcess:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        procs.stop_group(proc)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

@@ -30,6 +30,7 @@ import yaml
 
 from tests.agent.conftest import pids_with_marker, remove_cgroups
 from tests.conftest import ROOT
+from tests.support import procs
 from tests.support.apiserver import ApiServer
 from tests.support.mosquitto import Mosquitto
 
@@ -183,14 +184,7 @@ class Fleet:
 
     def stop_controller(self) -> None:
         proc, self.controller = self.controller, None
-        if proc is None or proc.poll() is not None:
-            return
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        procs.stop_group(proc)
 
     def controller_output(self) -> str:
         return self.controller_log.read_text(errors="replace") if self.controller_log.exists() \
