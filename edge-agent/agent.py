@@ -22,14 +22,11 @@ import random
 import secrets
 import threading
 import time
-from typing import Any
-
-import docker
+from typing import TYPE_CHECKING, Any
 
 from hedgerow import files
 from hedgerow.agent import artifacts, desired, records
 from hedgerow.agent import cgroups as cgroups_
-from hedgerow.agent import containers as containers_
 from hedgerow.agent import process as process_
 from hedgerow.agent.dockererrors import ContainerRuntimeError, PermanentError, TransientError
 from hedgerow.agent.layout import Layout
@@ -38,6 +35,9 @@ from hedgerow.core import container as container_
 from hedgerow.core import plan as plan_
 from hedgerow.core.documents import ComponentState as State
 from hedgerow.core.lifecycle import Event
+
+if TYPE_CHECKING:  # the Docker SDK costs ~15 MB: imported only once a container is wanted
+    from hedgerow.agent import containers as containers_
 
 log = logging.getLogger("hedgerow.agent")
 AGENT_VERSION = "0.1.0"
@@ -96,12 +96,13 @@ class Agent:
             self.layout, thing, self.cgroups, settings.default_user,
             settings.log_max_bytes, settings.log_keep, settings.kill_grace_s)
         self.store = artifacts.Store(self.layout)
-        # The second runtime. `docker_client` (default: docker.from_env, which honours
-        # DOCKER_HOST) is how tests point the agent at a daemon that is not there.
-        self.containers = containers_.ContainerRuntime(
-            docker_client or docker.from_env, thing=thing, state_dir=self.layout.state)
-        self.container_logs = containers_.LogMirror(
-            self.containers, self.layout.log_of, settings.log_max_bytes, settings.log_keep)
+        # The second runtime, created on first use (see `containers`). `docker_client`
+        # (default: docker.from_env, which honours DOCKER_HOST) is how tests point the
+        # agent at a daemon that is not there.
+        self._docker_client = docker_client
+        self._containers: containers_.ContainerRuntime | None = None
+        self._container_logs: containers_.LogMirror | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.docker_available: bool | None = None  # unknown until first used
         self.docker_message = ""
         self._docker_failures = 0
@@ -127,6 +128,42 @@ class Agent:
         self._judge_at = 0.0
         self._dirty = False
         self._history_written = b""
+
+    # --- the container runtime, loaded on demand ------------------------------------
+
+    @property
+    def containers(self) -> containers_.ContainerRuntime:
+        """The Docker runtime. A device that never runs a container never imports the
+        Docker SDK (about half the agent's memory); the first container component, or an
+        orphan scan on a root where containers once ran, loads it."""
+        if self._containers is None:
+            from hedgerow.agent import containers
+
+            if self._docker_client is None:
+                import docker
+
+                self._docker_client = docker.from_env
+            self._containers = containers.ContainerRuntime(
+                self._docker_client, thing=self.thing, state_dir=self.layout.state)
+            self._container_logs = containers.LogMirror(
+                self._containers, self.layout.log_of, self.settings.log_max_bytes,
+                self.settings.log_keep)
+            if not self.layout.docker_marker.exists():
+                files.write_atomic(self.layout.docker_marker, b"")
+            if self._loop is not None:
+                self._watch_docker_events(self._loop)
+        return self._containers
+
+    @property
+    def container_logs(self) -> containers_.LogMirror:
+        self.containers  # noqa: B018 - creates the log mirror with the runtime
+        assert self._container_logs is not None
+        return self._container_logs
+
+    def _watch_docker_events(self, loop: asyncio.AbstractEventLoop) -> None:
+        threading.Thread(target=self.containers.watch_events, name="docker-events",
+                         args=(lambda: loop.call_soon_threadsafe(self.wake.set),
+                               self._events_stop), daemon=True).start()
 
     # --- records and transitions -------------------------------------------------
 
@@ -287,7 +324,8 @@ class Agent:
             log.error("%s (retrying with backoff)", message)
         self.docker_available, self.docker_message = False, message[:400]
         self._seen = None
-        self.containers.reset()
+        if self._containers is not None:
+            self._containers.reset()
 
     def _docker_up(self) -> None:
         if self.docker_available is False:
@@ -305,8 +343,11 @@ class Agent:
         now = time.time()
         self._orphans = []
         wanted = self._wants_docker(doc)
-        if not wanted and now < self._orphan_scan_at:
-            self._seen = {}  # nothing of ours to look at; a periodic scan finds orphans
+        if not wanted and (now < self._orphan_scan_at
+                           or not self.layout.docker_marker.exists()):
+            # Nothing of ours to look at: a periodic scan finds orphans where containers
+            # once ran; where none ever did, there can be none of ours.
+            self._seen = {}
             return
         if self.docker_available is False and now < self._docker_retry_at:
             self._seen = None
@@ -499,8 +540,8 @@ class Agent:
     async def apply_containers(self, actions: list[plan_.Action],
                                doc: documents.DesiredState | None) -> None:
         """Remove orphans (our labels, no record) and images nothing desired uses."""
-        if self._seen is None:
-            return
+        if self._seen is None or self._containers is None:
+            return  # dockerd unknown, or never used by this agent: nothing of ours there
         keep = [r.name for r in self.records.values() if _is_container(r)]
         self.container_logs.forget(keep)
         changed = bool(self._orphans) or self._gc_due or any(
@@ -895,11 +936,10 @@ class Agent:
         self.adopt()
         server = await control.serve(self)
         watcher = asyncio.create_task(self._watch_files())
-        loop = asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop()
         self._events_stop.clear()
-        threading.Thread(target=self.containers.watch_events, name="docker-events",
-                         args=(lambda: loop.call_soon_threadsafe(self.wake.set),
-                               self._events_stop), daemon=True).start()
+        if self._containers is not None:
+            self._watch_docker_events(self._loop)
         self.wake.set()
         try:
             if ready is not None:

@@ -6,17 +6,16 @@ desired state changes. TransientError: the daemon or the network is (for now) no
 The agent retries with capped, jittered backoff and reports the runtime unavailable.
 
 Every call into docker-py in `containers.py` goes through `translated()`, so no other
-module needs to know docker-py's exception zoo.
+module needs to know docker-py's exception zoo. The agent imports the error classes on
+every device, so docker-py (and requests, urllib3) are imported only by the functions
+that translate: by then `containers.py` has loaded them, and a process-only device never
+pays for them.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-
-import docker.errors
-import requests.exceptions
-import urllib3.exceptions
 
 # Docker 20.10 answers 500 to some requests that can never succeed as given; their
 # messages are stable enough to recognise (an unmatched 500 stays transient, the safe
@@ -49,6 +48,8 @@ class TransientError(ContainerRuntimeError):
 
 def translate(exc: BaseException, action: str) -> ContainerRuntimeError:
     """The runtime error for a docker-py (or transport) exception raised during `action`."""
+    import docker.errors
+
     if isinstance(exc, ContainerRuntimeError):
         return exc
     message = f"{action}: {_explain(exc)}"
@@ -80,6 +81,10 @@ def translate(exc: BaseException, action: str) -> ContainerRuntimeError:
 @contextlib.contextmanager
 def translated(action: str) -> Iterator[None]:
     """Run a block of docker-py calls; whatever they raise leaves as a runtime error."""
+    import docker.errors
+    import requests.exceptions
+    import urllib3.exceptions
+
     try:
         yield
     except ContainerRuntimeError:
@@ -91,10 +96,14 @@ def translated(action: str) -> Iterator[None]:
 
 def is_not_found(exc: BaseException) -> bool:
     """A 404 from the daemon: the thing we asked about is simply not there."""
+    import docker.errors
+
     return isinstance(exc, docker.errors.NotFound)
 
 
 def _explain(exc: BaseException) -> str:
+    import docker.errors
+
     if isinstance(exc, docker.errors.APIError) and exc.explanation:
         return f"{exc.explanation} (HTTP {exc.status_code})"
     return str(exc) or type(exc).__name__

@@ -3,7 +3,7 @@
     desired/        cloud desired-state document (desired.json), written atomically
     deployments/    local Component/Deployment YAML (`hedgerow deployment create`)
     state/          the agent's own records: components.json, status.json, deployments.json,
-                    last-good.json — crash-safe writes only
+                    last-good.json, docker-used — crash-safe writes only
     artifacts/      sha256/<digest> content-addressed cache; <name>/<version>/ views
     artifacts-unarchived/<name>/<version>/   unpacked archives
     work/<name>/    each component's working folder, owned by its user
@@ -54,6 +54,11 @@ class Layout:
     @property
     def last_good_file(self) -> pathlib.Path:
         return self.state / "last-good.json"
+
+    @property
+    def docker_marker(self) -> pathlib.Path:
+        """Present once the agent has used Docker here: only then can orphans exist."""
+        return self.state / "docker-used"
 
     @property
     def artifacts(self) -> pathlib.Path:
