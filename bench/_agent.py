@@ -45,6 +45,8 @@ class BenchAgent:
             [sys.executable, "-m", "hedgerow", "agent", "run", "--root", str(self.root),
              "--thing", thing, "--settle", "0", "--resync", "60"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self._status_key: tuple[int, int] | None = None
+        self._states: dict[str, str] = {}
         wait(lambda: (self.root / "agent.sock").exists())
 
     def deploy(self, comps: list[documents.ResolvedComponent]) -> None:
@@ -54,11 +56,29 @@ class BenchAgent:
         tmp.replace(self.root / "desired" / "desired.json")
 
     def states(self) -> dict[str, str]:
+        """The states in status.json, parsed only when the file was replaced: the tight
+        poll must not take CPU from the agent it is timing."""
+        path = self.root / "state" / "status.json"
         try:
-            data = json.loads((self.root / "state" / "status.json").read_text())
+            stat = path.stat()
+            key = (stat.st_ino, stat.st_mtime_ns)
+            if key != self._status_key:
+                data = json.loads(path.read_text())
+                self._states = {c["name"]: c["state"] for c in data.get("components", [])}
+                self._status_key = key
         except (OSError, ValueError):
             return {}
-        return {c["name"]: c["state"] for c in data.get("components", [])}
+        return self._states
+
+    def recorded(self, names: list[str]) -> bool:
+        """The agent's records show exactly `names`, all RUNNING: the pass that reported
+        them is over (the agent writes its records after the status)."""
+        try:
+            recs = json.loads((self.root / "state" / "components.json").read_text())
+        except (OSError, ValueError):
+            return not names
+        return sorted(recs) == sorted(names) and all(
+            r.get("state") == "RUNNING" for r in recs.values())
 
     def running(self, names: list[str]) -> bool:
         states = self.states()

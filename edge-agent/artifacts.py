@@ -83,6 +83,8 @@ class Store:
                 pathlib.Path(tmp).unlink()
 
     def prepare(self, comp: documents.ResolvedComponent, uid: int, gid: int) -> None:
+        if not comp.artifacts and not _mentions_artifacts(comp):
+            return  # nothing to put there and no recipe looks: spare the folders
         view, unpacked = self.view_of(comp), self.unpacked_of(comp)
         for folder in (view, unpacked):
             folder.mkdir(parents=True, exist_ok=True)
@@ -183,3 +185,8 @@ def _unarchive(archive: pathlib.Path, dest: pathlib.Path, kind: component.Unarch
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     tmp.replace(dest)
+
+
+def _mentions_artifacts(comp: documents.ResolvedComponent) -> bool:
+    """Whether the recipe uses {artifacts:path} or {artifacts:decompressedPath}."""
+    return comp.lifecycle is not None and "{artifacts:" in comp.lifecycle.model_dump_json()

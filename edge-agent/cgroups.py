@@ -1,12 +1,23 @@
-"""Per-component cgroups: memory/CPU limits, and the inventory of a component's processes.
+"""Per-thing and per-component cgroups: CPU fairness, memory/CPU limits, and the
+inventory of a component's processes.
 
-Every component process is placed in hedgerow/<thing>/<name> (per thing: two agents on
-one machine never share a cgroup) before it runs a single instruction
-(see process.py's start gate), so the cgroup lists everything it forked, including
-daemons that left its process group: stopping a component leaves nothing behind.
-cgroup v2 (unified) when the machine has it, v1 (memory + cpu hierarchies) otherwise;
-without a writable cgroupfs (not root) limits are refused and process groups alone are
-used.
+Every component process runs inside hedgerow/<thing> (per thing: two agents on one
+machine never share a cgroup), moved there before it runs a single instruction (see
+process.py's gate). That folder weighs, for the scheduler, as much as the agent itself:
+all components together, however many start at once or spin, cannot starve the agent's
+loop (each component is its own session, so without this every one of them would weigh
+as much as the agent).
+
+- A component with limits gets hedgerow/<thing>/<name>: the limits apply there, and the
+  folder lists everything it forked, including daemons that left its process group.
+- The others share the leaf hedgerow/<thing>/_shared (no component name starts with
+  "_"): a cgroup of their own costs more than spawning the process (~1 ms on v1), and
+  their process group plus the marker every descendant inherits find what they started
+  — Greengrass, too, uses cgroups only for limits.
+
+cgroup v2 (unified) when the machine has it, v1 otherwise (memory + cpu hierarchies for
+limits, cpu alone for the shared leaf); without a writable cgroupfs (not root) limits
+are refused and components run where the agent runs.
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ import re
 from hedgerow.core import deployment
 
 _PERIOD_US = 100_000
+SHARED = "_shared"
 _UNITS = {"": 1, "k": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
           "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4}
 
@@ -49,21 +61,30 @@ class Cgroups:
         if self.version == 2:
             return {"unified": self.base / self.group / name}
         if self.version == 1:
-            return {c: self.base / c / self.group / name for c in ("memory", "cpu")}
+            controllers = ("cpu",) if name == SHARED else ("memory", "cpu")
+            return {c: self.base / c / self.group / name for c in controllers}
         return {}
 
-    def create(self, name: str, limits: deployment.SystemResourceLimits | None) -> None:
-        dirs = self._dirs(name)
-        if not dirs:
-            if limits and (limits.memory or limits.cpus):
+    def create(self, name: str,
+               limits: deployment.SystemResourceLimits | None) -> str | None:
+        """The cgroup a process of component `name` joins (`attach`): its own, with these
+        limits, or the shared one without; None without a writable cgroupfs."""
+        limited = bool(limits and (limits.memory or limits.cpus))
+        if self.version is None:
+            if limited:
                 raise LimitError("resource limits need a writable cgroup filesystem")
-            return
+            return None
         if self.version == 2:
             self._enable_v2_controllers()
+        if not limits or not limited:
+            for path in self._dirs(SHARED).values():
+                path.mkdir(parents=True, exist_ok=True)
+            return SHARED
+        dirs = self._dirs(name)
         for path in dirs.values():
             path.mkdir(parents=True, exist_ok=True)
-        memory = resolve_bytes(limits.memory) if limits and limits.memory else None
-        quota = int(limits.cpus * _PERIOD_US) if limits and limits.cpus else None
+        memory = resolve_bytes(limits.memory) if limits.memory else None
+        quota = int(limits.cpus * _PERIOD_US) if limits.cpus else None
         if self.version == 2:
             d = dirs["unified"]
             (d / "memory.max").write_text(str(memory) if memory else "max")
@@ -83,6 +104,7 @@ class Cgroups:
             cpu = dirs["cpu"]
             (cpu / "cpu.cfs_period_us").write_text(str(_PERIOD_US))
             (cpu / "cpu.cfs_quota_us").write_text(str(quota) if quota else "-1")
+        return name
 
     def _enable_v2_controllers(self) -> None:
         parts = pathlib.PurePosixPath(self.group).parts
@@ -92,9 +114,8 @@ class Cgroups:
             with contextlib.suppress(OSError):
                 (path / "cgroup.subtree_control").write_text("+memory +cpu")
 
-    def procs_files(self, name: str) -> list[pathlib.Path]:
-        """The files a process writes its pid into to join the component's cgroups."""
-        return [path / "cgroup.procs" for path in self._dirs(name).values()]
+    def exists(self, name: str) -> bool:
+        return any(path.is_dir() for path in self._dirs(name).values())
 
     def attach(self, name: str, pid: int) -> None:
         for path in self._dirs(name).values():
@@ -120,7 +141,10 @@ class Cgroups:
         return out
 
     def remove(self, name: str) -> None:
-        for path in self._dirs(name).values():
+        """Remove the component's cgroup, and the shared one and the thing's folder once
+        empty (rmdir of a cgroup only succeeds when empty: never strands a process)."""
+        for path in [*self._dirs(name).values(), *self._dirs(SHARED).values()]:
             with contextlib.suppress(OSError):
-                path.rmdir()  # only succeeds when empty: never strands a live process
-                path.parent.rmdir()  # the thing's folder, once its last component left
+                path.rmdir()
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()

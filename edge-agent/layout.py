@@ -3,7 +3,7 @@
     desired/        cloud desired-state document (desired.json), written atomically
     deployments/    local Component/Deployment YAML (`hedgerow deployment create`)
     state/          the agent's own records: components.json, status.json, deployments.json,
-                    last-good.json, docker-used — crash-safe writes only
+                    applied.json, last-good.json, docker-used — crash-safe writes only
     artifacts/      sha256/<digest> content-addressed cache; <name>/<version>/ views
     artifacts-unarchived/<name>/<version>/   unpacked archives
     work/<name>/    each component's working folder, owned by its user
@@ -50,6 +50,10 @@ class Layout:
     @property
     def history_file(self) -> pathlib.Path:
         return self.state / "deployments.json"
+
+    @property
+    def applied_file(self) -> pathlib.Path:
+        return self.state / "applied.json"
 
     @property
     def last_good_file(self) -> pathlib.Path:

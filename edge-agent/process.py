@@ -3,11 +3,15 @@
 Each step runs `/bin/sh -c SCRIPT` in its own session (so its process group can be
 signalled as a whole and it survives the agent), as the component's user, with a clean
 environment, stdin from /dev/null and stdout/stderr into a logpipe process, never into
-the agent. Spawning is `os.posix_spawn` (vfork-like: the agent is never copied). The
-first thing the (root) shell does is put itself into the component's cgroup; only then
-does it drop to the component's user (`setpriv`) and run the script, so every descendant
-is accounted. An EXIT trap leaves the exit code in the work folder, so the code of a
-process the agent adopted after a restart is known too.
+the agent. Spawning is `os.posix_spawn` (vfork-like: the agent is never copied) of
+`setpriv` (util-linux), which drops to the component's user and execs the shell: one exec
+more than running the shell itself, the cheapest privilege drop that does not fork the
+agent. The shell waits at a gate (a pipe) until the agent has moved it into its cgroup
+(see cgroups.py), so not one instruction of the script, and nothing it forks, runs
+outside. A component without limits shares a cgroup with the others and is tracked by
+its process group and the marker every descendant inherits (HEDGEROW_INSTANCE). An EXIT
+trap leaves the exit code in the work folder, so the code of a process the agent adopted
+after a restart is known too.
 """
 
 from __future__ import annotations
@@ -88,6 +92,17 @@ def resolve_identity(posix_user: str | None, default_user: str,
     entry = pwd.getpwnam(user)  # KeyError: an unknown user is a permanent error
     gid = grp.getgrnam(group).gr_gid if group else entry.pw_gid
     return Identity(entry.pw_uid, gid, entry.pw_name, entry.pw_dir)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Launch:
+    """A step ready to start: everything but the posix_spawn itself."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cgroup: str | None
+    log_path: str
+    ref: records.ProcessRef  # pid 0 until launched
 
 
 class Child:
@@ -186,6 +201,12 @@ class ProcessRuntime:
         self.children: dict[int, Child] = {}
         self._watches: dict[str, int] = {}
         self._pending_logs: list[tuple[int, str]] = []  # pipe read ends, log paths
+        self._pending_refs: list[records.ProcessRef] = []  # start times still to read
+        self._launches: list[tuple[_Launch, asyncio.Future[tuple[Child,
+                                                                  records.ProcessRef]]]] = []
+        # Resolved once: posix_spawn takes a path. Missing, the spawn fails with a clear
+        # "No such file or directory: 'setpriv'" instead of running a step as root.
+        self.setpriv = shutil.which("setpriv", path=_SAFE_PATH) or "setpriv"
 
     # --- environment ----------------------------------------------------------------
 
@@ -207,59 +228,107 @@ class ProcessRuntime:
 
     def prepare_work(self, comp: documents.ResolvedComponent, identity: Identity) -> None:
         work = self.layout.work_of(comp.name)
-        work.mkdir(exist_ok=True)
-        work.chmod(0o700)
+        try:
+            work.mkdir(mode=0o700)
+        except FileExistsError:
+            work.chmod(0o700)
         if os.geteuid() == 0:
             os.chown(work, identity.uid, identity.gid)
 
     # --- spawning -------------------------------------------------------------------
 
-    def spawn(self, record: records.Record, comp: documents.ResolvedComponent,
-              step_name: str, step: component.Step, script: str,
-              env: Mapping[str, str]) -> tuple[Child, records.ProcessRef]:
+    async def spawn(self, record: records.Record, comp: documents.ResolvedComponent,
+                    step_name: str, step: component.Step, script: str,
+                    env: Mapping[str, str]) -> tuple[Child, records.ProcessRef]:
         """Start one step; raises OSError/KeyError/LimitError when it cannot start.
 
-        Its output pipe is queued for the batch's log writer: call `flush_logs` before
-        awaiting anything (a pipe holds 64 KiB until the writer starts)."""
+        Steps spawned in the same turn of the event loop (a pass starting 50 components)
+        are launched together, after all of them are prepared: the Python work is done
+        before the first child competes for the CPU, and the launches run back to back.
+        Its output pipe is queued for the batch's log writer, and the ref's start time
+        is read then: call `finish_spawns` before awaiting anything else (a pipe holds
+        64 KiB until the writer starts) and before the ref is recorded."""
+        launch = self._prepare_launch(record, comp, step_name, step, script, env)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[tuple[Child, records.ProcessRef]] = loop.create_future()
+        self._launches.append((launch, done))
+        if len(self._launches) == 1:
+            loop.call_soon(self._launch_all)
+        return await done
+
+    def _prepare_launch(self, record: records.Record, comp: documents.ResolvedComponent,
+                        step_name: str, step: component.Step, script: str,
+                        env: Mapping[str, str]) -> _Launch:
         identity = resolve_identity(comp.run_with.posix_user if comp.run_with else None,
                                     self.default_user, step.requires_privilege)
         self.prepare_work(comp, identity)
         limits = comp.run_with.system_resource_limits if comp.run_with else None
-        self.cgroups.create(comp.name, limits)
+        cgroup = self.cgroups.create(comp.name, limits)
         marker = f"{record.instance or 'x'}.{uuid.uuid4().hex[:16]}"
-        full_env = self.environment(record, comp, env, identity, marker)
         work = self.layout.work_of(comp.name)
         exit_file = shlex.quote(str(self.layout.exit_file(comp.name, marker)))
-        inner = (f"trap {shlex.quote(f'echo $? >{exit_file}')} EXIT\n"
+        inner = (("read -r _ <&3 || exit 125\nexec 3<&-\n" if cgroup else "")
+                 + f"trap {shlex.quote(f'echo $? >{exit_file}')} EXIT\n"
                  f"cd {shlex.quote(str(work))} || exit 125\n{script}")
-        attach = "".join(f"echo $$ >{shlex.quote(str(p))} || exit 125\n"
-                         for p in self.cgroups.procs_files(comp.name))
-        as_other = os.geteuid() == 0 and identity.uid != 0
-        if as_other:  # in the cgroup as root first, then become the component's user
-            argv = ["/bin/sh", "-c", attach + 'exec setpriv --reuid="$1" --regid="$2" '
-                    '--clear-groups -- /bin/sh -c "$3"', "sh", str(identity.uid),
-                    str(identity.gid), inner]
+        if os.geteuid() == 0 and identity.uid != 0:
+            argv = [self.setpriv, f"--reuid={identity.uid}", f"--regid={identity.gid}",
+                    "--clear-groups", "--", "/bin/sh", "-c", inner]
         else:
-            argv = ["/bin/sh", "-c", attach + inner]
+            argv = ["/bin/sh", "-c", inner]
+        return _Launch(argv, self.environment(record, comp, env, identity, marker), cgroup,
+                       str(self.layout.log_of(comp.name)),
+                       records.ProcessRef(pid=0, start_time=0, marker=marker, step=step_name))
+
+    def _launch_all(self) -> None:
+        launches, self._launches = self._launches, []
+        for launch, done in launches:
+            if done.cancelled():
+                continue
+            try:
+                done.set_result(self._launch(launch))
+            except (OSError, cgroups_.LimitError) as exc:
+                done.set_exception(exc)
+
+    def _launch(self, launch: _Launch) -> tuple[Child, records.ProcessRef]:
         log_r, log_w = os.pipe()
+        gate_r, gate_w = os.pipe() if launch.cgroup else (-1, -1)
+        actions: list[tuple[int, ...] | tuple[int, int, str, int, int]] = [
+            (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_DUP2, log_w, 1), (os.POSIX_SPAWN_DUP2, log_w, 2)]
+        if launch.cgroup:
+            actions.append((os.POSIX_SPAWN_DUP2, gate_r, 3))
         try:
-            pid = os.posix_spawn("/bin/sh", argv, full_env, setsid=True, file_actions=[
-                (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_DUP2, log_w, 1), (os.POSIX_SPAWN_DUP2, log_w, 2)])
+            pid = os.posix_spawn(launch.argv[0], launch.argv, launch.env, setsid=True,
+                                 file_actions=actions)
         except BaseException:
-            os.close(log_r)
+            for fd in (log_r, gate_w):
+                if fd >= 0:
+                    os.close(fd)
             raise
         finally:
-            os.close(log_w)
-        self._pending_logs.append((log_r, str(self.layout.log_of(comp.name))))
-        start_time = read_start_time(pid) or 0
+            for fd in (log_w, gate_r):
+                if fd >= 0:
+                    os.close(fd)
+        self._pending_logs.append((log_r, launch.log_path))
         child = Child(pid)
         self.children[pid] = child
-        return child, records.ProcessRef(pid=pid, start_time=start_time, marker=marker,
-                                         step=step_name)
+        if launch.cgroup:
+            try:  # into the cgroup, then through the gate; a failed move closes it shut
+                self.cgroups.attach(launch.cgroup, pid)
+                os.write(gate_w, b"\n")
+            finally:
+                os.close(gate_w)
+        ref = launch.ref.model_copy(update={"pid": pid})
+        self._pending_refs.append(ref)
+        return child, ref
 
-    def flush_logs(self) -> None:
-        """One log writer for every step spawned since the last flush."""
+    def finish_spawns(self) -> None:
+        """Complete the steps spawned since the last call: their start times (read now,
+        not at each spawn: reading /proc/PID/stat waits while PID is still in exec) and
+        one log writer for all of them."""
+        refs, self._pending_refs = self._pending_refs, []
+        for ref in refs:
+            ref.start_time = read_start_time(ref.pid) or 0
         pending, self._pending_logs = self._pending_logs, []
         if not pending:
             return
@@ -309,10 +378,10 @@ class ProcessRuntime:
             return StepResult(ok=True, skipped=True, message=f"{step_name} skipped ({skip_if})")
         timeout = step.timeout_seconds or DEFAULT_TIMEOUTS[step_name]
         try:
-            proc, ref = self.spawn(record, comp, step_name, step, script, env)
+            proc, ref = await self.spawn(record, comp, step_name, step, script, env)
         except (OSError, KeyError, cgroups_.LimitError) as exc:
             return StepResult(ok=False, message=f"{step_name} could not start: {exc}")
-        self.flush_logs()
+        self.finish_spawns()
         on_spawn(ref)
         code = await wait_exit(proc, timeout)
         if code is None:
@@ -376,11 +445,17 @@ class ProcessRuntime:
         """SIGTERM the group and the cgroup, SIGKILL what remains after the grace period."""
         self.unwatch(name)
         pgid = ref.pid if ref is not None and is_same_process(ref) else None
+        # No cgroup lists what a component without limits forked: a daemon that left its
+        # process group is found by the marker it inherited (one /proc scan per round).
+        escaped = (f"HEDGEROW_INSTANCE={ref.marker}".encode()
+                   if ref is not None and not self.cgroups.exists(name) else None)
         deadline = time.monotonic() + self.kill_grace_s
         sig = signal.SIGTERM
         while True:
             self._reap()
             pids = self.members(name, pgid)
+            if not pids and escaped is not None:
+                pids = marked(escaped)
             if not pids:
                 break
             if time.monotonic() > deadline:

@@ -55,11 +55,15 @@ class Record(pydantic.BaseModel):
         return documents.ResolvedComponent.model_validate(self.spec)
 
 
-def save_all(path: pathlib.Path, all_records: dict[str, Record]) -> None:
-    body = b"{" + b",".join(
+def render_all(all_records: dict[str, Record]) -> bytes:
+    """The records file's bytes (the agent writes them with its other state, in one batch)."""
+    return b"{" + b",".join(
         json.dumps(name).encode() + b":" + rec.model_dump_json().encode()
         for name, rec in sorted(all_records.items())) + b"}"
-    files.write_atomic(path, body)
+
+
+def save_all(path: pathlib.Path, all_records: dict[str, Record]) -> None:
+    files.write_atomic(path, render_all(all_records))
 
 
 def load_all(path: pathlib.Path) -> dict[str, Record]:

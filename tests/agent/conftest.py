@@ -90,8 +90,17 @@ class AgentProcess:
         return {c["name"]: c["state"] for c in self.status().get("components", [])}
 
     def wait_states(self, expected: dict[str, str], timeout: float = 15.0) -> None:
-        wait_for(lambda: self.states() == expected, timeout,
+        """Until the status shows `expected` and the records agree (the agent writes
+        status.json first and its records at the end of the same pass)."""
+        wait_for(lambda: self.states() == expected and self._recorded(expected), timeout,
                  f"states {expected} (last: {self.states()})")
+
+    def _recorded(self, expected: dict[str, str]) -> bool:
+        try:
+            recs = json.loads((self.root / "state" / "components.json").read_text())
+        except (OSError, ValueError):
+            return not expected
+        return all(recs.get(n, {}).get("state") == s for n, s in expected.items())
 
     def record(self, name: str) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(
