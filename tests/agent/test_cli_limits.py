@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 
 from hedgerow.core import deployment
@@ -69,3 +70,38 @@ def test_cli_without_agent_says_so(tmp_path: pathlib.Path) -> None:
     probe = AgentProcess(tmp_path)
     result = probe.cli("component", "list")
     assert result.returncode == 1 and "no agent answers" in result.stderr
+
+
+def _cpu_cgroup(pid: int) -> str:
+    for line in pathlib.Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "cpu" in controllers.split(",") or controllers == "":
+            return path
+    raise AssertionError(f"no cpu cgroup for {pid}")
+
+
+def test_components_share_one_cgroup_unless_limited_and_stop_finds_daemons(
+    agent: AgentProcess,
+) -> None:
+    # "b" starts a daemon that leaves its process group (setsid): no cgroup of its own
+    # lists it, the marker it inherited must.
+    limits = deployment.RunWith.model_validate({"systemResourceLimits": {"memory": "64Mi"}})
+    agent.deploy(rc("a", run_with=limits),
+                 rc("b", "setsid sh -c 'echo $$ > daemon.pid; exec sleep 300' & sleep 300"))
+    agent.wait_states({"a": "RUNNING", "b": "RUNNING"})
+    a_pid = agent.record("a")["process"]["pid"]
+    b_pid = agent.record("b")["process"]["pid"]
+    assert _cpu_cgroup(a_pid) == f"/hedgerow/{THING}/a"
+    assert _cpu_cgroup(b_pid) == f"/hedgerow/{THING}/_shared"  # weighs as one, vs the agent
+    assert not pathlib.Path(f"/sys/fs/cgroup/memory/hedgerow/{THING}/b").exists()
+    daemon_file = agent.root / "work" / "b" / "daemon.pid"
+    wait_for(daemon_file.exists)
+    daemon = int(daemon_file.read_text())
+    assert os.getsid(daemon) != os.getsid(b_pid)  # really outside the group and session
+    assert agent.cli("component", "stop", "b").returncode == 0
+    agent.wait_states({"a": "RUNNING", "b": "INSTALLED"})
+    wait_for(lambda: not pathlib.Path(f"/proc/{daemon}").exists()
+             or pathlib.Path(f"/proc/{daemon}/stat").read_text().split(") ")[1][0] == "Z",
+             5, "the daemon that left b's process group")
+    # A device that never ran a container never loaded Docker, nor looks for orphans.
+    assert not (agent.root / "state" / "docker-used").exists()
