@@ -41,10 +41,15 @@ class BenchAgent:
         self.root = self.home / "root"
         (self.root / "desired").mkdir(parents=True)
         (self.root / "deployments").mkdir()
+        # BENCH_AGENT_LOG=FILE keeps the agent's log, at debug level (pass timings).
+        log_file = os.environ.get("BENCH_AGENT_LOG")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "hedgerow", "agent", "run", "--root", str(self.root),
-             "--thing", thing, "--settle", "0", "--resync", "60"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+             "--thing", thing, "--settle", "0", "--resync", "60",
+             "--log-level", "debug" if log_file else "info"],
+            stdout=subprocess.DEVNULL,
+            stderr=open(log_file, "ab") if log_file else subprocess.DEVNULL,  # noqa: SIM115
+            start_new_session=True)
         self._status_key: tuple[int, int] | None = None
         self._states: dict[str, str] = {}
         wait(lambda: (self.root / "agent.sock").exists())

@@ -271,6 +271,7 @@ class Agent:
 
     async def reconcile(self) -> list[plan_.Action]:
         self.passes += 1
+        began = time.perf_counter()
         reading = desired.fetch_desired(self.layout, self.thing, self.platform)  # 1. read
         if reading.problems != self.problems and reading.problems:
             for problem in reading.problems:
@@ -295,7 +296,12 @@ class Agent:
             raise
         self.judge(doc, reading)                                                 # 6. judge
         self.write_status(reading)                                               # 7. status
+        reported = time.perf_counter()
         self.persist()  # 8. start times, the batch's log writer, records, outcomes
+        if actions:
+            log.debug("pass %d: %d action(s), status after %.1f ms, done after %.1f ms",
+                      self.passes, len(actions), (reported - began) * 1000,
+                      (time.perf_counter() - began) * 1000)
         return actions
 
     def choose(self, reading: desired.Reading) -> documents.DesiredState | None:
@@ -650,9 +656,8 @@ class Agent:
                     return failure
                 continue
             try:
-                identity = process_.resolve_identity(
-                    comp.run_with.posix_user if comp.run_with else None,
-                    self.settings.default_user, False)
+                identity = self.runtime.identity(
+                    comp.run_with.posix_user if comp.run_with else None, False)
                 self.store.prepare(comp, identity.uid, identity.gid)
             except (artifacts.ArtifactError, KeyError) as exc:
                 return f"{comp.name}: artifact failure: {exc}"

@@ -56,6 +56,7 @@ class Cgroups:
             self.version = 1
         else:
             self.version = None
+        self._shared_made = False
 
     def _dirs(self, name: str) -> dict[str, pathlib.Path]:
         if self.version == 2:
@@ -77,8 +78,10 @@ class Cgroups:
         if self.version == 2:
             self._enable_v2_controllers()
         if not limits or not limited:
-            for path in self._dirs(SHARED).values():
-                path.mkdir(parents=True, exist_ok=True)
+            if not self._shared_made:  # once, not per spawn: mkdir on cgroupfs is slow
+                for path in self._dirs(SHARED).values():
+                    path.mkdir(parents=True, exist_ok=True)
+                self._shared_made = True
             return SHARED
         dirs = self._dirs(name)
         for path in dirs.values():
@@ -118,8 +121,23 @@ class Cgroups:
         return any(path.is_dir() for path in self._dirs(name).values())
 
     def attach(self, name: str, pid: int) -> None:
+        """Move the single-threaded process `pid` (a shell at its gate) into `name`. On
+        v1 through `tasks`, which moves one thread: ten times cheaper than cgroup.procs
+        (0.02 vs 0.18 ms on the test machine), which locks out every fork while it
+        moves a whole thread group."""
+        file = "tasks" if self.version == 1 else "cgroup.procs"
         for path in self._dirs(name).values():
-            (path / "cgroup.procs").write_text(str(pid))
+            try:
+                fd = os.open(path / file, os.O_WRONLY)
+            except FileNotFoundError:
+                if name != SHARED:
+                    raise
+                path.mkdir(parents=True, exist_ok=True)  # removed behind our back
+                fd = os.open(path / file, os.O_WRONLY)
+            try:
+                os.write(fd, str(pid).encode())
+            finally:
+                os.close(fd)
 
     def pids(self, name: str) -> set[int]:
         dirs = list(self._dirs(name).values())
@@ -143,8 +161,19 @@ class Cgroups:
     def remove(self, name: str) -> None:
         """Remove the component's cgroup, and the shared one and the thing's folder once
         empty (rmdir of a cgroup only succeeds when empty: never strands a process)."""
-        for path in [*self._dirs(name).values(), *self._dirs(SHARED).values()]:
-            with contextlib.suppress(OSError):
-                path.rmdir()
-            with contextlib.suppress(OSError):
-                path.parent.rmdir()
+        own, shared = self._dirs(name), self._dirs(SHARED)
+        for path in own.values():
+            _rmdir(path)
+        removed = [_rmdir(path) for path in shared.values()]  # every one, no short cut
+        if all(removed):
+            self._shared_made = False
+        for path in [*own.values(), *shared.values()]:
+            _rmdir(path.parent)
+
+
+def _rmdir(path: pathlib.Path) -> bool:
+    try:
+        path.rmdir()
+    except OSError:
+        return not path.exists()
+    return True

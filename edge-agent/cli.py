@@ -56,7 +56,8 @@ def _agent_run(args: argparse.Namespace) -> int:
     import signal
 
     from hedgerow.agent import agent as agent_
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("watchfiles").setLevel(logging.WARNING)
     settings = agent_.Settings(resync_s=args.resync, default_user=args.default_user,
                                deployment_timeout_s=args.deployment_timeout,
@@ -199,6 +200,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     run.add_argument("--settle", type=float, default=2.0,
                      help="seconds every component must stay RUNNING before a revision "
                           "counts as succeeded (default: %(default)s)")
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                     default="info", help="debug adds each pass's actions and timings "
+                     "(default: %(default)s)")
     run.add_argument("--heartbeat", type=float, default=60.0, metavar="SECONDS",
                      help="resend an unchanged status report this often (default: "
                           "%(default)s)")

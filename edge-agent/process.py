@@ -202,6 +202,7 @@ class ProcessRuntime:
         self._watches: dict[str, int] = {}
         self._pending_logs: list[tuple[int, str]] = []  # pipe read ends, log paths
         self._pending_refs: list[records.ProcessRef] = []  # start times still to read
+        self._identities: dict[tuple[str | None, bool], tuple[Identity, float]] = {}
         self._launches: list[tuple[_Launch, asyncio.Future[tuple[Child,
                                                                   records.ProcessRef]]]] = []
         # Resolved once: posix_spawn takes a path. Missing, the spawn fails with a clear
@@ -209,6 +210,17 @@ class ProcessRuntime:
         self.setpriv = shutil.which("setpriv", path=_SAFE_PATH) or "setpriv"
 
     # --- environment ----------------------------------------------------------------
+
+    def identity(self, posix_user: str | None, privileged: bool) -> Identity:
+        """`resolve_identity`, remembered for a second: a pass that starts 50 components
+        reads /etc/passwd once, and a user added since is seen by the next pass."""
+        key = (posix_user, privileged)
+        now = time.monotonic()
+        known = self._identities.get(key)
+        if known is None or known[1] < now:
+            known = (resolve_identity(posix_user, self.default_user, privileged), now + 1.0)
+            self._identities[key] = known
+        return known[0]
 
     def environment(self, record: records.Record, comp: documents.ResolvedComponent,
                     step_env: Mapping[str, str], identity: Identity,
@@ -259,8 +271,8 @@ class ProcessRuntime:
     def _prepare_launch(self, record: records.Record, comp: documents.ResolvedComponent,
                         step_name: str, step: component.Step, script: str,
                         env: Mapping[str, str]) -> _Launch:
-        identity = resolve_identity(comp.run_with.posix_user if comp.run_with else None,
-                                    self.default_user, step.requires_privilege)
+        identity = self.identity(comp.run_with.posix_user if comp.run_with else None,
+                                 step.requires_privilege)
         self.prepare_work(comp, identity)
         limits = comp.run_with.system_resource_limits if comp.run_with else None
         cgroup = self.cgroups.create(comp.name, limits)
