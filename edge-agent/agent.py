@@ -4,7 +4,8 @@ Anything — a change under desired/ or deployments/, a component process exit, 
 command, a backoff deadline, the periodic resync — only sets `wake`. Each pass then runs
 the same flat checklist (`reconcile`): read desired, pick the document to apply (last
 good on bad input, last successful on rollback), observe, plan (pure), apply, judge the
-deployment, write status once.
+deployment, write status once, persist. Processes are carried out by process.py;
+containers by containerbridge.py (which loads Docker only when one is wanted).
 """
 
 from __future__ import annotations
@@ -18,20 +19,17 @@ import logging
 import os
 import pathlib
 import platform as platform_
-import random
 import secrets
-import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 from hedgerow import files
-from hedgerow.agent import artifacts, desired, records
+from hedgerow.agent import artifacts, containerbridge, desired, records
 from hedgerow.agent import cgroups as cgroups_
 from hedgerow.agent import process as process_
-from hedgerow.agent.dockererrors import ContainerRuntimeError, PermanentError, TransientError
+from hedgerow.agent import settings as settings_
 from hedgerow.agent.layout import Layout
 from hedgerow.core import component, documents, lifecycle, recipe
-from hedgerow.core import container as container_
 from hedgerow.core import plan as plan_
 from hedgerow.core.documents import ComponentState as State
 from hedgerow.core.lifecycle import Event
@@ -44,40 +42,6 @@ AGENT_VERSION = "0.1.0"
 _DONE = frozenset({State.RUNNING, State.FINISHED})
 
 
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    resync_s: float = 30.0
-    deployment_timeout_s: float = 600.0
-    # A revision succeeds once every component has been RUNNING/FINISHED this long: a
-    # process that crashes right after starting must fail the deployment, not pass it.
-    settle_s: float = 2.0
-    kill_grace_s: float = 5.0
-    default_user: str = "nobody"
-    log_max_bytes: int = 1 << 20
-    log_keep: int = 3
-    policy: lifecycle.Policy = dataclasses.field(default_factory=lifecycle.Policy)
-    container_stop_s: int = 10         # SIGTERM → SIGKILL for containers
-    docker_backoff_base_s: float = 1.0  # retrying an unreachable dockerd
-    docker_backoff_cap_s: float = 30.0
-    orphan_scan_s: float = 60.0        # look for our labels even with no container wanted
-
-
-def _is_container(rec: records.Record) -> bool:
-    return "container" in rec.spec
-
-
-def _why(obs: container_.ObservedContainer) -> str:
-    if obs.is_running:
-        return "container unhealthy"
-    if obs.error:
-        return f"container failed to start: {obs.error}"
-    if obs.oom_killed:
-        return "container killed: out of memory"
-    if obs.status == "exited":
-        return f"container exited with {obs.exit_code}"
-    return f"container {obs.status}"
-
-
 def observe_platform() -> documents.PlatformInfo:
     arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(
         platform_.machine(), platform_.machine().lower())
@@ -86,35 +50,19 @@ def observe_platform() -> documents.PlatformInfo:
 
 class Agent:
     def __init__(self, root: os.PathLike[str] | str, thing: str,
-                 settings: Settings = Settings(),
+                 settings: settings_.Settings | None = None,
                  docker_client: containers_.ClientFactory | None = None) -> None:
         self.layout = Layout(pathlib.Path(root).resolve())
-        self.thing, self.settings = thing, settings
+        self.thing = thing
+        self.settings = settings = settings or settings_.Settings()
         self.platform = observe_platform()
         self.cgroups = cgroups_.Cgroups(group=f"hedgerow/{thing}")
         self.runtime = process_.ProcessRuntime(
             self.layout, thing, self.cgroups, settings.default_user,
             settings.log_max_bytes, settings.log_keep, settings.kill_grace_s)
         self.store = artifacts.Store(self.layout)
-        # The second runtime, created on first use (see `containers`). `docker_client`
-        # (default: docker.from_env, which honours DOCKER_HOST) is how tests point the
-        # agent at a daemon that is not there.
-        self._docker_client = docker_client
-        self._containers: containers_.ContainerRuntime | None = None
-        self._container_logs: containers_.LogMirror | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self.docker_available: bool | None = None  # unknown until first used
-        self.docker_message = ""
-        self._docker_failures = 0
-        self._docker_retry_at = 0.0
-        self._seen: dict[str, container_.ObservedContainer] | None = None
-        self._orphans: list[str] = []
-        self._orphan_scan_at = 0.0
-        self._configs: dict[tuple[str, str], container_.ContainerConfig] = {}
-        self._deferred: set[str] = set()
-        self._events_stop = threading.Event()
-        self._transient: ContainerRuntimeError | None = None
-        self._gc_due = False
+        # The second runtime: containers (created on first use, see containerbridge).
+        self.containers = containerbridge.ContainerBridge(self, docker_client)
         self.records: dict[str, records.Record] = {}
         self.wake = asyncio.Event()
         self.applied: documents.DesiredState | None = None
@@ -129,42 +77,6 @@ class Agent:
         self._dirty = False
         self._history_written = b""
         self._due: dict[pathlib.Path, bytes] = {}  # state files `persist` writes
-
-    # --- the container runtime, loaded on demand ------------------------------------
-
-    @property
-    def containers(self) -> containers_.ContainerRuntime:
-        """The Docker runtime. A device that never runs a container never imports the
-        Docker SDK (about half the agent's memory); the first container component, or an
-        orphan scan on a root where containers once ran, loads it."""
-        if self._containers is None:
-            from hedgerow.agent import containers
-
-            if self._docker_client is None:
-                import docker
-
-                self._docker_client = docker.from_env
-            self._containers = containers.ContainerRuntime(
-                self._docker_client, thing=self.thing, state_dir=self.layout.state)
-            self._container_logs = containers.LogMirror(
-                self._containers, self.layout.log_of, self.settings.log_max_bytes,
-                self.settings.log_keep)
-            if not self.layout.docker_marker.exists():
-                files.write_atomic(self.layout.docker_marker, b"")
-            if self._loop is not None:
-                self._watch_docker_events(self._loop)
-        return self._containers
-
-    @property
-    def container_logs(self) -> containers_.LogMirror:
-        self.containers  # noqa: B018 - creates the log mirror with the runtime
-        assert self._container_logs is not None
-        return self._container_logs
-
-    def _watch_docker_events(self, loop: asyncio.AbstractEventLoop) -> None:
-        threading.Thread(target=self.containers.watch_events, name="docker-events",
-                         args=(lambda: loop.call_soon_threadsafe(self.wake.set),
-                               self._events_stop), daemon=True).start()
 
     # --- records and transitions -------------------------------------------------
 
@@ -223,7 +135,7 @@ class Agent:
         """After a crash: keep run processes whose identity matches, end stale steps."""
         self.records = records.load_all(self.layout.records)
         for rec in self.records.values():
-            if _is_container(rec):
+            if containerbridge.is_container(rec):
                 continue  # Docker kept it running; the first observation adopts it by label
             ref = rec.process
             alive = ref is not None and process_.is_same_process(ref)
@@ -278,10 +190,10 @@ class Agent:
                 log.error("rejected: %s", problem)
         self.problems = reading.problems
         doc = self.choose(reading)                                               # 2. pick
-        await self.observe_containers(doc)                                       # 3. observe
+        await self.containers.observe(doc)                                       # 3. observe
         observed = self.observe()
         wanted = plan_.resolve_desired(doc)
-        if self._seen is None:  # dockerd unknown: containers are neither touched nor removed
+        if self.containers.seen is None:  # dockerd unknown: containers are left alone
             wanted = dataclasses.replace(wanted, wants=tuple(
                 w for w in wanted.wants if w.runtime != "container"))
         actions = plan_.plan(wanted, observed)                                  # 4. plan
@@ -290,7 +202,7 @@ class Agent:
             self._due[self.layout.applied_file] = documents.render_bytes(doc)
         try:
             await self.apply(actions, doc)                                       # 5. apply
-            await self.apply_containers(actions, doc)
+            await self.containers.clean_up(actions, doc)
         except BaseException:
             self.persist()
             raise
@@ -318,10 +230,10 @@ class Agent:
         now = time.time()
         out = {}
         for rec in list(self.records.values()):
-            if _is_container(rec):
-                if self._seen is None:
+            if containerbridge.is_container(rec):
+                if self.containers.seen is None:
                     continue  # unknown while dockerd is away: planned once it answers
-                out[rec.name] = self._observe_container(rec, now)
+                out[rec.name] = self.containers.observe_one(rec, now)
                 continue
             if (rec.state is State.RUNNING and rec.process is not None
                     and not process_.is_same_process(rec.process)):
@@ -334,170 +246,7 @@ class Agent:
                 hold_revision=rec.hold_revision)
         return out
 
-    # --- the container runtime (observe by label; same plan, same state table) ---------
-
-    def _docker_down(self, exc: BaseException) -> None:
-        """dockerd did not answer: containers are left as they are (Docker keeps them
-        running), process components carry on, and the runtime is retried with capped,
-        jittered backoff. Logged on change, not on every retry."""
-        self._docker_failures += 1
-        ceiling = min(self.settings.docker_backoff_cap_s,
-                      self.settings.docker_backoff_base_s * 2 ** (self._docker_failures - 1))
-        delay = ceiling / 2 + random.random() * ceiling / 2  # noqa: S311 - jitter
-        self._docker_retry_at = time.time() + delay
-        message = f"container runtime unavailable: {exc}"
-        if self.docker_available is not False:
-            log.error("%s (retrying with backoff)", message)
-        self.docker_available, self.docker_message = False, message[:400]
-        self._seen = None
-        if self._containers is not None:
-            self._containers.reset()
-
-    def _docker_up(self) -> None:
-        if self.docker_available is False:
-            log.info("container runtime available again")
-        self.docker_available, self.docker_message = True, ""
-        self._docker_failures = 0
-
-    def _wants_docker(self, doc: documents.DesiredState | None) -> bool:
-        return any(_is_container(r) for r in self.records.values()) or (
-            doc is not None and any(c.container is not None for c in doc.components))
-
-    async def observe_containers(self, doc: documents.DesiredState | None) -> None:
-        """List our labelled containers (one worker-thread trip): the observation the
-        container records are judged against, and the orphans to remove."""
-        now = time.time()
-        self._orphans = []
-        wanted = self._wants_docker(doc)
-        if not wanted and (now < self._orphan_scan_at
-                           or not self.layout.docker_marker.exists()):
-            # Nothing of ours to look at: a periodic scan finds orphans where containers
-            # once ran; where none ever did, there can be none of ours.
-            self._seen = {}
-            return
-        if self.docker_available is False and now < self._docker_retry_at:
-            self._seen = None
-            return
-        try:
-            found = await asyncio.to_thread(self.containers.observe)
-        except ContainerRuntimeError as exc:
-            if wanted:
-                self._docker_down(exc)
-            else:  # a process-only device without Docker is not unhealthy
-                self._seen = {}
-                self._orphan_scan_at = now + self.settings.orphan_scan_s
-            return
-        self._docker_up()
-        self._orphan_scan_at = now + self.settings.orphan_scan_s
-        mine = {r.name for r in self.records.values() if _is_container(r)}
-        seen: dict[str, container_.ObservedContainer] = {}
-        for obs in found:
-            if obs.name == container_.render_container_name(self.thing, obs.component):
-                seen[obs.component] = obs
-            if obs.component not in mine:
-                self._orphans.append(obs.component)
-        self._seen = seen
-
-    def _observe_container(self, rec: records.Record, now: float) -> plan_.Observed:
-        """Docker's view of one container component, fed through the state table."""
-        assert self._seen is not None
-        obs = self._seen.get(rec.name)
-        if rec.state in (State.RUNNING, State.STARTING):
-            if obs is None:
-                self.transition(rec, Event.FAILED, "container disappeared")
-            else:
-                state = container_.render_component_state(obs)
-                if state is State.RUNNING and rec.state is State.STARTING:
-                    self.transition(rec, Event.STARTED, "healthy")
-                elif state is State.FINISHED:
-                    self.transition(rec, Event.EXITED_OK, "exited with 0")
-                elif state in (State.ERRORED, State.INSTALLED):
-                    self.transition(rec, Event.FAILED, _why(obs))
-        if obs is not None and obs.is_running:
-            self.container_logs.follow(rec.name, obs.container_id)
-        spec_hash = rec.spec_hash
-        comp = rec.component()
-        if obs is not None:
-            try:
-                expected = self._config(comp, rec.token).spec_hash
-            except (container_.ContainerSpecError, recipe.RecipeVariableError):
-                expected = obs.spec_hash
-            if obs.spec_hash != expected:  # not what this record made: replace it
-                spec_hash = f"container:{obs.spec_hash}"
-        return plan_.Observed(
-            rec.name, spec_hash, rec.state, tuple(d.name for d in comp.dependencies),
-            retry_due=rec.retry_at is not None and rec.retry_at <= now,
-            hold_revision=rec.hold_revision, runtime="container")
-
-    def _config(self, comp: documents.ResolvedComponent,
-                token: str) -> container_.ContainerConfig:
-        """The rendered container (cached by spec hash and token). The agent's variables
-        come from the record, so they are stable: an adopted container is not replaced."""
-        key = (comp.spec_hash, token)
-        config = self._configs.get(key)
-        if config is None:
-            context = self._context(comp, self.applied)
-            config = container_.render_container(
-                comp, thing=self.thing, root=str(self.layout.root),
-                ipc_socket=str(self.layout.ipc_socket),
-                render=lambda text: recipe.render_text(text, context),
-                agent_env={"HEDGEROW_COMPONENT": comp.name,
-                           "HEDGEROW_COMPONENT_VERSION": comp.version,
-                           "AWS_IOT_THING_NAME": self.thing,
-                           "HEDGEROW_AUTH_TOKEN": token, "SVCUID": token})
-            if len(self._configs) > 512:
-                self._configs.clear()
-            self._configs[key] = config
-        return config
-
-    def _archive_of(self, comp: documents.ResolvedComponent) -> pathlib.Path | None:
-        """The image archive, fetched into the artifact cache and verified (blocking)."""
-        spec = comp.container
-        if spec is None or spec.image_archive is None:
-            return None
-        return self.store.fetch(component.Artifact(uri=spec.image_archive.uri,
-                                                   sha256=spec.image_archive.sha256))
-
-    def _prepare_container(self, comp: documents.ResolvedComponent) -> str | None:
-        """PREPARE for a container (worker thread): render (bad recipe: permanent) and
-        make the image present — pulled or loaded — before anything old is stopped."""
-        try:
-            config = self._config(comp, "")
-            self.containers.ensure_image(config, self._archive_of(comp))
-        except TransientError as exc:
-            self._deferred.add(comp.name)
-            self._transient = exc
-            return None
-        except (PermanentError, artifacts.ArtifactError, container_.ContainerSpecError,
-                recipe.RecipeVariableError) as exc:
-            return f"{comp.name}: image failure: {exc}"
-        return None
-
-    def _take_transient(self) -> ContainerRuntimeError | None:
-        transient, self._transient = self._transient, None
-        return transient
-
-    async def _stop_container(self, rec: records.Record, remove: bool, hold: bool,
-                              soft: bool) -> None:
-        name = rec.name
-        if name in self._deferred:
-            return
-        if not soft:  # soft: a spec change; apply() swaps new for old with less downtime
-            try:
-                await asyncio.to_thread(
-                    self.containers.remove if remove else self.containers.stop, name,
-                    self.settings.container_stop_s)
-            except TransientError as exc:
-                self._docker_down(exc)
-                return  # nothing changed; a later pass (level-triggered) does it again
-            except PermanentError as exc:
-                log.warning("%s: %s", name, exc)
-        self.transition(rec, Event.STOP_REQUESTED)
-        if rec.state is State.STOPPING:
-            self.transition(rec, Event.STOPPED, "stopped")
-        self._stopped(rec, remove, hold)
-
-    def _stopped(self, rec: records.Record, remove: bool, hold: bool) -> None:
+    def stopped(self, rec: records.Record, remove: bool, hold: bool) -> None:
         """What every runtime does once a component is stopped: hold or forget it."""
         if hold:
             rec.hold_revision = self.applied.revision if self.applied else None
@@ -509,95 +258,13 @@ class Agent:
             self.flush()
             log.info("%s: removed", rec.name)
 
-    async def _install_container(self, comp: documents.ResolvedComponent) -> None:
-        rec = self._ensure_record(comp)
-        if rec.state is not State.NEW and (rec.state, Event.RESET) in lifecycle.TRANSITIONS:
-            self.transition(rec, Event.RESET, "new desired revision"
-                            if rec.state is State.BROKEN else "reinstalling")
-        rec.installed_in = self.applied.revision if self.applied else ""
-        rec.install_failed = False
-        if rec.state is State.NEW:
-            self.transition(rec, Event.INSTALLED)
-
-    async def _start_container(self, comp: documents.ResolvedComponent) -> None:
-        rec = self.records.get(comp.name)
-        if rec is None or rec.state not in (State.INSTALLED, State.FINISHED):
-            return
-        if not self._deps_ready(comp):
-            return
-        try:
-            config = self._config(comp, rec.token)
-            archive = await asyncio.to_thread(self._archive_of, comp)
-            result = await asyncio.to_thread(self.containers.apply, config, archive,
-                                             stop_timeout=self.settings.container_stop_s)
-        except TransientError as exc:
-            self._docker_down(exc)
-            return
-        except (PermanentError, artifacts.ArtifactError, container_.ContainerSpecError,
-                recipe.RecipeVariableError) as exc:
-            rec.hold_revision = None
-            self.transition(rec, Event.START)
-            self.transition(rec, Event.FAILED, f"start: {exc}")
-            return
-        rec.hold_revision = None
-        self.transition(rec, Event.START)
-        what = f"container {result.container_id[:12]} ({result.action})"
-        if config.healthcheck is None:  # RUNNING = started and (no check or healthy)
-            self.transition(rec, Event.STARTED, what)
-        else:
-            rec.message = f"{what}; waiting for the health check"
-            self.save(rec)
-        self.container_logs.follow(comp.name, result.container_id)
-
-    async def _recover_container(self, comp: documents.ResolvedComponent) -> None:
-        rec = self.records[comp.name]
-        try:  # an unhealthy container still runs: restart means stop first
-            await asyncio.to_thread(self.containers.stop, comp.name,
-                                    self.settings.container_stop_s)
-        except TransientError as exc:
-            self._docker_down(exc)
-            return
-        except PermanentError as exc:
-            log.warning("%s: %s", comp.name, exc)
-        self.transition(rec, Event.RECOVER, "recovering")
-        await self._install_container(comp)
-        await self._start_container(comp)
-
-    async def apply_containers(self, actions: list[plan_.Action],
-                               doc: documents.DesiredState | None) -> None:
-        """Remove orphans (our labels, no record) and images nothing desired uses."""
-        if self._seen is None or self._containers is None:
-            return  # dockerd unknown, or never used by this agent: nothing of ours there
-        keep = [r.name for r in self.records.values() if _is_container(r)]
-        self.container_logs.forget(keep)
-        changed = bool(self._orphans) or self._gc_due or any(
-            a.runtime == "container" and a.verb in (plan_.Verb.REMOVE, plan_.Verb.INSTALL)
-            for a in actions)
-        if not changed:
-            return
-        self._gc_due = False
-        images = {c.container.image for c in (doc.components if doc else [])
-                  if c.container is not None}
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            images |= {c.container.image for c in documents.DesiredState.model_validate_json(
-                self.layout.last_good_file.read_bytes()).components if c.container}
-        try:
-            if self._orphans:
-                await asyncio.to_thread(self.containers.remove_orphans, keep,
-                                        self.settings.container_stop_s)
-            await asyncio.to_thread(self.containers.gc_images, images)
-        except TransientError as exc:
-            self._docker_down(exc)
-        except PermanentError as exc:
-            log.warning("container clean-up: %s", exc)
-
     # --- apply -----------------------------------------------------------------------
 
     async def apply(self, actions: list[plan_.Action],
                     doc: documents.DesiredState | None) -> None:
         assert doc is not None or not any(a.verb is not plan_.Verb.REMOVE for a in actions)
         by_name = {c.name: c for c in doc.components} if doc else {}
-        self._deferred, self._transient = set(), None
+        self.containers.begin_apply()
         to_prepare = [by_name.get(a.name) for a in actions
                       if a.verb is plan_.Verb.PREPARE]
         comps = [c for c in to_prepare if c is not None]
@@ -605,9 +272,7 @@ class Agent:
             failure = (await asyncio.to_thread(self._prepare, comps)
                        if any(c.artifacts or c.container for c in comps)
                        else self._prepare(comps))
-            transient = self._take_transient()
-            if transient is not None:
-                self._docker_down(transient)
+            self.containers.take_transient()
             if failure:
                 log.error("%s", failure)
                 self.fail(doc, failure)  # nothing stops, nothing starts
@@ -622,11 +287,11 @@ class Agent:
         # each waits only for its own dependencies in this plan.
         ups = [a for a in actions if a.verb in (plan_.Verb.INSTALL, plan_.Verb.START,
                                                   plan_.Verb.RECOVER)
-               and a.name not in self._deferred]
+               and a.name not in self.containers.deferred]
         for action in ups:
             comp = by_name.get(action.name)
             if action.verb is plan_.Verb.INSTALL and comp is not None:
-                self._ensure_record(comp)
+                self.ensure_record(comp)
         self.flush()
         verbs_of: dict[str, list[plan_.Verb]] = {}
         for action in ups:  # the plan lists dependencies first: chains see theirs
@@ -651,7 +316,7 @@ class Agent:
         """Fetch and verify every component's artifacts; the first failure, if any."""
         for comp in comps:
             if comp.container is not None:
-                failure = self._prepare_container(comp)
+                failure = self.containers.prepare(comp)
                 if failure:
                     return failure
                 continue
@@ -669,9 +334,9 @@ class Agent:
             await asyncio.gather(*deps, return_exceptions=True)
             self.runtime.finish_spawns()
         # The same verbs for both runtimes; only who carries them out differs.
-        steps = ({plan_.Verb.INSTALL: self._install_container,
-                  plan_.Verb.START: self._start_container,
-                  plan_.Verb.RECOVER: self._recover_container}
+        steps = ({plan_.Verb.INSTALL: self.containers.install,
+                  plan_.Verb.START: self.containers.start_one,
+                  plan_.Verb.RECOVER: self.containers.recover}
                  if comp.container is not None else
                  {plan_.Verb.INSTALL: self.install, plan_.Verb.START: self.start,
                   plan_.Verb.RECOVER: self.recover})
@@ -680,7 +345,7 @@ class Agent:
             if step is not None:
                 await step(comp)
 
-    def _context(self, comp: documents.ResolvedComponent,
+    def context(self, comp: documents.ResolvedComponent,
                  doc: documents.DesiredState | None) -> recipe.Context:
         def paths(c: documents.ResolvedComponent) -> recipe.Paths:
             return recipe.Paths(str(self.store.view_of(c)), str(self.store.unpacked_of(c)),
@@ -700,7 +365,7 @@ class Agent:
         step: component.Step | None = getattr(life, name)
         if step is None:
             return None
-        context = self._context(comp, self.applied)
+        context = self.context(comp, self.applied)
         try:
             script = recipe.render_text(step.script, context)
             env = recipe.render_env({**life.setenv, **step.setenv}, context)
@@ -720,7 +385,7 @@ class Agent:
     def _fail_event(self, result: process_.StepResult) -> Event:
         return Event.TIMED_OUT if result.timed_out else Event.FAILED
 
-    def _ensure_record(self, comp: documents.ResolvedComponent) -> records.Record:
+    def ensure_record(self, comp: documents.ResolvedComponent) -> records.Record:
         rec = self.records.get(comp.name)
         spec_hash = comp.spec_hash  # a hash of the whole spec: computed once
         if rec is None or rec.spec_hash != spec_hash:
@@ -733,7 +398,7 @@ class Agent:
         return rec
 
     async def install(self, comp: documents.ResolvedComponent) -> None:
-        rec = self._ensure_record(comp)
+        rec = self.ensure_record(comp)
         if rec.state is State.BROKEN:
             self.transition(rec, Event.RESET, "new desired revision")
         rec.installed_in = self.applied.revision if self.applied else ""
@@ -746,7 +411,7 @@ class Agent:
             return
         self.transition(rec, Event.INSTALLED, result.message if result else "")
 
-    def _deps_ready(self, comp: documents.ResolvedComponent) -> bool:
+    def deps_ready(self, comp: documents.ResolvedComponent) -> bool:
         for dep in comp.dependencies:
             other = self.records.get(dep.name)
             if other is None or other.state not in _DONE:
@@ -757,7 +422,7 @@ class Agent:
         rec = self.records.get(comp.name)
         if rec is None or rec.state not in (State.INSTALLED, State.FINISHED):
             return
-        if not self._deps_ready(comp):
+        if not self.deps_ready(comp):
             return  # a later pass starts it once its dependencies run (level-triggered)
         rec.hold_revision = None
         self.transition(rec, Event.START)
@@ -772,7 +437,7 @@ class Agent:
             else:
                 self.transition(rec, Event.STARTED)
             return
-        context = self._context(comp, self.applied)
+        context = self.context(comp, self.applied)
         try:
             script = recipe.render_text(life.run.script, context)
             env = recipe.render_env({**life.setenv, **life.run.setenv}, context)
@@ -793,8 +458,8 @@ class Agent:
         rec = self.records.get(name)
         if rec is None:
             return
-        if _is_container(rec):
-            await self._stop_container(rec, remove, hold, soft)
+        if containerbridge.is_container(rec):
+            await self.containers.stop_one(rec, remove, hold, soft)
             return
         comp = rec.component()
         self.transition(rec, Event.STOP_REQUESTED)
@@ -807,7 +472,7 @@ class Agent:
                             result.message if result and not result.ok else "stopped")
         else:
             await self.runtime.terminate(name, ref)
-        self._stopped(rec, remove, hold)
+        self.stopped(rec, remove, hold)
 
     async def recover(self, comp: documents.ResolvedComponent) -> None:
         rec = self.records[comp.name]
@@ -875,7 +540,7 @@ class Agent:
         elif all(r is not None and r.state in _DONE for r in mine):
             entry.update(outcome="SUCCEEDED", finished=time.time())
             self._due[self.layout.last_good_file] = documents.render_bytes(doc)
-            self._gc_due = True  # images only the previous good state used may go now
+            self.containers.gc_due = True  # images only the previous good state used may go now
             self.save_history()
             log.info("deployment %s succeeded", doc.revision)
         elif time.time() - entry["started"] > self.settings.deployment_timeout_s:
@@ -900,14 +565,14 @@ class Agent:
             outcome = documents.DeploymentOutcome(
                 revision=revision, outcome=documents.Outcome(entry["outcome"]),
                 reason=entry.get("reason", ""), rolled_back_to=entry.get("rolled_back_to"))
-        docker_down = self.docker_available is False
+        docker_down = self.containers.available is False
         comps = [documents.ComponentReport(
             name=r.name, version=r.version, state=r.state,
-            message=(self.docker_message if docker_down and _is_container(r)
+            message=(self.containers.message if docker_down and containerbridge.is_container(r)
                      else r.message)[:512])
                  for r in sorted(self.records.values(), key=lambda r: r.name)]
         bad = any(r.state in (State.ERRORED, State.BROKEN) for r in self.records.values())
-        bad = bad or (docker_down and self._wants_docker(self.applied))
+        bad = bad or (docker_down and self.containers.wants(self.applied))
         return documents.StatusReport(
             thing=self.thing, sequence=self.sequence,
             time=datetime.datetime.now(datetime.UTC),
@@ -942,10 +607,10 @@ class Agent:
         for rec in self.records.values():
             if rec.state is State.ERRORED and rec.retry_at is not None:
                 deadline = min(deadline, rec.retry_at)
-            if rec.state is State.STARTING and _is_container(rec):
+            if rec.state is State.STARTING and containerbridge.is_container(rec):
                 deadline = min(deadline, now + 1.0)  # health checks (events wake us too)
-        if self.docker_available is False:
-            deadline = min(deadline, self._docker_retry_at)
+        if self.containers.available is False:
+            deadline = min(deadline, self.containers.retry_at)
         return max(0.0, deadline - now)
 
     async def _watch_files(self) -> None:
@@ -965,10 +630,7 @@ class Agent:
         self.adopt()
         server = await control.serve(self)
         watcher = asyncio.create_task(self._watch_files())
-        self._loop = asyncio.get_running_loop()
-        self._events_stop.clear()
-        if self._containers is not None:
-            self._watch_docker_events(self._loop)
+        self.containers.start(asyncio.get_running_loop())
         self.wake.set()
         try:
             if ready is not None:
@@ -984,7 +646,7 @@ class Agent:
                     log.exception("reconcile pass failed; retrying at the next wake")
                     await asyncio.sleep(1.0)
         finally:
-            self._events_stop.set()
+            self.containers.stop()
             watcher.cancel()
             server.close()
             with contextlib.suppress(FileNotFoundError):

@@ -56,10 +56,11 @@ def _agent_run(args: argparse.Namespace) -> int:
     import signal
 
     from hedgerow.agent import agent as agent_
+    from hedgerow.agent import settings as settings_
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("watchfiles").setLevel(logging.WARNING)
-    settings = agent_.Settings(resync_s=args.resync, default_user=args.default_user,
+    settings = settings_.Settings(resync_s=args.resync, default_user=args.default_user,
                                deployment_timeout_s=args.deployment_timeout,
                                settle_s=args.settle)
     the_agent = agent_.Agent(args.root, args.thing, settings)
@@ -157,18 +158,39 @@ def _logs(args: argparse.Namespace) -> int:
             if line[:19] >= since:
                 print(line)
     if args.follow:
-        with path.open(errors="replace") as handle:
-            handle.seek(0, os.SEEK_END)
-            try:
-                while True:
-                    line = handle.readline()
-                    if line:
-                        print(line, end="", flush=True)
-                    else:
-                        time.sleep(0.2)
-            except KeyboardInterrupt:
-                return 0
+        try:
+            _follow(path)
+        except KeyboardInterrupt:
+            return 0
     return 0
+
+
+def _follow(path: pathlib.Path) -> None:
+    """Print lines appended to `path`, across rotations: once the writer has moved the
+    file aside (rename) and started a new one, the rest of the old one is printed, then
+    the new one from its start — nothing is skipped or printed twice."""
+    handle = path.open(errors="replace")
+    handle.seek(0, os.SEEK_END)
+    try:
+        while True:
+            line = handle.readline()
+            if line:
+                print(line, end="", flush=True)
+                continue
+            try:
+                rotated = path.stat().st_ino != os.fstat(handle.fileno()).st_ino
+            except FileNotFoundError:
+                rotated = False  # between the rename and the new file: wait for it
+            if rotated:
+                rest = handle.read()
+                if rest:
+                    print(rest, end="", flush=True)
+                handle.close()
+                handle = path.open(errors="replace")
+            else:
+                time.sleep(0.2)
+    finally:
+        handle.close()
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

@@ -65,7 +65,7 @@ async def _dispatch(agent: Agent, request: dict[str, Any]) -> Any:
     name = request.get("name", "")
     if op == "status":
         return {**agent.report().to_dict(), "runtimes": {"container": {
-            "available": agent.docker_available, "message": agent.docker_message}}}
+            "available": agent.containers.available, "message": agent.containers.message}}}
     if op == "logs.get":
         return await _logs(agent, name, float(request.get("since") or 0))
     if op == "component.list":
@@ -115,7 +115,7 @@ async def _logs(agent: Agent, name: str, since: float) -> list[str]:
         from hedgerow.agent.dockererrors import ContainerRuntimeError
 
         def read() -> list[str]:
-            return list(agent.containers.logs(name, since=since or None))
+            return list(agent.containers.runtime.logs(name, since=since or None))
         try:
             return await asyncio.to_thread(read)
         except ContainerRuntimeError as exc:

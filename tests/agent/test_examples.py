@@ -55,6 +55,16 @@ def test_logs_get_follow_prints_new_lines(agent: AgentProcess) -> None:
         # Old lines first, then lines written after `logs get` started, in order.
         assert ticks == sorted(ticks) and ticks[-1] - ticks[0] >= 5, seen
         assert all(line[10] == "T" for line in seen if line.strip())
+        # Rotation (what the log writer does at its size limit): following goes on in
+        # the new file, with no tick lost or repeated.
+        log.replace(log.with_name("talker.log.1"))
+        more: list[str] = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(more) < 20:
+            more.append(follow.stdout.readline())
+        after = [int(line.split()[-1]) for line in more if "tick" in line]
+        assert after == list(range(ticks[-1] + 1, ticks[-1] + 1 + len(after))), more
+        assert len(after) == 20
     finally:
         follow.terminate()
         follow.wait(5)

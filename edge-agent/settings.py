@@ -1,0 +1,25 @@
+"""The agent's tunables (`hedgerow agent run` flags map onto these)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hedgerow.core import lifecycle
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    resync_s: float = 30.0
+    deployment_timeout_s: float = 600.0
+    # A revision succeeds once every component has been RUNNING/FINISHED this long: a
+    # process that crashes right after starting must fail the deployment, not pass it.
+    settle_s: float = 2.0
+    kill_grace_s: float = 5.0
+    default_user: str = "nobody"
+    log_max_bytes: int = 1 << 20
+    log_keep: int = 3
+    policy: lifecycle.Policy = dataclasses.field(default_factory=lifecycle.Policy)
+    container_stop_s: int = 10         # SIGTERM → SIGKILL for containers
+    docker_backoff_base_s: float = 1.0  # retrying an unreachable dockerd
+    docker_backoff_cap_s: float = 30.0
+    orphan_scan_s: float = 60.0        # look for our labels even with no container wanted
