@@ -628,6 +628,7 @@ class Agent:
 
         self.layout.ensure()
         self.adopt()
+        await asyncio.to_thread(self.runtime.warm_up)
         server = await control.serve(self)
         watcher = asyncio.create_task(self._watch_files())
         self.containers.start(asyncio.get_running_loop())

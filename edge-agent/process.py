@@ -17,6 +17,7 @@ after a restart is known too.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import fcntl
@@ -28,6 +29,7 @@ import shlex
 import shutil
 import signal
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -105,6 +107,9 @@ class _Launch:
     ref: records.ProcessRef  # pid 0 until launched
 
 
+_BORN_MAX = 4  # launches in one batch that are born in the shared cgroup, not moved
+
+
 class Child:
     """A spawned process the agent is the parent of (a tiny Popen for posix_spawn)."""
 
@@ -134,6 +139,9 @@ class Child:
             except ChildProcessError:
                 self.returncode = 255
         return self.returncode
+
+
+_Done = asyncio.Future[tuple[Child, records.ProcessRef]]  # a launch, answered
 
 
 async def wait_exit(proc: Child, timeout: float | None) -> int | None:
@@ -203,8 +211,9 @@ class ProcessRuntime:
         self._pending_logs: list[tuple[int, str]] = []  # pipe read ends, log paths
         self._pending_refs: list[records.ProcessRef] = []  # start times still to read
         self._identities: dict[tuple[str | None, bool], tuple[Identity, float]] = {}
-        self._launches: list[tuple[_Launch, asyncio.Future[tuple[Child,
-                                                                  records.ProcessRef]]]] = []
+        self._launches: list[tuple[_Launch, _Done]] = []
+        self._spawn_thread: concurrent.futures.ThreadPoolExecutor | None = None
+        self._born: set[asyncio.Future[None]] = set()
         # Resolved once: posix_spawn takes a path. Missing, the spawn fails with a clear
         # "No such file or directory: 'setpriv'" instead of running a step as root.
         self.setpriv = shutil.which("setpriv", path=_SAFE_PATH) or "setpriv"
@@ -262,7 +271,7 @@ class ProcessRuntime:
         64 KiB until the writer starts) and before the ref is recorded."""
         launch = self._prepare_launch(record, comp, step_name, step, script, env)
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[tuple[Child, records.ProcessRef]] = loop.create_future()
+        done: _Done = loop.create_future()
         self._launches.append((launch, done))
         if len(self._launches) == 1:
             loop.call_soon(self._launch_all)
@@ -293,15 +302,48 @@ class ProcessRuntime:
 
     def _launch_all(self) -> None:
         launches, self._launches = self._launches, []
+        shared = [(la, d) for la, d in launches if la.cgroup == cgroups_.SHARED]
+        if 0 < len(shared) <= _BORN_MAX and self.cgroups.is_inherited(cgroups_.SHARED):
+            # A few: born in the shared cgroup, spawned by a thread that sits there. The
+            # kernel makes the first move of a process in a while wait for an RCU grace
+            # period (5-20 ms here); the moves right after it are cheap (0.02 ms). So a
+            # batch of many moves each (the first pays once); one alone is not moved.
+            launches = [x for x in launches if x not in shared]
+            born = asyncio.ensure_future(self._launch_born(shared))
+            self._born.add(born)  # held until done: the loop keeps only weak references
+            born.add_done_callback(self._born.discard)
         for launch, done in launches:
-            if done.cancelled():
-                continue
-            try:
-                done.set_result(self._launch(launch))
-            except (OSError, cgroups_.LimitError) as exc:
-                done.set_exception(exc)
+            self._settle(launch, done, self._try_spawn(launch, move=True))
 
-    def _launch(self, launch: _Launch) -> tuple[Child, records.ProcessRef]:
+    async def _launch_born(self, batch: list[tuple[_Launch, _Done]]) -> None:
+        results = await asyncio.get_running_loop().run_in_executor(
+            self._spawner(), lambda: [self._try_spawn(la, move=False) for la, _ in batch])
+        for (launch, done), result in zip(batch, results, strict=True):
+            self._settle(launch, done, result)
+
+    def _spawner(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The thread that spawns what is born in the shared cgroup (it sits there)."""
+        if self._spawn_thread is None:
+            self.cgroups.create(cgroups_.SHARED, None)
+            self._spawn_thread = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="spawner", initializer=lambda: self.cgroups.enter(
+                    cgroups_.SHARED, threading.get_native_id()))
+        return self._spawn_thread
+
+    def warm_up(self) -> None:
+        """Pay the spawner thread's own move at start, not at the first component's."""
+        if self.cgroups.is_inherited(cgroups_.SHARED):
+            self._spawner().submit(lambda: None).result()
+
+    def _try_spawn(self, launch: _Launch, move: bool) -> tuple[int, int] | Exception:
+        """posix_spawn one step; with `move`, put it into its cgroup; open its gate.
+        System calls only (no shared state): safe on the spawner thread."""
+        try:
+            return self._spawn_process(launch, move)
+        except (OSError, cgroups_.LimitError) as exc:
+            return exc
+
+    def _spawn_process(self, launch: _Launch, move: bool) -> tuple[int, int]:
         log_r, log_w = os.pipe()
         gate_r, gate_w = os.pipe() if launch.cgroup else (-1, -1)
         actions: list[tuple[int, ...] | tuple[int, int, str, int, int]] = [
@@ -321,18 +363,33 @@ class ProcessRuntime:
             for fd in (log_w, gate_r):
                 if fd >= 0:
                     os.close(fd)
+        if launch.cgroup:
+            try:  # into the cgroup, then through the gate; a failed move closes it shut
+                if move:
+                    self.cgroups.attach(launch.cgroup, pid)
+                os.write(gate_w, b"\n")
+            except BaseException:
+                os.close(log_r)  # its shell reads EOF at the gate and exits 125
+                raise
+            finally:
+                os.close(gate_w)
+        return pid, log_r
+
+    def _settle(self, launch: _Launch, done: _Done,
+                result: tuple[int, int] | Exception) -> None:
+        """Back on the loop: account for the spawned process, answer the spawner."""
+        if isinstance(result, Exception):
+            if not done.done():
+                done.set_exception(result)
+            return
+        pid, log_r = result
         self._pending_logs.append((log_r, launch.log_path))
         child = Child(pid)
         self.children[pid] = child
-        if launch.cgroup:
-            try:  # into the cgroup, then through the gate; a failed move closes it shut
-                self.cgroups.attach(launch.cgroup, pid)
-                os.write(gate_w, b"\n")
-            finally:
-                os.close(gate_w)
         ref = launch.ref.model_copy(update={"pid": pid})
         self._pending_refs.append(ref)
-        return child, ref
+        if not done.done():
+            done.set_result((child, ref))
 
     def finish_spawns(self) -> None:
         """Complete the steps spawned since the last call: their start times (read now,

@@ -105,3 +105,17 @@ def test_components_share_one_cgroup_unless_limited_and_stop_finds_daemons(
              5, "the daemon that left b's process group")
     # A device that never ran a container never loaded Docker, nor looks for orphans.
     assert not (agent.root / "state" / "docker-used").exists()
+
+
+def test_a_large_batch_lands_in_the_shared_cgroup_and_the_agent_stays_out(
+    agent: AgentProcess,
+) -> None:
+    # More than a few at once are moved there one by one (not born there): both paths
+    # must end in the same place, and the agent itself must not share its components' CPU.
+    names = [f"n{i}" for i in range(8)]
+    agent.deploy(*(rc(n) for n in names))
+    agent.wait_states(dict.fromkeys(names, "RUNNING"))
+    for name in names:
+        assert _cpu_cgroup(agent.record(name)["process"]["pid"]) == f"/hedgerow/{THING}/_shared"
+    assert agent.proc is not None
+    assert _cpu_cgroup(agent.proc.pid) == _cpu_cgroup(os.getpid())  # where it was started

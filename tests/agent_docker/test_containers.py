@@ -261,10 +261,14 @@ def test_ports_bind_to_loopback(
     runtime.apply(config)
 
     def fetch() -> bytes:
+        """The whole answer (headers and body may come in separate reads), or b""."""
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
                 conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
-                return conn.recv(4096)
+                answer = b""
+                while chunk := conn.recv(4096):
+                    answer += chunk
+                return answer
         except OSError:
             return b""
     assert b"up" in wait_for(fetch)
