@@ -2,8 +2,8 @@
 inventory of a component's processes.
 
 Every component process runs inside hedgerow/<thing> (per thing: two agents on one
-machine never share a cgroup), moved there before it runs a single instruction (see
-process.py's gate). That folder weighs, for the scheduler, as much as the agent itself:
+machine never share a cgroup) from its first instruction: born there, or moved there
+while it waits at its gate (see process.py). That folder weighs, for the scheduler, as much as the agent itself:
 all components together, however many start at once or spin, cannot starve the agent's
 loop (each component is its own session, so without this every one of them would weigh
 as much as the agent).
@@ -13,7 +13,10 @@ as much as the agent).
 - The others share the leaf hedgerow/<thing>/_shared (no component name starts with
   "_"): a cgroup of their own costs more than spawning the process (~1 ms on v1), and
   their process group plus the marker every descendant inherits find what they started
-  — Greengrass, too, uses cgroups only for limits.
+  — Greengrass, too, uses cgroups only for limits. On v1 one thread of the agent (its
+  spawner) sits in the shared leaf's cpu cgroup, so what it spawns is born there; the
+  agent's other threads stay where the agent was started. Never kill by this leaf's
+  cgroup.procs: it lists the agent.
 
 cgroup v2 (unified) when the machine has it, v1 otherwise (memory + cpu hierarchies for
 limits, cpu alone for the shared leaf); without a writable cgroupfs (not root) limits
