@@ -3,10 +3,10 @@ inventory of a component's processes.
 
 Every component process runs inside hedgerow/<thing> (per thing: two agents on one
 machine never share a cgroup) from its first instruction: born there, or moved there
-while it waits at its gate (see process.py). That folder weighs, for the scheduler, as much as the agent itself:
-all components together, however many start at once or spin, cannot starve the agent's
-loop (each component is its own session, so without this every one of them would weigh
-as much as the agent).
+while it waits at its gate (see process.py). That folder weighs, for the scheduler, as
+much as the agent itself: all components together, however many start at once or spin,
+cannot starve the agent's loop (each component is its own session, so without this
+every one of them would weigh as much as the agent).
 
 - A component with limits gets hedgerow/<thing>/<name>: the limits apply there, and the
   folder lists everything it forked, including daemons that left its process group.

@@ -1,19 +1,21 @@
-"""The process runtime: lifecycle steps as real processes (one of the runtimes behind plan).
+"""The process runtime: lifecycle steps as real processes (one of the runtimes behind
+plan).
 
 Each step runs `/bin/sh -c SCRIPT` in its own session (so its process group can be
 signalled as a whole and it survives the agent), as the component's user, with a clean
 environment, stdin from /dev/null and stdout/stderr into a logpipe process, never into
 the agent. Spawning is `os.posix_spawn` (vfork-like: the agent is never copied) of
-`setpriv` (util-linux), which drops to the component's user and execs the shell: one exec
-more than running the shell itself, the cheapest privilege drop that does not fork the
-agent. The shell waits at a gate (a pipe) until it is in its cgroup (see cgroups.py),
-so not one instruction of the script, and nothing it forks, runs outside: the agent
-moves it there, or — a few components without limits on cgroup v1 — it is born there,
-spawned by a thread that sits in the shared cgroup (moving a process costs the kernel an
-RCU grace period, 5-20 ms, unless another move came just before). A component without limits shares a cgroup with the others and is tracked by
-its process group and the marker every descendant inherits (HEDGEROW_INSTANCE). An EXIT
-trap leaves the exit code in the work folder, so the code of a process the agent adopted
-after a restart is known too.
+`setpriv` (util-linux), which drops to the component's user and execs the shell: one
+exec more than running the shell itself, the cheapest privilege drop that does not fork
+the agent. The shell waits at a gate (a pipe) until it is in its cgroup (see
+cgroups.py), so not one instruction of the script, and nothing it forks, runs outside:
+the agent moves it there, or — a few components without limits on cgroup v1 — it is born
+there, spawned by a thread that sits in the shared cgroup (moving a process costs the
+kernel an RCU grace period, 5-20 ms, unless another move came just before). A component
+without limits shares a cgroup with the others and is tracked by its process group and
+the marker every descendant inherits (HEDGEROW_INSTANCE). An EXIT trap leaves the exit
+code in the work folder, so the code of a process the agent adopted after a restart is
+known too.
 """
 
 from __future__ import annotations
