@@ -373,10 +373,15 @@ class ProcessRuntime:
                     self.cgroups.attach(launch.cgroup, pid)
                 os.write(gate_w, b"\n")
             except BaseException:
-                os.close(log_r)  # its shell reads EOF at the gate and exits 125
+                os.close(log_r)
+                os.close(gate_w)  # its shell reads EOF at the gate and exits 125: reap it
+                gate_w = -1
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
                 raise
             finally:
-                os.close(gate_w)
+                if gate_w >= 0:
+                    os.close(gate_w)
         return pid, log_r
 
     def _settle(self, launch: _Launch, done: _Done,
