@@ -3,23 +3,27 @@
 Alternates, in the same run, an agent round (write desired.json, wait until status.json
 shows every component RUNNING) with bare rounds that spawn the same processes with
 `subprocess.Popen`, for 1 and 50 components. Targets: p50 within +20 ms, p99 within
-+50 ms.
++50 ms. p99 of 100 (1 component) or 10 rounds (50) is their slowest round.
 
 "The same processes" is what the agent starts: `/bin/sh -c SCRIPT` in a session of its
 own, as the component's user (the agent runs as root; components default to `nobody`).
 The target figures compare against bare `subprocess` doing exactly that
 (`Popen(..., user=, group=, extra_groups=[], start_new_session=True)`, from a small
-interpreter of its own: `_bare_spawner.py`): the overhead is
-what the agent adds — reading and validating the document, planning, records, the
-cgroup-free start gate, logs, status — not the kernel's price of a different user, which
-no runner can avoid. For full disclosure the overhead against spawning as root without
-a user switch is printed too (`*_vs_root`, report only): on the 2-core test machine
-about half of what remains there is exec'ing `setpriv` and the user switch itself.
+interpreter of its own: `_bare_spawner.py`), once the agent's pass is over: the
+overhead is what the agent adds — reading and validating the document, planning,
+records, the cgroup and its gate, logs, status — not the kernel's price of a different
+user, which no runner can avoid. For full disclosure the overhead against spawning as
+root without a user switch is printed too (`*_vs_root`, report only).
 
-History (same machine, p50 / p99, 1 and 50 components, vs the root baseline):
-  first version: +52 / +122 ms and +990 / +2022 ms;
-  batched records, posix_spawn, one log writer per pass: +22 / +58 ms, +190 / +230 ms;
-  no cgroup without limits, one exec less, durable writes after the status: see the run.
+History (same machine, 2 cores; p50 / p99 for 1 and 50 components):
+  vs root   first version:                        +52 / +122,  +990 / +2022 ms
+  vs root   batched records, posix_spawn, one log writer per pass:
+                                                  +22 / +58,   +190 / +230 ms
+  same user status before persistence, one exec less, batched launches, a shared
+            cgroup (born there or moved): +7..+10 / +39..+54,  +31..+51 / +55..+77 ms
+            (vs root in the same runs:      +8 / +50..+55,     +64 / +95 ms)
+BENCH_VERBOSE=1 prints every round; BENCH_AGENT_LOG=FILE keeps the agent's debug log
+(each pass's time to the status).
 """
 
 from __future__ import annotations
