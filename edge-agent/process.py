@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import fcntl
 import grp
+import logging
 import os
 import pathlib
 import pwd
@@ -43,6 +44,7 @@ from hedgerow.agent import records
 from hedgerow.agent.layout import Layout
 from hedgerow.core import component, documents
 
+log = logging.getLogger("hedgerow.agent")
 DEFAULT_TIMEOUTS: Mapping[str, float | None] = {
     "install": 120.0, "startup": 120.0, "shutdown": 15.0, "recover": 60.0, "run": None}
 _LOGPIPE = str(pathlib.Path(__file__).with_name("logpipe.py"))
@@ -307,7 +309,7 @@ class ProcessRuntime:
     def _launch_all(self) -> None:
         launches, self._launches = self._launches, []
         shared = [(la, d) for la, d in launches if la.cgroup == cgroups_.SHARED]
-        if 0 < len(shared) <= _BORN_MAX and self.cgroups.is_inherited(cgroups_.SHARED):
+        if 0 < len(shared) <= _BORN_MAX and self._spawn_thread is not None:
             # A few: born in the shared cgroup, spawned by a thread that sits there. The
             # kernel makes the first move of a process in a while wait for an RCU grace
             # period (5-20 ms here); the moves right after it are cheap (0.02 ms). So a
@@ -320,24 +322,32 @@ class ProcessRuntime:
             self._settle(launch, done, self._try_spawn(launch, move=True))
 
     async def _launch_born(self, batch: list[tuple[_Launch, _Done]]) -> None:
-        results = await asyncio.get_running_loop().run_in_executor(
-            self._spawner(), lambda: [self._try_spawn(la, move=False) for la, _ in batch])
+        assert self._spawn_thread is not None
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._spawn_thread,
+                lambda: [self._try_spawn(la, move=False) for la, _ in batch])
+        except Exception as exc:  # whatever it is, no spawn may wait forever
+            results = [exc] * len(batch)
         for (launch, done), result in zip(batch, results, strict=True):
             self._settle(launch, done, result)
 
-    def _spawner(self) -> concurrent.futures.ThreadPoolExecutor:
-        """The thread that spawns what is born in the shared cgroup (it sits there)."""
-        if self._spawn_thread is None:
-            self.cgroups.create(cgroups_.SHARED, None)
-            self._spawn_thread = concurrent.futures.ThreadPoolExecutor(
-                1, thread_name_prefix="spawner", initializer=lambda: self.cgroups.enter(
-                    cgroups_.SHARED, threading.get_native_id()))
-        return self._spawn_thread
-
     def warm_up(self) -> None:
-        """Pay the spawner thread's own move at start, not at the first component's."""
-        if self.cgroups.is_inherited(cgroups_.SHARED):
-            self._spawner().submit(lambda: None).result()
+        """At start: the spawner thread, moved into the shared cgroup (the kernel's grace
+        period is waited for now, not at the first component's start). Without it — not
+        v1, not called, or the move failed — every process is moved instead."""
+        if self._spawn_thread is not None or not self.cgroups.is_inherited(cgroups_.SHARED):
+            return
+        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="spawner")
+        try:
+            self.cgroups.create(cgroups_.SHARED, None)
+            pool.submit(lambda: self.cgroups.enter(
+                cgroups_.SHARED, threading.get_native_id())).result()
+        except OSError as exc:
+            pool.shutdown()
+            log.warning("components will be moved into their cgroup one by one: %s", exc)
+            return
+        self._spawn_thread = pool
 
     def _try_spawn(self, launch: _Launch, move: bool) -> tuple[int, int] | Exception:
         """posix_spawn one step; with `move`, put it into its cgroup; open its gate.
