@@ -308,6 +308,7 @@ class ProcessRuntime:
 
     def _launch_all(self) -> None:
         launches, self._launches = self._launches, []
+        launches = [(la, d) for la, d in launches if not d.cancelled()]  # nobody waits
         shared = [(la, d) for la, d in launches if la.cgroup == cgroups_.SHARED]
         if 0 < len(shared) <= _BORN_MAX and self._spawn_thread is not None:
             # A few: born in the shared cgroup, spawned by a thread that sits there. The
