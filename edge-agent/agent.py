@@ -91,16 +91,17 @@ class Agent:
         spawned was written then (`flush`), and a crash in between only means the
         restart converges from one pass earlier."""
         self.runtime.finish_spawns()
-        due, self._due = self._due, {}
+        due = dict(self._due)
         if self._dirty:
-            self._dirty = False
             due[self.layout.records] = records.render_all(self.records)
         history = json.dumps(self.history, sort_keys=True, indent=1).encode()
         if history != self._history_written:
             due[self.layout.history_file] = history
         if due:
-            files.write_atomic_all(due)
-            self._history_written = history
+            files.write_atomic_all(due)  # raises (disk full …): all stays due for next pass
+        self._due.clear()
+        self._dirty = False
+        self._history_written = history
 
     def flush(self) -> None:
         """Write every record at once (temp, fsync, rename, fsync dir). Called before the
@@ -108,8 +109,8 @@ class Agent:
         before awaiting a step, after a process exit, at the end of every pass."""
         self.runtime.finish_spawns()  # a recorded process has its start time
         if self._dirty:
-            self._dirty = False
             records.save_all(self.layout.records, self.records)
+            self._dirty = False
 
     def transition(self, rec: records.Record, event: Event, message: str = "") -> None:
         before = rec.state
