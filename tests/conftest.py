@@ -10,6 +10,7 @@ from __future__ import annotations
 import pathlib
 import subprocess
 from collections.abc import Iterator
+from typing import Any
 
 import docker
 import pytest
@@ -49,3 +50,12 @@ def apiserver() -> Iterator[apiserver_.ApiServer]:
     with apiserver_.ApiServer() as server:
         server.apply_crds(ROOT / "crds")
         yield server
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Keep the call phase's report on the item: fixtures print logs when it failed."""
+    rep = yield
+    if rep.when == "call":
+        item.rep_call = rep  # type: ignore[attr-defined]
+    return rep

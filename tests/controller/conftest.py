@@ -96,12 +96,6 @@ def controller_factory(
         print("---- controller log (tail) ----\n" + started[0].output()[-6000:])
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    rep = yield
-    if rep.when == "call":
-        item.rep_call = rep  # type: ignore[attr-defined]
-    return rep
 
 
 class Devices:

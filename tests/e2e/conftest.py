@@ -310,11 +310,3 @@ def _logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
     rep = getattr(request.node, "rep_call", None)
     if rep is not None and rep.failed and "fleet" in request.fixturenames:
         print(request.getfixturevalue("fleet").dump())
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    rep = yield
-    if rep.when == "call":
-        item.rep_call = rep  # type: ignore[attr-defined]
-    return rep
