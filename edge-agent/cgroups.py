@@ -134,11 +134,10 @@ class Cgroups:
         return any(path.is_dir() for path in self._dirs(name).values())
 
     def attach(self, name: str, pid: int) -> None:
-        """Move the single-threaded process `pid` (a shell at its gate) into `name`. On
-        v1 through `tasks` (one thread is the whole shell): back to back, 0.02 ms a move
-        against 0.18 ms through cgroup.procs on the test machine. The first move after a
-        quiet spell waits for an RCU grace period either way (see process.py)."""
-        file = "tasks" if self.version == 1 else "cgroup.procs"
+        """Move process `pid` (a shell at its gate) into `name`. Back to back a move costs
+        ~0.03 ms; the first after a quiet spell waits for an RCU grace period, ~7.5 ms
+        on the test machine (`python -m bench cgroup_moves`; see process.py)."""
+        file = "cgroup.procs"
         for path in self._dirs(name).values():
             try:
                 fd = os.open(path / file, os.O_WRONLY)
@@ -174,8 +173,8 @@ class Cgroups:
     def remove(self, name: str) -> None:
         """Remove the component's own cgroup (rmdir only succeeds when it is empty: never
         strands a process). The shared one and the thing's folder stay for the agent's
-        lifetime: empty they cost nothing, while a process is slow to move into a cgroup
-        just made (5-10 ms on v1, against 0.02 ms) — every first start would pay."""
+        lifetime: empty they cost nothing, on v1 the agent's spawner thread sits in the
+        shared one, and making it again would cost every first start a mkdir."""
         for path in self._dirs(name).values():
             with contextlib.suppress(OSError):
                 path.rmdir()

@@ -11,7 +11,7 @@ the agent. The shell waits at a gate (a pipe) until it is in its cgroup (see
 cgroups.py), so not one instruction of the script, and nothing it forks, runs outside:
 the agent moves it there, or — a few components without limits on cgroup v1 — it is born
 there, spawned by a thread that sits in the shared cgroup (moving a process costs the
-kernel an RCU grace period, 5-20 ms, unless another move came just before). A component
+kernel an RCU grace period, ~7.5 ms, unless another move came just before). A component
 without limits shares a cgroup with the others and is tracked by its process group and
 the marker every descendant inherits (HEDGEROW_INSTANCE). An EXIT trap leaves the exit
 code in the work folder, so the code of a process the agent adopted after a restart is
@@ -313,7 +313,7 @@ class ProcessRuntime:
         if 0 < len(shared) <= _BORN_MAX and self._spawn_thread is not None:
             # A few: born in the shared cgroup, spawned by a thread that sits there. The
             # kernel makes the first move of a process in a while wait for an RCU grace
-            # period (5-20 ms here); the moves right after it are cheap (0.02 ms). So a
+            # period (~7.5 ms here); the moves right after it are cheap (~0.03 ms). So a
             # batch of many moves each (the first pays once); one alone is not moved.
             launches = [x for x in launches if x not in shared]
             born = asyncio.ensure_future(self._launch_born(shared))
