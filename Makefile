@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= .demo
 PYTEST_ARGS ?=
 
-.PHONY: help setup system venv image apiserver lint crds check-crds test unit bench demo demo-down clean
+.PHONY: help setup system venv gate image apiserver lint crds check-crds test unit bench demo demo-down clean
 
 help:
 	@echo "make demo        the fleet on this machine: API server, broker, controller, 3 agents, examples/"
@@ -19,8 +19,9 @@ help:
 	@echo "make unit        only the fast tests (no API server, Docker or broker)"
 	@echo "make bench       run every benchmark (python -m bench lists them)"
 	@echo "make crds        regenerate crds/ from the models in hedgerow.core"
+	@echo "make gate        build the agent's hedgerow-gate (edge-agent/gate/; setpriv without it)"
 
-setup: system venv image apiserver
+setup: system venv gate image apiserver
 
 system:
 	@scripts/setup-system.sh
@@ -31,6 +32,16 @@ $(STAMP): pyproject.toml
 	@$(PY) -m pip install -q --upgrade pip
 	@$(PY) -m pip install -q -e '.[test]'
 	@touch $@
+
+# The agent's first program of every step it starts as another user (gate/gate.c).
+# Freestanding on x86_64 (no libc: nothing to load), a static program elsewhere.
+GATE := edge-agent/gate/hedgerow-gate
+gate: $(GATE)
+$(GATE): edge-agent/gate/gate.c
+	@case "$$(uname -m)" in \
+	  x86_64) mode="-nostdlib -ffreestanding -fno-stack-protector -fno-builtin" ;; \
+	  *) mode="" ;; \
+	esac; cc -O2 -Wall -Wextra -Werror -static $$mode -o $@.tmp $< && mv $@.tmp $@
 
 image: system
 	@scripts/build-test-image.sh
@@ -64,4 +75,4 @@ demo-down:
 	@scripts/demo.sh down "$(DEMO_DIR)"
 
 clean: demo-down
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache $(GATE)

@@ -13,11 +13,13 @@ declare -A PACKAGES=(
   [busybox]=busybox-static
   [openssl]=openssl
   [iptables]=iptables
+  [cc]="gcc libc6-dev"
 )
 missing=()
 for cmd in "${!PACKAGES[@]}"; do
   if ! command -v "$cmd" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$cmd" ] && ! [ -x "/bin/$cmd" ]; then
-    missing+=("${PACKAGES[$cmd]}")
+    read -ra pkgs <<<"${PACKAGES[$cmd]}"
+    missing+=("${pkgs[@]}")
   fi
 done
 if [ ${#missing[@]} -gt 0 ]; then

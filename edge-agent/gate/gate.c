@@ -1,0 +1,128 @@
+/*
+ * hedgerow-gate UID GID PROGRAM [ARG...]
+ *
+ * The first program of every lifecycle step that the agent (root) starts as another
+ * user; it takes the place of `setpriv --reuid --regid --clear-groups`:
+ *
+ *   1. wait for one byte on fd 3, the gate. The agent writes it once this process is
+ *      in its cgroup, so nothing of the step runs, or forks, outside it. EOF (the
+ *      agent could not place it and gave up on it): exit 125;
+ *   2. close the gate; drop the supplementary groups, then set the real, effective
+ *      and saved gid, then uid (no way back to root; exec clears the capabilities);
+ *   3. exec PROGRAM with ARGs and the environment as given.
+ *
+ * Exit codes like a shell's: 125 gate closed, 126 privileges not dropped, 127 usage
+ * or exec failure; a one-line reason goes to stderr (the component's log).
+ *
+ * Why a program of our own: on these machines starting a process costs ~0.7 ms of CPU
+ * and setpriv another ~1.3 ms (dynamic loading, libcap-ng reading /proc), paid 50
+ * times when a deployment starts 50 components while the agent works through them.
+ * Built freestanding where the system calls below are written out (x86_64), it adds
+ * nothing measurable to the exec it precedes; elsewhere it is an ordinary static
+ * program. The agent falls back to setpriv when it is not built (see process.py).
+ */
+
+#if defined(__x86_64__) && !defined(HEDGEROW_GATE_HOSTED)
+#define FREESTANDING 1
+enum { NR_read = 0, NR_write = 1, NR_close = 3, NR_execve = 59, NR_exit = 60,
+       NR_setgroups = 116, NR_setresuid = 117, NR_setresgid = 119 };
+
+static long sys3(long n, long a, long b, long c) {
+    long r;
+    __asm__ volatile("syscall" : "=a"(r) : "a"(n), "D"(a), "S"(b), "d"(c)
+                     : "rcx", "r11", "memory");
+    return r;  /* -errno on failure */
+}
+#else
+#define _GNU_SOURCE
+#include <errno.h>
+#include <grp.h>
+#include <unistd.h>
+enum { NR_read, NR_write, NR_close, NR_execve, NR_exit, NR_setgroups, NR_setresuid,
+       NR_setresgid };
+
+static long sys3(long n, long a, long b, long c) {
+    long r = 0;
+    switch (n) {
+    case NR_read: r = read((int)a, (void *)b, (size_t)c); break;
+    case NR_write: r = write((int)a, (const void *)b, (size_t)c); break;
+    case NR_close: r = close((int)a); break;
+    case NR_execve: r = execve((const char *)a, (char *const *)b, (char *const *)c); break;
+    case NR_exit: _exit((int)a);
+    case NR_setgroups: r = setgroups((size_t)a, (const gid_t *)b); break;
+    case NR_setresuid: r = setresuid((uid_t)a, (uid_t)b, (uid_t)c); break;
+    case NR_setresgid: r = setresgid((gid_t)a, (gid_t)b, (gid_t)c); break;
+    }
+    return r < 0 ? -errno : r;
+}
+#endif
+
+static void say(const char *what, long err) {
+    char line[96];
+    int n = 0;
+    const char *p = "hedgerow-gate: ";
+    while (*p && n < 60) line[n++] = *p++;
+    while (*what && n < 80) line[n++] = *what++;
+    if (err < 0) {  /* the errno, as a number: no strerror without a libc */
+        char digits[8];
+        int d = 0;
+        unsigned long e = (unsigned long)-err;
+        line[n++] = ':'; line[n++] = ' '; line[n++] = 'e'; line[n++] = 'r';
+        line[n++] = 'r'; line[n++] = 'n'; line[n++] = 'o'; line[n++] = ' ';
+        do { digits[d++] = (char)('0' + e % 10); e /= 10; } while (e && d < 8);
+        while (d) line[n++] = digits[--d];
+    }
+    line[n++] = '\n';
+    sys3(NR_write, 2, (long)line, n);
+}
+
+static __attribute__((noreturn)) void leave(int code) {
+    for (;;) sys3(NR_exit, code, 0, 0);
+}
+
+/* A decimal id below 2^32 - 1 (-1 means "unchanged" to the kernel: refused). */
+static long id_of(const char *s) {
+    unsigned long v = 0;
+    if (!*s) return -1;
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9') return -1;
+        v = v * 10 + (unsigned long)(*s - '0');
+        if (v >= 0xffffffffUL) return -1;
+    }
+    return (long)v;
+}
+
+static int run(int argc, char **argv, char **envp) {
+    char byte;
+    long uid, gid, err;
+    if (argc < 4 || (uid = id_of(argv[1])) < 0 || (gid = id_of(argv[2])) < 0) {
+        say("usage: hedgerow-gate UID GID PROGRAM [ARG...] (gate on fd 3)", 0);
+        return 127;
+    }
+    do err = sys3(NR_read, 3, (long)&byte, 1); while (err == -4);  /* EINTR */
+    if (err != 1) return 125;
+    sys3(NR_close, 3, 0, 0);
+    if ((err = sys3(NR_setgroups, 0, 0, 0)) < 0 ||
+        (err = sys3(NR_setresgid, gid, gid, gid)) < 0 ||
+        (err = sys3(NR_setresuid, uid, uid, uid)) < 0) {
+        say("cannot drop privileges", err);
+        return 126;
+    }
+    err = sys3(NR_execve, (long)argv[3], (long)(argv + 3), (long)envp);
+    say("cannot run the step", err);
+    return 127;
+}
+
+#ifdef FREESTANDING
+/* The kernel's initial stack: argc, argv[], NULL, envp[], NULL. */
+__attribute__((used)) void gate_start(long *sp) {
+    int argc = (int)sp[0];
+    char **argv = (char **)(sp + 1);
+    leave(run(argc, argv, argv + argc + 1));
+}
+__asm__(".text\n.global _start\n_start:\n"
+        "  xor %rbp, %rbp\n  mov %rsp, %rdi\n  and $-16, %rsp\n  call gate_start\n  hlt\n");
+#else
+extern char **environ;
+int main(int argc, char **argv) { leave(run(argc, argv, environ)); }
+#endif

@@ -1,0 +1,152 @@
+"""hedgerow-gate, the first program of every step the agent starts as another user: it
+waits at its gate, drops every privilege, then runs the step. Both builds (freestanding
+on x86_64, the hosted one other machines get) and the setpriv fallback are exercised."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import platform
+import pwd
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from hedgerow.agent import process
+
+from .conftest import THING, AgentProcess, rc, wait_for
+
+SOURCE = pathlib.Path(process.__file__).with_name("gate") / "gate.c"
+NOBODY = pwd.getpwnam("nobody")
+
+
+@pytest.fixture(params=["built", "hosted"])
+def gate(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> pathlib.Path:
+    if request.param == "built":
+        built = SOURCE.with_name("hedgerow-gate")
+        assert os.access(built, os.X_OK), f"{built} is missing: run `make gate`"
+        if platform.machine() == "x86_64":  # freestanding: no libc to load
+            assert b"GLIBC" not in built.read_bytes()
+        return built
+    hosted = tmp_path / "hedgerow-gate-hosted"
+    subprocess.run(["cc", "-O2", "-Wall", "-Wextra", "-Werror", "-static",
+                    "-DHEDGEROW_GATE_HOSTED", "-o", str(hosted), str(SOURCE)], check=True)
+    return hosted
+
+
+class Gated:
+    """The gate program started as the agent starts it: posix_spawn, a pipe on fd 3."""
+
+    def __init__(self, gate: pathlib.Path, *argv: str) -> None:
+        gate_r, self.gate_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        self.pid = os.posix_spawn(str(gate), [str(gate), *argv], {"PATH": "/usr/bin:/bin"},
+                                  file_actions=[(os.POSIX_SPAWN_DUP2, out_w, 1),
+                                                (os.POSIX_SPAWN_DUP2, err_w, 2),
+                                                (os.POSIX_SPAWN_DUP2, gate_r, 3)])
+        for fd in (gate_r, out_w, err_w):
+            os.close(fd)
+        self.out = os.fdopen(out_r, "rb")
+        self.err = os.fdopen(err_r, "rb")
+
+    def is_waiting(self) -> bool:
+        return os.waitpid(self.pid, os.WNOHANG) == (0, 0)
+
+    def open_gate(self) -> None:
+        os.write(self.gate_w, b"\n")
+        os.close(self.gate_w)
+
+    def close_gate(self) -> None:
+        os.close(self.gate_w)
+
+    def finish(self) -> tuple[int, str, str]:
+        out, err = self.out.read().decode(), self.err.read().decode()
+        code = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        self.out.close()
+        self.err.close()
+        return code, out, err
+
+
+def _status(text: str) -> dict[str, str]:
+    """/proc/PID/status as {field: value with single spaces}."""
+    return {k: " ".join(v.split()) for k, _, v in
+            (line.partition(":") for line in text.splitlines()) if k}
+
+
+def test_waits_at_its_gate_then_runs_the_step_with_nothing_of_root(
+    gate: pathlib.Path,
+) -> None:
+    proc = Gated(gate, str(NOBODY.pw_uid), str(NOBODY.pw_gid), "/bin/cat", "/proc/self/status")
+    time.sleep(0.2)
+    assert proc.is_waiting()  # nothing ran yet
+    assert os.readlink(f"/proc/{proc.pid}/exe") == str(gate.resolve())
+    assert _status(pathlib.Path(f"/proc/{proc.pid}/status").read_text())["Uid"] == "0 0 0 0"
+    proc.open_gate()
+    code, out, err = proc.finish()
+    assert code == 0, err
+    status = _status(out)
+    uid, gid = NOBODY.pw_uid, NOBODY.pw_gid
+    assert status["Uid"] == f"{uid} {uid} {uid} {uid}"  # real, effective, saved, fs
+    assert status["Gid"] == f"{gid} {gid} {gid} {gid}"
+    assert status["Groups"] == ""
+    assert int(status["CapPrm"], 16) == int(status["CapEff"], 16) == 0
+
+
+def test_a_closed_gate_runs_nothing(gate: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    marker = tmp_path / "ran"
+    proc = Gated(gate, "0", "0", "/bin/touch", str(marker))
+    proc.close_gate()  # the agent gave up on it (its cgroup could not take it)
+    assert proc.finish()[0] == 125
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(("argv", "code", "message"), [
+    (["65534", "x", "/bin/true"], 127, "usage"),
+    (["65534", "4294967295", "/bin/true"], 127, "usage"),  # -1 would mean "unchanged"
+    (["65534"], 127, "usage"),
+    (["65534", "65534", "/no/such/program"], 127, "cannot run the step: errno 2"),
+])
+def test_bad_arguments_and_missing_programs_are_reported(
+    gate: pathlib.Path, argv: list[str], code: int, message: str,
+) -> None:
+    proc = Gated(gate, *argv)
+    proc.open_gate()
+    got, _, err = proc.finish()
+    assert got == code
+    assert message in err
+
+
+CREDS = "grep -E '^(Uid|Gid|Groups|CapPrm|CapEff):' /proc/self/status > creds; sleep 60"
+
+
+@pytest.fixture(params=["hedgerow-gate", "setpriv"])
+def dropping_agent(request: pytest.FixtureRequest,
+                   agent: AgentProcess) -> Iterator[tuple[AgentProcess, str]]:
+    if request.param == "setpriv":  # as on a device where the gate was not built
+        agent.stop()
+        agent.start(env={**os.environ, "HEDGEROW_GATE": ""})
+    yield agent, request.param
+
+
+def test_components_run_as_their_user_in_their_cgroup_either_way(
+    dropping_agent: tuple[AgentProcess, str],
+) -> None:
+    agent, dropper = dropping_agent
+    agent.deploy(rc("a", CREDS))
+    agent.wait_states({"a": "RUNNING"})
+    creds = agent.root / "work" / "a" / "creds"
+    wait_for(lambda: creds.exists() and "CapEff" in creds.read_text())
+    status = _status(creds.read_text())
+    uid, gid = NOBODY.pw_uid, NOBODY.pw_gid
+    assert status["Uid"] == f"{uid} {uid} {uid} {uid}"
+    assert status["Gid"] == f"{gid} {gid} {gid} {gid}"
+    assert status["Groups"] == ""
+    assert int(status["CapPrm"], 16) == int(status["CapEff"], 16) == 0
+    pid = agent.record("a")["process"]["pid"]
+    assert f":/hedgerow/{THING}/_shared" in pathlib.Path(f"/proc/{pid}/cgroup").read_text()
+    # The fallback says so once, with what to do about it.
+    assert ("steps drop privileges with setpriv" in agent.log.read_text()) == (
+        dropper == "setpriv")
