@@ -1,5 +1,5 @@
 /*
- * hedgerow-gate UID GID PROGRAM [ARG...]
+ * hedgerow-gate UID GID DIR PROGRAM [ARG...]
  *
  * The first program of every lifecycle step that the agent (root) starts as another
  * user; it takes the place of `setpriv --reuid --regid --clear-groups`:
@@ -7,12 +7,17 @@
  *   1. wait for one byte on fd 3, the gate. The agent writes it once this process is
  *      in its cgroup, so nothing of the step runs, or forks, outside it. EOF (the
  *      agent could not place it and gave up on it): exit 125;
- *   2. close the gate; drop the supplementary groups, then set the real, effective
- *      and saved gid, then uid (no way back to root; exec clears the capabilities);
- *   3. exec PROGRAM with ARGs and the environment as given.
+ *   2. close the gate; make DIR, the component's work folder, unless it exists (its
+ *      parent is the agent's), make it UID:GID's, mode 0700, and enter it;
+ *   3. drop the supplementary groups, then set the real, effective and saved gid,
+ *      then uid (no way back to root; exec clears the capabilities);
+ *   4. exec PROGRAM with ARGs and the environment as given.
  *
- * Exit codes like a shell's: 125 gate closed, 126 privileges not dropped, 127 usage
- * or exec failure; a one-line reason goes to stderr (the component's log).
+ * Exit codes like a shell's: 125 gate closed, 126 work folder or privileges not
+ * set up, 127 usage or exec failure; a one-line reason goes to stderr (the
+ * component's log). Making the folder here, after the gate, keeps a costly mkdir
+ * (0.1-0.6 ms of CPU on ext4 here) out of the agent's pass: the steps of a batch
+ * make theirs in parallel, while the agent reports.
  *
  * Why a program of our own: on these machines starting a process costs ~0.7 ms of CPU
  * and setpriv another ~1.3 ms (dynamic loading, libcap-ng reading /proc), paid 50
@@ -24,8 +29,10 @@
 
 #if defined(__x86_64__) && !defined(HEDGEROW_GATE_HOSTED)
 #define FREESTANDING 1
-enum { NR_read = 0, NR_write = 1, NR_close = 3, NR_execve = 59, NR_exit = 60,
+enum { NR_read = 0, NR_write = 1, NR_open = 2, NR_close = 3, NR_execve = 59,
+       NR_exit = 60, NR_fchdir = 81, NR_mkdir = 83, NR_fchmod = 91, NR_fchown = 93,
        NR_setgroups = 116, NR_setresuid = 117, NR_setresgid = 119 };
+enum { O_RDONLY = 0, O_NOFOLLOW = 0400000, O_DIRECTORY = 0200000, O_CLOEXEC = 02000000 };
 
 static long sys3(long n, long a, long b, long c) {
     long r;
@@ -36,17 +43,24 @@ static long sys3(long n, long a, long b, long c) {
 #else
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
+#include <sys/stat.h>
 #include <unistd.h>
-enum { NR_read, NR_write, NR_close, NR_execve, NR_exit, NR_setgroups, NR_setresuid,
-       NR_setresgid };
+enum { NR_read, NR_write, NR_open, NR_close, NR_execve, NR_exit, NR_fchdir, NR_mkdir,
+       NR_fchmod, NR_fchown, NR_setgroups, NR_setresuid, NR_setresgid };
 
 static long sys3(long n, long a, long b, long c) {
     long r = 0;
     switch (n) {
     case NR_read: r = read((int)a, (void *)b, (size_t)c); break;
     case NR_write: r = write((int)a, (const void *)b, (size_t)c); break;
+    case NR_open: r = open((const char *)a, (int)b, (mode_t)c); break;
     case NR_close: r = close((int)a); break;
+    case NR_fchdir: r = fchdir((int)a); break;
+    case NR_mkdir: r = mkdir((const char *)a, (mode_t)b); break;
+    case NR_fchmod: r = fchmod((int)a, (mode_t)b); break;
+    case NR_fchown: r = fchown((int)a, (uid_t)b, (gid_t)c); break;
     case NR_execve: r = execve((const char *)a, (char *const *)b, (char *const *)c); break;
     case NR_exit: _exit((int)a);
     case NR_setgroups: r = setgroups((size_t)a, (const gid_t *)b); break;
@@ -92,23 +106,42 @@ static long id_of(const char *s) {
     return (long)v;
 }
 
+/* Make `dir` (0700) unless it exists, give it to uid:gid and enter it; it is opened
+   without following a link, so what is changed is the folder itself. */
+static long enter(const char *dir, long uid, long gid) {
+    long fd, err = sys3(NR_mkdir, (long)dir, 0700, 0);
+    if (err < 0 && err != -17) return err;  /* EEXIST: a restart, or an earlier step */
+    fd = sys3(NR_open, (long)dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0);
+    if (fd < 0) return fd;
+    if ((err = sys3(NR_fchown, fd, uid, gid)) >= 0 &&
+        (err = sys3(NR_fchmod, fd, 0700, 0)) >= 0)
+        err = sys3(NR_fchdir, fd, 0, 0);
+    sys3(NR_close, fd, 0, 0);
+    return err;
+}
+
 static int run(int argc, char **argv, char **envp) {
     char byte;
     long uid, gid, err;
-    if (argc < 4 || (uid = id_of(argv[1])) < 0 || (gid = id_of(argv[2])) < 0) {
-        say("usage: hedgerow-gate UID GID PROGRAM [ARG...] (gate on fd 3)", 0);
+    if (argc < 5 || (uid = id_of(argv[1])) < 0 || (gid = id_of(argv[2])) < 0 ||
+        argv[3][0] != '/') {
+        say("usage: hedgerow-gate UID GID /WORK/DIR PROGRAM [ARG...] (gate on fd 3)", 0);
         return 127;
     }
     do err = sys3(NR_read, 3, (long)&byte, 1); while (err == -4);  /* EINTR */
     if (err != 1) return 125;
     sys3(NR_close, 3, 0, 0);
+    if ((err = enter(argv[3], uid, gid)) < 0) {
+        say("cannot prepare the work folder", err);
+        return 126;
+    }
     if ((err = sys3(NR_setgroups, 0, 0, 0)) < 0 ||
         (err = sys3(NR_setresgid, gid, gid, gid)) < 0 ||
         (err = sys3(NR_setresuid, uid, uid, uid)) < 0) {
         say("cannot drop privileges", err);
         return 126;
     }
-    err = sys3(NR_execve, (long)argv[3], (long)(argv + 3), (long)envp);
+    err = sys3(NR_execve, (long)argv[4], (long)(argv + 4), (long)envp);
     say("cannot run the step", err);
     return 127;
 }

@@ -76,17 +76,29 @@ def _status(text: str) -> dict[str, str]:
             (line.partition(":") for line in text.splitlines()) if k}
 
 
+@pytest.fixture
+def work(tmp_path: pathlib.Path) -> pathlib.Path:
+    tmp_path.chmod(0o711)  # as the agent's work/ folder: nobody may pass, not list
+    return tmp_path / "work-a"
+
+
 def test_waits_at_its_gate_then_runs_the_step_with_nothing_of_root(
-    gate: pathlib.Path,
+    gate: pathlib.Path, work: pathlib.Path,
 ) -> None:
-    proc = Gated(gate, str(NOBODY.pw_uid), str(NOBODY.pw_gid), "/bin/cat", "/proc/self/status")
+    proc = Gated(gate, str(NOBODY.pw_uid), str(NOBODY.pw_gid), str(work),
+                 "/bin/sh", "-c", "pwd; cat /proc/self/status")
     time.sleep(0.2)
-    assert proc.is_waiting()  # nothing ran yet
+    assert proc.is_waiting()  # nothing ran yet, not even its folder
+    assert not work.exists()
     assert os.readlink(f"/proc/{proc.pid}/exe") == str(gate.resolve())
     assert _status(pathlib.Path(f"/proc/{proc.pid}/status").read_text())["Uid"] == "0 0 0 0"
     proc.open_gate()
     code, out, err = proc.finish()
     assert code == 0, err
+    cwd, _, out = out.partition("\n")
+    assert cwd == str(work)  # made, its user's, private, and entered
+    assert (work.stat().st_uid, work.stat().st_gid) == (NOBODY.pw_uid, NOBODY.pw_gid)
+    assert work.stat().st_mode & 0o777 == 0o700
     status = _status(out)
     uid, gid = NOBODY.pw_uid, NOBODY.pw_gid
     assert status["Uid"] == f"{uid} {uid} {uid} {uid}"  # real, effective, saved, fs
@@ -95,24 +107,50 @@ def test_waits_at_its_gate_then_runs_the_step_with_nothing_of_root(
     assert int(status["CapPrm"], 16) == int(status["CapEff"], 16) == 0
 
 
-def test_a_closed_gate_runs_nothing(gate: pathlib.Path, tmp_path: pathlib.Path) -> None:
-    marker = tmp_path / "ran"
-    proc = Gated(gate, "0", "0", "/bin/touch", str(marker))
+def test_a_closed_gate_runs_nothing(gate: pathlib.Path, work: pathlib.Path) -> None:
+    marker = work.parent / "ran"
+    proc = Gated(gate, "0", "0", str(work), "/bin/touch", str(marker))
     proc.close_gate()  # the agent gave up on it (its cgroup could not take it)
     assert proc.finish()[0] == 125
     assert not marker.exists()
+    assert not work.exists()
+
+
+def test_an_existing_folder_is_taken_over_and_a_link_is_refused(
+    gate: pathlib.Path, work: pathlib.Path,
+) -> None:
+    work.mkdir(mode=0o755)  # an earlier step's, or one from before a restart
+    (work / "state").write_text("kept")
+    proc = Gated(gate, str(NOBODY.pw_uid), str(NOBODY.pw_gid), str(work), "/bin/cat", "state")
+    proc.open_gate()
+    assert proc.finish()[:2] == (0, "kept")
+    assert work.stat().st_mode & 0o777 == 0o700
+    assert work.stat().st_uid == NOBODY.pw_uid
+    elsewhere = work.parent / "elsewhere"
+    elsewhere.mkdir()
+    link = work.parent / "work-b"
+    link.symlink_to(elsewhere)
+    proc = Gated(gate, str(NOBODY.pw_uid), str(NOBODY.pw_gid), str(link), "/bin/true")
+    proc.open_gate()
+    code, _, err = proc.finish()
+    assert code == 126
+    assert "cannot prepare the work folder" in err
+    assert elsewhere.stat().st_uid == 0  # not given away through the link
 
 
 @pytest.mark.parametrize(("argv", "code", "message"), [
-    (["65534", "x", "/bin/true"], 127, "usage"),
-    (["65534", "4294967295", "/bin/true"], 127, "usage"),  # -1 would mean "unchanged"
-    (["65534"], 127, "usage"),
-    (["65534", "65534", "/no/such/program"], 127, "cannot run the step: errno 2"),
+    (["65534", "x", "{work}", "/bin/true"], 127, "usage"),
+    (["65534", "4294967295", "{work}", "/bin/true"], 127, "usage"),  # -1: "unchanged"
+    (["65534", "65534", "relative", "/bin/true"], 127, "usage"),
+    (["65534", "65534", "{work}"], 127, "usage"),
+    (["65534", "65534", "{work}", "/no/such/program"], 127, "cannot run the step: errno 2"),
+    (["65534", "65534", "/proc/nope/work", "/bin/true"], 126,
+     "cannot prepare the work folder: errno 2"),
 ])
-def test_bad_arguments_and_missing_programs_are_reported(
-    gate: pathlib.Path, argv: list[str], code: int, message: str,
+def test_bad_arguments_and_failures_are_reported(
+    gate: pathlib.Path, work: pathlib.Path, argv: list[str], code: int, message: str,
 ) -> None:
-    proc = Gated(gate, *argv)
+    proc = Gated(gate, *(a.format(work=work) for a in argv))
     proc.open_gate()
     got, _, err = proc.finish()
     assert got == code
