@@ -4,6 +4,7 @@ on x86_64, the hosted one other machines get) and the setpriv fallback are exerc
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import platform
@@ -56,7 +57,8 @@ class Gated:
         return os.waitpid(self.pid, os.WNOHANG) == (0, 0)
 
     def open_gate(self) -> None:
-        os.write(self.gate_w, b"\n")
+        with contextlib.suppress(BrokenPipeError):  # a usage error exits before the gate
+            os.write(self.gate_w, b"\n")
         os.close(self.gate_w)
 
     def close_gate(self) -> None:

@@ -59,6 +59,37 @@ def test_dependencies_start_first_and_hard_restart_restarts_dependents(
     assert names == ["base", "user", "base", "user"]
 
 
+def test_removals_stop_together_and_dependencies_stop_after_their_dependents(
+    agent: AgentProcess,
+) -> None:
+    # Each shutdown step takes 0.5 s and notes when it began and ended: the two users
+    # (independent of each other) overlap; their shared dependency begins only after
+    # both are over. In sequence the three would take 1.5 s.
+    marks = agent.root / "marks"
+    marks.touch()
+    marks.chmod(0o666)
+    note = f"echo $(date +%s%N) {{0}} >> {marks}"
+
+    def comp(name: str, *deps: str) -> documents.ResolvedComponent:
+        return rc(name, lifecycle=component.Lifecycle(
+            run=component.Step(script="sleep 60"),
+            shutdown=component.Step(script="; ".join(
+                [note.format(f"{name}-begin"), "sleep 0.5", note.format(f"{name}-end")]))),
+            dependencies=[documents.ResolvedDependency(name=d, version="1.0.0", type="HARD")
+                          for d in deps])
+
+    agent.deploy(comp("base"), comp("u1", "base"), comp("u2", "base"))
+    agent.wait_states(dict.fromkeys(("base", "u1", "u2"), "RUNNING"))
+    agent.deploy()
+    agent.wait_states({}, timeout=15)
+    at = {name: int(ns) / 1e9 for ns, name in
+          (line.split() for line in marks.read_text().splitlines())}
+    assert at["u1-begin"] < at["u2-end"] and at["u2-begin"] < at["u1-end"]  # together
+    assert at["base-begin"] >= max(at["u1-end"], at["u2-end"])  # after its dependents
+    assert at["base-end"] - min(at["u1-begin"], at["u2-begin"]) < 1.4
+    assert not pids_with_marker(agent.root)
+
+
 def test_invalid_desired_document_is_rejected_and_nothing_is_removed(
     agent: AgentProcess,
 ) -> None:
