@@ -22,6 +22,9 @@ History (same machine, 2 cores; p50 / p99 for 1 and 50 components):
   same user status before persistence, one exec less, batched launches, a shared
             cgroup (born there or moved): +7..+10 / +39..+54,  +31..+51 / +55..+77 ms
             (vs root in the same runs:      +8 / +50..+55,     +64 / +95 ms)
+  same user hedgerow-gate instead of setpriv (no libc, ~1.3 ms less CPU per start),
+            the batch's gates opened together, work folders made past the gate:
+                                         +6..+7 / +37..+39,   +3..+8 / +12..+35 ms
 BENCH_VERBOSE=1 prints every round; BENCH_AGENT_LOG=FILE keeps the agent's debug log
 (each pass's time to the status).
 """
