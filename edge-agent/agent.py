@@ -146,8 +146,7 @@ class Agent:
                 continue
             # A step cut short by the crash (install, startup, shutdown, recover) is ended
             # and retried from a known state; nothing runs twice, nothing is orphaned.
-            for pid in self.runtime.members(rec.name, ref.pid if alive and ref else None,
-                                            rec.instance):
+            for pid in self.runtime.members(rec.name, ref if alive else None, rec.instance):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, 9)
             rec.process = None
@@ -279,7 +278,7 @@ class Agent:
                 self.fail(doc, failure)  # nothing stops, nothing starts
                 return
         await self._stop_all([a for a in actions
-                              if a.verb in (plan_.Verb.STOP, plan_.Verb.REMOVE)])
+                              if a.verb in (plan_.Verb.STOP, plan_.Verb.REMOVE)], by_name)
         # Install/start/recover: every record that may own a process exists durably before
         # anything is spawned (one write), then independent components go in parallel and
         # each waits only for its own dependencies in this plan.
@@ -310,16 +309,24 @@ class Agent:
                     self.layout.last_good_file.read_bytes()).components
             await asyncio.to_thread(self.store.collect_garbage, keep)
 
-    async def _stop_all(self, stops: list[plan_.Action]) -> None:
-        """Stop together, each once the dependents it has among them are stopped (the
-        plan lists dependents first): 50 removals take about as long as the slowest one,
-        not their sum. The first failure is raised once every stop is over."""
+    async def _stop_all(self, stops: list[plan_.Action],
+                        desired: dict[str, documents.ResolvedComponent]) -> None:
+        """Stop together, each once the dependents it has among them are stopped — by
+        what runs or by what is desired (the plan's order, dependents first, already
+        honours both; a stop waits only for stops listed before it, so never in a
+        circle): 50 removals take about as long as the slowest one, not their sum. A
+        component whose dependent failed to stop is not stopped under it; the first
+        failure is raised once every stop is over."""
         def needs(name: str) -> set[str]:
-            rec = self.records.get(name)
-            return {d.name for d in rec.component().dependencies} if rec else set()
+            rec, want = self.records.get(name), desired.get(name)
+            return ({d.name for d in rec.component().dependencies} if rec else set()) | (
+                {d.name for d in want.dependencies} if want else set())
 
         async def stop_after(action: plan_.Action, first: list[asyncio.Task[None]]) -> None:
-            await asyncio.gather(*first, return_exceptions=True)
+            for result in await asyncio.gather(*first, return_exceptions=True):
+                if isinstance(result, BaseException):
+                    raise RuntimeError(f"{action.name}: not stopped, a component that "
+                                       f"depends on it failed to stop") from result
             await self.stop(action.name, remove=action.verb is plan_.Verb.REMOVE,
                             soft=action.runtime == "container"
                             and action.reason == "spec changed")

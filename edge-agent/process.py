@@ -34,6 +34,7 @@ import logging
 import os
 import pathlib
 import pwd
+import re
 import shlex
 import shutil
 import signal
@@ -54,6 +55,31 @@ DEFAULT_TIMEOUTS: Mapping[str, float | None] = {
 _LOGPIPE = str(pathlib.Path(__file__).with_name("logpipe.py"))
 _GATE = pathlib.Path(__file__).with_name("gate") / "hedgerow-gate"
 _SHELL_GATE = "read -r _ <&3 || exit 125\nexec 3<&-\n"
+# Python ignores these; a step must start with the defaults (`yes | head` ends by SIGPIPE).
+_PYTHON_IGNORES = (signal.SIGPIPE, signal.SIGXFSZ)
+# What glibc ignores when it starts a program with privileges (its unsecvars.h), plus
+# every LD_* and MALLOC_*: in the setpriv fallback, setpriv — dynamically linked — runs
+# as root with the step's environment, so a recipe's LD_PRELOAD would run as root. These
+# reach the step through its shell instead (`export`), once it runs as its user.
+_ROOT_UNSAFE = frozenset({
+    "GCONV_PATH", "GETCONF_DIR", "GLIBC_TUNABLES", "HOSTALIASES", "LOCALDOMAIN",
+    "LOCPATH", "NIS_PATH", "NLSPATH", "RESOLV_HOST_CONF", "RES_OPTIONS", "TMPDIR", "TZDIR"})
+_SHELL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def split_root_unsafe(env: Mapping[str, str]) -> tuple[dict[str, str], str]:
+    """(what setpriv may see, the `export` lines that give the step the rest). A name the
+    shell cannot export cannot be among the rest: it is left out, and said so."""
+    safe, held = {}, []
+    for name, value in env.items():
+        if name not in _ROOT_UNSAFE and not name.startswith(("LD_", "MALLOC_")):
+            safe[name] = value
+        elif _SHELL_NAME.fullmatch(name):
+            held.append(f"export {name}={shlex.quote(value)}\n")
+        else:
+            log.warning("%s is not passed to the step: setpriv would see it as root, and "
+                        "the shell cannot export it (build hedgerow-gate)", name)
+    return safe, "".join(held)
 _SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -100,6 +126,17 @@ def find_gate() -> str | None:
     this module (`make gate`); None when there is none to run."""
     path = os.environ.get("HEDGEROW_GATE", str(_GATE))
     return path if path and os.access(path, os.X_OK) else None
+
+
+def is_runnable_gate(path: str) -> bool:
+    """It runs on this machine: without arguments it must answer with its usage (127).
+    A wheel carries the one built where the wheel was; elsewhere exec fails."""
+    try:
+        pid = os.posix_spawn(path, [path], {}, file_actions=[
+            (os.POSIX_SPAWN_OPEN, 2, "/dev/null", os.O_WRONLY, 0)])
+    except OSError:
+        return False
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 127
 
 
 def resolve_identity(posix_user: str | None, default_user: str,
@@ -324,27 +361,30 @@ class ProcessRuntime:
         identity = self.identity(comp.run_with.posix_user if comp.run_with else None,
                                  step.requires_privilege)
         drop = os.geteuid() == 0 and identity.uid != 0
-        if not (drop and self.gate):  # else hedgerow-gate makes it, past the agent's pass
+        by_gate = drop and self.gate is not None
+        if not by_gate:  # else hedgerow-gate makes it, past the agent's pass
             self.prepare_work(comp, identity)
         limits = comp.run_with.system_resource_limits if comp.run_with else None
         cgroup = self.cgroups.create(comp.name, limits)
         marker = f"{record.instance or 'x'}.{uuid.uuid4().hex[:16]}"
         work = self.layout.work_of(comp.name)
+        environ, exports = self.environment(record, comp, env, identity, marker), ""
+        if drop and not by_gate:
+            environ, exports = split_root_unsafe(environ)
+        gate_in_shell = cgroup is not None and not by_gate
         exit_file = shlex.quote(str(self.layout.exit_file(comp.name, marker)))
-        gate_in_shell = cgroup is not None and not (drop and self.gate)
-        inner = ((_SHELL_GATE if gate_in_shell else "")
+        inner = ((_SHELL_GATE if gate_in_shell else "") + exports
                  + f"trap {shlex.quote(f'echo $? >{exit_file}')} EXIT\n"
                  f"cd {shlex.quote(str(work))} || exit 125\n{script}")
-        if drop and self.gate:
-            argv = [self.gate, str(identity.uid), str(identity.gid), str(work),
+        if by_gate:
+            argv = [str(self.gate), str(identity.uid), str(identity.gid), str(work),
                     "/bin/sh", "-c", inner]
         elif drop:
             argv = [self.setpriv, f"--reuid={identity.uid}", f"--regid={identity.gid}",
                     "--clear-groups", "--", "/bin/sh", "-c", inner]
         else:
             argv = ["/bin/sh", "-c", inner]
-        return _Launch(argv, self.environment(record, comp, env, identity, marker), cgroup,
-                       gate_in_shell or (drop and self.gate is not None),
+        return _Launch(argv, environ, cgroup, gate_in_shell or by_gate,
                        str(self.layout.log_of(comp.name)),
                        records.ProcessRef(pid=0, start_time=0, marker=marker, step=step_name))
 
@@ -376,9 +416,14 @@ class ProcessRuntime:
             self._settle(launch, done, result)
 
     def warm_up(self) -> None:
-        """At start: the spawner thread, moved into the shared cgroup (the kernel's grace
-        period is waited for now, not at the first component's start). Without it — not
-        v1, not called, or the move failed — every process is moved instead."""
+        """At start: check that hedgerow-gate runs here (else setpriv, said once), and
+        make the spawner thread, moved into the shared cgroup (the kernel's grace period
+        is waited for now, not at the first component's start). Without it — not v1, not
+        called, or the move failed — every process is moved instead."""
+        if self.gate is not None and os.geteuid() == 0 and not is_runnable_gate(self.gate):
+            log.warning("%s does not run here (built for another machine?): rebuild it "
+                        "with `make gate`", self.gate)
+            self.gate = None
         if self.gate is None and os.geteuid() == 0:
             log.info("hedgerow-gate is not built (make gate, or HEDGEROW_GATE=PATH): steps "
                      "drop privileges with setpriv, ~1.3 ms more CPU per start")
@@ -429,7 +474,12 @@ class ProcessRuntime:
         If it cannot be put into its cgroup, its gate is closed (it exits 125 there,
         having run nothing) and it is reaped."""
         log_r, log_w = os.pipe()
-        gate_r, gate_w = os.pipe() if launch.gated else (-1, -1)
+        try:
+            gate_r, gate_w = os.pipe() if launch.gated else (-1, -1)
+        except OSError:
+            os.close(log_r)
+            os.close(log_w)
+            raise
         actions: list[tuple[int, ...] | tuple[int, int, str, int, int]] = [
             (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
             (os.POSIX_SPAWN_DUP2, log_w, 1), (os.POSIX_SPAWN_DUP2, log_w, 2)]
@@ -437,7 +487,7 @@ class ProcessRuntime:
             actions.append((os.POSIX_SPAWN_DUP2, gate_r, 3))
         try:
             pid = os.posix_spawn(launch.argv[0], launch.argv, launch.env, setsid=True,
-                                 file_actions=actions)
+                                 file_actions=actions, setsigdef=_PYTHON_IGNORES)
         except BaseException:
             for fd in (log_r, gate_w):
                 if fd >= 0:
@@ -579,22 +629,28 @@ class ProcessRuntime:
             asyncio.get_running_loop().remove_reader(fd)
             os.close(fd)
 
-    def members(self, name: str, pgid: int | None, instance: str = "") -> set[int]:
+    def members(self, name: str, leader: records.ProcessRef | None,
+                instance: str = "") -> set[int]:
         found = self.cgroups.pids(name)
-        if pgid is not None:
-            found |= self._group(pgid)
+        if leader is not None:
+            found |= self._group(leader)
         if instance:  # after a crash: processes spawned but never recorded by pid
             found |= marked(f"HEDGEROW_INSTANCE={instance}.".encode())
         return found
 
-    def _group(self, pgid: int) -> set[int]:
-        """group_members from a /proc scan at most 5 ms old. Stopping 50 components
-        together, each polls its group every 20 ms; one scan answers them all (each poll
-        comes 20 ms after its kill, so the scan it reads was made after that kill)."""
+    def _group(self, leader: records.ProcessRef) -> set[int]:
+        """group_members from a /proc scan at most 5 ms old, plus the leader when alive.
+        Stopping 50 components together, each polls its group every 20 ms; one scan
+        answers them all. A poll after a kill comes 20 ms later, so the scan it reads was
+        made after that kill; the first poll may read a scan made before the group's
+        leader was spawned, which is why the leader is added (then killed, then polled)."""
         now = time.monotonic()
         if self._scan is None or now - self._scan[0] > 0.005:
             self._scan = (now, scan_groups())
-        return set(self._scan[1].get(pgid, ()))
+        found = set(self._scan[1].get(leader.pid, ()))
+        if read_start_time(leader.pid) == leader.start_time:  # not a reused pid
+            found.add(leader.pid)
+        return found
 
     async def kill_leftovers(self, pgid: int) -> None:
         """A finished step's background processes in its group are not left behind."""
@@ -605,7 +661,7 @@ class ProcessRuntime:
     async def terminate(self, name: str, ref: records.ProcessRef | None) -> None:
         """SIGTERM the group and the cgroup, SIGKILL what remains after the grace period."""
         self.unwatch(name)
-        pgid = ref.pid if ref is not None and is_same_process(ref) else None
+        leader = ref if ref is not None and is_same_process(ref) else None
         # No cgroup of its own lists what a component without limits forked: a daemon that
         # left its process group is found by the marker it inherited, among the shared
         # cgroup's processes (where it was born; leaving takes root), else all of /proc.
@@ -616,7 +672,7 @@ class ProcessRuntime:
         sig = signal.SIGTERM
         while True:
             self._reap()
-            pids = self.members(name, pgid)
+            pids = self.members(name, leader)
             if not pids and escaped is not None:
                 pids = marked(escaped, self.cgroups.pids(shared) if shared else None)
             if not pids:

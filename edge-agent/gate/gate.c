@@ -7,8 +7,9 @@
  *   1. wait for one byte on fd 3, the gate. The agent writes it once this process is
  *      in its cgroup, so nothing of the step runs, or forks, outside it. EOF (the
  *      agent could not place it and gave up on it): exit 125;
- *   2. close the gate; make DIR, the component's work folder, unless it exists (its
- *      parent is the agent's), make it UID:GID's, mode 0700, and enter it;
+ *   2. close the gate and every other descriptor above stderr; make DIR, the
+ *      component's work folder, unless it exists (its parent is the agent's), make
+ *      it UID:GID's, mode 0700, and enter it;
  *   3. drop the supplementary groups, then set the real, effective and saved gid,
  *      then uid (no way back to root; exec clears the capabilities);
  *   4. exec PROGRAM with ARGs and the environment as given.
@@ -31,7 +32,7 @@
 #define FREESTANDING 1
 enum { NR_read = 0, NR_write = 1, NR_open = 2, NR_close = 3, NR_execve = 59,
        NR_exit = 60, NR_fchdir = 81, NR_mkdir = 83, NR_fchmod = 91, NR_fchown = 93,
-       NR_setgroups = 116, NR_setresuid = 117, NR_setresgid = 119 };
+       NR_setgroups = 116, NR_setresuid = 117, NR_setresgid = 119, NR_close_range = 436 };
 enum { O_RDONLY = 0, O_NOFOLLOW = 0400000, O_DIRECTORY = 0200000, O_CLOEXEC = 02000000 };
 
 static long sys3(long n, long a, long b, long c) {
@@ -46,9 +47,10 @@ static long sys3(long n, long a, long b, long c) {
 #include <fcntl.h>
 #include <grp.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 enum { NR_read, NR_write, NR_open, NR_close, NR_execve, NR_exit, NR_fchdir, NR_mkdir,
-       NR_fchmod, NR_fchown, NR_setgroups, NR_setresuid, NR_setresgid };
+       NR_fchmod, NR_fchown, NR_setgroups, NR_setresuid, NR_setresgid, NR_close_range };
 
 static long sys3(long n, long a, long b, long c) {
     long r = 0;
@@ -66,17 +68,22 @@ static long sys3(long n, long a, long b, long c) {
     case NR_setgroups: r = setgroups((size_t)a, (const gid_t *)b); break;
     case NR_setresuid: r = setresuid((uid_t)a, (uid_t)b, (uid_t)c); break;
     case NR_setresgid: r = setresgid((gid_t)a, (gid_t)b, (gid_t)c); break;
+#ifdef SYS_close_range
+    case NR_close_range: r = syscall(SYS_close_range, (unsigned)a, (unsigned)b, (int)c); break;
+#else
+    case NR_close_range: errno = ENOSYS; r = -1; break;
+#endif
     }
     return r < 0 ? -errno : r;
 }
 #endif
 
 static void say(const char *what, long err) {
-    char line[96];
+    char line[160];  /* prefix 15 + message <= 120 + ": errno " 8 + digits <= 8 + '\n' */
     int n = 0;
     const char *p = "hedgerow-gate: ";
-    while (*p && n < 60) line[n++] = *p++;
-    while (*what && n < 80) line[n++] = *what++;
+    while (*p) line[n++] = *p++;
+    while (*what && n < 135) line[n++] = *what++;
     if (err < 0) {  /* the errno, as a number: no strerror without a libc */
         char digits[8];
         int d = 0;
@@ -120,17 +127,25 @@ static long enter(const char *dir, long uid, long gid) {
     return err;
 }
 
+/* Nothing but stdin, stdout and stderr reaches the step: the agent's own descriptors
+   are close-on-exec, but not necessarily what its own parent left it. */
+static void close_from(long first) {
+    if (sys3(NR_close_range, first, 0xffffffffL, 0) < 0)
+        for (long fd = first; fd < 4096; fd++) sys3(NR_close, fd, 0, 0);
+}
+
 static int run(int argc, char **argv, char **envp) {
     char byte;
     long uid, gid, err;
-    if (argc < 5 || (uid = id_of(argv[1])) < 0 || (gid = id_of(argv[2])) < 0 ||
-        argv[3][0] != '/') {
-        say("usage: hedgerow-gate UID GID /WORK/DIR PROGRAM [ARG...] (gate on fd 3)", 0);
+    if (argc < 5 || (uid = id_of(argv[1])) <= 0 || (gid = id_of(argv[2])) < 0 ||
+        argv[3][0] != '/') {  /* uid 0 is refused: this program is for leaving root */
+        say("usage: hedgerow-gate UID GID /WORK/DIR PROGRAM [ARG...] (gate on fd 3; "
+            "UID not 0)", 0);
         return 127;
     }
     do err = sys3(NR_read, 3, (long)&byte, 1); while (err == -4);  /* EINTR */
     if (err != 1) return 125;
-    sys3(NR_close, 3, 0, 0);
+    close_from(3);
     if ((err = enter(argv[3], uid, gid)) < 0) {
         say("cannot prepare the work folder", err);
         return 126;

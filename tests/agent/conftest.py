@@ -41,12 +41,14 @@ class AgentProcess:
         self.log = root.parent / "agent.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, *extra: str, env: dict[str, str] | None = None) -> None:
+    def start(self, *extra: str, env: dict[str, str] | None = None,
+              extra_groups: list[int] | None = None) -> None:
         log = self.log.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "hedgerow", "agent", "run", "--root", str(self.root),
              "--thing", self.thing, "--resync", self.resync, "--settle", "0.5", *extra],
-            stdout=log, stderr=log, start_new_session=True, env=env)
+            stdout=log, stderr=log, start_new_session=True, env=env,
+            extra_groups=extra_groups)
         wait_for(lambda: (self.root / "agent.sock").exists(), 15, "the control socket")
 
     def kill9(self) -> None:

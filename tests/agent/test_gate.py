@@ -9,6 +9,7 @@ import os
 import pathlib
 import platform
 import pwd
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from hedgerow.agent import process
+from hedgerow.core import component
 
 from .conftest import THING, AgentProcess, rc, wait_for
 
@@ -37,19 +39,30 @@ def gate(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> pathlib.Path
     return hosted
 
 
+# Supplementary groups (disk, sudo) the spawner holds: the step must not keep them.
+SPAWNER_GROUPS = [6, 27]
+
+
 class Gated:
-    """The gate program started as the agent starts it: posix_spawn, a pipe on fd 3."""
+    """The gate program started as the agent starts it: posix_spawn, a pipe on fd 3,
+    from a process with supplementary groups and one more open descriptor (fd 7, which
+    must not reach the step either)."""
 
     def __init__(self, gate: pathlib.Path, *argv: str) -> None:
         gate_r, self.gate_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        self.pid = os.posix_spawn(str(gate), [str(gate), *argv], {"PATH": "/usr/bin:/bin"},
-                                  file_actions=[(os.POSIX_SPAWN_DUP2, out_w, 1),
-                                                (os.POSIX_SPAWN_DUP2, err_w, 2),
-                                                (os.POSIX_SPAWN_DUP2, gate_r, 3)])
-        for fd in (gate_r, out_w, err_w):
-            os.close(fd)
+        held = os.open("/etc/hostname", os.O_RDONLY)  # inheritable, as a parent may leave
+        os.setgroups(SPAWNER_GROUPS)
+        try:
+            self.pid = os.posix_spawn(
+                str(gate), [str(gate), *argv], {"PATH": "/usr/bin:/bin"},
+                file_actions=[(os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2),
+                              (os.POSIX_SPAWN_DUP2, gate_r, 3), (os.POSIX_SPAWN_DUP2, held, 7)])
+        finally:
+            os.setgroups([])
+            for fd in (gate_r, out_w, err_w, held):
+                os.close(fd)
         self.out = os.fdopen(out_r, "rb")
         self.err = os.fdopen(err_r, "rb")
 
@@ -88,7 +101,8 @@ def test_waits_at_its_gate_then_runs_the_step_with_nothing_of_root(
     gate: pathlib.Path, work: pathlib.Path,
 ) -> None:
     proc = Gated(gate, str(NOBODY.pw_uid), str(NOBODY.pw_gid), str(work),
-                 "/bin/sh", "-c", "pwd; cat /proc/self/status")
+                 "/bin/sh", "-c", "pwd; ls /proc/self/fd | tr '\\n' ' '; echo; "
+                 "cat /proc/self/status")
     time.sleep(0.2)
     assert proc.is_waiting()  # nothing ran yet, not even its folder
     assert not work.exists()
@@ -97,8 +111,9 @@ def test_waits_at_its_gate_then_runs_the_step_with_nothing_of_root(
     proc.open_gate()
     code, out, err = proc.finish()
     assert code == 0, err
-    cwd, _, out = out.partition("\n")
+    cwd, fds, out = out.split("\n", 2)
     assert cwd == str(work)  # made, its user's, private, and entered
+    assert fds.split() == ["0", "1", "2", "3"]  # 3: the listing's own; no gate, no fd 7
     assert (work.stat().st_uid, work.stat().st_gid) == (NOBODY.pw_uid, NOBODY.pw_gid)
     assert work.stat().st_mode & 0o777 == 0o700
     status = _status(out)
@@ -111,7 +126,8 @@ def test_waits_at_its_gate_then_runs_the_step_with_nothing_of_root(
 
 def test_a_closed_gate_runs_nothing(gate: pathlib.Path, work: pathlib.Path) -> None:
     marker = work.parent / "ran"
-    proc = Gated(gate, "0", "0", str(work), "/bin/touch", str(marker))
+    proc = Gated(gate, str(NOBODY.pw_uid), str(NOBODY.pw_gid), str(work), "/bin/touch",
+                 str(marker))
     proc.close_gate()  # the agent gave up on it (its cgroup could not take it)
     assert proc.finish()[0] == 125
     assert not marker.exists()
@@ -159,15 +175,18 @@ def test_bad_arguments_and_failures_are_reported(
     assert message in err
 
 
-CREDS = "grep -E '^(Uid|Gid|Groups|CapPrm|CapEff):' /proc/self/status > creds; sleep 60"
+CREDS = ("grep -E '^(Uid|Gid|Groups|CapPrm|CapEff|SigIgn):' /proc/self/status > creds; "
+         "sleep 60")
 
 
 @pytest.fixture(params=["hedgerow-gate", "setpriv"])
 def dropping_agent(request: pytest.FixtureRequest,
                    agent: AgentProcess) -> Iterator[tuple[AgentProcess, str]]:
-    if request.param == "setpriv":  # as on a device where the gate was not built
-        agent.stop()
-        agent.start(env={**os.environ, "HEDGEROW_GATE": ""})
+    """The agent restarted with supplementary groups, with its gate or, as on a device
+    where it was not built, with setpriv."""
+    agent.stop()
+    env = {**os.environ, "HEDGEROW_GATE": ""} if request.param == "setpriv" else None
+    agent.start(env=env, extra_groups=SPAWNER_GROUPS)
     yield agent, request.param
 
 
@@ -185,8 +204,45 @@ def test_components_run_as_their_user_in_their_cgroup_either_way(
     assert status["Gid"] == f"{gid} {gid} {gid} {gid}"
     assert status["Groups"] == ""
     assert int(status["CapPrm"], 16) == int(status["CapEff"], 16) == 0
+    assert not int(status["SigIgn"], 16) & (1 << (signal.SIGPIPE - 1))  # Python's, not ours
     pid = agent.record("a")["process"]["pid"]
     assert f":/hedgerow/{THING}/_shared" in pathlib.Path(f"/proc/{pid}/cgroup").read_text()
     # The fallback says so once, with what to do about it.
     assert ("steps drop privileges with setpriv" in agent.log.read_text()) == (
         dropper == "setpriv")
+
+
+PRELOAD = r"""
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+__attribute__((constructor)) static void noted(void) {
+    char line[64];
+    int fd = open(getenv("PRELOAD_NOTES"), O_WRONLY | O_APPEND);
+    if (fd >= 0) write(fd, line, (size_t)snprintf(line, sizeof line, "uid=%d\n", getuid()));
+}
+"""
+
+
+def test_a_recipe_environment_never_loads_code_into_root(
+    dropping_agent: tuple[AgentProcess, str],
+) -> None:
+    # setpriv is dynamically linked and runs as root: a recipe's LD_PRELOAD must not
+    # reach it. It must reach the step, which runs as its user.
+    agent, _ = dropping_agent
+    home = agent.root.parent
+    (home / "preload.c").write_text(PRELOAD)
+    library = home / "preload.so"
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(library), str(home / "preload.c")],
+                   check=True)
+    library.chmod(0o755)
+    notes = home / "notes"
+    notes.touch(mode=0o666)
+    notes.chmod(0o666)
+    agent.deploy(rc("a", "sleep 60", lifecycle=component.Lifecycle(
+        setenv={"LD_PRELOAD": str(library), "PRELOAD_NOTES": str(notes)},
+        run=component.Step(script="sleep 60"))))
+    agent.wait_states({"a": "RUNNING"})
+    wait_for(lambda: notes.read_text().strip() != "", 5, "the step to load the library")
+    assert set(notes.read_text().split()) == {f"uid={NOBODY.pw_uid}"}
