@@ -54,11 +54,19 @@ class BenchAgent:
         self._states: dict[str, str] = {}
         wait(lambda: (self.root / "agent.sock").exists())
 
-    def deploy(self, comps: list[documents.ResolvedComponent]) -> None:
-        doc = documents.render_desired_state(self.thing, [], comps)
+    def render(self, comps: list[documents.ResolvedComponent]) -> bytes:
+        """The desired document, as the connector would write it (untimed: rendering is
+        the cloud's work, not the device's)."""
+        return documents.render_bytes(documents.render_desired_state(self.thing, [], comps))
+
+    def write(self, rendered: bytes) -> None:
+        """The desired-file change the agent reacts to: an atomic replace."""
         tmp = self.root / "desired" / ".desired.tmp"
-        tmp.write_bytes(documents.render_bytes(doc))
+        tmp.write_bytes(rendered)
         tmp.replace(self.root / "desired" / "desired.json")
+
+    def deploy(self, comps: list[documents.ResolvedComponent]) -> None:
+        self.write(self.render(comps))
 
     def states(self) -> dict[str, str]:
         """The states in status.json, parsed only when the file was replaced: the tight
