@@ -236,7 +236,7 @@ class Agent:
                 out[rec.name] = self.containers.observe_one(rec, now)
                 continue
             if (rec.state is State.RUNNING and rec.process is not None
-                    and not process_.is_same_process(rec.process)):
+                    and not self.runtime.is_running(rec.name, rec.process)):
                 rec.process = None
                 self.transition(rec, Event.FAILED, "process disappeared")
             deps = tuple(d.name for d in rec.component().dependencies)

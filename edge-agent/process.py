@@ -291,6 +291,7 @@ class ProcessRuntime:
         self._spawn_thread: concurrent.futures.ThreadPoolExecutor | None = None
         self._born: set[asyncio.Future[None]] = set()
         self._scan: tuple[float, dict[int, set[int]]] | None = None
+        self._verified: dict[str, records.ProcessRef] = {}  # by component: is_running
         # Resolved once: posix_spawn takes a path. Missing, the spawn fails with a clear
         # "No such file or directory: 'setpriv'" instead of running a step as root.
         self.gate = find_gate()
@@ -637,6 +638,19 @@ class ProcessRuntime:
         if instance:  # after a crash: processes spawned but never recorded by pid
             found |= marked(f"HEDGEROW_INSTANCE={instance}.".encode())
         return found
+
+    def is_running(self, name: str, ref: records.ProcessRef) -> bool:
+        """is_same_process, with the marker read once per process: pid and kernel start
+        time already tell two processes apart; the marker (a read of the whole
+        environment) proves, once, that the pid in a record is ours. Every pass asks this
+        for every running component."""
+        if self._verified.get(name) == ref and read_start_time(ref.pid) == ref.start_time:
+            return True
+        if is_same_process(ref):
+            self._verified[name] = ref.model_copy()
+            return True
+        self._verified.pop(name, None)
+        return False
 
     def _group(self, leader: records.ProcessRef) -> set[int]:
         """group_members from a /proc scan at most 5 ms old, plus the leader when alive.
