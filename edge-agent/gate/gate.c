@@ -4,9 +4,9 @@
  * The first program of every lifecycle step that the agent (root) starts as another
  * user; it takes the place of `setpriv --reuid --regid --clear-groups`:
  *
- *   1. wait for one byte on fd 3, the gate. The agent writes it once this process is
- *      in its cgroup, so nothing of the step runs, or forks, outside it. EOF (the
- *      agent could not place it and gave up on it): exit 125;
+ *   1. wait for one byte on fd 3, the gate (a pipe). The agent writes it once this
+ *      process is in its cgroup, so nothing of the step runs, or forks, outside it.
+ *      EOF (the agent could not place it and gave up on it), or no pipe: exit 125;
  *   2. close the gate and every other descriptor above stderr; make DIR, the
  *      component's work folder, unless it exists (its parent is the agent's), make
  *      it UID:GID's, mode 0700, and enter it;
@@ -40,6 +40,12 @@ static long sys3(long n, long a, long b, long c) {
     __asm__ volatile("syscall" : "=a"(r) : "a"(n), "D"(a), "S"(b), "d"(c)
                      : "rcx", "r11", "memory");
     return r;  /* -errno on failure */
+}
+
+static int is_pipe(long fd) {  /* x86_64 struct stat: st_mode is the u32 at byte 24 */
+    unsigned long st[18];
+    return sys3(5 /* fstat */, fd, (long)st, 0) == 0 &&
+           (((unsigned int *)st)[6] & 0170000) == 0010000;
 }
 #else
 #define _GNU_SOURCE
@@ -75,6 +81,11 @@ static long sys3(long n, long a, long b, long c) {
 #endif
     }
     return r < 0 ? -errno : r;
+}
+
+static int is_pipe(long fd) {
+    struct stat st;
+    return fstat((int)fd, &st) == 0 && S_ISFIFO(st.st_mode);
 }
 #endif
 
@@ -143,6 +154,7 @@ static int run(int argc, char **argv, char **envp) {
             "UID not 0)", 0);
         return 127;
     }
+    if (!is_pipe(3)) return 125;  /* a gate is a pipe the agent holds, nothing else */
     do err = sys3(NR_read, 3, (long)&byte, 1); while (err == -4);  /* EINTR */
     if (err != 1) return 125;
     close_from(3);

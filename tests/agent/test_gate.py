@@ -134,6 +134,19 @@ def test_a_closed_gate_runs_nothing(gate: pathlib.Path, work: pathlib.Path) -> N
     assert not work.exists()
 
 
+def test_no_pipe_on_fd_3_is_no_gate(gate: pathlib.Path, work: pathlib.Path) -> None:
+    marker = work.parent / "ran"
+    for fd3 in ("/dev/zero", None):  # readable but no gate; nothing at all
+        actions = [(os.POSIX_SPAWN_OPEN, 3, fd3, os.O_RDONLY, 0)] if fd3 else [
+            (os.POSIX_SPAWN_CLOSE, 3)]
+        pid = os.posix_spawn(str(gate), [str(gate), str(NOBODY.pw_uid), str(NOBODY.pw_gid),
+                                         str(work), "/bin/touch", str(marker)], {},
+                             file_actions=actions)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 125
+    assert not marker.exists()
+    assert not work.exists()
+
+
 def test_an_existing_folder_is_taken_over_and_a_link_is_refused(
     gate: pathlib.Path, work: pathlib.Path,
 ) -> None:
