@@ -53,6 +53,7 @@ log = logging.getLogger("hedgerow.agent")
 DEFAULT_TIMEOUTS: Mapping[str, float | None] = {
     "install": 120.0, "startup": 120.0, "shutdown": 15.0, "recover": 60.0, "run": None}
 _LOGPIPE = str(pathlib.Path(__file__).with_name("logpipe.py"))
+_SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _GATE = pathlib.Path(__file__).with_name("gate") / "hedgerow-gate"
 _SHELL_GATE = "read -r _ <&3 || exit 125\nexec 3<&-\n"
 # Python ignores these; a step must start with the defaults (`yes | head` ends by SIGPIPE).
@@ -80,7 +81,6 @@ def split_root_unsafe(env: Mapping[str, str]) -> tuple[dict[str, str], str]:
             log.warning("%s is not passed to the step: setpriv would see it as root, and "
                         "the shell cannot export it (build hedgerow-gate)", name)
     return safe, "".join(held)
-_SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @dataclasses.dataclass(frozen=True)
