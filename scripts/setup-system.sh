@@ -13,15 +13,19 @@ declare -A PACKAGES=(
   [busybox]=busybox-static
   [openssl]=openssl
   [iptables]=iptables
-  [cc]="gcc libc6-dev"
+  [cc]=gcc
 )
 missing=()
 for cmd in "${!PACKAGES[@]}"; do
   if ! command -v "$cmd" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$cmd" ] && ! [ -x "/bin/$cmd" ]; then
-    read -ra pkgs <<<"${PACKAGES[$cmd]}"
-    missing+=("${pkgs[@]}")
+    missing+=("${PACKAGES[$cmd]}")
   fi
 done
+# The C library's headers and static archive: hedgerow-gate's hosted build and the tests
+# that build one (gcc alone, installed without recommends, has neither).
+if ! [ -e /usr/include/errno.h ] || ! compgen -G "/usr/lib/*/libc.a" >/dev/null; then
+  missing+=(libc6-dev)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     say "missing packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})"
