@@ -362,30 +362,30 @@ class ProcessRuntime:
         identity = self.identity(comp.run_with.posix_user if comp.run_with else None,
                                  step.requires_privilege)
         drop = os.geteuid() == 0 and identity.uid != 0
-        by_gate = drop and self.gate is not None
-        if not by_gate:  # else hedgerow-gate makes it, past the agent's pass
+        gate = self.gate if drop else None  # None: setpriv, or no user switch at all
+        if gate is None:  # else hedgerow-gate makes it, past the agent's pass
             self.prepare_work(comp, identity)
         limits = comp.run_with.system_resource_limits if comp.run_with else None
         cgroup = self.cgroups.create(comp.name, limits)
         marker = f"{record.instance or 'x'}.{uuid.uuid4().hex[:16]}"
         work = self.layout.work_of(comp.name)
         environ, exports = self.environment(record, comp, env, identity, marker), ""
-        if drop and not by_gate:
+        if drop and gate is None:
             environ, exports = split_root_unsafe(environ)
-        gate_in_shell = cgroup is not None and not by_gate
+        gate_in_shell = cgroup is not None and gate is None
         exit_file = shlex.quote(str(self.layout.exit_file(comp.name, marker)))
         inner = ((_SHELL_GATE if gate_in_shell else "") + exports
                  + f"trap {shlex.quote(f'echo $? >{exit_file}')} EXIT\n"
                  f"cd {shlex.quote(str(work))} || exit 125\n{script}")
-        if by_gate:
-            argv = [str(self.gate), str(identity.uid), str(identity.gid), str(work),
+        if gate is not None:
+            argv = [gate, str(identity.uid), str(identity.gid), str(work),
                     "/bin/sh", "-c", inner]
         elif drop:
             argv = [self.setpriv, f"--reuid={identity.uid}", f"--regid={identity.gid}",
                     "--clear-groups", "--", "/bin/sh", "-c", inner]
         else:
             argv = ["/bin/sh", "-c", inner]
-        return _Launch(argv, environ, cgroup, gate_in_shell or by_gate,
+        return _Launch(argv, environ, cgroup, gate_in_shell or gate is not None,
                        str(self.layout.log_of(comp.name)),
                        records.ProcessRef(pid=0, start_time=0, marker=marker, step=step_name))
 
