@@ -1,0 +1,41 @@
+"""The bounds on everything that crosses a trust boundary, in one place.
+
+A device is hostile to the controller and to other devices, a component is hostile to the
+agent: every document, report and line either side accepts has a size and a count it may
+not pass. The numbers are chosen so that the largest legitimate fleet object fits with
+room, and so that a document is always smaller than the broker's packet limit (a packet
+over the limit makes mosquitto drop the *publisher's* session, and paho resends it on
+every reconnect: one oversized document would cut the controller off for good).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+KIB: Final = 1024
+MIB: Final = 1024 * KIB
+
+# The cloud broker's max_packet_size (rendered by `hedgerow broker config`). Everything the
+# controller or a device publishes, envelope included, stays below it.
+BROKER_MAX_PACKET_BYTES: Final = 1 * MIB
+
+# A DesiredState document (the canonical JSON the revision is computed over). The signed
+# envelope around it adds a base64 copy (4/3) and a few hundred bytes: 256 KiB of
+# document is < 360 KiB on the wire, well below BROKER_MAX_PACKET_BYTES.
+MAX_DESIRED_BYTES: Final = 256 * KIB
+
+# A StatusReport as published by a device, and the CoreDevice status built from it
+# (the architecture asks ≤ 2 KB for the status of a typical device; the bound is for a
+# hostile or very large one).
+MAX_REPORT_BYTES: Final = 64 * KIB
+MAX_REPORT_COMPONENTS: Final = 256
+MAX_REPORT_TEXT: Final = 256  # agentVersion, platform fields, component names/versions
+MAX_REPORT_REASON: Final = 1024  # outcome reasons, errors
+
+# Reports accepted per device: a burst, then one per REPORT_INTERVAL_SECONDS on average.
+REPORT_BURST: Final = 10
+REPORT_INTERVAL_SECONDS: Final = 1.0
+
+# One log line of a component (longer lines are split), and what a component may write
+# to its log per second on average before lines are dropped (and the drop is logged).
+MAX_LOG_LINE_BYTES: Final = 16 * KIB
