@@ -23,6 +23,7 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
+import hedgerow
 from hedgerow import files
 from hedgerow.agent import artifacts, containerbridge, desired, records
 from hedgerow.agent import cgroups as cgroups_
@@ -38,7 +39,7 @@ if TYPE_CHECKING:  # the Docker SDK costs ~15 MB: imported only once a container
     from hedgerow.agent import containers as containers_
 
 log = logging.getLogger("hedgerow.agent")
-AGENT_VERSION = "0.1.0"
+AGENT_VERSION = hedgerow.__version__
 _DONE = frozenset({State.RUNNING, State.FINISHED})
 
 
