@@ -522,10 +522,15 @@ class Agent:
 
     # --- outcome (the rules: hedgerow.core.outcome) --------------------------------
 
-    def _observed(self, doc: documents.DesiredState) -> list[outcome.Observed | None]:
+    def _observed(self, doc: documents.DesiredState,
+                  exact: bool = False) -> list[outcome.Observed | None]:
+        """`doc`'s components as recorded (None: no record; with `exact`, also a record
+        of another spec — what runs under that name is not `doc`'s)."""
         out: list[outcome.Observed | None] = []
         for comp in doc.components:
             rec = self.records.get(comp.name)
+            if rec is not None and exact and rec.spec_hash != comp.spec_hash:
+                rec = None
             out.append(None if rec is None else outcome.Observed(
                 rec.name, rec.state, rec.since, rec.install_failed, rec.message))
         return out
@@ -547,7 +552,8 @@ class Agent:
         if previous is None:
             return
         result = outcome.resolve_superseded(self.history, previous.revision, doc.revision,
-                                            self._observed(previous), time.time())
+                                            self._observed(previous, exact=True),
+                                            time.time())
         if result.history is self.history:
             return
         self.history = result.history
