@@ -224,9 +224,9 @@ class Agent:
             return self.applied  # bad input: keep the last good state, remove nothing
         target = self.history.outcome_of(reading.desired.revision)
         if target is not None and target.rolled_back_to:
-            with contextlib.suppress(FileNotFoundError, ValueError):
-                return documents.DesiredState.model_validate_json(
-                    self.layout.last_good_file.read_bytes())
+            good = self._last_good()
+            if good is not None:
+                return good
         # Wanted: a new revision (or a superseded one wanted again) is IN_PROGRESS now.
         self.history = outcome.resolve_started(self.history, reading.desired.revision,
                                                time.time(), reading.source)
