@@ -6,7 +6,10 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the handlers import what they use: `hedgerow --help` stays fast
+    from hedgerow.core import deployment, resolve
 
 
 def _controller(args: argparse.Namespace) -> int:
@@ -51,7 +54,21 @@ def _check_identity(cert_path: str) -> str | None:
     return None
 
 
+_WORDS = {"+": "added", "~": "changed", "-": "removed"}
+LEGEND = "+ added, ~ changed, - removed"
+
+
 def _plan(args: argparse.Namespace) -> int:
+    """Dry run for CI. The baseline of each device is what the controller has published
+    to it: every Deployment at the generation the device's document was built from
+    (CoreDevice status.desiredGenerations, older specs from the Deployment's
+    status.history) — so while a Deployment is failing and devices keep its last good
+    generation, planning that good version shows no change. Deployments not in FILEs stay
+    at that generation after too: the plan shows what the files change. Exit 1 only for
+    problems the files cause or change; the cluster's other problems are listed as
+    context."""
+    import json
+
     from hedgerow.controller import fleet, kube
     from hedgerow.core import component, coredevice, deployment, manifest, resolve, thinggroup
 
@@ -88,36 +105,111 @@ def _plan(args: argparse.Namespace) -> int:
                 if (o.metadata.namespace or "", o.metadata.name) not in mine]
         return kept + list(mine.values())
 
+    # The Deployments FILEs define (overlay keeps the live objects it does not replace).
+    planned = {resolve.deployment_id(d) for d in overlay("Deployment")
+               if not any(d is o for o in live["Deployment"])}
+    current = resolve.Fleet(live["ThingGroup"], live["Deployment"], live["Component"])
     before = resolve.Fleet(live["ThingGroup"], live["Deployment"], live["Component"])
     after = resolve.Fleet(overlay("ThingGroup"), overlay("Deployment"), overlay("Component"))
-    problems: dict[str, str] = {}
-    changed = 0
-    for device in sorted(live["CoreDevice"], key=lambda d: d.metadata.name):
-        thing, labels = device.metadata.name, device.metadata.labels
+    devices = sorted(live["CoreDevice"], key=lambda d: d.metadata.name)
+    everyone = [(d.metadata.name, d.metadata.labels) for d in devices]
+
+    def key(p: resolve.Problem) -> str:
+        return f"{p.deployment}: {p.reason}: {p.message}"
+
+    # The cluster's own problems, with every Deployment at its current generation.
+    context: dict[str, resolve.Problem] = {}
+    for device in devices:
         platform = device.status.platform if device.status else None
-        old = before.resolve(thing, labels, platform).combination
-        new = after.resolve(thing, labels, platform)
+        for p in current.resolve(device.metadata.name, device.metadata.labels,
+                                 platform).problems:
+            context[key(p)] = p
+    context.update((key(p), p) for p in current.empty_targets(everyone))
+
+    blocking: dict[str, None] = {}
+    rows: list[dict[str, Any]] = []
+    for device in devices:
+        thing, labels = device.metadata.name, device.metadata.labels
+        status = device.status or coredevice.CoreDeviceStatus()
+        sent = status.desired_generations
+
+        def held(d: deployment.Deployment, fleet_: resolve.Fleet,
+                 sent: dict[str, int] = sent) -> deployment.Deployment:
+            return _held(fleet_, d, sent.get(resolve.deployment_id(d)))
+
+        old = before.resolve(thing, labels, status.platform,
+                             lambda d: held(d, before)).combination
+        new = after.resolve(thing, labels, status.platform,
+                            lambda d: d if resolve.deployment_id(d) in planned
+                            else held(d, after))
         if new.problems:
             for p in new.problems:
-                problems[f"{p.deployment}: {p.reason}: {p.message}"] = thing
-            print(f"{thing}: would keep its current state ({new.problems[0].reason})")
+                if p.deployment in planned or key(p) not in context:
+                    blocking[key(p)] = None
+            rows.append({"thing": thing, "keeps": new.problems[0].reason, "changes": []})
             continue
         changes = fleet.plan_changes(old.components, new.combination.components)
-        if not changes:
+        rows.append({"thing": thing, "changes": [
+            {"op": _WORDS[c.op], "name": c.name, "before": c.before, "after": c.after,
+             "what": c.what} for c in changes]})
+    for p in after.empty_targets(everyone):
+        if p.deployment in planned or key(p) not in context:
+            blocking[key(p)] = None
+    # Context: what the cluster has wrong anyway, but not what FILEs replace (a file
+    # that fixes a failing Deployment does not list the failure it fixes).
+    others = [text for text, p in context.items()
+              if text not in blocking and p.deployment not in planned]
+    changed = sum(1 for row in rows if row["changes"])
+
+    if args.output == "json":
+        print(json.dumps({"devices": rows, "changed": changed, "problems": list(blocking),
+                          "context": others}, indent=2))
+        return 1 if blocking else 0
+    for row in rows:
+        if "keeps" in row:
+            print(f"{row['thing']}: would keep its current state ({row['keeps']})")
+        elif not row["changes"]:
             if not args.quiet:
-                print(f"{thing}: no change")
-            continue
-        changed += 1
-        print(f"{thing}:")
-        for change in changes:
-            print(f"  {change}")
-    empty = after.empty_targets((d.metadata.name, d.metadata.labels) for d in live["CoreDevice"])
-    for p in empty:
-        problems[f"{p.deployment}: {p.reason}: {p.message}"] = ""
-    for text in problems:
+                print(f"{row['thing']}: no change")
+        else:
+            print(f"{row['thing']}:")
+            for c in row["changes"]:
+                print(f"  {_SYMBOLS[c['op']]} {c['name']} " + _describe(c))
+    for text in blocking:
         print(f"problem: {text}", file=sys.stderr)
-    print(f"{changed} device(s) would change")
-    return 1 if problems else 0
+    for text in others:
+        print(f"context (in the cluster already, not caused by these files): {text}",
+              file=sys.stderr)
+    print(f"{changed} device(s) would change" + (f" ({LEGEND})" if changed else ""))
+    return 1 if blocking else 0
+
+
+_SYMBOLS = {word: symbol for symbol, word in _WORDS.items()}
+
+
+def _describe(change: dict[str, Any]) -> str:
+    before, after, what = change["before"], change["after"], change["what"]
+    if change["op"] == "added":
+        return str(after)
+    if change["op"] == "removed":
+        return str(before)
+    version = after if before == after else f"{before} -> {after}"
+    return f"{version}" + (f" ({what})" if what else "")
+
+
+def _held(fleet_: resolve.Fleet, d: deployment.Deployment,
+          record: int | None) -> deployment.Deployment:
+    """`d` at the generation a device's published document was built from, when that is
+    an older one the Deployment's status.history still has; else `d` as it is."""
+    from hedgerow.controller import fleet
+
+    status = d.status
+    if record is None or record == (d.metadata.generation or 0) or status is None:
+        return d
+    for spec in status.history:
+        if spec.generation == record:
+            return fleet.render_history_object(fleet_, d, spec)
+    return d
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -151,14 +243,24 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
     plan = subparsers.add_parser(
         "plan", help="dry run: what each device would run after applying FILEs",
-        description="Resolve the live cluster with the Deployments (and Components, "
+        description="Resolve the cluster with the Deployments (and Components, "
                     "ThingGroups) in FILEs applied, and print per device the components "
                     "that would be added (+), changed (~) or removed (-). Changes nothing. "
-                    "Rollouts are ignored: this is where every device ends up.",
+                    "The baseline is what the controller has published to each device "
+                    "(each Deployment at the generation the device got: while a rollout "
+                    "is failing, its last good one); Deployments not in FILEs stay there, "
+                    "so the plan shows what FILEs change. Exit status: 0, or 1 when FILEs "
+                    "cause or change a problem (an unresolvable or empty Deployment); "
+                    "the cluster's other problems are printed as context and do not fail "
+                    "the plan; 2 when a FILE cannot be read or is invalid.",
     )
     plan.add_argument("files", nargs="+", metavar="FILE")
     plan.add_argument("--kubeconfig")
     plan.add_argument("-n", "--namespace", default="default",
                       help="namespace for objects in FILEs that name none (default: default)")
     plan.add_argument("-q", "--quiet", action="store_true", help="omit unchanged devices")
+    plan.add_argument("-o", "--output", choices=["text", "json"], default="text",
+                      help="json: {devices: [{thing, changes: [{op: added|changed|removed, "
+                           "name, before, after, what}], keeps?}], changed, problems, "
+                           "context} (default: text)")
     plan.set_defaults(handler=_plan)

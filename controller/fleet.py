@@ -220,7 +220,7 @@ def _counts(r: _Rollout, view: _View, now: datetime.datetime,
     return rollout.Counts(len(r.targeted), notified, succeeded, failed, timed_out)
 
 
-def _history_object(
+def render_history_object(
     fleet: resolve.Fleet, d: deployment.Deployment, h: deployment.GenerationSpec,
 ) -> deployment.Deployment:
     """The deployment as it was at an older generation; one object per generation for
@@ -260,7 +260,7 @@ def plan_fleet(
         fresh = state is None or state.generation != generation
         if state is None or fresh:
             state = deployment.RolloutStatus(generation=generation, started_at=now)
-        history = {h.generation: _history_object(fleet, d, h) for h in previous.history
+        history = {h.generation: render_history_object(fleet, d, h) for h in previous.history
                    if h.generation < generation}
         rollouts.append(_Rollout(d, did, generation, state, history,
                                  rolled_back=0 if fresh else previous.rolled_back, fresh=fresh,

@@ -13,6 +13,8 @@ import pathlib
 import sys
 from typing import Any
 
+from hedgerow import files
+
 DEFAULT_CA_DIR = os.environ.get(
     "HEDGEROW_CA_DIR", str(pathlib.Path("~/.config/hedgerow/fleet-ca").expanduser()))
 MERGE_PATCH = "application/merge-patch+json"
@@ -32,16 +34,49 @@ def _labels(pairs: list[str]) -> dict[str, str]:
     return labels
 
 
-def _ca(args: argparse.Namespace) -> Any:
+def _ca(args: argparse.Namespace, create: bool = False) -> Any:
+    """The fleet CA in --ca-dir. Only `broker config` creates one (`create`), and says so
+    loudly: a CA made anywhere else would sign certificates no broker trusts."""
     from hedgerow.controller import pki
 
     directory = pathlib.Path(args.ca_dir)
-    if not (directory / pki.CA_KEY).exists():
-        ca = pki.FleetCA.create(directory)
-        print(f"created a new fleet CA in {directory} (keep {pki.CA_KEY} secret and "
-              "backed up: every device certificate depends on it)", file=sys.stderr)
-        return ca
-    return pki.FleetCA.load(directory)
+    if (directory / pki.CA_KEY).exists():
+        return pki.FleetCA.load(directory)
+    if not create:
+        raise _FailedError(
+            f"no fleet CA in {directory} (no {pki.CA_KEY}); pass --ca-dir (or set "
+            "$HEDGEROW_CA_DIR) to the folder of the CA your broker trusts - "
+            "`hedgerow broker config --ca-dir DIR` creates one")
+    ca = pki.FleetCA.create(directory)
+    print(f"WARNING: created a NEW fleet CA in {directory}\n"
+          f"WARNING: every device certificate depends on it: keep {pki.CA_KEY} secret and "
+          "backed up,\nWARNING: and give this folder as --ca-dir (or $HEDGEROW_CA_DIR) to "
+          "`device register|sign|bundle` and `controller`", file=sys.stderr)
+    return ca
+
+
+BROKER_FILE = "broker.json"  # in the CA folder, written by `broker config`
+
+
+def _broker_url(args: argparse.Namespace) -> str:
+    """The URL a bundle gives the device: --broker-url, else $HEDGEROW_BROKER_URL, else
+    what `broker config` wrote beside the fleet CA; which one is said on stderr."""
+    url: str | None = args.broker_url
+    origin = "--broker-url"
+    if not url and os.environ.get("HEDGEROW_BROKER_URL"):
+        url, origin = os.environ["HEDGEROW_BROKER_URL"], "$HEDGEROW_BROKER_URL"
+    if not url:
+        path = pathlib.Path(args.ca_dir) / BROKER_FILE
+        try:
+            url = str(json.loads(path.read_text())["brokerUrl"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise _FailedError(
+                f"no broker URL for the bundle: pass --broker-url mqtts://HOST:PORT (or set "
+                f"$HEDGEROW_BROKER_URL); {path}, which `hedgerow broker config` writes, "
+                "is missing or unreadable") from None
+        origin = f"{path}, written by `hedgerow broker config`"
+    print(f"broker URL for the bundle: {url} (from {origin})", file=sys.stderr)
+    return url
 
 
 def _read_csr(path: str) -> str:
@@ -91,8 +126,8 @@ def _register(args: argparse.Namespace) -> int:
                       "'-' and '.', at most 64 characters")
     labels = _labels(args.label)
     csr = _read_csr(args.csr) if args.csr else None
-    if csr is not None and not args.broker_url:
-        raise _FailedError("--broker-url (or $HEDGEROW_BROKER_URL) is needed to write a bundle")
+    if csr is not None:
+        args.broker_url = _broker_url(args)
     ca = cert = None
     if csr is not None:  # sign before any write: a refused CSR leaves the cluster alone
         ca = _ca(args)
@@ -131,8 +166,7 @@ def _register(args: argparse.Namespace) -> int:
 def _sign_offline(args: argparse.Namespace) -> int:
     from hedgerow.controller import pki
 
-    if not args.broker_url:
-        raise _FailedError("--broker-url (or $HEDGEROW_BROKER_URL) is needed to write a bundle")
+    args.broker_url = _broker_url(args)
     ca = _ca(args)
     cert = _sign(ca, _read_csr(args.csr), args.name, args.days)
     _bundle(args, args.name, ca.pem, pki.cert_pem(cert).decode())
@@ -145,8 +179,7 @@ def _fetch_bundle(args: argparse.Namespace) -> int:
 
     from hedgerow.core import base
 
-    if not args.broker_url:
-        raise _FailedError("--broker-url (or $HEDGEROW_BROKER_URL) is needed to write a bundle")
+    args.broker_url = _broker_url(args)
     try:
         obj = _api(args).get_cluster_custom_object(base.GROUP, base.VERSION, "coredevices",
                                                    args.name)
@@ -167,7 +200,7 @@ def _broker_config(args: argparse.Namespace) -> int:
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True, mode=0o755)
     seen_as = args.config_dir or str(out.resolve())
-    ca = _ca(args)
+    ca = _ca(args, create=True)
     try:
         acl = broker.render_acl(args.controller_identity)
         config = broker.render_mosquitto_config(broker.MosquittoSettings(
@@ -185,7 +218,12 @@ def _broker_config(args: argparse.Namespace) -> int:
         ca.issue_controller(args.controller_identity).write(out / "controller.pem",
                                                             out / "controller.key")
         written += ["controller.pem", "controller.key (0600)"]
+    url = f"mqtts://{args.host[0]}:{args.port}"
+    files.write_json(pathlib.Path(args.ca_dir) / BROKER_FILE, {"brokerUrl": url}, mode=0o644)
     print(f"wrote {', '.join(written)} to {out}")
+    print(f"wrote {pathlib.Path(args.ca_dir) / BROKER_FILE}: bundles that `device "
+          f"register|sign|bundle` make with this CA send devices to {url} "
+          "(--broker-url overrides)")
     print(f"run: mosquitto -c {seen_as}/mosquitto.conf; controller: hedgerow controller "
           f"--broker mqtts://{args.host[0]}:{args.port} --ca {out}/ca.pem "
           f"--cert {out}/controller.pem --key {out}/controller.key")
@@ -203,16 +241,19 @@ def _guard(handler: Any) -> Any:
     return run
 
 
-def _ca_args(parser: argparse.ArgumentParser) -> None:
+def _ca_args(parser: argparse.ArgumentParser, create: bool = False) -> None:
+    missing = ("created, with a warning, if missing" if create else
+               "must hold the CA `broker config` created")
     parser.add_argument("--ca-dir", default=DEFAULT_CA_DIR,
-                        help="the fleet CA folder (created if missing; default: "
+                        help=f"the fleet CA folder ({missing}; default: "
                              "$HEDGEROW_CA_DIR or %(default)s)")
 
 
 def _bundle_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--broker-url", default=os.environ.get("HEDGEROW_BROKER_URL"),
-                        help="mqtts://HOST:PORT the device connects to "
-                             "(default: $HEDGEROW_BROKER_URL)")
+    parser.add_argument("--broker-url",
+                        help="mqtts://HOST:PORT the device connects to (default: "
+                             f"$HEDGEROW_BROKER_URL, else CA_DIR/{BROKER_FILE} as `broker "
+                             "config` wrote it; the one used is printed)")
     parser.add_argument("--out", help="bundle file (default: NAME.bundle.json)")
     parser.add_argument("--days", type=int, default=365,
                         help="certificate validity in days (default: %(default)s)")
@@ -280,7 +321,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     conf.add_argument("--controller-identity", default="hedgerow_controller",
                       help="the controller certificate's CN (default: %(default)s)")
     conf.add_argument("--no-controller-cert", action="store_true")
-    _ca_args(conf)
+    _ca_args(conf, create=True)
     conf.set_defaults(handler=_guard(_with_hosts(_broker_config)))
 
 

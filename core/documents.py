@@ -157,6 +157,9 @@ class Outcome(base.StrEnum):
     FAILED = "FAILED"
     ROLLED_BACK = "ROLLED_BACK"
     REJECTED = "REJECTED"
+    # A newer revision arrived before this one settled (device history only: the
+    # revision a device reports is always the one it is asked for, never superseded).
+    SUPERSEDED = "SUPERSEDED"
 
 
 class PlatformInfo(base.Model):

@@ -39,3 +39,7 @@ REPORT_INTERVAL_SECONDS: Final = 1.0
 # One log line of a component (longer lines are split), and what a component may write
 # to its log per second on average before lines are dropped (and the drop is logged).
 MAX_LOG_LINE_BYTES: Final = 16 * KIB
+
+# Deployment outcomes (and local deployment requests) a device keeps in
+# state/deployments.json: the oldest go first.
+MAX_HISTORY_ENTRIES: Final = 20

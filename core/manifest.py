@@ -44,8 +44,12 @@ class Problem:
     name: str
     field: str
     reason: str
+    line: int | None = None  # 1-based, where the file cannot be read as YAML
+    column: int | None = None
 
     def __str__(self) -> str:
+        if self.line is not None:  # FILE:LINE:COLUMN, as editors and CI logs link it
+            return f"{self.source}:{self.line}:{self.column}: {self.reason}"
         where = f"{self.source}#{self.document}"
         what = f"{self.kind}/{self.name}" if self.name else (self.kind or "document")
         field = f" {self.field}:" if self.field else ""
@@ -114,9 +118,37 @@ def parse_documents(text: str, source: str = "<input>") -> list[Resource]:
     try:
         decoded = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise InvalidDocumentError(
-            [Problem(source, 0, "", "", "", f"not valid YAML: {at}{problem}")]) from None
+        raise InvalidDocumentError([render_yaml_problem(exc, text, source)]) from None
     return [parse_resource(d, source, i) for i, d in enumerate(decoded, start=1)]
+
+
+def render_yaml_problem(exc: yaml.YAMLError, text: str, source: str) -> Problem:
+    """A YAML syntax error as a person needs it: where the parser gave up, and — often the
+    real mistake — where the construct it was reading began (an unclosed bracket or
+    quote), each with its line of text; plus PyYAML's note, when it has one."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return Problem(source, 0, "", "", "", f"not valid YAML: {exc}")
+    lines = text.splitlines()
+
+    def quote(mark: Any) -> str:
+        line = lines[mark.line] if 0 <= mark.line < len(lines) else ""
+        return f": {line.strip()!r}" if line.strip() else ""
+
+    problem, mark = exc.problem or "not valid YAML", exc.problem_mark
+    reason = f"not valid YAML: {problem}"
+    if mark is not None:
+        reason += quote(mark)
+    if exc.context:
+        began = exc.context_mark
+        same = began is not None and mark is not None and (
+            began.line, began.column) == (mark.line, mark.column)
+        reason += f" ({exc.context}"
+        if began is not None and not same:
+            reason += (f" that began at line {began.line + 1}, column {began.column + 1}"
+                       f"{quote(began)}")
+        reason += ")"
+    if exc.note:
+        reason += f"; {exc.note}"
+    at = mark or exc.context_mark
+    return Problem(source, 0, "", "", "", reason,
+                   line=at.line + 1 if at else None, column=at.column + 1 if at else None)

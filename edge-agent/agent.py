@@ -23,13 +23,14 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
+import hedgerow
 from hedgerow import files
 from hedgerow.agent import artifacts, containerbridge, desired, records
 from hedgerow.agent import cgroups as cgroups_
 from hedgerow.agent import process as process_
 from hedgerow.agent import settings as settings_
 from hedgerow.agent.layout import Layout
-from hedgerow.core import component, documents, lifecycle, recipe
+from hedgerow.core import component, documents, lifecycle, outcome, recipe
 from hedgerow.core import plan as plan_
 from hedgerow.core.documents import ComponentState as State
 from hedgerow.core.lifecycle import Event
@@ -38,7 +39,7 @@ if TYPE_CHECKING:  # the Docker SDK costs ~15 MB: imported only once a container
     from hedgerow.agent import containers as containers_
 
 log = logging.getLogger("hedgerow.agent")
-AGENT_VERSION = "0.1.0"
+AGENT_VERSION = hedgerow.__version__
 _DONE = frozenset({State.RUNNING, State.FINISHED})
 
 
@@ -67,7 +68,7 @@ class Agent:
         self.wake = asyncio.Event()
         self.applied: documents.DesiredState | None = None
         self.problems: tuple[str, ...] = ()
-        self.history: dict[str, Any] = {"outcomes": {}, "local": []}
+        self.history = outcome.History()
         self.sequence = 0
         self.passes = 0
         self._stopping = False
@@ -94,7 +95,7 @@ class Agent:
         due = dict(self._due)
         if self._dirty:
             due[self.layout.records] = records.render_all(self.records)
-        history = json.dumps(self.history, sort_keys=True, indent=1).encode()
+        history = self._render_history()
         if history != self._history_written:
             due[self.layout.history_file] = history
         if due:
@@ -158,7 +159,8 @@ class Agent:
                 self.save(rec)
         self.flush()
         with contextlib.suppress(FileNotFoundError, ValueError):
-            self.history = json.loads(self.layout.history_file.read_bytes())
+            self.history = outcome.History.model_validate_json(
+                self.layout.history_file.read_bytes())
         with contextlib.suppress(FileNotFoundError, ValueError):
             self.applied = documents.DesiredState.model_validate_json(
                 self.layout.applied_file.read_bytes())
@@ -198,6 +200,7 @@ class Agent:
                 w for w in wanted.wants if w.runtime != "container"))
         actions = plan_.plan(wanted, observed)                                  # 4. plan
         if doc is not None and doc != self.applied:
+            self.supersede(doc)
             self.applied = doc
             self._due[self.layout.applied_file] = documents.render_bytes(doc)
         try:
@@ -219,11 +222,14 @@ class Agent:
     def choose(self, reading: desired.Reading) -> documents.DesiredState | None:
         if reading.desired is None:
             return self.applied  # bad input: keep the last good state, remove nothing
-        target = self.history["outcomes"].get(reading.desired.revision, {})
-        if target.get("rolled_back_to"):
-            with contextlib.suppress(FileNotFoundError, ValueError):
-                return documents.DesiredState.model_validate_json(
-                    self.layout.last_good_file.read_bytes())
+        target = self.history.outcome_of(reading.desired.revision)
+        if target is not None and target.rolled_back_to:
+            good = self._last_good()
+            if good is not None:
+                return good
+        # Wanted: a new revision (or a superseded one wanted again) is IN_PROGRESS now.
+        self.history = outcome.resolve_started(self.history, reading.desired.revision,
+                                               time.time(), reading.source)
         return reading.desired
 
     def observe(self) -> dict[str, plan_.Observed]:
@@ -514,65 +520,93 @@ class Agent:
         await self.install(comp)
         await self.start(comp)
 
-    # --- outcome ---------------------------------------------------------------------
+    # --- outcome (the rules: hedgerow.core.outcome) --------------------------------
 
-    def _outcome(self, revision: str) -> dict[str, Any]:
-        outcomes: dict[str, Any] = self.history["outcomes"]
-        if revision not in outcomes:
-            outcomes[revision] = {"outcome": "IN_PROGRESS", "started": time.time(),
-                                  "reason": ""}
-            while len(outcomes) > 20:
-                outcomes.pop(next(iter(outcomes)))
-        entry: dict[str, Any] = outcomes[revision]
-        return entry
+    def _observed(self, doc: documents.DesiredState,
+                  exact: bool = False) -> list[outcome.Observed | None]:
+        """`doc`'s components as recorded (None: no record; with `exact`, also a record
+        of another spec — what runs under that name is not `doc`'s)."""
+        out: list[outcome.Observed | None] = []
+        for comp in doc.components:
+            rec = self.records.get(comp.name)
+            if rec is not None and exact and rec.spec_hash != comp.spec_hash:
+                rec = None
+            out.append(None if rec is None else outcome.Observed(
+                rec.name, rec.state, rec.since, rec.install_failed, rec.message))
+        return out
+
+    def _last_good(self) -> documents.DesiredState | None:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            return documents.DesiredState.model_validate_json(
+                self.layout.last_good_file.read_bytes())
+        return None
+
+    def _settle_as_good(self, doc: documents.DesiredState) -> None:
+        """`doc` is what to roll back to from now on (written at the end of the pass)."""
+        self._due[self.layout.last_good_file] = documents.render_bytes(doc)
+        self.containers.gc_due = True  # images only the previous good state used may go now
+
+    def supersede(self, doc: documents.DesiredState) -> None:
+        """`doc` replaces the applied document: judge the one it replaces, as it ran."""
+        previous = self.applied
+        if previous is None:
+            return
+        result = outcome.resolve_superseded(self.history, previous.revision, doc.revision,
+                                            self._observed(previous, exact=True),
+                                            time.time())
+        if result.history is self.history:
+            return
+        self.history = result.history
+        log.warning("deployment %s: %s", previous.revision,
+                    result.history.outcomes[previous.revision].reason)
+        if result.is_last_good:
+            self._settle_as_good(previous)
+        self.save_history()
 
     def fail(self, doc: documents.DesiredState | None, reason: str) -> None:
         if doc is None:
             return
-        entry = self._outcome(doc.revision)
-        if entry["outcome"] not in ("IN_PROGRESS",):
+        entry = self.history.outcome_of(doc.revision)
+        if entry is None or entry.outcome is not documents.Outcome.IN_PROGRESS:
             return
-        entry.update(outcome="FAILED", reason=reason[:1000], finished=time.time())
         log.error("deployment %s failed: %s", doc.revision, reason)
-        if doc.failure_handling.value == "ROLLBACK" and self.layout.last_good_file.exists():
-            good = documents.DesiredState.model_validate_json(
-                self.layout.last_good_file.read_bytes())
-            if good.revision != doc.revision:
-                entry.update(outcome="ROLLED_BACK", rolled_back_to=good.revision)
-                log.warning("rolling back to %s", good.revision)
-                self.wake.set()
+        due = self._due.get(self.layout.last_good_file)  # settled in this very pass
+        good = (documents.DesiredState.model_validate_json(due) if due is not None
+                else self._last_good())
+        target = outcome.resolve_rollback_target(doc.failure_handling, doc.revision,
+                                                 good.revision if good else None)
+        self.history = outcome.resolve_failure(self.history, doc.revision, reason,
+                                               time.time(), target)
+        if target is not None:
+            log.warning("rolling back to %s", target)
+            self.wake.set()
         self.save_history()
 
     def judge(self, doc: documents.DesiredState | None, reading: desired.Reading) -> None:
         wanted = reading.desired
         if wanted is None or doc is None or doc.revision != wanted.revision:
             return  # bad input or rolled back: the outcome was recorded when it happened
-        entry = self._outcome(doc.revision)
+        now = time.time()
         if self.pending_local is not None:
-            for local in self.history.get("local", []):
-                if local["id"] == self.pending_local:
-                    local["revision"] = doc.revision
+            self.history = outcome.resolve_local_applied(self.history, self.pending_local,
+                                                         doc.revision)
             self.pending_local = None
-        if entry["outcome"] != "IN_PROGRESS":
+        entry = self.history.outcome_of(doc.revision)
+        if entry is None or entry.outcome is not documents.Outcome.IN_PROGRESS:
             self.save_history()
             return
-        mine = [self.records.get(c.name) for c in doc.components]
-        broken = [r for r in mine if r is not None and (
-            r.state is State.BROKEN or (r.install_failed and r.state is State.ERRORED))]
-        if broken:
-            self.fail(doc, "; ".join(f"{r.name} {r.state}: {r.message}" for r in broken))
-        elif all(r is not None and r.state in _DONE for r in mine) and (
-                time.time() - max((r.since for r in mine if r), default=0.0)
-                < self.settings.settle_s):
-            self._judge_at = time.time() + self.settings.settle_s
-        elif all(r is not None and r.state in _DONE for r in mine):
-            entry.update(outcome="SUCCEEDED", finished=time.time())
-            self._due[self.layout.last_good_file] = documents.render_bytes(doc)
-            self.containers.gc_due = True  # images only the previous good state used may go now
+        verdict = outcome.resolve_judgement(entry, self._observed(doc), now,
+                                            self.settings.settle_s,
+                                            self.settings.deployment_timeout_s)
+        if verdict.verdict is outcome.Verdict.FAILED:
+            self.fail(doc, verdict.reason)
+        elif verdict.verdict is outcome.Verdict.SETTLING:
+            self._judge_at = verdict.judge_at or now
+        elif verdict.verdict is outcome.Verdict.SUCCEEDED:
+            self.history = outcome.resolve_succeeded(self.history, doc.revision, now)
+            self._settle_as_good(doc)
             self.save_history()
             log.info("deployment %s succeeded", doc.revision)
-        elif time.time() - entry["started"] > self.settings.deployment_timeout_s:
-            self.fail(doc, f"not RUNNING after {self.settings.deployment_timeout_s:g}s")
         else:
             self.save_history()
 
@@ -583,16 +617,15 @@ class Agent:
         wanted = reading.desired if reading else None
         revision = wanted.revision if wanted else (self.applied.revision if self.applied
                                                     else None)
-        outcome = None
+        verdict = None
         if reading is not None and reading.problems:
-            outcome = documents.DeploymentOutcome(
+            verdict = documents.DeploymentOutcome(
                 revision=revision or "", outcome=documents.Outcome.REJECTED,
                 reason="; ".join(reading.problems)[:1024])
-        elif revision and revision in self.history["outcomes"]:
-            entry = self.history["outcomes"][revision]
-            outcome = documents.DeploymentOutcome(
-                revision=revision, outcome=documents.Outcome(entry["outcome"]),
-                reason=entry.get("reason", ""), rolled_back_to=entry.get("rolled_back_to"))
+        elif (entry := self.history.outcome_of(revision)) is not None and revision:
+            verdict = documents.DeploymentOutcome(
+                revision=revision, outcome=entry.outcome, reason=entry.reason,
+                rolled_back_to=entry.rolled_back_to)
         docker_down = self.containers.available is False
         comps = [documents.ComponentReport(
             name=r.name, version=r.version, state=r.state,
@@ -608,7 +641,7 @@ class Agent:
             health=documents.Health.UNHEALTHY if bad else documents.Health.HEALTHY,
             desired_revision=revision,
             applied_revision=self.applied.revision if self.applied else None,
-            components=comps, deployment=outcome)
+            components=comps, deployment=verdict)
 
     def write_status(self, reading: desired.Reading) -> None:
         # A report, regenerated every pass, not a record the agent relies on: atomic
@@ -620,10 +653,13 @@ class Agent:
         """Deployment outcomes (state/deployments.json): during a pass, `persist` writes
         them at its end; outside one (a control command), now."""
         if not self.lock.locked():
-            data = json.dumps(self.history, sort_keys=True, indent=1).encode()
+            data = self._render_history()
             if data != self._history_written:
                 files.write_atomic(self.layout.history_file, data)
                 self._history_written = data
+
+    def _render_history(self) -> bytes:
+        return json.dumps(self.history.to_dict(), indent=1).encode()
 
     # --- the loop --------------------------------------------------------------------
 

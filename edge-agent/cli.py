@@ -256,7 +256,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     create.add_argument("--update-config", metavar="JSON",
                         help='{"NAME": {"merge": {...}, "reset": ["/ptr"]}}')
     create.set_defaults(handler=_deployment)
-    lst = dep_sub.add_parser("list", help="deployments and their outcomes")
+    lst = dep_sub.add_parser(
+        "list", help="deployments and their outcomes",
+        description="Every revision this device was asked to run, with its "
+                    "outcome (IN_PROGRESS, SUCCEEDED, FAILED, ROLLED_BACK, or SUPERSEDED "
+                    "when a newer one came before it settled) and its source: local "
+                    "(files in ROOT/deployments, from `deployment create` or by hand), "
+                    "cloud, or cloud+local.")
     _common(lst)
     lst.set_defaults(handler=_deployment)
     status = dep_sub.add_parser("status", help="one deployment's outcome")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from hedgerow import files
-from hedgerow.core import deployment, manifest
+from hedgerow.core import deployment, manifest, outcome
 
 if TYPE_CHECKING:
     from hedgerow.agent.agent import Agent
@@ -131,18 +131,26 @@ async def _logs(agent: Agent, name: str, since: float) -> list[str]:
 
 
 def list_deployments(agent: Agent) -> list[dict[str, Any]]:
+    """`hedgerow deployment create` requests first, then every other revision with where
+    it came from (the controller, deployment files dropped into deployments/, or both)."""
+    history = agent.history
     out = []
-    for entry in agent.history.get("local", []):
-        outcome = agent.history["outcomes"].get(entry.get("revision") or "", {})
-        out.append({**entry, "outcome": outcome.get("outcome", "PENDING"),
-                    "reason": outcome.get("reason", ""),
-                    "rolledBackTo": outcome.get("rolled_back_to")})
-    for revision, outcome in agent.history["outcomes"].items():
-        if not any(d.get("revision") == revision for d in out):
-            out.append({"id": revision[:12], "revision": revision, "source": "cloud",
-                        "outcome": outcome["outcome"], "reason": outcome.get("reason", ""),
-                        "rolledBackTo": outcome.get("rolled_back_to")})
+    for local in history.local:
+        entry = history.outcome_of(local.revision)
+        out.append({**local.model_dump(mode="json"), "source": outcome.Source.LOCAL.value,
+                    **_outcome_fields(entry)})
+    for revision, entry in history.outcomes.items():
+        if not any(local.revision == revision for local in history.local):
+            out.append({"id": revision[:12], "revision": revision,
+                        "source": entry.source.value, **_outcome_fields(entry)})
     return out
+
+
+def _outcome_fields(entry: outcome.Entry | None) -> dict[str, Any]:
+    if entry is None:
+        return {"outcome": "PENDING", "reason": "", "rolledBackTo": None}
+    return {"outcome": entry.outcome.value, "reason": entry.reason,
+            "rolledBackTo": entry.rolled_back_to}
 
 
 def create_local_deployment(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
@@ -188,13 +196,11 @@ def create_local_deployment(agent: Agent, request: dict[str, Any]) -> dict[str, 
         files.write_atomic(local, text.encode())
     else:
         files.remove_file(local)
-    entry = {"id": ident, "created": time.time(), "components": sorted(current),
-             "revision": None, "source": "local"}
-    agent.history.setdefault("local", []).append(entry)
-    agent.history["local"] = agent.history["local"][-20:]
+    entry = outcome.LocalEntry(id=ident, created=time.time(), components=sorted(current))
+    agent.history = outcome.resolve_local_requested(agent.history, entry)
     agent.pending_local = ident
     agent.wake.set()
-    return entry
+    return {**entry.model_dump(mode="json"), "source": outcome.Source.LOCAL.value}
 
 
 def request(socket_path: pathlib.Path, payload: dict[str, Any], timeout: float = 120.0) -> Any:

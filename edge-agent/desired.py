@@ -16,13 +16,14 @@ import pathlib
 import pydantic
 
 from hedgerow.agent.layout import Layout
-from hedgerow.core import component, deployment, documents, manifest, resolve, thinggroup
+from hedgerow.core import component, deployment, documents, manifest, outcome, resolve, thinggroup
 
 
 @dataclasses.dataclass(frozen=True)
 class Reading:
     desired: documents.DesiredState | None
     problems: tuple[str, ...] = ()
+    source: outcome.Source = outcome.Source.CLOUD  # where `desired` came from
 
 
 def _cloud(path: pathlib.Path) -> tuple[documents.DesiredState | None, list[str]]:
@@ -73,4 +74,9 @@ def fetch_desired(layout: Layout, thing: str,
         merged.update({c.name: c for c in result.desired.components})
         refs += [r for r in result.desired.deployments
                  if (r.namespace, r.name) not in {(x.namespace, x.name) for x in refs}]
-    return Reading(documents.render_desired_state(thing, refs, list(merged.values())))
+    # No cloud document (yet) and no local deployment: the empty document is the
+    # device's own start-up state, listed as local.
+    source = (outcome.Source.CLOUD_AND_LOCAL if cloud and deployments else
+              outcome.Source.CLOUD if cloud else outcome.Source.LOCAL)
+    return Reading(documents.render_desired_state(thing, refs, list(merged.values())),
+                   source=source)

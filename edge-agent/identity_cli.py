@@ -15,6 +15,8 @@ import pathlib
 import sys
 from typing import Any
 
+import hedgerow
+
 DEFAULT_ROOT = os.environ.get("HEDGEROW_ROOT", "/var/lib/hedgerow")
 
 
@@ -70,7 +72,7 @@ def _show(args: argparse.Namespace) -> int:
         print(f"hedgerow agent identity: {exc}", file=sys.stderr)
         return 1
     row = {"thing": ident.thing, "broker": ident.broker_url, "certificate": str(ident.cert),
-           "daysLeft": days}
+           "daysLeft": days, "version": hedgerow.__version__}
     if args.output == "json":
         print(json.dumps(row, indent=2))
     else:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 import yaml
 
+import hedgerow
 from hedgerow.core import crd, manifest
 
 Handler = Callable[[argparse.Namespace], int]
@@ -79,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Kubernetes-native edge orchestration: components, deployments, fleets.",
         epilog="Run `hedgerow COMMAND --help` for the options of one command.",
     )
+    parser.add_argument("--version", action="version", version=f"hedgerow {hedgerow.__version__}")
+    parser.add_argument(
+        "--root", metavar="DIR", dest="root_anywhere",  # taken out first: split_root
+        help="the agent's root folder, for the device commands (agent, component, "
+             "deployment, logs); accepted anywhere on the line, like `kubectl -n` "
+             "(default: $HEDGEROW_ROOT, else /var/lib/hedgerow)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     validate = sub.add_parser(
@@ -106,9 +113,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def split_root(argv: Sequence[str]) -> tuple[str | None, list[str]]:
+    """`--root DIR` (or `--root=DIR`) from anywhere on the command line, and the rest.
+    Sub-commands define their own --root; taking it out first lets it stand before the
+    sub-command too (`hedgerow --root DIR component list`), as `kubectl -n` does."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--root")
+    rest = list(argv)
+    if "--" in rest:  # nothing after `--` is an option
+        cut = rest.index("--")
+        known, head = pre.parse_known_args(rest[:cut])
+        return known.root, [*head, *rest[cut:]]
+    known, rest = pre.parse_known_args(rest)
+    return known.root, rest
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    root, rest = split_root(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(rest)
+    if root is not None:
+        if not hasattr(args, "root"):
+            parser.error(f"--root does not apply to `{args.command}`")
+        args.root = root  # else the sub-command's default: $HEDGEROW_ROOT or /var/lib/hedgerow
     handler: Handler = args.handler
     try:
         code = handler(args)

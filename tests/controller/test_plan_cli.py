@@ -47,7 +47,7 @@ def test_plan_prints_changes_per_device_and_applies_nothing(cluster: Cluster,
         "  - com.example.Telemetry 1.0.0",
         "  + com.example.WebStatus 1.0.0",
         "gateway-3: no change",
-        "2 device(s) would change",
+        "2 device(s) would change (+ added, ~ changed, - removed)",
     ]
     live = cluster.get("deployment", "factory-1-apps")
     assert [c["name"] for c in live["spec"]["components"]] == [

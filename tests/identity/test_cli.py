@@ -16,7 +16,7 @@ import pytest
 
 from hedgerow.agent import cli as agent_cli
 from hedgerow.agent import connector, identity, identity_cli
-from hedgerow.controller import fleet_cli
+from hedgerow.controller import fleet_cli, pki
 from tests.support.mosquitto import Mosquitto
 from tests.support.net import free_port
 
@@ -94,6 +94,7 @@ def test_device_register_creates_coredevice_and_bundle(apiserver: Any, tmp_path:
                                                        ) -> None:
     root = tmp_path / "device"
     csr = identity.init(root, "dev-r")
+    pki.FleetCA.create(tmp_path / "ca")  # register signs with a CA, never makes one
     bundle = tmp_path / "b.json"
     code, _ = run("device", "register", "dev-r", "--label", "site=berlin", "--csr", str(csr),
                   "--kubeconfig", str(apiserver.kubeconfig), "--ca-dir", str(tmp_path / "ca"),
