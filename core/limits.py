@@ -39,3 +39,7 @@ REPORT_INTERVAL_SECONDS: Final = 1.0
 # One log line of a component (longer lines are split), and what a component may write
 # to its log per second on average before lines are dropped (and the drop is logged).
 MAX_LOG_LINE_BYTES: Final = 16 * KIB
+# The log writer runs as root outside the component's cgroup, and its disk is shared:
+# a burst of a MiB (a quarter of what rotation keeps), then 64 KiB/s on average.
+LOG_BYTES_PER_SECOND: Final = 64 * KIB
+LOG_BURST_BYTES: Final = 1 * MIB
