@@ -136,11 +136,14 @@ def resolve_reanchored(status: Status, now: float, policy: Policy = Policy()) ->
 
     Its times were read from a clock that may have been stepped since (an NTP step, a
     device without an RTC that booted in 1970): an error "in the future" is at most now,
-    and no retry waits longer than the policy could ever have asked (the backoff cap) —
-    so a clock stepped back a day delays recovery by at most that, not by a day.
+    and no retry waits longer after the last error than the policy asks for that many
+    errors (nor, without errors, longer than the cap) — so a clock stepped back a day
+    delays recovery by the backoff, not by a day.
     """
     errors = tuple((origin, min(at, now)) for origin, at in status.errors)
     retry_at = status.retry_at
     if retry_at is not None:
-        retry_at = min(retry_at, now + policy.backoff_cap_s)
+        latest = (errors[-1][1] + resolve_backoff(len(errors), policy) if errors
+                  else now + policy.backoff_cap_s)
+        retry_at = min(retry_at, latest)
     return Status(state=status.state, errors=errors, retry_at=retry_at)
