@@ -333,7 +333,8 @@ def _render_binds(
     privileged: bool,
 ) -> tuple[Bind, ...]:
     binds: list[Bind] = []
-    for volume in spec.volumes:
+    for i, volume in enumerate(spec.volumes):
+        field = f"container.volumes[{i}].source"
         source = render(volume.source)
         target = posixpath.normpath(volume.target)
         if ":" in source or ":" in target:
@@ -344,8 +345,14 @@ def _render_binds(
             else:
                 # Checked as the kernel will see it: `/proc/self/root/<root>/state` is the
                 # agent's state, a link in a folder may point anywhere.
-                source = canonical(posixpath.normpath(source))
-                _check_bind_source(name, source, volume.read_only, root=root)
+                try:
+                    source = canonical(posixpath.normpath(source))
+                except ContainerSpecError as exc:
+                    raise ContainerSpecError(f"{name}: {field}: {exc}") from None
+                refusal = resolve_bind_refusal(name, source, volume.read_only, root=root,
+                                               field=field)
+                if refusal is not None:
+                    raise ContainerSpecError(refusal)
         elif not _VOLUME_NAME.match(source):
             raise ContainerSpecError(
                 f"{name}: volume source {source!r} is neither an absolute path nor a "
@@ -378,36 +385,39 @@ _RUNTIME_SOCKETS: Final = ("/run/docker.sock", "/var/run/docker.sock", "/run/doc
                            "/run/containerd", "/var/run/containerd")
 
 
-def resolve_bind_refusal(name: str, source: str, read_only: bool, *, root: str) -> str | None:
+def resolve_bind_refusal(name: str, source: str, read_only: bool, *, root: str,
+                         field: str = "container.volumes") -> str | None:
     """Why an unprivileged container may not bind `source` (canonical), or None.
 
-    A component may bind its own work folder and, read-only, its own artifact folders;
-    nothing else of the device. The root holds desired state, the agent's records,
+    A component may bind its own work folder (the folder itself: what is inside is the
+    component's to change) and, read-only, its own artifact folders; nothing else of the
+    device. The root holds desired state, the agent's records,
     other components' folders and the IPC socket; /proc, /sys and /dev are the kernel;
     the Docker socket is root on the device; any other host path is someone else's.
     """
     root = posixpath.normpath(root)
-    own_rw = (posixpath.join(root, "work", name),)
-    own_ro = (*own_rw, posixpath.join(root, "artifacts", name),
+    work = posixpath.join(root, "work", name)
+    own_ro = (posixpath.join(root, "artifacts", name),
               posixpath.join(root, "artifacts-unarchived", name))
-    if any(_is_within(source, own) for own in (own_ro if read_only else own_rw)):
+    if source == work or (read_only and any(_is_within(source, own) for own in own_ro)):
         return None
     why = "is a host path outside the component's own folders"
-    if any(_is_within(source, k) for k in _KERNEL):
+    if _is_within(source, work):
+        # Docker resolves a source again at every (re)start, and whatever runs in the
+        # component may write its work folder (a container's root is the host's root):
+        # `data` swapped for a link to / between two starts would be a bind of /.
+        why = (f"is inside the work folder, which the component can change (a link put "
+               f"in place of it later would be followed at the next start); bind {work} "
+               "itself and use the subfolder inside the container")
+    elif any(_is_within(source, k) for k in _KERNEL):
         why = "is a kernel interface"
     elif any(_is_within(source, s) for s in _RUNTIME_SOCKETS):
         why = "is the container runtime's socket (root on the device)"
     elif _is_within(source, root) or _is_within(root, source):
         why = f"would expose the agent's root {root}"
-    return (f"{name}: container.volumes: binding {source} {why}; without "
+    return (f"{name}: {field}: binding {source} {why}; without "
             f"requiresPrivilege only {root}/work/{name} (and, read-only, "
             f"{root}/artifacts/{name}) may be bound")
-
-
-def _check_bind_source(name: str, source: str, read_only: bool, *, root: str) -> None:
-    refusal = resolve_bind_refusal(name, source, read_only, root=root)
-    if refusal is not None:
-        raise ContainerSpecError(refusal)
 
 
 def _is_within(path: str, folder: str) -> bool:

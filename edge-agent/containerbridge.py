@@ -100,7 +100,11 @@ def observe_bind_source(source: str) -> str:
     the folder itself. A missing last part is fine (Docker creates it, as root, in a
     trusted folder). Raises ContainerSpecError with the reason.
     """
-    resolved = os.path.realpath(source)
+    try:
+        resolved = os.path.realpath(source)
+    except OSError as exc:  # e.g. /proc/1/root where the kernel says no, even to root
+        raise container_.ContainerSpecError(
+            f"bind source {source}: cannot be resolved: {exc.strerror}") from None
     parts = [p for p in resolved.split("/") if p]
     folder = "/"
     for i, part in enumerate(parts):

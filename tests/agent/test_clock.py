@@ -20,7 +20,7 @@ import pytest
 from hedgerow.agent import agent as agent_
 from hedgerow.core import lifecycle
 from hedgerow.core.documents import ComponentState as S
-from hedgerow.core.lifecycle import Event as E
+from hedgerow.core.lifecycle import Event
 from tests.agent.conftest import AgentProcess, pids_with_marker, rc
 from tests.support.wait import wait_for
 
@@ -53,14 +53,14 @@ def test_persisted_times_are_reanchored(status: lifecycle.Status, now: float,
 
 @pytest.mark.parametrize(("steps", "expected_state", "expected_retry"), [
     # errors 1 s apart: backoff 1, 2 -> the third from RUNNING is BROKEN
-    ([(E.FAILED, 0.0), (E.RECOVER, 1.0), (E.INSTALLED, 1.0), (E.START, 1.0),
-      (E.STARTED, 1.0), (E.FAILED, 2.0)], S.ERRORED, 4.0),
+    ([(Event.FAILED, 0.0), (Event.RECOVER, 1.0), (Event.INSTALLED, 1.0), (Event.START, 1.0),
+      (Event.STARTED, 1.0), (Event.FAILED, 2.0)], S.ERRORED, 4.0),
     # an error-free hour (on the injected clock) forgets the past errors
-    ([(E.FAILED, 0.0), (E.RECOVER, 1.0), (E.INSTALLED, 1.0), (E.START, 1.0),
-      (E.STARTED, 1.0), (E.FAILED, 1.0 + 3600.0)], S.ERRORED, 3602.0),
+    ([(Event.FAILED, 0.0), (Event.RECOVER, 1.0), (Event.INSTALLED, 1.0), (Event.START, 1.0),
+      (Event.STARTED, 1.0), (Event.FAILED, 1.0 + 3600.0)], S.ERRORED, 3602.0),
 ])
 def test_backoff_is_decided_on_the_clock_it_is_given(
-    steps: list[tuple[E, float]], expected_state: S, expected_retry: float,
+    steps: list[tuple[Event, float]], expected_state: S, expected_retry: float,
 ) -> None:
     status = lifecycle.Status(S.RUNNING)
     for event, now in steps:

@@ -67,8 +67,8 @@ def test_a_document_above_the_ceiling_is_refused_whole_and_the_last_good_keeps_r
     # The device's operator allows it: the same document now runs.
     agent.stop()
     agent.start("--max-privilege", "privileged")
-    agent.wait_states({n: "RUNNING" for n in ("com.example.Good", "com.example.New",
-                                              "com.example.Root", "com.example.AsRoot")})
+    agent.wait_states(dict.fromkeys(("com.example.Good", "com.example.New",
+                                     "com.example.Root", "com.example.AsRoot"), "RUNNING"))
     wait_for(lambda: proof.exists() and proof.read_text().strip() == "0", 10, "root step")
     assert _pid_of(agent, "com.example.Good") == pid  # adopted, never restarted
 
