@@ -182,3 +182,36 @@ def _log_writer_of(log: pathlib.Path) -> int | None:
                 any(a.endswith(b"=" + str(log).encode()) for a in argv):
             return int(entry.name)
     return None
+
+
+PRIVILEGED_RECIPE = """apiVersion: hedgerow.dev/v1alpha1
+kind: Component
+metadata: {name: com.example.rooted-1.0.0}
+spec:
+  name: com.example.Rooted
+  version: 1.0.0
+  manifests:
+    - lifecycle:
+        run: {script: "id -u > /tmp/hedgerow-rooted-proof; sleep 60", requiresPrivilege: true}
+"""
+
+
+def test_a_local_deployment_above_the_ceiling_is_refused_when_created(
+    agent: AgentProcess, tmp_path: pathlib.Path,
+) -> None:
+    good = agent.deploy(rc("com.example.Good"))
+    agent.wait_states({"com.example.Good": "RUNNING"})
+    wait_for(lambda: agent.outcome(good) == "SUCCEEDED", 10, "SUCCEEDED")
+    (tmp_path / "rooted.yaml").write_text(PRIVILEGED_RECIPE)
+    created = agent.cli("deployment", "create", "--recipes", str(tmp_path),
+                        "--merge", "com.example.Rooted=1.0.0")
+    assert created.returncode == 1
+    assert ("com.example.Rooted: lifecycle.run.requiresPrivilege: the run step runs as "
+            "root; needs privilege level 'privileged', granted 'baseline'") in created.stderr
+    assert not (agent.root / "deployments" / "local.yaml").exists()  # nothing changed
+    seq = agent.status()["sequence"]
+    wait_for(lambda: agent.status().get("sequence", 0) >= seq + 2, 10, "two more passes")
+    assert agent.outcome(good) == "SUCCEEDED"  # not REJECTED: the cloud document runs on
+    assert agent.states() == {"com.example.Good": "RUNNING"}
+    assert agent.cli("deployment", "list", "-o", "json").stdout.count("local-") == 0
+    assert not pathlib.Path("/tmp/hedgerow-rooted-proof").exists()
