@@ -22,7 +22,7 @@ import pathlib
 import platform as platform_
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from hedgerow import files
@@ -195,9 +195,6 @@ class Agent:
         self.save_records("adopting")
         with contextlib.suppress(FileNotFoundError, ValueError):
             self.history = json.loads(self.layout.history_file.read_bytes())
-        for entry in self.history.get("outcomes", {}).values():
-            if isinstance(entry, dict) and isinstance(entry.get("started"), float | int):
-                entry["started"] = min(entry["started"], now)
         with contextlib.suppress(FileNotFoundError, ValueError):
             self.applied = documents.DesiredState.model_validate_json(
                 self.layout.applied_file.read_bytes())
@@ -762,7 +759,7 @@ class Agent:
             self.untroubled("watching files")
             self.wake.set()
 
-    async def supervise(self, what: str, run: Any) -> None:
+    async def supervise(self, what: str, run: Callable[[], Awaitable[None]]) -> None:
         """Run the long-lived coroutine `run()` for as long as the agent runs: whatever
         ends it (EMFILE from inotify, EIO, a bug) is logged and it is started again with
         capped backoff — a part of the agent that died quietly would leave the device
@@ -770,6 +767,7 @@ class Agent:
         loop: what happened meanwhile is seen by the next pass."""
         failures = 0
         while not self._stopping:
+            began = time.monotonic()
             try:
                 await run()
                 message = "ended"
@@ -777,7 +775,7 @@ class Agent:
                 raise
             except Exception as exc:
                 message = f"{type(exc).__name__}: {exc}"
-            failures += 1
+            failures = 1 if time.monotonic() - began > 60 else failures + 1
             self.trouble(what, f"{what}: {message}")
             self.wake.set()
             await asyncio.sleep(min(30.0, 0.5 * 2 ** min(failures, 6)))

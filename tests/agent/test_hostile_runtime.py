@@ -30,12 +30,23 @@ def _pid_of(agent: AgentProcess, name: str) -> int:
     return int(agent.record(name)["process"]["pid"])
 
 
-def test_a_document_above_the_ceiling_is_refused_whole_and_the_last_good_keeps_running(
-    agent: AgentProcess, agent_home: pathlib.Path,
-) -> None:
+def _good_running(agent: AgentProcess) -> documents.DesiredState:
+    """The last good state: one component, deployed and SUCCEEDED."""
     good = agent.deploy(rc("com.example.Good"))
     agent.wait_states({"com.example.Good": "RUNNING"})
     wait_for(lambda: agent.outcome(good) == "SUCCEEDED", 10, "SUCCEEDED")
+    return good
+
+
+def _passes(agent: AgentProcess, count: int = 2) -> None:
+    seq = agent.status()["sequence"]
+    wait_for(lambda: agent.status().get("sequence", 0) >= seq + count, 10, "more passes")
+
+
+def test_a_document_above_the_ceiling_is_refused_whole_and_the_last_good_keeps_running(
+    agent: AgentProcess, agent_home: pathlib.Path,
+) -> None:
+    _good_running(agent)
     pid = _pid_of(agent, "com.example.Good")
     proof = agent_home / "ran-as-root"
 
@@ -57,8 +68,7 @@ def test_a_document_above_the_ceiling_is_refused_whole_and_the_last_good_keeps_r
             "needs privilege level 'privileged', granted 'baseline'") in reason
     assert "com.example.AsRoot: runWith.posixUser" in reason
     assert "--max-privilege" in reason
-    seq = agent.status()["sequence"]
-    wait_for(lambda: agent.status().get("sequence", 0) >= seq + 2, 10, "two more passes")
+    _passes(agent)
     assert agent.outcome(evil) == "REJECTED"
     assert agent.states() == {"com.example.Good": "RUNNING"}  # nothing new, nothing gone
     assert _pid_of(agent, "com.example.Good") == pid
@@ -199,9 +209,7 @@ spec:
 def test_a_local_deployment_above_the_ceiling_is_refused_when_created(
     agent: AgentProcess, tmp_path: pathlib.Path,
 ) -> None:
-    good = agent.deploy(rc("com.example.Good"))
-    agent.wait_states({"com.example.Good": "RUNNING"})
-    wait_for(lambda: agent.outcome(good) == "SUCCEEDED", 10, "SUCCEEDED")
+    good = _good_running(agent)
     (tmp_path / "rooted.yaml").write_text(PRIVILEGED_RECIPE)
     created = agent.cli("deployment", "create", "--recipes", str(tmp_path),
                         "--merge", "com.example.Rooted=1.0.0")
@@ -209,8 +217,7 @@ def test_a_local_deployment_above_the_ceiling_is_refused_when_created(
     assert ("com.example.Rooted: lifecycle.run.requiresPrivilege: the run step runs as "
             "root; needs privilege level 'privileged', granted 'baseline'") in created.stderr
     assert not (agent.root / "deployments" / "local.yaml").exists()  # nothing changed
-    seq = agent.status()["sequence"]
-    wait_for(lambda: agent.status().get("sequence", 0) >= seq + 2, 10, "two more passes")
+    _passes(agent)
     assert agent.outcome(good) == "SUCCEEDED"  # not REJECTED: the cloud document runs on
     assert agent.states() == {"com.example.Good": "RUNNING"}
     assert agent.cli("deployment", "list", "-o", "json").stdout.count("local-") == 0
