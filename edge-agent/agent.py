@@ -775,10 +775,12 @@ class Agent:
                 raise
             except Exception as exc:
                 message = f"{type(exc).__name__}: {exc}"
+            if self._stopping:
+                return
             failures = 1 if time.monotonic() - began > 60 else failures + 1
             self.trouble(what, f"{what}: {message}")
             self.wake.set()
-            await asyncio.sleep(min(30.0, 0.5 * 2 ** min(failures, 6)))
+            await asyncio.sleep(min(30.0, 0.25 * 2 ** min(failures, 7)))
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
         from hedgerow.agent import control

@@ -158,3 +158,31 @@ def test_running_out_of_file_descriptors_is_survived(agent: AgentProcess) -> Non
     # the agent's own shortage is not charged to the component: no error, not BROKEN
     assert agent.record("com.example.Second")["errors"] == []
     assert json.loads(agent.cli("component", "list", "-o", "json").stdout)
+
+
+def test_a_long_lived_task_that_dies_is_logged_and_started_again(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The catch-all every long-lived task of the agent runs under (the file watcher is
+    one): an error ends one run, not the task; each restart wakes the loop."""
+    import asyncio
+
+    from hedgerow.agent import agent as agent_
+
+    the_agent = agent_.Agent(tmp_path / "root", "gw-supervise")
+    runs: list[int] = []
+
+    async def flaky() -> None:
+        runs.append(len(runs))
+        if len(runs) <= 2:
+            raise OSError(errno.EMFILE, "Too many open files")
+        the_agent.shutdown()  # third run: fine, and the agent is stopping
+
+    async def main() -> None:
+        await asyncio.wait_for(the_agent.supervise("watching files", flaky), 10)
+
+    asyncio.run(main())
+    assert runs == [0, 1, 2]
+    assert the_agent.wake.is_set()
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == ["watching files: OSError: [Errno 24] Too many open files (retrying)"]
