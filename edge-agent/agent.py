@@ -766,7 +766,7 @@ class Agent:
         deaf (no wake on a new document) while it looks alive. A restart also wakes the
         loop: what happened meanwhile is seen by the next pass."""
         failures = 0
-        while not self._stopping:
+        while True:
             began = time.monotonic()
             try:
                 await run()
