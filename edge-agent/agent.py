@@ -664,10 +664,15 @@ class Agent:
     # --- status ----------------------------------------------------------------------
 
     def report(self, reading: desired.Reading | None = None) -> documents.StatusReport:
-        """The status, within the bounds the controller accepts (core/limits.py): every
-        text cut to its bound, at most MAX_REPORT_COMPONENTS components, and messages
-        shortened further when the whole would pass MAX_REPORT_BYTES — whatever a
-        component made its messages (Docker's start errors quote the recipe)."""
+        return self.render_report(reading)[0]
+
+    def render_report(self, reading: desired.Reading | None = None,
+                      ) -> tuple[documents.StatusReport, bytes]:
+        """The status and its bytes, within the bounds the controller accepts
+        (core/limits.py): every text cut to its bound, at most MAX_REPORT_COMPONENTS
+        components, and messages shortened further when the whole would pass
+        MAX_REPORT_BYTES — whatever a component made its messages (Docker's start errors
+        quote the recipe). Rendered once: the bytes are what status.json gets."""
         self.sequence += 1
         wanted = reading.desired if reading else None
         revision = wanted.revision if wanted else (
@@ -709,17 +714,18 @@ class Agent:
             desired_revision=revision,
             applied_revision=self.applied.revision if self.applied else None,
             components=components(512), deployment=outcome)
-        budget = 512
-        while budget and len(documents.render_bytes(report)) > limits.MAX_REPORT_BYTES:
+        data, budget = documents.render_bytes(report), 512
+        while budget and len(data) > limits.MAX_REPORT_BYTES:
             budget //= 2  # rare: many components with long messages
             report = report.model_copy(update={"components": components(budget)})
-        return report
+            data = documents.render_bytes(report)
+        return report, data
 
     def write_status(self, reading: desired.Reading) -> None:
         # A report, regenerated every pass, not a record the agent relies on: atomic
         # (rename, never torn) but not fsync'd.
         files.write_atomic(self.layout.status_file,
-                           documents.render_bytes(self.report(reading)), durable=False)
+                           self.render_report(reading)[1], durable=False)
 
     def save_history(self) -> None:
         """Deployment outcomes (state/deployments.json): during a pass, `persist` writes
