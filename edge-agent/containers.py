@@ -39,7 +39,7 @@ import docker
 import docker.errors
 from docker.models.containers import Container
 
-from hedgerow.agent import logpipe
+from hedgerow.agent import logsink
 from hedgerow.agent.dockererrors import (
     PermanentError,
     TransientError,
@@ -603,7 +603,7 @@ def _parse_time(value: object) -> datetime.datetime | None:
 def _lines(chunks: Iterable[bytes], action: str) -> Iterator[str]:
     """Lines of a container's output, split at MAX_LOG_LINE_BYTES like process output:
     a container that never writes a newline costs the agent one line of memory."""
-    splitter = logpipe.Splitter()
+    splitter = logsink.Splitter()
     try:
         for chunk in chunks:
             for line in splitter.feed(chunk):
@@ -687,7 +687,7 @@ class LogMirror:
 
     def _copy(self, component: str, container_id: str) -> None:
         """Follow one container into its log file: bounded lines and rate, and writes
-        that may fail (disk full) like the process log writer's (logpipe.Sink). Ends
+        that may fail (disk full) like the process log writer's (logsink.Sink). Ends
         with the stream or on any error; the next pass starts it again (`follow`)."""
         path = self._path_of(component)
         try:
@@ -698,7 +698,7 @@ class LogMirror:
                 with contextlib.suppress(ValueError):
                     since = int(datetime.datetime.fromisoformat(last[:19]).replace(
                         tzinfo=datetime.UTC).timestamp())
-            sink = logpipe.Sink(str(path), self._max_bytes, self._keep)
+            sink = logsink.Sink(str(path), self._max_bytes, self._keep)
             try:
                 for line in self._runtime.follow_logs(container_id, since):
                     stamp, _, text = line.partition(" ")
