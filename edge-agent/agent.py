@@ -70,7 +70,7 @@ class AnchoredClock:
 def observe_platform() -> documents.PlatformInfo:
     arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(
         platform_.machine(), platform_.machine().lower())
-    return documents.PlatformInfo(os="linux", arch=arch)
+    return documents.PlatformInfo(os="linux", arch=arch[:limits.MAX_REPORT_TEXT])
 
 
 class Agent:
