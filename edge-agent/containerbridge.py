@@ -83,9 +83,10 @@ def _why(obs: container_.ObservedContainer) -> str:
 
 
 def _is_trusted_folder(info: os.stat_result) -> bool:
-    """Only root can change what this folder holds: owned by root, and not writable by
-    anyone else — or sticky (/tmp), where others cannot rename or replace root's entries."""
-    return (stat.S_ISDIR(info.st_mode) and info.st_uid == 0
+    """Only root can change what this folder holds: owned by root (or by the agent's own
+    user, when it does not run as root), and not writable by anyone else — or sticky
+    (/tmp), where others cannot rename or replace root's entries."""
+    return (stat.S_ISDIR(info.st_mode) and info.st_uid in (0, os.geteuid())
             and (info.st_mode & 0o022 == 0 or bool(info.st_mode & stat.S_ISVTX)))
 
 
