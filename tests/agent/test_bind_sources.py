@@ -8,9 +8,6 @@ from __future__ import annotations
 import os
 import pathlib
 import pwd
-import shutil
-import tempfile
-from collections.abc import Iterator
 
 import pytest
 
@@ -19,11 +16,9 @@ from hedgerow.core.container import ContainerSpecError
 
 
 @pytest.fixture
-def home() -> Iterator[pathlib.Path]:
-    folder = pathlib.Path(tempfile.mkdtemp(prefix="hedgerow-binds-"))
-    folder.chmod(0o711)
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
+def home(agent_home: pathlib.Path) -> pathlib.Path:
+    """A root-owned 0711 folder (the agents' test home)."""
+    return agent_home
 
 
 def test_links_are_followed_to_what_the_kernel_mounts(home: pathlib.Path) -> None:
