@@ -139,6 +139,8 @@ def render_container(
     ipc_socket: str,
     render: Callable[[str], str],
     agent_env: Mapping[str, str] | None = None,
+    canonical: Callable[[str], str] = posixpath.normpath,
+    allow_privileged: bool = False,
 ) -> ContainerConfig:
     """The docker create arguments for a container component.
 
@@ -146,7 +148,12 @@ def render_container(
     applied to the entrypoint, args, environment values, health check and volume
     sources. `agent_env` is what the agent gives every component (e.g. an IPC auth token);
     it is part of the spec hash, so it must be stable across agent restarts or adopted
-    containers would be replaced. Raises ContainerSpecError for a recipe that cannot run.
+    containers would be replaced. `canonical` turns a rendered absolute bind source into
+    the path the kernel would mount (the agent resolves links it can trust and raises
+    ContainerSpecError for the others); the check and Docker both see that path, never
+    the string the recipe wrote. `allow_privileged` is the device's ceiling: without it a
+    privileged container is refused. Raises ContainerSpecError for a recipe that cannot
+    run.
     """
     spec = resolved.container
     if spec is None:
@@ -165,11 +172,15 @@ def render_container(
             f"{resolved.name}: an image archive needs a tag reference, not a digest "
             f"({spec.image})")
     privileged = spec.requires_privilege
+    if privileged and not allow_privileged:
+        raise ContainerSpecError(
+            f"{resolved.name}: container.requiresPrivilege: this device does not allow "
+            "privileged components (hedgerow agent run --max-privilege privileged)")
     limits = resolved.run_with.system_resource_limits if resolved.run_with else None
 
     environment = _render_environment(resolved.name, spec, thing, render, agent_env or {})
     binds = _render_binds(resolved.name, spec, root=root, ipc_socket=ipc_socket,
-                          render=render, privileged=privileged)
+                          render=render, canonical=canonical, privileged=privileged)
     config = ContainerConfig(
         thing=thing,
         component=resolved.name,
@@ -318,18 +329,30 @@ def _render_binds(
     root: str,
     ipc_socket: str,
     render: Callable[[str], str],
+    canonical: Callable[[str], str],
     privileged: bool,
 ) -> tuple[Bind, ...]:
     binds: list[Bind] = []
-    for volume in spec.volumes:
+    for i, volume in enumerate(spec.volumes):
+        field = f"container.volumes[{i}].source"
         source = render(volume.source)
         target = posixpath.normpath(volume.target)
         if ":" in source or ":" in target:
             raise ContainerSpecError(f"{name}: ':' is not allowed in volume paths: {source}")
         if source.startswith("/"):
-            source = posixpath.normpath(source)
-            if not privileged:
-                _check_bind_source(name, source, volume.read_only, root=root)
+            if privileged:
+                source = posixpath.normpath(source)
+            else:
+                # Checked as the kernel will see it: `/proc/self/root/<root>/state` is the
+                # agent's state, a link in a folder may point anywhere.
+                try:
+                    source = canonical(posixpath.normpath(source))
+                except ContainerSpecError as exc:
+                    raise ContainerSpecError(f"{name}: {field}: {exc}") from None
+                refusal = resolve_bind_refusal(name, source, volume.read_only, root=root,
+                                               field=field)
+                if refusal is not None:
+                    raise ContainerSpecError(refusal)
         elif not _VOLUME_NAME.match(source):
             raise ContainerSpecError(
                 f"{name}: volume source {source!r} is neither an absolute path nor a "
@@ -353,24 +376,48 @@ def _render_binds(
     return tuple(binds)
 
 
-def _check_bind_source(name: str, source: str, read_only: bool, *, root: str) -> None:
-    """Keep unprivileged containers out of the agent's own records.
+# Host paths that give whoever binds them the device: the kernel's interfaces and the
+# container runtimes' sockets (a container that can talk to dockerd starts a privileged
+# one). Outside the component's own folders everything is refused anyway; these only
+# get a clearer reason.
+_KERNEL: Final = ("/proc", "/sys", "/dev")
+_RUNTIME_SOCKETS: Final = ("/run/docker.sock", "/var/run/docker.sock", "/run/docker",
+                           "/run/containerd", "/var/run/containerd")
 
-    The root holds desired state, the agent's state, other components' work folders and
-    the IPC socket; a container that could write there could rewrite what the device
-    runs. A component may bind its own work folder and, read-only, the artifact cache.
+
+def resolve_bind_refusal(name: str, source: str, read_only: bool, *, root: str,
+                         field: str = "container.volumes") -> str | None:
+    """Why an unprivileged container may not bind `source` (canonical), or None.
+
+    A component may bind its own work folder (the folder itself: what is inside is the
+    component's to change) and, read-only, its own artifact folders; nothing else of the
+    device. The root holds desired state, the agent's records,
+    other components' folders and the IPC socket; /proc, /sys and /dev are the kernel;
+    the Docker socket is root on the device; any other host path is someone else's.
     """
     root = posixpath.normpath(root)
-    if not _is_within(source, root) and not _is_within(root, source):
-        return
-    if _is_within(source, posixpath.join(root, "work", name)):
-        return
-    if read_only and _is_within(source, posixpath.join(root, "artifacts")):
-        return
-    raise ContainerSpecError(
-        f"{name}: binding {source} would expose the agent's root {root}; only "
-        f"{root}/work/{name} (and {root}/artifacts read-only) may be bound without "
-        "requiresPrivilege")
+    work = posixpath.join(root, "work", name)
+    own_ro = (posixpath.join(root, "artifacts", name),
+              posixpath.join(root, "artifacts-unarchived", name))
+    if source == work or (read_only and any(_is_within(source, own) for own in own_ro)):
+        return None
+    why = "is a host path outside the component's own folders"
+    if _is_within(source, work):
+        # Docker resolves a source again at every (re)start, and whatever runs in the
+        # component may write its work folder (a container's root is the host's root):
+        # `data` swapped for a link to / between two starts would be a bind of /.
+        why = (f"is inside the work folder, which the component can change (a link put "
+               f"in place of it later would be followed at the next start); bind {work} "
+               "itself and use the subfolder inside the container")
+    elif any(_is_within(source, k) for k in _KERNEL):
+        why = "is a kernel interface"
+    elif any(_is_within(source, s) for s in _RUNTIME_SOCKETS):
+        why = "is the container runtime's socket (root on the device)"
+    elif _is_within(source, root) or _is_within(root, source):
+        why = f"would expose the agent's root {root}"
+    return (f"{name}: {field}: binding {source} {why}; without "
+            f"requiresPrivilege only {root}/work/{name} (and, read-only, "
+            f"{root}/artifacts/{name}) may be bound")
 
 
 def _is_within(path: str, folder: str) -> bool:

@@ -18,7 +18,7 @@ from hedgerow.core import base
 from hedgerow.core.documents import ComponentState as State
 
 __all__ = ["TRANSITIONS", "Event", "LocalTransitionError", "Policy", "State", "Status",
-           "is_active", "resolve_backoff", "resolve_transition"]
+           "is_active", "resolve_backoff", "resolve_reanchored", "resolve_transition"]
 
 
 class Event(base.StrEnum):
@@ -129,3 +129,21 @@ def resolve_transition(status: Status, event: Event, now: float,
         return Status(state=S.BROKEN, errors=errors)
     return Status(state=S.ERRORED, errors=errors,
                   retry_at=now + resolve_backoff(len(errors), policy))
+
+
+def resolve_reanchored(status: Status, now: float, policy: Policy = Policy()) -> Status:
+    """A status persisted by an earlier run, made sense of at `now` (the agent's start).
+
+    Its times were read from a clock that may have been stepped since (an NTP step, a
+    device without an RTC that booted in 1970): an error "in the future" is at most now,
+    and no retry waits longer after the last error than the policy asks for that many
+    errors (nor, without errors, longer than the cap) — so a clock stepped back a day
+    delays recovery by the backoff, not by a day.
+    """
+    errors = tuple((origin, min(at, now)) for origin, at in status.errors)
+    retry_at = status.retry_at
+    if retry_at is not None:
+        latest = (errors[-1][1] + resolve_backoff(len(errors), policy) if errors
+                  else now + policy.backoff_cap_s)
+        retry_at = min(retry_at, latest)
+    return Status(state=status.state, errors=errors, retry_at=retry_at)

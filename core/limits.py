@@ -43,3 +43,8 @@ MAX_LOG_LINE_BYTES: Final = 16 * KIB
 # Deployment outcomes (and local deployment requests) a device keeps in
 # state/deployments.json: the oldest go first.
 MAX_HISTORY_ENTRIES: Final = 20
+
+# The log writer runs as root outside the component's cgroup, and its disk is shared:
+# a burst of a MiB (a quarter of what rotation keeps), then 64 KiB/s on average.
+LOG_BYTES_PER_SECOND: Final = 64 * KIB
+LOG_BURST_BYTES: Final = 1 * MIB

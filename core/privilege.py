@@ -109,10 +109,12 @@ def resolve_violations(
             if not is_allowed(v.needs, granted)]
 
 
-def render_violation(component_name: str, v: Violation, granted: Level) -> str:
-    """One line for a condition or a log: what, where, and what level would allow it."""
+def render_violation(component_name: str, v: Violation, granted: Level,
+                     granted_by: str = f"label {LABEL}") -> str:
+    """One line for a condition or a log: what, where, and what level would allow it
+    (`granted_by` says who sets the level: the namespace label, or the device)."""
     return (f"{component_name}: {v.field}: {v.message}; needs privilege level "
-            f"{v.needs.value!r}, granted {granted.value!r} (label {LABEL})")
+            f"{v.needs.value!r}, granted {granted.value!r} ({granted_by})")
 
 
 def _container_needs(c: component.Container) -> list[Violation]:

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
+import errno
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ import pathlib
 import platform as platform_
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import hedgerow
@@ -30,7 +32,7 @@ from hedgerow.agent import cgroups as cgroups_
 from hedgerow.agent import process as process_
 from hedgerow.agent import settings as settings_
 from hedgerow.agent.layout import Layout
-from hedgerow.core import component, documents, lifecycle, outcome, recipe
+from hedgerow.core import component, documents, lifecycle, limits, outcome, privilege, recipe
 from hedgerow.core import plan as plan_
 from hedgerow.core.documents import ComponentState as State
 from hedgerow.core.lifecycle import Event
@@ -41,12 +43,35 @@ if TYPE_CHECKING:  # the Docker SDK costs ~15 MB: imported only once a container
 log = logging.getLogger("hedgerow.agent")
 AGENT_VERSION = hedgerow.__version__
 _DONE = frozenset({State.RUNNING, State.FINISHED})
+# What running out of the device's resources looks like: the agent's trouble, not the
+# component's. A spawn that fails with one of these is retried, not charged as an error.
+_AGENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOSPC, errno.EDQUOT,
+                           errno.EIO, errno.ENOMEM, errno.EAGAIN})
+
+
+class PrivilegeError(ValueError):
+    """A step would get more than the device's ceiling allows (a permanent error)."""
+
+
+class AnchoredClock:
+    """Seconds on the wall-clock scale that never jump: wall time read once, at start,
+    plus the monotonic time since. Every deadline and age the agent decides on (backoff,
+    settle, timeouts, retries of dockerd) is on this clock, so a wall clock stepped back
+    a day delays nothing and one stepped forward skips nothing; values persisted in one
+    run are re-anchored at the next start (`lifecycle.resolve_reanchored`)."""
+
+    def __init__(self, wall: float | None = None, monotonic: float | None = None) -> None:
+        self._wall = time.time() if wall is None else wall
+        self._monotonic = time.monotonic() if monotonic is None else monotonic
+
+    def __call__(self) -> float:
+        return self._wall + (time.monotonic() - self._monotonic)
 
 
 def observe_platform() -> documents.PlatformInfo:
     arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(
         platform_.machine(), platform_.machine().lower())
-    return documents.PlatformInfo(os="linux", arch=arch)
+    return documents.PlatformInfo(os="linux", arch=arch[:limits.MAX_REPORT_TEXT])
 
 
 class Agent:
@@ -56,6 +81,7 @@ class Agent:
         self.layout = Layout(pathlib.Path(root).resolve())
         self.thing = thing
         self.settings = settings = settings or settings_.Settings()
+        self.clock: Callable[[], float] = AnchoredClock()
         self.platform = observe_platform()
         self.cgroups = cgroups_.Cgroups(group=f"hedgerow/{thing}")
         self.runtime = process_.ProcessRuntime(
@@ -78,6 +104,8 @@ class Agent:
         self._dirty = False
         self._history_written = b""
         self._due: dict[pathlib.Path, bytes] = {}  # state files `persist` writes
+        self._retry_spawn_at = 0.0  # the device ran out of fds/space: try again then
+        self._troubles: dict[str, str] = {}  # long-lived task -> its last error (logged once)
 
     # --- records and transitions -------------------------------------------------
 
@@ -100,6 +128,7 @@ class Agent:
             due[self.layout.history_file] = history
         if due:
             files.write_atomic_all(due)  # raises (disk full …): all stays due for next pass
+        self.untroubled("records")
         self._due.clear()
         self._dirty = False
         self._history_written = history
@@ -115,8 +144,8 @@ class Agent:
 
     def transition(self, rec: records.Record, event: Event, message: str = "") -> None:
         before = rec.state
-        status = lifecycle.resolve_transition(rec.status, event, time.time(),
-                                              self.settings.policy)
+        now = self.clock()
+        status = lifecycle.resolve_transition(rec.status, event, now, self.settings.policy)
         rec.state, rec.errors, rec.retry_at = status.state, list(status.errors), status.retry_at
         if message:
             rec.message = message
@@ -125,7 +154,7 @@ class Agent:
         if event is Event.RESET:
             rec.hold_revision = None
         if rec.state is not before:
-            rec.since = time.time()
+            rec.since = now
         self.save(rec)
         if rec.state is not before:  # log changes, not repeats
             log.info("%s: %s -> %s%s", rec.name, before, rec.state,
@@ -136,7 +165,14 @@ class Agent:
     def adopt(self) -> None:
         """After a crash: keep run processes whose identity matches, end stale steps."""
         self.records = records.load_all(self.layout.records)
+        now = self.clock()
         for rec in self.records.values():
+            # Deadlines and error times written by an earlier run, maybe under a wall
+            # clock that has been stepped since: none in the future beyond what the
+            # policy could have set.
+            status = lifecycle.resolve_reanchored(rec.status, now, self.settings.policy)
+            rec.errors, rec.retry_at = list(status.errors), status.retry_at
+            rec.since = min(rec.since, now)
             if containerbridge.is_container(rec):
                 continue  # Docker kept it running; the first observation adopts it by label
             ref = rec.process
@@ -157,7 +193,7 @@ class Agent:
                 self.transition(rec, Event.STOPPED)
             else:
                 self.save(rec)
-        self.flush()
+        self.save_records("adopting")
         with contextlib.suppress(FileNotFoundError, ValueError):
             self.history = outcome.History.model_validate_json(
                 self.layout.history_file.read_bytes())
@@ -177,16 +213,35 @@ class Agent:
             else:
                 what = "exit code unknown (adopted)" if code is None else f"exited with {code}"
                 self.transition(rec, Event.FAILED, what)
-            self.flush()
-            self.wake.set()
+            self.wake.set()  # first: the pass retries what this cannot write now
+            self.save_records(f"{name} exited")
         return handle
+
+    def save_records(self, why: str) -> None:
+        """`flush` where a failure to write must not stop what comes next: the records
+        stay due and the next pass writes them (disk full, EIO, no fds)."""
+        try:
+            self.flush()
+        except OSError as exc:
+            self.trouble("records", f"cannot write the records ({why}): {exc}")
+
+    def trouble(self, what: str, message: str) -> None:
+        """A long-lived part of the agent hit an error it retries: logged on change."""
+        if self._troubles.get(what) != message:
+            log.error("%s (retrying)", message)
+        self._troubles[what] = message
+
+    def untroubled(self, what: str) -> None:
+        if self._troubles.pop(what, None) is not None:
+            log.info("%s: working again", what)
 
     # --- the pass --------------------------------------------------------------------
 
     async def reconcile(self) -> list[plan_.Action]:
         self.passes += 1
         began = time.perf_counter()
-        reading = desired.fetch_desired(self.layout, self.thing, self.platform)  # 1. read
+        reading = desired.fetch_desired(self.layout, self.thing, self.platform,  # 1. read
+                                        self.settings.max_privilege)
         if reading.problems != self.problems and reading.problems:
             for problem in reading.problems:
                 log.error("rejected: %s", problem)
@@ -229,11 +284,11 @@ class Agent:
                 return good
         # Wanted: a new revision (or a superseded one wanted again) is IN_PROGRESS now.
         self.history = outcome.resolve_started(self.history, reading.desired.revision,
-                                               time.time(), reading.source)
+                                               self.clock(), reading.source)
         return reading.desired
 
     def observe(self) -> dict[str, plan_.Observed]:
-        now = time.time()
+        now = self.clock()
         out = {}
         for rec in list(self.records.values()):
             if containerbridge.is_container(rec):
@@ -401,10 +456,11 @@ class Agent:
             return None
         context = self.context(comp, self.applied)
         try:
+            self.check_identity(comp, step)
             script = recipe.render_text(step.script, context)
             env = recipe.render_env({**life.setenv, **step.setenv}, context)
             skip = recipe.render_text(step.skip_if, context) if step.skip_if else None
-        except recipe.RecipeVariableError as exc:
+        except (recipe.RecipeVariableError, PrivilegeError, KeyError) as exc:
             return process_.StepResult(ok=False, message=f"{name}: {exc}")
 
         def remember(ref: records.ProcessRef) -> None:
@@ -415,6 +471,21 @@ class Agent:
         result = await self.runtime.run_step(rec, comp, name, step, script, env, skip, remember)
         rec.process = None
         return result
+
+    def check_identity(self, comp: documents.ResolvedComponent, step: component.Step) -> None:
+        """Below `privileged`, no step runs as uid or gid 0 — also not through a user
+        *name* that maps to 0 on this device (`toor:x:0:0`), which no check of the recipe
+        can see. Raises PrivilegeError (KeyError: an unknown user)."""
+        ceiling = self.settings.max_privilege
+        if privilege.is_allowed(privilege.Level.PRIVILEGED, ceiling) or os.geteuid() != 0:
+            return
+        user = comp.run_with.posix_user if comp.run_with else None
+        identity = self.runtime.identity(user, step.requires_privilege)
+        if identity.uid == 0 or identity.gid == 0:
+            raise PrivilegeError(
+                f"{comp.name}: runs as {user or self.settings.default_user!r} = uid "
+                f"{identity.uid}, gid {identity.gid} (root); needs privilege level "
+                f"'privileged', granted {ceiling.value!r} ({desired.CEILING_SOURCE})")
 
     def _fail_event(self, result: process_.StepResult) -> Event:
         return Event.TIMED_OUT if result.timed_out else Event.FAILED
@@ -473,6 +544,7 @@ class Agent:
             return
         context = self.context(comp, self.applied)
         try:
+            self.check_identity(comp, life.run)
             script = recipe.render_text(life.run.script, context)
             env = recipe.render_env({**life.setenv, **life.run.setenv}, context)
             skip = recipe.render_text(life.run.skip_if, context) if life.run.skip_if else None
@@ -480,9 +552,22 @@ class Agent:
                 self.transition(rec, Event.EXITED_OK, f"run skipped ({skip})")
                 return
             _proc, ref = await self.runtime.spawn(rec, comp, "run", life.run, script, env)
-        except (recipe.RecipeVariableError, OSError, KeyError, cgroups_.LimitError) as exc:
+        except OSError as exc:
+            if exc.errno in _AGENT_ERRNOS:
+                # The device is out of fds, memory or space: not the component's fault.
+                # Back to INSTALLED through the table, no error counted; retried soon.
+                self.transition(rec, Event.STOP_REQUESTED)
+                self.transition(rec, Event.STOPPED, f"not started, retrying: {exc}")
+                self._retry_spawn_at = self.clock() + 2.0
+                self.trouble("spawn", f"cannot start components: {exc}")
+                return
             self.transition(rec, Event.FAILED, f"run: {exc}")
             return
+        except (recipe.RecipeVariableError, PrivilegeError, KeyError,
+                cgroups_.LimitError) as exc:
+            self.transition(rec, Event.FAILED, f"run: {exc}")
+            return
+        self.untroubled("spawn")
         rec.process = ref
         self.transition(rec, Event.STARTED, f"pid {ref.pid}")
         self.runtime.watch(comp.name, ref, self._on_exit(comp.name, ref))
@@ -553,7 +638,7 @@ class Agent:
             return
         result = outcome.resolve_superseded(self.history, previous.revision, doc.revision,
                                             self._observed(previous, exact=True),
-                                            time.time())
+                                            self.clock())
         if result.history is self.history:
             return
         self.history = result.history
@@ -576,7 +661,7 @@ class Agent:
         target = outcome.resolve_rollback_target(doc.failure_handling, doc.revision,
                                                  good.revision if good else None)
         self.history = outcome.resolve_failure(self.history, doc.revision, reason,
-                                               time.time(), target)
+                                               self.clock(), target)
         if target is not None:
             log.warning("rolling back to %s", target)
             self.wake.set()
@@ -586,7 +671,7 @@ class Agent:
         wanted = reading.desired
         if wanted is None or doc is None or doc.revision != wanted.revision:
             return  # bad input or rolled back: the outcome was recorded when it happened
-        now = time.time()
+        now = self.clock()
         if self.pending_local is not None:
             self.history = outcome.resolve_local_applied(self.history, self.pending_local,
                                                          doc.revision)
@@ -613,41 +698,66 @@ class Agent:
     # --- status ----------------------------------------------------------------------
 
     def report(self, reading: desired.Reading | None = None) -> documents.StatusReport:
+        return self.render_report(reading)[0]
+
+    def render_report(self, reading: desired.Reading | None = None,
+                      ) -> tuple[documents.StatusReport, bytes]:
+        """The status and its bytes, within the bounds the controller accepts
+        (core/limits.py): every text cut to its bound, at most MAX_REPORT_COMPONENTS
+        components, and messages shortened further when the whole would pass
+        MAX_REPORT_BYTES — whatever a component made its messages (Docker's start errors
+        quote the recipe). Rendered once: the bytes are what status.json gets."""
         self.sequence += 1
         wanted = reading.desired if reading else None
-        revision = wanted.revision if wanted else (self.applied.revision if self.applied
-                                                    else None)
+        revision = wanted.revision if wanted else (
+            reading.revision if reading is not None and reading.revision else
+            self.applied.revision if self.applied else None)
         verdict = None
+        text, reason_max = limits.MAX_REPORT_TEXT, limits.MAX_REPORT_REASON
         if reading is not None and reading.problems:
             verdict = documents.DeploymentOutcome(
                 revision=revision or "", outcome=documents.Outcome.REJECTED,
-                reason="; ".join(reading.problems)[:1024])
+                reason="; ".join(reading.problems)[:reason_max])
         elif (entry := self.history.outcome_of(revision)) is not None and revision:
             verdict = documents.DeploymentOutcome(
-                revision=revision, outcome=entry.outcome, reason=entry.reason,
+                revision=revision, outcome=entry.outcome, reason=entry.reason[:reason_max],
                 rolled_back_to=entry.rolled_back_to)
         docker_down = self.containers.available is False
-        comps = [documents.ComponentReport(
-            name=r.name, version=r.version, state=r.state,
-            message=(self.containers.message if docker_down and containerbridge.is_container(r)
-                     else r.message)[:512])
-                 for r in sorted(self.records.values(), key=lambda r: r.name)]
+        shown = sorted(self.records.values(), key=lambda r: r.name)
+        # Errors first when there are too many to show: they are what an operator needs.
+        if len(shown) > limits.MAX_REPORT_COMPONENTS:
+            shown = sorted(shown, key=lambda r: r.state not in (State.ERRORED, State.BROKEN)
+                           )[:limits.MAX_REPORT_COMPONENTS]
+            shown.sort(key=lambda r: r.name)
+
+        def components(message_max: int) -> list[documents.ComponentReport]:
+            return [documents.ComponentReport(
+                name=r.name[:text], version=r.version[:text], state=r.state,
+                message=(self.containers.message if docker_down
+                         and containerbridge.is_container(r) else r.message)[:message_max])
+                for r in shown]
         bad = any(r.state in (State.ERRORED, State.BROKEN) for r in self.records.values())
         bad = bad or (docker_down and self.containers.wants(self.applied))
-        return documents.StatusReport(
+        report = documents.StatusReport(
             thing=self.thing, sequence=self.sequence,
             time=datetime.datetime.now(datetime.UTC),
-            agent_version=AGENT_VERSION, platform=self.platform,
+            agent_version=AGENT_VERSION[:text], platform=self.platform,
             health=documents.Health.UNHEALTHY if bad else documents.Health.HEALTHY,
             desired_revision=revision,
             applied_revision=self.applied.revision if self.applied else None,
-            components=comps, deployment=verdict)
+            components=components(512), deployment=verdict)
+        data, budget = documents.render_bytes(report), 512
+        while budget and len(data) > limits.MAX_REPORT_BYTES:
+            budget //= 2  # rare: many components with long messages
+            report = report.model_copy(update={"components": components(budget)})
+            data = documents.render_bytes(report)
+        return report, data
 
     def write_status(self, reading: desired.Reading) -> None:
         # A report, regenerated every pass, not a record the agent relies on: atomic
         # (rename, never torn) but not fsync'd.
         files.write_atomic(self.layout.status_file,
-                           documents.render_bytes(self.report(reading)), durable=False)
+                           self.render_report(reading)[1], durable=False)
 
     def save_history(self) -> None:
         """Deployment outcomes (state/deployments.json): during a pass, `persist` writes
@@ -664,7 +774,7 @@ class Agent:
     # --- the loop --------------------------------------------------------------------
 
     def _next_deadline(self) -> float:
-        now = time.time()
+        now = self.clock()
         deadline = now + self.settings.resync_s
         if self._judge_at > now:
             deadline = min(deadline, self._judge_at)
@@ -675,6 +785,8 @@ class Agent:
                 deadline = min(deadline, now + 1.0)  # health checks (events wake us too)
         if self.containers.available is False:
             deadline = min(deadline, self.containers.retry_at)
+        if self._retry_spawn_at > now:
+            deadline = min(deadline, self._retry_spawn_at)
         return max(0.0, deadline - now)
 
     async def _watch_files(self) -> None:
@@ -685,7 +797,31 @@ class Agent:
 
         async for _changes in watchfiles.awatch(self.layout.desired, self.layout.deployments,
                                                 debounce=50, step=1, recursive=True):
+            self.untroubled("watching files")
             self.wake.set()
+
+    async def supervise(self, what: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Run the long-lived coroutine `run()` for as long as the agent runs: whatever
+        ends it (EMFILE from inotify, EIO, a bug) is logged and it is started again with
+        capped backoff — a part of the agent that died quietly would leave the device
+        deaf (no wake on a new document) while it looks alive. A restart also wakes the
+        loop: what happened meanwhile is seen by the next pass."""
+        failures = 0
+        while True:
+            began = time.monotonic()
+            try:
+                await run()
+                message = "ended"
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                message = f"{type(exc).__name__}: {exc}"
+            if self._stopping:
+                return
+            failures = 1 if time.monotonic() - began > 60 else failures + 1
+            self.trouble(what, f"{what}: {message}")
+            self.wake.set()
+            await asyncio.sleep(min(30.0, 0.25 * 2 ** min(failures, 7)))
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
         from hedgerow.agent import control
@@ -694,9 +830,10 @@ class Agent:
         self.adopt()
         await asyncio.to_thread(self.runtime.warm_up)
         server = await control.serve(self)
-        watcher = asyncio.create_task(self._watch_files())
+        watcher = asyncio.create_task(self.supervise("watching files", self._watch_files))
         self.containers.start(asyncio.get_running_loop())
         self.wake.set()
+        failures = 0
         try:
             if ready is not None:
                 ready.set()
@@ -707,9 +844,18 @@ class Agent:
                 try:
                     async with self.lock:
                         await self.reconcile()
-                except Exception:  # a bug must not take the device's workloads down
-                    log.exception("reconcile pass failed; retrying at the next wake")
-                    await asyncio.sleep(1.0)
+                    failures = 0
+                    self.untroubled("pass")
+                except Exception as exc:  # a bug must not take the device's workloads down
+                    # A full disk or no fds fails every pass the same way: logged once
+                    # (with the trace: it may be a bug), retried with capped backoff.
+                    failures += 1
+                    message = f"reconcile pass failed: {type(exc).__name__}: {exc}"
+                    if self._troubles.get("pass") != message:
+                        log.exception("%s (retrying)", message)
+                    self._troubles["pass"] = message
+                    self.wake.set()
+                    await asyncio.sleep(min(self.settings.resync_s, 0.5 * 2 ** min(failures, 6)))
         finally:
             self.containers.stop()
             watcher.cancel()

@@ -60,9 +60,11 @@ def _agent_run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("watchfiles").setLevel(logging.WARNING)
+    from hedgerow.core import privilege
     settings = settings_.Settings(resync_s=args.resync, default_user=args.default_user,
                                deployment_timeout_s=args.deployment_timeout,
-                               settle_s=args.settle)
+                               settle_s=args.settle,
+                               max_privilege=privilege.Level(args.max_privilege))
     the_agent = agent_.Agent(args.root, args.thing, settings)
     cloud = _connector(args)
 
@@ -215,6 +217,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     run.add_argument("--default-user", default="nobody",
                      help="user for components without runWith.posixUser "
                           "(default: %(default)s)")
+    run.add_argument("--max-privilege", choices=["restricted", "baseline", "privileged"],
+                     default="baseline",
+                     help="the most a component may get on this device (as the namespace "
+                          "label hedgerow.dev/enforce, checked again here): a desired "
+                          "document needing more is refused and no step runs as uid/gid "
+                          "0 below privileged (default: %(default)s)")
     run.add_argument("--resync", type=float, default=30.0,
                      help="seconds between periodic passes (default: %(default)s)")
     run.add_argument("--deployment-timeout", type=float, default=600.0,

@@ -14,10 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import pathlib
+import posixpath
 import random
+import stat
 import threading
-import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from hedgerow import files
@@ -25,7 +28,7 @@ from hedgerow.agent import artifacts, settings
 from hedgerow.agent import records as records_
 from hedgerow.agent.dockererrors import ContainerRuntimeError, PermanentError, TransientError
 from hedgerow.agent.layout import Layout
-from hedgerow.core import component, documents, lifecycle, recipe
+from hedgerow.core import component, documents, lifecycle, privilege, recipe
 from hedgerow.core import container as container_
 from hedgerow.core import plan as plan_
 from hedgerow.core.documents import ComponentState as State
@@ -47,6 +50,7 @@ class Host(Protocol):
     records: dict[str, records_.Record]
     applied: documents.DesiredState | None
     wake: asyncio.Event
+    clock: Callable[[], float]  # the agent's monotonic clock (wall-clock steps ignored)
 
     def transition(self, rec: records_.Record, event: Event, message: str = "") -> None: ...
 
@@ -76,6 +80,58 @@ def _why(obs: container_.ObservedContainer) -> str:
     if obs.status == "exited":
         return f"container exited with {obs.exit_code}"
     return f"container {obs.status}"
+
+
+def _is_trusted_folder(info: os.stat_result) -> bool:
+    """Only root can change what this folder holds: owned by root (or by the agent's own
+    user, when it does not run as root), and not writable by anyone else — or sticky
+    (/tmp), where others cannot rename or replace root's entries."""
+    return (stat.S_ISDIR(info.st_mode) and info.st_uid in (0, os.geteuid())
+            and (info.st_mode & 0o022 == 0 or bool(info.st_mode & stat.S_ISVTX)))
+
+
+def observe_bind_source(source: str) -> str:
+    """The path the kernel will mount for the absolute bind source `source`.
+
+    Links are resolved (as root: reading a link changes nothing), then the result is
+    verified component by component without following links: every folder above it must
+    be one only root can change. Docker mounts a source again at every (re)start, so a
+    path under a folder the component can write — its own work folder included — could
+    be swapped for a link to /etc between this check and any later start: refused; bind
+    the folder itself. A missing last part is fine (Docker creates it, as root, in a
+    trusted folder). Raises ContainerSpecError with the reason.
+    """
+    try:
+        resolved = os.path.realpath(source)
+    except OSError as exc:  # e.g. /proc/1/root where the kernel says no, even to root
+        raise container_.ContainerSpecError(
+            f"bind source {source}: cannot be resolved: {exc.strerror}") from None
+    parts = [p for p in resolved.split("/") if p]
+    folder = "/"
+    for i, part in enumerate(parts):
+        try:
+            info = os.lstat(folder)
+        except OSError as exc:
+            raise container_.ContainerSpecError(
+                f"bind source {source}: {folder}: {exc.strerror}") from None
+        if not _is_trusted_folder(info):
+            raise container_.ContainerSpecError(
+                f"bind source {source}: {folder} can be changed by a user other than root "
+                "(a link planted there would redirect the mount); bind a folder whose "
+                "parents only root can write, e.g. {work:path} itself")
+        path = posixpath.join(folder, part)
+        try:
+            here = os.lstat(path)
+        except FileNotFoundError:
+            if i == len(parts) - 1:
+                return path  # Docker creates it, as root, in a folder only root changes
+            raise container_.ContainerSpecError(
+                f"bind source {source}: {path} does not exist") from None
+        if stat.S_ISLNK(here.st_mode):  # changed since realpath looked: a race, refused
+            raise container_.ContainerSpecError(
+                f"bind source {source}: {path} changed while it was checked")
+        folder = path
+    return resolved
 
 
 class ContainerBridge:
@@ -159,7 +215,7 @@ class ContainerBridge:
         ceiling = min(conf.docker_backoff_cap_s,
                       conf.docker_backoff_base_s * 2 ** (self._failures - 1))
         delay = ceiling / 2 + random.random() * ceiling / 2  # noqa: S311 - jitter
-        self.retry_at = time.time() + delay
+        self.retry_at = self.host.clock() + delay
         message = f"container runtime unavailable: {exc}"
         if self.available is not False:
             log.error("%s (retrying with backoff)", message)
@@ -183,7 +239,7 @@ class ContainerBridge:
     async def observe(self, doc: documents.DesiredState | None) -> None:
         """List our labelled containers (one worker-thread trip): the observation the
         container records are judged against, and the orphans to remove."""
-        now = time.time()
+        now = self.host.clock()
         self._orphans = []
         wanted = self.wants(doc)
         if not wanted and (now < self._orphan_scan_at
@@ -260,6 +316,9 @@ class ContainerBridge:
                 comp, thing=host.thing, root=str(host.layout.root),
                 ipc_socket=str(host.layout.ipc_socket),
                 render=lambda text: recipe.render_text(text, context),
+                canonical=observe_bind_source,
+                allow_privileged=privilege.is_allowed(privilege.Level.PRIVILEGED,
+                                                      host.settings.max_privilege),
                 agent_env={"HEDGEROW_COMPONENT": comp.name,
                            "HEDGEROW_COMPONENT_VERSION": comp.version,
                            "AWS_IOT_THING_NAME": host.thing,
@@ -293,8 +352,9 @@ class ContainerBridge:
             self.deferred.add(comp.name)
             self._transient = exc
             return None
-        except (PermanentError, artifacts.ArtifactError, container_.ContainerSpecError,
-                recipe.RecipeVariableError) as exc:
+        except (container_.ContainerSpecError, recipe.RecipeVariableError) as exc:
+            return f"{comp.name}: refused: {exc}"
+        except (PermanentError, artifacts.ArtifactError) as exc:
             return f"{comp.name}: image failure: {exc}"
         return None
 

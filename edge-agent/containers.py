@@ -39,6 +39,7 @@ import docker
 import docker.errors
 from docker.models.containers import Container
 
+from hedgerow.agent import logsink
 from hedgerow.agent.dockererrors import (
     PermanentError,
     TransientError,
@@ -600,17 +601,17 @@ def _parse_time(value: object) -> datetime.datetime | None:
 
 
 def _lines(chunks: Iterable[bytes], action: str) -> Iterator[str]:
-    buffer = b""
+    """Lines of a container's output, split at MAX_LOG_LINE_BYTES like process output:
+    a container that never writes a newline costs the agent one line of memory."""
+    splitter = logsink.Splitter()
     try:
         for chunk in chunks:
-            buffer += chunk
-            *complete, buffer = buffer.split(b"\n")
-            for line in complete:
+            for line in splitter.feed(chunk):
                 yield line.decode(errors="replace")
     except Exception as exc:  # the stream breaks when dockerd goes away mid-follow
         raise translate(exc, action) from exc
-    if buffer:
-        yield buffer.decode(errors="replace")
+    for line in splitter.end():
+        yield line.decode(errors="replace")
 
 
 def _sha256_of(path: Path) -> str:
@@ -685,22 +686,29 @@ class LogMirror:
             del self._threads[name]  # the stream ends with its container
 
     def _copy(self, component: str, container_id: str) -> None:
+        """Follow one container into its log file: bounded lines and rate, and writes
+        that may fail (disk full) like the process log writer's (logsink.Sink). Ends
+        with the stream or on any error; the next pass starts it again (`follow`)."""
         path = self._path_of(component)
-        last = _last_stamp(path)
-        since = None
-        if last:
-            with contextlib.suppress(ValueError):
-                since = int(datetime.datetime.fromisoformat(last[:19]).replace(
-                    tzinfo=datetime.UTC).timestamp())
         try:
-            for line in self._runtime.follow_logs(container_id, since):
-                stamp, _, text = line.partition(" ")
-                stamp = _short_stamp(stamp)
-                if last and stamp <= last:
-                    continue
-                _append_rotating(path, f"{stamp} {text}\n".encode(), self._max_bytes,
-                                 self._keep)
-        except Exception as exc:  # dockerd went away; the next pass resumes
+            path.parent.mkdir(parents=True, exist_ok=True)
+            last = _last_stamp(path)
+            since = None
+            if last:
+                with contextlib.suppress(ValueError):
+                    since = int(datetime.datetime.fromisoformat(last[:19]).replace(
+                        tzinfo=datetime.UTC).timestamp())
+            sink = logsink.Sink(str(path), self._max_bytes, self._keep)
+            try:
+                for line in self._runtime.follow_logs(container_id, since):
+                    stamp, _, text = line.partition(" ")
+                    stamp = _short_stamp(stamp)
+                    if last and stamp <= last:
+                        continue
+                    sink.line(text.encode(errors="replace"), stamp.encode())
+            finally:
+                sink.end()
+        except Exception as exc:  # dockerd went away, the disk is full …: next pass resumes
             log.debug("%s: log copy ended: %s", component, exc)
 
 
@@ -722,18 +730,3 @@ def _last_stamp(path: Path) -> str:
         if len(stamp) == 24 and stamp.endswith("Z"):
             return stamp
     return ""
-
-
-def _append_rotating(path: Path, data: bytes, max_bytes: int, keep: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        if path.stat().st_size + len(data) > max_bytes:
-            for i in range(keep, 0, -1):
-                src = path if i == 1 else path.with_name(f"{path.name}.{i - 1}")
-                if src.exists():
-                    src.replace(path.with_name(f"{path.name}.{i}"))
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)

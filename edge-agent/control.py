@@ -7,7 +7,9 @@ read the agent's state anyway can drive it. Auth tokens are never part of an ans
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -18,12 +20,14 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from hedgerow import files
+from hedgerow.agent import desired
 from hedgerow.core import deployment, manifest, outcome
 
 if TYPE_CHECKING:
     from hedgerow.agent.agent import Agent
 
 LOCAL_DEPLOYMENT = "local"
+log = logging.getLogger("hedgerow.agent")
 
 
 class CommandError(ValueError):
@@ -45,14 +49,27 @@ async def serve(agent: Agent) -> asyncio.AbstractServer:
 
 async def _handle(agent: Agent, reader: asyncio.StreamReader,
                   writer: asyncio.StreamWriter) -> None:
+    """One request. Whatever happens — a full disk while writing a local deployment, a
+    client that went away, a bug — is answered if it can be and the connection closed:
+    the server (a long-lived part of the agent) never loses a handler's descriptor."""
     try:
-        request = json.loads(await reader.readline())
-        answer = {"ok": True, "result": await _dispatch(agent, request)}
-    except (CommandError, manifest.InvalidDocumentError, ValueError, KeyError) as exc:
-        answer = {"ok": False, "error": str(exc)}
-    writer.write(json.dumps(answer).encode() + b"\n")
-    await writer.drain()
-    writer.close()
+        try:
+            request = json.loads(await reader.readline())
+            answer = {"ok": True, "result": await _dispatch(agent, request)}
+        except (CommandError, manifest.InvalidDocumentError, ValueError, KeyError) as exc:
+            answer = {"ok": False, "error": str(exc)}
+        except OSError as exc:  # ENOSPC, EIO, EMFILE: the operator is told, nothing else
+            answer = {"ok": False, "error": f"the agent cannot do that now: {exc}"}
+        except Exception as exc:
+            log.exception("control request failed")
+            answer = {"ok": False, "error": f"internal error: {type(exc).__name__}"}
+        writer.write(json.dumps(answer).encode() + b"\n")
+        await writer.drain()
+    except (ConnectionError, OSError):
+        pass  # the client is gone, or cannot be written to: nothing to tell
+    finally:
+        with contextlib.suppress(Exception):
+            writer.close()
 
 
 def _public(rec: Any) -> dict[str, Any]:
@@ -167,6 +184,7 @@ def create_local_deployment(agent: Agent, request: dict[str, Any]) -> dict[str, 
         target = agent.layout.root / "local-artifacts"
         shutil.copytree(request["artifacts"], target, dirs_exist_ok=True)
     local = folder / f"{LOCAL_DEPLOYMENT}.yaml"
+    previous = local.read_bytes() if local.exists() else None
     current: dict[str, dict[str, Any]] = {}
     generation = 0
     if local.exists():
@@ -196,6 +214,16 @@ def create_local_deployment(agent: Agent, request: dict[str, Any]) -> dict[str, 
         files.write_atomic(local, text.encode())
     else:
         files.remove_file(local)
+    # The device's ceiling, now rather than as a REJECTED status later: the operator who
+    # asked is told, and the local deployment stays what it was.
+    reading = desired.fetch_desired(agent.layout, agent.thing, agent.platform,
+                                    agent.settings.max_privilege)
+    if reading.revision is not None:
+        if previous is None:
+            files.remove_file(local)
+        else:
+            files.write_atomic(local, previous)
+        raise CommandError("refused: " + "; ".join(reading.problems))
     entry = outcome.LocalEntry(id=ident, created=time.time(), components=sorted(current))
     agent.history = outcome.resolve_local_requested(agent.history, entry)
     agent.pending_local = ident

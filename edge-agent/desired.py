@@ -16,13 +16,23 @@ import pathlib
 import pydantic
 
 from hedgerow.agent.layout import Layout
-from hedgerow.core import component, deployment, documents, manifest, outcome, resolve, thinggroup
+from hedgerow.core import (
+    component,
+    deployment,
+    documents,
+    manifest,
+    outcome,
+    privilege,
+    resolve,
+    thinggroup,
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class Reading:
     desired: documents.DesiredState | None
     problems: tuple[str, ...] = ()
+    revision: str | None = None  # of a document that was read but refused as a whole
     source: outcome.Source = outcome.Source.CLOUD  # where `desired` came from
 
 
@@ -53,8 +63,33 @@ def _local(folder: pathlib.Path) -> tuple[list[manifest.Resource], list[str]]:
     return resources, problems
 
 
-def fetch_desired(layout: Layout, thing: str,
-                  platform: documents.PlatformInfo) -> Reading:
+# Who sets the device's ceiling, for the refusal's reason.
+CEILING_SOURCE = "the device's ceiling, hedgerow agent run --max-privilege"
+
+
+def resolve_ceiling_violations(doc: documents.DesiredState,
+                               ceiling: privilege.Level) -> tuple[str, ...]:
+    """Every component feature the device's ceiling does not allow, one line each
+    (component, field, level): the controller should have refused them already; a
+    controller that was fooled, or a local deployment, still cannot get them run."""
+    return tuple(
+        privilege.render_violation(c.name, v, ceiling, CEILING_SOURCE)
+        for c in doc.components
+        for v in privilege.resolve_violations(c.lifecycle, c.container, c.run_with, ceiling))
+
+
+def fetch_desired(layout: Layout, thing: str, platform: documents.PlatformInfo,
+                  ceiling: privilege.Level = privilege.Level.PRIVILEGED) -> Reading:
+    """The document the device must run, or the problems that refuse it as a whole
+    (bad files, unresolvable local deployments, needs above `ceiling`)."""
+    reading = _fetch(layout, thing, platform)
+    if reading.desired is None:
+        return reading
+    refused = resolve_ceiling_violations(reading.desired, ceiling)
+    return Reading(None, refused, revision=reading.desired.revision) if refused else reading
+
+
+def _fetch(layout: Layout, thing: str, platform: documents.PlatformInfo) -> Reading:
     cloud, problems = _cloud(layout.desired_file)
     resources, local_problems = _local(layout.deployments)
     problems += local_problems

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from hedgerow.core import lifecycle
+from hedgerow.core import lifecycle, privilege
 
 
 @dataclasses.dataclass(frozen=True)
@@ -16,6 +16,10 @@ class Settings:
     settle_s: float = 2.0
     kill_grace_s: float = 5.0
     default_user: str = "nobody"
+    # The device's ceiling (issue 11, defense in depth): a desired document with a
+    # component that needs more is refused as a whole, and no step runs as uid/gid 0
+    # below `privileged`, whatever the controller was made to publish.
+    max_privilege: privilege.Level = privilege.Level.BASELINE
     log_max_bytes: int = 1 << 20
     log_keep: int = 3
     policy: lifecycle.Policy = dataclasses.field(default_factory=lifecycle.Policy)

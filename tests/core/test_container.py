@@ -74,7 +74,6 @@ def test_example_web_status_renders_to_create_arguments() -> None:
 @pytest.mark.parametrize(("spec", "key", "expected"), [
     ({}, "read_only", False),
     ({"readOnlyRootFilesystem": True}, "read_only", True),
-    ({"requiresPrivilege": True}, "privileged", True),
     ({"user": "65534:65534"}, "user", "65534:65534"),
     ({"ports": [{"containerPort": 80, "hostPort": 8081}]}, "ports",
      {"80/tcp": [("127.0.0.1", 8081)]}),
@@ -83,12 +82,11 @@ def test_example_web_status_renders_to_create_arguments() -> None:
     ({"ports": [{"containerPort": 80}, {"containerPort": 80, "hostPort": 8080}]}, "ports",
      {"80/tcp": [("127.0.0.1", 80), ("127.0.0.1", 8080)]}),
     ({"volumes": [{"source": "data", "target": "/data"}]}, "volumes", ["data:/data:rw"]),
-    ({"volumes": [{"source": "/srv/x/", "target": "/x", "readOnly": True}]}, "volumes",
-     ["/srv/x:/x:ro"]),
-    ({"volumes": [{"source": f"{ROOT}/work/com.example.Web/db", "target": "/db"}]},
-     "volumes", [f"{ROOT}/work/com.example.Web/db:/db:rw"]),
-    ({"volumes": [{"source": f"{ROOT}/artifacts/ab12", "target": "/a", "readOnly": True}]},
-     "volumes", [f"{ROOT}/artifacts/ab12:/a:ro"]),
+    ({"volumes": [{"source": f"{ROOT}/work/com.example.Web", "target": "/db"}]},
+     "volumes", [f"{ROOT}/work/com.example.Web:/db:rw"]),
+    ({"volumes": [{"source": f"{ROOT}/artifacts/com.example.Web/1.0.0", "target": "/a",
+                   "readOnly": True}]},
+     "volumes", [f"{ROOT}/artifacts/com.example.Web/1.0.0:/a:ro"]),
     ({"mountIpcSocket": True}, "volumes", ["/var/lib/hedgerow/ipc:/run/hedgerow:ro"]),
     ({"healthCheck": {"command": ["CMD-SHELL", "test -f /ok"], "timeoutSeconds": 2,
                       "retries": 1, "startPeriodSeconds": 3}}, "healthcheck",
@@ -152,6 +150,29 @@ def test_limits_come_from_run_with(
      "gw-1", "expose the agent's root"),
     ({"volumes": [{"source": f"{ROOT}/artifacts/x", "target": "/a"}]}, "gw-1",
      "expose the agent's root"),
+    # read-only is not enough for another component's artifacts, or the cache
+    ({"volumes": [{"source": f"{ROOT}/artifacts/com.example.Other/1.0.0", "target": "/a",
+                   "readOnly": True}]}, "gw-1", "expose the agent's root"),
+    ({"volumes": [{"source": f"{ROOT}/artifacts/sha256", "target": "/a",
+                   "readOnly": True}]}, "gw-1", "expose the agent's root"),
+    # host paths outside the component's folders: refused without privilege (issue 12)
+    ({"volumes": [{"source": "/etc", "target": "/e", "readOnly": True}]}, "gw-1",
+     "host path outside the component's own folders"),
+    ({"volumes": [{"source": "/root", "target": "/r"}]}, "gw-1",
+     "host path outside the component's own folders"),
+    ({"volumes": [{"source": "/srv/x/", "target": "/x", "readOnly": True}]}, "gw-1",
+     "host path outside the component's own folders"),
+    ({"volumes": [{"source": "/proc/self/root/etc", "target": "/e"}]}, "gw-1",
+     "kernel interface"),
+    ({"volumes": [{"source": "/sys/fs/cgroup", "target": "/c"}]}, "gw-1", "kernel interface"),
+    ({"volumes": [{"source": "/dev/sda", "target": "/d"}]}, "gw-1", "kernel interface"),
+    ({"volumes": [{"source": "/var/run/docker.sock", "target": "/d"}]}, "gw-1",
+     "container runtime's socket"),
+    ({"volumes": [{"source": "/run/containerd/containerd.sock", "target": "/d"}]}, "gw-1",
+     "container runtime's socket"),
+    ({"requiresPrivilege": True}, "gw-1", "does not allow privileged components"),
+    ({"volumes": [{"source": f"{ROOT}/work/com.example.Web/db", "target": "/db"}]}, "gw-1",
+     "inside the work folder, which the component can change"),
     ({"volumes": [{"source": "../etc", "target": "/e"}]}, "gw-1", "neither an absolute"),
     ({"volumes": [{"source": "/a:b", "target": "/e"}]}, "gw-1", "':' is not allowed"),
     ({"volumes": [{"source": "v", "target": "/run/hedgerow/ipc.sock"}],
@@ -172,9 +193,26 @@ def test_recipes_that_cannot_run_are_rejected(
 
 def test_requires_privilege_is_the_way_to_bind_anything() -> None:
     config = _render(_resolved({"requiresPrivilege": True,
-                                "volumes": [{"source": "/", "target": "/host"}]}))
+                                "volumes": [{"source": "/", "target": "/host"}]}),
+                     allow_privileged=True)
     assert config.create_kwargs()["volumes"] == ["/:/host:rw"]
     assert config.privileged
+
+
+def test_binds_are_checked_as_the_canonical_path_and_docker_gets_that_path() -> None:
+    """The shell resolves links (`canonical`); the check and Docker see its answer, never
+    the string the recipe wrote: a link to the agent's state is the agent's state."""
+    links = {f"{ROOT}/work/com.example.Web": f"{ROOT}/work/com.example.Web",
+             "/proc/self/root/var/lib/hedgerow/state": f"{ROOT}/state",
+             "/data/web": f"{ROOT}/work/com.example.Web"}
+    def canonical(path: str) -> str:
+        return links.get(path, path)
+    spec = {"volumes": [{"source": "/proc/self/root/var/lib/hedgerow/state", "target": "/s"}]}
+    with pytest.raises(ContainerSpecError, match="expose the agent's root"):
+        _render(_resolved(spec), canonical=canonical)
+    ok = _render(_resolved({"volumes": [{"source": "/data/web", "target": "/w"}]}),
+                 canonical=canonical)
+    assert ok.create_kwargs()["volumes"] == [f"{ROOT}/work/com.example.Web:/w:rw"]
 
 
 def test_a_process_component_is_not_a_container() -> None:
