@@ -51,11 +51,24 @@ def _read_csr(path: str) -> str:
         raise _FailedError(f"{path}: cannot read: {exc.strerror}") from None
 
 
+def _signing_key_pem(ca_dir: str) -> str:
+    """The public half of the fleet's document-signing key (made on first use)."""
+    from hedgerow.controller import pki
+
+    signer, made = pki.signing_key_of(pathlib.Path(ca_dir))
+    if made:
+        print(f"created the desired-document signing key {ca_dir}/{pki.SIGNING_KEY} "
+              f"(key id {signer.key_id}; keep it with the CA: devices pin it)",
+              file=sys.stderr)
+    return signer.public_pem
+
+
 def _bundle(args: argparse.Namespace, thing: str, ca_pem: str, cert_pem: str) -> pathlib.Path:
     from hedgerow.core import identity
 
     bundle = identity.Bundle(thing=thing, broker_url=args.broker_url, ca_pem=ca_pem,
-                             certificate_pem=cert_pem)
+                             certificate_pem=cert_pem,
+                             signing_key_pem=_signing_key_pem(args.ca_dir))
     out = pathlib.Path(args.out or f"{thing}.bundle.json")
     out.write_text(json.dumps(bundle.to_dict(), indent=1) + "\n")
     print(f"wrote {out} (public material only); on the device: hedgerow agent "
@@ -173,14 +186,18 @@ def _broker_config(args: argparse.Namespace) -> int:
         config = broker.render_mosquitto_config(broker.MosquittoSettings(
             cafile=f"{seen_as}/ca.pem", certfile=f"{seen_as}/server.pem",
             keyfile=f"{seen_as}/server.key", acl_file=f"{seen_as}/acl", port=args.port,
-            bind=args.bind, persistence_location=args.data_dir, user=args.user))
+            bind=args.bind, persistence_location=args.data_dir, user=args.user,
+            crlfile=f"{seen_as}/crl.pem"))
     except ValueError as exc:
         raise _FailedError(str(exc)) from None
     (out / "ca.pem").write_text(ca.pem)
     ca.issue_server(args.host).write(out / "server.pem", out / "server.key")
     (out / "acl").write_text(acl)
+    _write_crl(out, ca)
     (out / "mosquitto.conf").write_text(config)
-    written = ["mosquitto.conf", "acl", "ca.pem", "server.pem", "server.key (0600)"]
+    _signing_key_pem(args.ca_dir)  # made now, so a controller with a read-only CA folder finds it
+    written = ["mosquitto.conf", "acl", "ca.pem", "crl.pem", "server.pem",
+               "server.key (0600)"]
     if not args.no_controller_cert:
         ca.issue_controller(args.controller_identity).write(out / "controller.pem",
                                                             out / "controller.key")
@@ -189,6 +206,123 @@ def _broker_config(args: argparse.Namespace) -> int:
     print(f"run: mosquitto -c {seen_as}/mosquitto.conf; controller: hedgerow controller "
           f"--broker mqtts://{args.host[0]}:{args.port} --ca {out}/ca.pem "
           f"--cert {out}/controller.pem --key {out}/controller.key")
+    return 0
+
+
+def _write_crl(directory: pathlib.Path, ca: Any) -> pathlib.Path:
+    from hedgerow import files
+
+    path = directory / "crl.pem"
+    files.write_atomic(path, ca.render_crl(), 0o644)
+    return path
+
+
+def _refresh_broker(args: argparse.Namespace, ca: Any) -> None:
+    """Put the new CRL where the broker reads it and make mosquitto re-read it (SIGHUP:
+    mosquitto 2.0 reloads crlfile for new connections; sessions already open stay)."""
+    import signal
+
+    if not args.broker_dir:
+        print(f"the broker's CRL is NOT updated: copy {args.ca_dir}/crl.pem to the "
+              "broker's crlfile and send mosquitto SIGHUP (or pass --broker-dir and "
+              "--broker-pid)", file=sys.stderr)
+        return
+    path = _write_crl(pathlib.Path(args.broker_dir), ca)
+    if args.broker_pid is None:
+        print(f"wrote {path}; reload the broker (SIGHUP to mosquitto) to apply it",
+              file=sys.stderr)
+        return
+    try:
+        os.kill(args.broker_pid, signal.SIGHUP)
+    except OSError as exc:
+        raise _FailedError(f"wrote {path} but could not signal the broker "
+                           f"(pid {args.broker_pid}): {exc.strerror}") from None
+    print(f"wrote {path}; sent SIGHUP to the broker (pid {args.broker_pid}): new "
+          "connections with a revoked certificate are refused", file=sys.stderr)
+
+
+def _current_certificate(obj: dict[str, Any]) -> Any:
+    from hedgerow.controller import pki
+
+    pem = ((obj.get("status") or {}).get("certificate") or {}).get("pem")
+    if not pem:
+        return None
+    try:
+        return pki.load_certificate(pem)
+    except ValueError:
+        return None
+
+
+def _get_device(args: argparse.Namespace) -> dict[str, Any]:
+    from kubernetes.client.exceptions import ApiException
+
+    from hedgerow.core import base
+
+    try:
+        obj: dict[str, Any] = _api(args).get_cluster_custom_object(
+            base.GROUP, base.VERSION, "coredevices", args.name)
+    except ApiException as exc:
+        raise _FailedError(f"CoreDevice {args.name}: {exc.status} {exc.reason}") from None
+    return obj
+
+
+def _approve(args: argparse.Namespace) -> int:
+    """Approve the CSR now in spec.csr: revoke the certificate it replaces, then write the
+    CA-signed approval annotation the controller checks before signing."""
+    from hedgerow.controller import pki
+    from hedgerow.core import base
+
+    thing = args.name
+    obj = _get_device(args)
+    csr = (obj.get("spec") or {}).get("csr")
+    if not csr:
+        raise _FailedError(f"CoreDevice {thing} has no spec.csr to approve")
+    ca = pki.FleetCA.load(pathlib.Path(args.ca_dir))
+    _sign(ca, csr, thing, 1)  # the CSR itself must be signable: refuse before any change
+    digest = pki.csr_digest(csr)
+    if args.sha256 and args.sha256 != digest:
+        raise _FailedError(f"spec.csr of {thing} has SHA-256 {digest}, not the "
+                           f"{args.sha256} you meant to approve: it changed; look again")
+    current = _current_certificate(obj)
+    if current is not None and not pki.certifies_csr_key(current, csr):
+        try:
+            if ca.revoke(current, thing, "superseded by an approved CSR"):
+                print(f"revoked the current certificate of {thing} (serial "
+                      f"{current.serial_number:x})", file=sys.stderr)
+        except ValueError:
+            pass  # not from this CA: nothing of ours to revoke
+        _refresh_broker(args, ca)
+    patch = {"metadata": {"annotations": {pki.APPROVAL_ANNOTATION: ca.approve_csr(thing, csr)}}}
+    _api(args).patch_cluster_custom_object(base.GROUP, base.VERSION, "coredevices", thing,
+                                           patch, _content_type=MERGE_PATCH)
+    print(f"approved the CSR of {thing} (sha256 {digest}); the controller signs it on its "
+          f"next pass; then: hedgerow device bundle {thing}", file=sys.stderr)
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    from hedgerow.controller import pki
+
+    thing = args.name
+    ca = pki.FleetCA.load(pathlib.Path(args.ca_dir))
+    if args.cert:
+        try:
+            cert = pki.load_certificate(pathlib.Path(args.cert).read_bytes())
+        except (OSError, ValueError) as exc:
+            raise _FailedError(f"--cert {args.cert}: {exc}") from None
+    else:
+        cert = _current_certificate(_get_device(args))
+        if cert is None:
+            raise _FailedError(f"CoreDevice {thing} has no status.certificate to revoke "
+                               "(give the certificate with --cert FILE)")
+    try:
+        new = ca.revoke(cert, thing, args.reason)
+    except ValueError as exc:
+        raise _FailedError(str(exc)) from None
+    print(f"{'revoked' if new else 'already revoked:'} the certificate of {thing} "
+          f"(serial {cert.serial_number:x}); a new CSR for {thing} now needs "
+          f"`hedgerow device approve {thing}`", file=sys.stderr)
+    _refresh_broker(args, ca)
     return 0
 
 
@@ -216,6 +350,14 @@ def _bundle_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="bundle file (default: NAME.bundle.json)")
     parser.add_argument("--days", type=int, default=365,
                         help="certificate validity in days (default: %(default)s)")
+
+
+def _broker_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--broker-dir", metavar="DIR",
+                        help="the folder `hedgerow broker config --out` wrote: its crl.pem "
+                             "is replaced")
+    parser.add_argument("--broker-pid", type=int, metavar="PID",
+                        help="mosquitto's pid: sent SIGHUP to re-read the CRL")
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -256,6 +398,38 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     _ca_args(fetch)
     _bundle_args(fetch)
     fetch.set_defaults(handler=_guard(_fetch_bundle))
+
+    approve = dev.add_parser(
+        "approve", help="approve the CSR in spec.csr of a device that has a certificate",
+        description="The CertificateSigningRequest model: the controller signs a CSR for a "
+                    "device that already holds a certificate (a new key, or after "
+                    "revocation) only once approved. This revokes the certificate the CSR "
+                    "replaces (and refreshes the broker's CRL with --broker-dir), then "
+                    "writes the annotation hedgerow.dev/approved-csr, signed with the CA "
+                    "key and bound to this CSR's SHA-256: a CSR swapped in later is not "
+                    "approved by it.")
+    approve.add_argument("name", metavar="NAME")
+    approve.add_argument("--sha256", help="refuse unless spec.csr has this SHA-256 (as "
+                                          "shown by a previous run or the device)")
+    approve.add_argument("--kubeconfig")
+    _ca_args(approve)
+    _broker_args(approve)
+    approve.set_defaults(handler=_guard(_approve))
+
+    revoke = dev.add_parser(
+        "revoke", help="revoke the device's certificate (the broker refuses it)",
+        description="Add the device's current certificate (status.certificate, or --cert) "
+                    "to the fleet CA's revocation list, render the CRL, and with "
+                    "--broker-dir/--broker-pid put it in the broker's folder and reload "
+                    "mosquitto. A new CSR for the device then needs `device approve`.")
+    revoke.add_argument("name", metavar="NAME")
+    revoke.add_argument("--cert", metavar="FILE", help="revoke this certificate file "
+                                                       "instead of the one in the cluster")
+    revoke.add_argument("--reason", default="revoked by an operator")
+    revoke.add_argument("--kubeconfig")
+    _ca_args(revoke)
+    _broker_args(revoke)
+    revoke.set_defaults(handler=_guard(_revoke))
 
     brk = subparsers.add_parser("broker", help="cloud broker configuration")
     brk_sub = brk.add_subparsers(dest="action", metavar="ACTION", required=True)
