@@ -61,7 +61,7 @@ class SignedDesiredState(base.Model):
     api_version: base.ApiVersion = base.API_VERSION
     kind: Literal["SignedDesiredState"] = "SignedDesiredState"
     thing: Annotated[str, pydantic.Field(pattern=base.THING_NAME)]
-    counter: Annotated[int, pydantic.Field(ge=1, lt=2**63)]
+    counter: Annotated[int, pydantic.Strict(), pydantic.Field(ge=1, lt=2**63)]
     key_id: Annotated[str, pydantic.Field(pattern=_KEY_ID)]
     algorithm: Literal["Ed25519"] = "Ed25519"
     document: Annotated[str, pydantic.Field(max_length=MAX_DOCUMENT_BYTES * 4 // 3 + 4)]

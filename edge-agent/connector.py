@@ -448,6 +448,7 @@ class Connector:
                 files.write_atomic(target, data, mode=0o600)
                 self.stats.written += 1
             # After the document: a crash in between re-accepts the retained copy.
+            self.trust_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             files.write_json(self.trust_file, {"counter": counter, "sha256": digest})
         except OSError as exc:
             self.stats.io_errors += 1

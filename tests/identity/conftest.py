@@ -91,6 +91,7 @@ class Fleet:
     broker: Mosquitto
     controller_cert: Path
     controller_key: Path
+    broker_dir: Path = Path()  # what the broker reads: its config, CRL, certificates
     cleanups: list[Callable[[], None]] = dataclasses.field(default_factory=list)
     _sealer: controller_broker.Broker | None = None
 
@@ -166,6 +167,7 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
     controller.write(tmp_path / "controller" / "controller.pem",
                      tmp_path / "controller" / "controller.key")
     (etc / "acl").write_text(broker_.render_acl())
+    (etc / "crl.pem").write_bytes(ca.render_crl())  # empty until a test revokes
     (etc / "data").mkdir()
     user = pwd.getpwuid(os.geteuid()).pw_name if os.geteuid() == 0 else None
 
@@ -173,12 +175,13 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
         return broker_.render_mosquitto_config(broker_.MosquittoSettings(
             cafile=str(ca_file), certfile=str(etc / "server.pem"),
             keyfile=str(etc / "server.key"), acl_file=str(etc / "acl"), port=port,
+            crlfile=str(etc / "crl.pem"),
             bind=LOOPBACK, persistence_location=str(etc / "data"),
             log_dest=f"file {etc / 'mosquitto.log'}", user=user))
 
     with Mosquitto(tls=True, directory=etc, config=render) as mosq:
         f = Fleet(tmp_path, ca, mosq, tmp_path / "controller" / "controller.pem",
-                  tmp_path / "controller" / "controller.key")
+                  tmp_path / "controller" / "controller.key", broker_dir=etc)
         try:
             yield f
         finally:
