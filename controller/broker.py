@@ -95,6 +95,7 @@ class Broker:
         self._counters: dict[str, int] = {}  # thing -> last counter issued (work thread)
         self._too_large: set[tuple[str, int]] = set()  # logged once per thing and size
         self._takeovers = core_broker.TakeoverWatch()
+        self._connected_at: float | None = None
         self._connected = threading.Event()
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=settings.client_id,
                              protocol=mqtt.MQTTv5)
@@ -184,22 +185,29 @@ class Broker:
             return
         client.subscribe(STATUS_TOPIC, qos=1)
         logger.info("connected to the broker at %s:%s", self.settings.host, self.settings.port)
-        if self._takeovers.quiet_since(time.monotonic()) > 5 * self._takeovers.window:
+        now = time.monotonic()
+        if self._takeovers.quiet_since(now) > 5 * self._takeovers.window:
             client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._connected_at = now
         self._connected.set()
 
     def _disconnected_cb(self, client: mqtt.Client, userdata: Any, flags: Any,
                          reason: Any, properties: Any) -> None:
         self._connected.clear()
-        if getattr(reason, "value", None) == core_broker.SESSION_TAKEN_OVER and (
-                self._takeovers.record(time.monotonic())):
+        now = time.monotonic()
+        lost = getattr(reason, "value", None) == core_broker.SESSION_TAKEN_OVER or (
+            getattr(reason, "is_failure", False) and self._connected_at is not None
+            and self._takeovers.is_short(self._connected_at, now))
+        self._connected_at = None
+        if lost and self._takeovers.record(now):
             # Another client holds the controller's certificate (a second replica,
             # or a tool run with controller.pem): we would kick each other forever.
             logger.error(
-                "TAKEOVER LOOP: another client connected with the controller's "
-                "identity %d times in %.0f s and took this session over; is a second "
-                "controller or a debugging tool using the controller certificate? "
-                "Backing off %.0f s between reconnects (docs/identity.md)",
+                "TAKEOVER LOOP: the broker closed this session %d times in %.0f s right "
+                "after accepting it; most likely another client connects with the "
+                "controller's identity and takes the session over (a second controller, "
+                "or a tool using controller.pem). Backing off %.0f s between reconnects "
+                "(docs/identity.md: debugging safely)",
                 len(self._takeovers.times), self._takeovers.window,
                 core_broker.TAKEOVER_BACKOFF_S)
             client.reconnect_delay_set(min_delay=int(core_broker.TAKEOVER_BACKOFF_S),

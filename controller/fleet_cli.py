@@ -76,13 +76,16 @@ def _bundle(args: argparse.Namespace, thing: str, ca_pem: str, cert_pem: str) ->
     return out
 
 
-def _sign(ca: Any, csr: str, thing: str, days: int) -> Any:
+def _sign(ca: Any, csr: str, thing: str, days: int, record: bool = True) -> Any:
     from hedgerow.controller import pki
 
     try:
-        return ca.sign_device_csr(csr, thing, days=days)
+        cert = ca.sign_device_csr(csr, thing, days=days)
     except pki.CertificateRequestError as exc:
         raise _FailedError(f"refusing to sign the CSR for {thing}: {exc}") from None
+    if record:  # so that `device revoke` finds every certificate the device holds
+        ca.record_issued(cert, thing)
+    return cert
 
 
 def _api(args: argparse.Namespace) -> Any:
@@ -278,19 +281,17 @@ def _approve(args: argparse.Namespace) -> int:
     if not csr:
         raise _FailedError(f"CoreDevice {thing} has no spec.csr to approve")
     ca = pki.FleetCA.load(pathlib.Path(args.ca_dir))
-    _sign(ca, csr, thing, 1)  # the CSR itself must be signable: refuse before any change
+    _sign(ca, csr, thing, 1, record=False)  # must be signable: refuse before any change
     digest = pki.csr_digest(csr)
     if args.sha256 and args.sha256 != digest:
         raise _FailedError(f"spec.csr of {thing} has SHA-256 {digest}, not the "
                            f"{args.sha256} you meant to approve: it changed; look again")
-    current = _current_certificate(obj)
-    if current is not None and not pki.certifies_csr_key(current, csr):
-        try:
-            if ca.revoke(current, thing, "superseded by an approved CSR"):
-                print(f"revoked the current certificate of {thing} (serial "
-                      f"{current.serial_number:x})", file=sys.stderr)
-        except ValueError:
-            pass  # not from this CA: nothing of ours to revoke
+    # Every certificate of the device's other keys goes: the new key replaces them.
+    revoked = ca.revoke_device(thing, "superseded by an approved CSR",
+                               current=_current_certificate(obj), keep_key_of_csr=csr)
+    if revoked:
+        print(f"revoked the current certificate of {thing} (serial "
+              f"{', '.join(f'{s:x}' for s in revoked)})", file=sys.stderr)
         _refresh_broker(args, ca)
     patch = {"metadata": {"annotations": {pki.APPROVAL_ANNOTATION: ca.approve_csr(thing, csr)}}}
     _api(args).patch_cluster_custom_object(base.GROUP, base.VERSION, "coredevices", thing,
@@ -301,27 +302,32 @@ def _approve(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
+    from cryptography.exceptions import InvalidSignature
+
     from hedgerow.controller import pki
 
     thing = args.name
     ca = pki.FleetCA.load(pathlib.Path(args.ca_dir))
+    cert: Any
     if args.cert:
         try:
             cert = pki.load_certificate(pathlib.Path(args.cert).read_bytes())
         except (OSError, ValueError) as exc:
             raise _FailedError(f"--cert {args.cert}: {exc}") from None
+        try:
+            cert.verify_directly_issued_by(ca.certificate)
+        except (ValueError, TypeError, InvalidSignature):
+            raise _FailedError(f"--cert {args.cert} was not issued by this CA") from None
     else:
         cert = _current_certificate(_get_device(args))
-        if cert is None:
-            raise _FailedError(f"CoreDevice {thing} has no status.certificate to revoke "
-                               "(give the certificate with --cert FILE)")
-    try:
-        new = ca.revoke(cert, thing, args.reason)
-    except ValueError as exc:
-        raise _FailedError(str(exc)) from None
-    print(f"{'revoked' if new else 'already revoked:'} the certificate of {thing} "
-          f"(serial {cert.serial_number:x}); a new CSR for {thing} now needs "
-          f"`hedgerow device approve {thing}`", file=sys.stderr)
+    # The certificate in the status, and every other one recorded as issued to it.
+    revoked = ca.revoke_device(thing, args.reason, current=cert)
+    if not revoked and cert is None and not ca.issued_to(thing):
+        raise _FailedError(f"no certificate of {thing} to revoke (none in its CoreDevice "
+                           "status or the CA's issued.log; give one with --cert FILE)")
+    print(f"revoked {len(revoked)} certificate(s) of {thing} "
+          f"({', '.join(f'{s:x}' for s in revoked) or 'all already revoked'}); a new CSR "
+          f"for {thing} now needs `hedgerow device approve {thing}`", file=sys.stderr)
     _refresh_broker(args, ca)
     return 0
 

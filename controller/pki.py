@@ -53,6 +53,7 @@ CA_CERT: Final = "ca.pem"
 CA_KEY: Final = "ca.key"
 SIGNING_KEY: Final = "signing.key"
 REVOKED: Final = "revoked.json"
+ISSUED: Final = "issued.log"
 CRL: Final = "crl.pem"
 APPROVAL_ANNOTATION: Final = "hedgerow.dev/approved-csr"
 _APPROVAL_DOMAIN: Final = b"hedgerow.dev/csr-approval/v1\0"
@@ -202,16 +203,22 @@ class FleetCA:
         except (ValueError, TypeError, InvalidSignature):
             raise ValueError(f"the certificate of {thing} was not issued by this CA"
                              ) from None
+        return bool(self._revoke_serials([cert.serial_number], thing, reason, now))
+
+    def _revoke_serials(self, serials: list[int], thing: str, reason: str,
+                        now: datetime.datetime | None = None) -> list[int]:
         revoked = self.revocations()
-        if any(r.serial == cert.serial_number for r in revoked):
-            return False
-        revoked.append(Revocation(cert.serial_number, thing, now or _now(), reason))
+        known = {r.serial for r in revoked}
+        new = [serial for serial in serials if serial not in known]
+        if not new:
+            return []
+        revoked += [Revocation(serial, thing, now or _now(), reason) for serial in new]
         self._revoked = revoked
         if self.directory is not None:
             files.write_atomic(self.directory / REVOKED, json.dumps(
                 {"revoked": [r.to_dict() for r in revoked]}, indent=1).encode(), 0o644)
             files.write_atomic(self.directory / CRL, self.render_crl(now), 0o644)
-        return True
+        return new
 
     def render_crl(self, now: datetime.datetime | None = None) -> bytes:
         """The CRL (PEM) of every revoked certificate. Its nextUpdate is the CA's own
@@ -327,6 +334,68 @@ class FleetCA:
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         return builder.sign(self.key, hashes.SHA256())
 
+    def record_issued(self, cert: x509.Certificate, thing: str) -> None:
+        """Note a device certificate that was handed out (``issued.log``, append-only),
+        so revoking a device revokes every certificate it holds, not only the one its
+        CoreDevice status shows. Best effort: a read-only CA folder (a Secret mount)
+        keeps no log, and revocation then covers the certificate in the status."""
+        if self.directory is None:
+            return
+        line = json.dumps({"serial": str(cert.serial_number), "thing": thing,
+                           "notAfter": cert.not_valid_after_utc.isoformat(),
+                           "key": _key_digest(cert.public_key())}) + "\n"
+        try:
+            fd = os.open(self.directory / ISSUED, os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                         0o644)
+        except OSError:
+            return
+        try:
+            os.write(fd, line.encode())
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    def issued_to(self, thing: str, now: datetime.datetime | None = None,
+                  ) -> list[tuple[int, str]]:
+        """(serial, key digest) of the unexpired certificates recorded for ``thing``."""
+        if self.directory is None:
+            return []
+        now = now or _now()
+        try:
+            lines = (self.directory / ISSUED).read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        found = []
+        for line in lines:
+            try:
+                entry = json.loads(line)
+                if (entry["thing"] == thing and datetime.datetime.fromisoformat(
+                        entry["notAfter"]) > now):
+                    found.append((int(entry["serial"]), str(entry["key"])))
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn last line after a crash
+        return found
+
+    def revoke_device(self, thing: str, reason: str, current: x509.Certificate | None = None,
+                      keep_key_of_csr: str | None = None,
+                      now: datetime.datetime | None = None) -> list[int]:
+        """Revoke every certificate ``thing`` holds (``current``, and all recorded as
+        issued to it), except those for the key of ``keep_key_of_csr``; the serials newly
+        revoked."""
+        keep = None
+        if keep_key_of_csr is not None:
+            keep = _key_digest(x509.load_pem_x509_csr(keep_key_of_csr.encode()).public_key())
+        serials = {serial for serial, key in self.issued_to(thing, now) if key != keep}
+        if current is not None and _key_digest(current.public_key()) != keep:
+            try:
+                current.verify_directly_issued_by(self.certificate)
+                serials.add(current.serial_number)
+            except (ValueError, TypeError, InvalidSignature):
+                pass  # not ours: nothing to revoke
+        return self._revoke_serials(sorted(serials), thing, reason, now)
+
     def issue_client(self, cn: str, days: int = SERVER_DAYS,
                      now: datetime.datetime | None = None) -> Issued:
         """A client certificate with its own new key (the controller's identity)."""
@@ -377,6 +446,12 @@ def csr_digest(csr_pem: str | bytes) -> str:
     data = csr_pem.encode() if isinstance(csr_pem, str) else csr_pem
     csr = x509.load_pem_x509_csr(data)
     return hashlib.sha256(csr.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def _key_digest(public: object) -> str:
+    der = public.public_bytes(serialization.Encoding.DER,  # type: ignore[attr-defined]
+                              serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
 
 
 def certifies_csr_key(cert: x509.Certificate, csr_pem: str) -> bool:
@@ -519,6 +594,7 @@ def certificate_for(device: coredevice.CoreDevice, ca: FleetCA,
             f"{device.metadata.name} already holds a certificate from this CA; a CSR "
             f"{'for a new key' if held and not held.same_key else 'after revocation'} is "
             f"signed only once approved: hedgerow device approve {device.metadata.name}")
+    ca.record_issued(cert, device.metadata.name)
     return coredevice.CertificateStatus(pem=cert_pem(cert).decode(),
                                         not_after=cert.not_valid_after_utc)
 

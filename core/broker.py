@@ -163,9 +163,11 @@ def render_mosquitto_config(settings: MosquittoSettings) -> str:
 # --- session takeover loops ------------------------------------------------------------
 # With use_username_as_clientid, a second client presenting the same certificate (a
 # debugging tool, a second controller replica) takes the session over; both reconnect
-# and kick each other for ever. Each side keeps the takeovers it suffered recently and,
-# past a few in a window, says so loudly and backs off (docs/identity.md: debugging a
-# device safely).
+# and kick each other for ever. Each side counts the sessions it lost shortly after the
+# broker accepted them (mosquitto 2.0.11 just closes the old connection; brokers that
+# send DISCONNECT "Session taken over" (142) are counted the same way) and, past a few
+# in a window, says so loudly and backs off (docs/identity.md: debugging a device
+# safely). A flapping network looks the same and deserves the same backoff.
 
 SESSION_TAKEN_OVER: Final = 142  # MQTT 5 DISCONNECT reason code "Session taken over"
 TAKEOVER_WINDOW_S: Final = 60.0
@@ -175,14 +177,19 @@ TAKEOVER_BACKOFF_S: Final = 60.0
 
 @dataclasses.dataclass
 class TakeoverWatch:
-    """Takeovers within the last ``window`` seconds (monotonic times, passed in)."""
+    """Sessions lost within ``window`` seconds of being established, over the last
+    ``window`` seconds (monotonic times, passed in)."""
 
     window: float = TAKEOVER_WINDOW_S
     limit: int = TAKEOVER_LIMIT
     times: list[float] = dataclasses.field(default_factory=list)
 
+    def is_short(self, connected_at: float, now: float) -> bool:
+        """Whether a session established at ``connected_at`` and lost at ``now`` counts."""
+        return now - connected_at < self.window
+
     def record(self, now: float) -> bool:
-        """Record a takeover at ``now``; True when that makes it a loop."""
+        """Record a lost session at ``now``; True when that makes it a loop."""
         self.times = [t for t in self.times if now - t < self.window] + [now]
         return self.is_loop(now)
 

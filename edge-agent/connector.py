@@ -141,6 +141,7 @@ class Connector:
         self.takeover_backoff_s = takeover_backoff_s
         self._takeovers = broker.TakeoverWatch()
         self._takeover_loop = False
+        self._taken_over = False
         self._stop = threading.Event()
         self._online = threading.Event()
         self._thread: threading.Thread | None = None
@@ -269,6 +270,8 @@ class Connector:
             self._failed(f"{type(exc).__name__}: {exc}")
             return False
         reached = False
+        online_at = 0.0
+        self._taken_over = False
         try:
             while not self._stop.is_set():
                 try:
@@ -280,7 +283,8 @@ class Connector:
                     if not reached:
                         self._failed(mqtt.error_string(rc))
                     break
-                reached = reached or self.connected
+                if not reached and self.connected:
+                    reached, online_at = True, time.monotonic()
                 self._follow_status()
                 self._retry_unwritten()
                 self._send(client)
@@ -289,6 +293,9 @@ class Connector:
                 client.disconnect()  # DISCONNECT keeps the session (expiry > 0)
                 client.loop(timeout=0.5)
             self._lost()
+        if reached and not self._stop.is_set() and (
+                self._taken_over or self._takeovers.is_short(online_at, time.monotonic())):
+            self._lost_session()
         return reached
 
     def _lost(self) -> None:
@@ -322,16 +329,22 @@ class Connector:
         if reason.is_failure:
             self.stats.last_error = f"disconnected: {reason}"
         if getattr(reason, "value", None) == broker.SESSION_TAKEN_OVER:
-            self.stats.takeovers += 1
-            if self._takeovers.record(time.monotonic()) and not self._takeover_loop:
-                self._takeover_loop = True
-                log.error(
-                    "TAKEOVER LOOP: another client connected with this device's "
-                    "certificate (%s) %d times in %.0f s and took the session over; is a "
-                    "tool or a second agent using %s? Backing off %.0f s between "
-                    "reconnects (docs/identity.md: debugging a device safely)",
-                    self.thing, len(self._takeovers.times), self._takeovers.window,
-                    self.key, self.takeover_backoff_s)
+            self._taken_over = True  # a broker that says so; mosquitto 2.0 just closes
+
+    def _lost_session(self) -> None:
+        """An established session the broker ended: count it; say so loudly once it is
+        a loop (another client with this device's certificate)."""
+        self.stats.takeovers += 1
+        if self._takeovers.record(time.monotonic()) and not self._takeover_loop:
+            self._takeover_loop = True
+            log.error(
+                "TAKEOVER LOOP: the broker closed this device's session %d times in "
+                "%.0f s right after accepting it; most likely another client connects "
+                "with this device's certificate (%s) and takes the session over (a tool "
+                "or a second agent using %s). Backing off %.0f s between reconnects "
+                "(docs/identity.md: debugging a device safely)",
+                len(self._takeovers.times), self._takeovers.window, self.thing,
+                self.key, self.takeover_backoff_s)
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int,
                       reasons: list[Any], properties: Any) -> None:

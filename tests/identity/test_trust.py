@@ -10,6 +10,7 @@ import datetime
 import json
 import os
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -289,6 +290,33 @@ def test_e_a_full_disk_does_not_stop_the_connector(fleet: Fleet) -> None:
             assert trust["sha256"] == envelope.digest_of(target.read_bytes())
         finally:
             conn.stop()
+
+
+@pytest.mark.mqtt
+def test_g_a_takeover_loop_is_detected_and_backed_off(fleet: Fleet,
+                                                      caplog: pytest.LogCaptureFixture,
+                                                      ) -> None:
+    dev = fleet.device("dev-a")
+    conn = fleet.connector(dev, takeover_backoff_s=6.0)
+    assert conn.wait_connected(10)
+    # A "debugging tool" with the device's certificate that reconnects whenever it is
+    # kicked: with use_username_as_clientid the two take the session from each other.
+    tool = fleet.client(dev)
+    wait_for(lambda: conn.stats.takeovers >= 3, 30, "the loop to be noticed")
+    assert "TAKEOVER LOOP" in caplog.text
+    # Backed off: the tool keeps the session for a while (it would lose it within about
+    # a second otherwise).
+    wait_for(lambda: tool.connected.is_set(), 10, "the tool to hold the session")
+    held = 0
+    for _ in range(30):
+        if not tool.connected.is_set():
+            break
+        held += 1
+        time.sleep(0.1)
+    assert held >= 25, f"the tool lost the session after {held / 10:.1f} s"
+    tool.close()  # the tool goes away: the device is back after its backoff
+    assert conn.wait_connected(20)
+    assert caplog.text.count("TAKEOVER LOOP") == 1  # said once, not on every kick
 
 
 def test_f_the_signing_key_is_made_once(tmp_path: Path) -> None:
