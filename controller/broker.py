@@ -31,7 +31,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from hedgerow.controller import pki
 from hedgerow.core import broker as core_broker
-from hedgerow.core import envelope, limits
+from hedgerow.core import envelope
 
 logger = logging.getLogger(__name__)
 
@@ -136,10 +136,11 @@ class Broker:
         None for a document too large to ever publish (logged once)."""
         if not payload:
             return payload
-        if len(payload) > envelope.MAX_DOCUMENT_BYTES or (
-                self.signer is None and len(payload) > limits.BROKER_MAX_PACKET_BYTES // 2):
-            # Over the broker's packet limit mosquitto drops the whole session and paho
-            # resends on every reconnect: never hand such a payload to paho.
+        if len(payload) > envelope.MAX_DOCUMENT_BYTES:
+            # Signed or not, it must stay under the broker's packet limit (core.limits):
+            # over it mosquitto drops the whole session and paho resends on every
+            # reconnect. The resolver should have refused it already; never hand such a
+            # payload to paho.
             if (thing, len(payload)) not in self._too_large:
                 self._too_large.add((thing, len(payload)))
                 logger.error("not publishing the desired document of %s: %d bytes, over "

@@ -73,13 +73,29 @@ def _show(args: argparse.Namespace) -> int:
         print(f"hedgerow agent identity: {exc}", file=sys.stderr)
         return 1
     row = {"thing": ident.thing, "broker": ident.broker_url, "certificate": str(ident.cert),
-           "daysLeft": days}
+           "daysLeft": days, "signingKey": _key_id(ident.signing_key)}
     if args.output == "json":
         print(json.dumps(row, indent=2))
     else:
         for key, value in row.items():
             print(f"{key}: {value}")
     return 0
+
+
+def _key_id(path: pathlib.Path | None) -> str:
+    """The pinned document-signing key's id (as the controller logs it), or 'none'."""
+    if path is None:
+        return "none pinned: every desired document is refused"
+    from cryptography.hazmat.primitives import serialization
+
+    from hedgerow.core import envelope
+
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+        raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    except (OSError, ValueError) as exc:
+        return f"unreadable ({exc})"
+    return envelope.key_id_of(raw)
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:

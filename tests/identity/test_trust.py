@@ -174,6 +174,8 @@ def test_c_install_bundle_never_silently_swaps_the_pinned_trust(
     renewed = pki.cert_pem(ca.sign_device_csr(csr, "dev-a")).decode()
     identity.install_bundle(root, _bundle(ca, renewed))
     assert paths.cert.read_text() == renewed
+    code, out = run("agent", "identity", "--root", str(root), "-o", "json")
+    assert json.loads(out)["signingKey"] == pki.signing_key_of(tmp_path / "ca")[0].key_id
     # With the flag the swap happens, and says what it replaced.
     bundle_file = tmp_path / "new-broker.json"
     bundle_file.write_bytes(swaps["broker URL"])
