@@ -329,7 +329,58 @@ def _revoke(args: argparse.Namespace) -> int:
           f"({', '.join(f'{s:x}' for s in revoked) or 'all already revoked'}); a new CSR "
           f"for {thing} now needs `hedgerow device approve {thing}`", file=sys.stderr)
     _refresh_broker(args, ca)
+    if args.disconnect:
+        _disconnect(args, ca, thing)
     return 0
+
+
+def _disconnect(args: argparse.Namespace, ca: Any, thing: str) -> None:
+    """End the device's open session: a reloaded CRL only refuses *new* connections.
+
+    A throw-away certificate for the device's CN (made in memory, never written, revoked
+    right after) connects with a clean start, which makes the broker close the device's
+    live connection and discard its session (use_username_as_clientid); the device's
+    reconnect then meets the CRL."""
+    import ssl
+    import tempfile
+    import urllib.parse
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    if not args.broker_url or args.broker_pid is None:
+        raise _FailedError("--disconnect needs --broker-url and --broker-pid (the CRL must "
+                           "be reloaded first, or the device simply reconnects)")
+    url = urllib.parse.urlsplit(args.broker_url)
+    kicker = ca.issue_client(thing, days=1)
+    with tempfile.TemporaryDirectory(prefix="hedgerow-kick-") as tmp:
+        folder = pathlib.Path(tmp)
+        kicker.write(folder / "kick.pem", folder / "kick.key")
+        context = ssl.create_default_context(cafile=str(pathlib.Path(args.ca_dir) / "ca.pem"))
+        context.load_cert_chain(str(folder / "kick.pem"), str(folder / "kick.key"))
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=thing, protocol=mqtt.MQTTv5)
+    client.tls_set_context(context)
+    try:
+        client.connect(url.hostname or "127.0.0.1", url.port or 8883, keepalive=10,
+                       clean_start=True)
+        deadline = 50
+        while not client.is_connected() and deadline:
+            client.loop(timeout=0.1)
+            deadline -= 1
+        ended = client.is_connected()
+        client.disconnect()
+        client.loop(timeout=0.5)
+    except OSError as exc:
+        raise _FailedError(f"could not reach the broker to end {thing}'s session: {exc}"
+                           ) from None
+    finally:
+        ca.revoke(kicker.certificate, thing, "session-ending certificate of device revoke")
+        _refresh_broker(args, ca)
+    if not ended:
+        raise _FailedError(f"the broker did not accept the session-ending connection for "
+                           f"{thing}; its open session (if any) lasts until it drops")
+    print(f"ended {thing}'s open session on the broker", file=sys.stderr)
+
 
 
 def _guard(handler: Any) -> Any:
@@ -432,6 +483,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     revoke.add_argument("--cert", metavar="FILE", help="revoke this certificate file "
                                                        "instead of the one in the cluster")
     revoke.add_argument("--reason", default="revoked by an operator")
+    revoke.add_argument("--disconnect", action="store_true",
+                        help="also end the device's open session (a CRL reload refuses "
+                             "only new connections); needs --broker-url and --broker-pid")
+    revoke.add_argument("--broker-url", default=os.environ.get("HEDGEROW_BROKER_URL"),
+                        help="mqtts://HOST:PORT, for --disconnect")
     revoke.add_argument("--kubeconfig")
     _ca_args(revoke)
     _broker_args(revoke)

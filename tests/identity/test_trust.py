@@ -49,6 +49,8 @@ def test_a_revoked_certificate_cannot_connect(fleet: Fleet) -> None:
     assert code == 0
     revoked = json.loads((fleet.dir / "ca" / pki.REVOKED).read_text())["revoked"]
     assert [r["thing"] for r in revoked] == ["dev-a"]
+    time.sleep(1)
+    assert conn_a.connected  # a reload refuses new connections only (see --disconnect)
     conn_a.stop()
     # A new connection with the revoked certificate fails the TLS handshake, whoever
     # makes it: the agent's connector, or any client holding the key.
@@ -64,6 +66,15 @@ def test_a_revoked_certificate_cannot_connect(fleet: Fleet) -> None:
                   "--ca-dir", str(fleet.dir / "ca"))
     assert code == 0
     assert len(json.loads((fleet.dir / "ca" / pki.REVOKED).read_text())["revoked"]) == 1
+    # --disconnect also ends the open session; the device's reconnect meets the CRL.
+    code, _ = run("device", "revoke", "dev-b", "--cert", str(dev_b.cert), "--disconnect",
+                  "--ca-dir", str(fleet.dir / "ca"), "--broker-dir", str(fleet.broker_dir),
+                  "--broker-pid", str(fleet.broker.proc.pid), "--broker-url", fleet.broker.url)
+    assert code == 0
+    wait_for(lambda: not conn_b.connected, 10, "dev-b's open session to end")
+    failures = conn_b.stats.connect_failures
+    wait_for(lambda: conn_b.stats.connect_failures >= failures + 2, 20, "refused reconnects")
+    assert conn_b.stats.connects == 1 and not conn_b.connected
 
 
 def forge(data: bytes, thing: str, counter: int, key_id: str) -> bytes:
