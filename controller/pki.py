@@ -540,10 +540,16 @@ class DocumentSigner:
         """The key at ``path``, made on first use; (signer, whether it was made now)."""
         if not path.exists():
             key = ed25519.Ed25519PrivateKey.generate()
-            _private_dir(path.parent)
-            made = _create_exclusive(path, key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption()), 0o600)
+            try:
+                _private_dir(path.parent)
+                made = _create_exclusive(path, key.private_bytes(
+                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption()), 0o600)
+            except OSError as exc:
+                raise OSError(exc.errno, f"no signing key at {path}, and none can be made "
+                              f"there ({exc.strerror}): make one with `hedgerow broker "
+                              "config` and ship it with the CA (e.g. in the controller's "
+                              "Secret)") from None
             if made:
                 return cls(key), True
         return cls.load(path), False
@@ -609,6 +615,10 @@ def _held(pem: str | None, csr_pem: str, ca: FleetCA, now: datetime.datetime,
         cert.verify_directly_issued_by(ca.certificate)
     except (ValueError, TypeError, InvalidSignature):
         return None
+    try:
+        revoked = ca.is_revoked(cert)
+    except ValueError as exc:  # fail closed, for this device only
+        raise CertificateRequestError(f"cannot check revocation: {exc}") from None
     return identity.HeldCertificate(
-        same_key=certifies_csr_key(cert, csr_pem), revoked=ca.is_revoked(cert),
+        same_key=certifies_csr_key(cert, csr_pem), revoked=revoked,
         days_left=identity.days_left(cert.not_valid_after_utc, now))

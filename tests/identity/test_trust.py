@@ -339,3 +339,29 @@ def test_f_the_signing_key_is_made_once(tmp_path: Path) -> None:
     assert (tmp_path / "ca" / pki.SIGNING_KEY).stat().st_mode & 0o777 == 0o600
     assert base64.b64encode(a.public_raw).decode() not in (tmp_path / "ca" / pki.SIGNING_KEY
                                                            ).read_text()
+
+
+def test_h_the_controller_seals_every_document_under_a_growing_counter(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from hedgerow.controller import broker as controller_broker
+
+    def sealer() -> controller_broker.Broker:  # a paho client is made, never connected
+        return controller_broker.Broker(controller_broker.BrokerSettings(
+            "mqtts://127.0.0.1:1", signing_key=str(tmp_path / "ca" / pki.SIGNING_KEY)),
+            lambda t, p: None)
+
+    first = sealer()
+    data = json.dumps(desired("dev-a").to_dict()).encode()
+    counters = [envelope.parse_envelope(first.seal("dev-a", data) or b"").counter
+                for _ in range(3)]
+    assert counters == sorted(set(counters))  # strictly growing, even within one ms
+    # A restarted controller (a new process: nothing remembered) continues above them
+    # (a restart takes longer than the few milliseconds a burst can run ahead).
+    time.sleep(0.01)
+    later = envelope.parse_envelope(sealer().seal("dev-a", data) or b"")
+    assert later.counter > counters[-1] and later.key_id == first.signer.key_id  # type: ignore[union-attr]
+    assert first.seal("dev-a", b"") == b""  # clearing a retained document stays empty
+    # A document over the bound is never handed to paho, and said once.
+    huge = b"x" * (envelope.MAX_DOCUMENT_BYTES + 1)
+    assert first.seal("dev-a", huge) is None and first.seal("dev-a", huge) is None
+    assert caplog.text.count("not publishing the desired document of dev-a") == 1
