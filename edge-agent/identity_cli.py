@@ -73,7 +73,8 @@ def _show(args: argparse.Namespace) -> int:
         print(f"hedgerow agent identity: {exc}", file=sys.stderr)
         return 1
     row = {"thing": ident.thing, "broker": ident.broker_url, "certificate": str(ident.cert),
-           "daysLeft": days, "signingKey": _key_id(ident.signing_key)}
+           "daysLeft": days}
+    row["signingKey"] = _key_id(ident.signing_key)
     if args.output == "json":
         print(json.dumps(row, indent=2))
     else:
