@@ -69,16 +69,16 @@ def _show(args: argparse.Namespace) -> int:
     try:
         ident = identity.load(pathlib.Path(args.root))
         days = ident.days_left()
+        signing = {"signingKey": _key_id(ident.signing_key)}
     except (identity.IdentityError, OSError, ValueError) as exc:
         print(f"hedgerow agent identity: {exc}", file=sys.stderr)
         return 1
     row = {"thing": ident.thing, "broker": ident.broker_url, "certificate": str(ident.cert),
            "daysLeft": days}
-    row["signingKey"] = _key_id(ident.signing_key)
     if args.output == "json":
-        print(json.dumps(row, indent=2))
+        print(json.dumps({**row, **signing}, indent=2))
     else:
-        for key, value in row.items():
+        for key, value in {**row, **signing}.items():
             print(f"{key}: {value}")
     return 0
 
