@@ -3,12 +3,20 @@
 Publishes desired documents retained at QoS 1 and hands status reports to a callback.
 The session is persistent (never a clean start, one hour expiry), so QoS 1
 reports sent while the controller restarts are delivered when it is back.
+
+With a signing key (``BrokerSettings.signing_key``, by default ``signing.key`` in the
+fleet CA folder) every desired document is published inside a signed envelope
+(hedgerow.core.envelope) with a per-thing counter from a hybrid logical clock: signing
+happens here, at the one place documents leave the controller, so nothing upstream can
+forget it. Without one documents go out unsigned (tests, and fleets whose devices pin
+no key), and the controller says so at start.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import pathlib
 import ssl
 import threading
 import time
@@ -20,6 +28,10 @@ import paho.mqtt.client as mqtt
 from paho.mqtt import packettypes
 from paho.mqtt import properties as mqtt_properties
 from paho.mqtt.enums import CallbackAPIVersion
+
+from hedgerow.controller import pki
+from hedgerow.core import broker as core_broker
+from hedgerow.core import envelope
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +57,7 @@ class BrokerSettings:
     cert: str | None = None
     key: str | None = None
     client_id: str = "hedgerow_controller"
+    signing_key: str | None = None  # Ed25519 key file (made on first use); None: unsigned
 
     @property
     def host(self) -> str:
@@ -69,6 +82,20 @@ class Broker:
             raise ValueError(f"--broker must be mqtt:// or mqtts:// (got {scheme!r})")
         self.settings = settings
         self._on_report = on_report
+        self.signer: pki.DocumentSigner | None = None
+        if settings.signing_key:
+            self.signer, made = pki.DocumentSigner.load_or_create(
+                pathlib.Path(settings.signing_key))
+            logger.info("%s the desired-document signing key %s (key id %s)",
+                        "created" if made else "signing with", settings.signing_key,
+                        self.signer.key_id)
+        else:
+            logger.warning("no signing key: desired documents are published UNSIGNED; "
+                           "devices that pin a signing key refuse them")
+        self._counters: dict[str, int] = {}  # thing -> last counter issued (work thread)
+        self._too_large: set[tuple[str, int]] = set()  # logged once per thing and size
+        self._takeovers = core_broker.TakeoverWatch()
+        self._connected_at: float | None = None
         self._connected = threading.Event()
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=settings.client_id,
                              protocol=mqtt.MQTTv5)
@@ -103,11 +130,43 @@ class Broker:
         self.client.disconnect()
         self.client.loop_stop()
 
+    def seal(self, thing: str, payload: bytes) -> bytes | None:
+        """The bytes to publish for ``thing``: the document in a signed envelope under a
+        new counter (an empty payload, which clears the retained document, stays empty);
+        None for a document too large to ever publish (logged once)."""
+        if not payload:
+            return payload
+        if len(payload) > envelope.MAX_DOCUMENT_BYTES:
+            # Signed or not, it must stay under the broker's packet limit (core.limits):
+            # over it mosquitto drops the whole session and paho resends on every
+            # reconnect. The resolver should have refused it already; never hand such a
+            # payload to paho.
+            if (thing, len(payload)) not in self._too_large:
+                self._too_large.add((thing, len(payload)))
+                logger.error("not publishing the desired document of %s: %d bytes, over "
+                             "the %d-byte bound", thing, len(payload),
+                             envelope.MAX_DOCUMENT_BYTES)
+            return None
+        if self.signer is None:
+            return payload
+        counter = envelope.resolve_counter(self._counters.get(thing, 0),
+                                           time.time_ns() // 1_000_000)
+        self._counters[thing] = counter
+        signature = self.signer.sign(envelope.render_signing_input(
+            thing, counter, self.signer.key_id, payload))
+        return envelope.render_envelope(thing, counter, self.signer.key_id, payload,
+                                        signature)
+
     def publish_desired(self, items: Sequence[tuple[str, bytes]],
                         timeout: float = 30.0) -> list[str]:
-        """Publish retained at QoS 1; return the things whose PUBACK arrived in time."""
-        infos = [(thing, self.client.publish(desired_topic(thing), payload, qos=1, retain=True))
-                 for thing, payload in items]
+        """Publish retained at QoS 1 (signed, when there is a key); return the things
+        whose PUBACK arrived in time."""
+        infos = []
+        for thing, payload in items:
+            sealed = self.seal(thing, payload)
+            if sealed is not None:
+                infos.append((thing, self.client.publish(desired_topic(thing), sealed,
+                                                         qos=1, retain=True)))
         deadline = time.monotonic() + timeout
         done = []
         for thing, info in infos:
@@ -127,11 +186,34 @@ class Broker:
             return
         client.subscribe(STATUS_TOPIC, qos=1)
         logger.info("connected to the broker at %s:%s", self.settings.host, self.settings.port)
+        now = time.monotonic()
+        if self._takeovers.quiet_since(now) > 5 * self._takeovers.window:
+            client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._connected_at = now
         self._connected.set()
 
     def _disconnected_cb(self, client: mqtt.Client, userdata: Any, flags: Any,
                          reason: Any, properties: Any) -> None:
         self._connected.clear()
+        now = time.monotonic()
+        lost = getattr(reason, "value", None) == core_broker.SESSION_TAKEN_OVER or (
+            getattr(reason, "is_failure", False) and self._connected_at is not None
+            and self._takeovers.is_short(self._connected_at, now))
+        self._connected_at = None
+        if lost and self._takeovers.record(now):
+            # Another client holds the controller's certificate (a second replica,
+            # or a tool run with controller.pem): we would kick each other forever.
+            logger.error(
+                "TAKEOVER LOOP: the broker closed this session %d times in %.0f s right "
+                "after accepting it; most likely another client connects with the "
+                "controller's identity and takes the session over (a second controller, "
+                "or a tool using controller.pem). Backing off %.0f s between reconnects "
+                "(docs/identity.md: debugging safely)",
+                len(self._takeovers.times), self._takeovers.window,
+                core_broker.TAKEOVER_BACKOFF_S)
+            client.reconnect_delay_set(min_delay=int(core_broker.TAKEOVER_BACKOFF_S),
+                                       max_delay=int(5 * core_broker.TAKEOVER_BACKOFF_S))
+            return
         logger.warning("disconnected from the broker (%s); reconnecting", reason)
 
     def _message_cb(self, client: mqtt.Client, userdata: Any,

@@ -23,8 +23,13 @@ def _controller(args: argparse.Namespace) -> int:
         if problem:
             print(problem, file=sys.stderr)
             return 2
+    # Desired documents are signed with the fleet's signing key: --signing-key, or
+    # signing.key in the fleet CA folder (made there on first use).
+    signing_key = args.signing_key or (
+        str(pathlib.Path(args.ca_dir) / "signing.key") if args.ca_dir else None)
     settings = operator.Settings(
-        broker=broker.BrokerSettings(args.broker, args.ca, args.cert, args.key, args.client_id),
+        broker=broker.BrokerSettings(args.broker, args.ca, args.cert, args.key, args.client_id,
+                                     signing_key=signing_key),
         kubeconfig=args.kubeconfig, resync=args.resync, status_interval=args.status_interval,
         rollout_window=args.rollout_minute, verbose=args.verbose, liveness=args.liveness,
         ca_dir=args.ca_dir,
@@ -230,6 +235,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     run.add_argument("--ca-dir", metavar="DIR",
                      help="the fleet CA folder (ca.pem, ca.key): sign each CoreDevice's "
                           "spec.csr into status.certificate (GitOps registration)")
+    run.add_argument("--signing-key", metavar="FILE",
+                     help="the Ed25519 key that signs every desired document (made on "
+                          "first use; default: CA_DIR/signing.key with --ca-dir). Devices "
+                          "pin its public half from their bundle and refuse unsigned "
+                          "documents; without a key documents go out unsigned")
     run.add_argument("--resync", type=float, default=60.0, metavar="SECONDS",
                      help="re-plan the whole fleet at least this often (default 60)")
     run.add_argument("--status-interval", type=float, default=1.0, metavar="SECONDS",

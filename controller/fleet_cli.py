@@ -86,11 +86,24 @@ def _read_csr(path: str) -> str:
         raise _FailedError(f"{path}: cannot read: {exc.strerror}") from None
 
 
+def _signing_key_pem(ca_dir: str) -> str:
+    """The public half of the fleet's document-signing key (made on first use)."""
+    from hedgerow.controller import pki
+
+    signer, made = pki.signing_key_of(pathlib.Path(ca_dir))
+    if made:
+        print(f"created the desired-document signing key {ca_dir}/{pki.SIGNING_KEY} "
+              f"(key id {signer.key_id}; keep it with the CA: devices pin it)",
+              file=sys.stderr)
+    return signer.public_pem
+
+
 def _bundle(args: argparse.Namespace, thing: str, ca_pem: str, cert_pem: str) -> pathlib.Path:
     from hedgerow.core import identity
 
     bundle = identity.Bundle(thing=thing, broker_url=args.broker_url, ca_pem=ca_pem,
-                             certificate_pem=cert_pem)
+                             certificate_pem=cert_pem,
+                             signing_key_pem=_signing_key_pem(args.ca_dir))
     out = pathlib.Path(args.out or f"{thing}.bundle.json")
     out.write_text(json.dumps(bundle.to_dict(), indent=1) + "\n")
     print(f"wrote {out} (public material only); on the device: hedgerow agent "
@@ -98,13 +111,16 @@ def _bundle(args: argparse.Namespace, thing: str, ca_pem: str, cert_pem: str) ->
     return out
 
 
-def _sign(ca: Any, csr: str, thing: str, days: int) -> Any:
+def _sign(ca: Any, csr: str, thing: str, days: int, record: bool = True) -> Any:
     from hedgerow.controller import pki
 
     try:
-        return ca.sign_device_csr(csr, thing, days=days)
+        cert = ca.sign_device_csr(csr, thing, days=days)
     except pki.CertificateRequestError as exc:
         raise _FailedError(f"refusing to sign the CSR for {thing}: {exc}") from None
+    if record:  # so that `device revoke` finds every certificate the device holds
+        ca.record_issued(cert, thing)
+    return cert
 
 
 def _api(args: argparse.Namespace) -> Any:
@@ -206,14 +222,18 @@ def _broker_config(args: argparse.Namespace) -> int:
         config = broker.render_mosquitto_config(broker.MosquittoSettings(
             cafile=f"{seen_as}/ca.pem", certfile=f"{seen_as}/server.pem",
             keyfile=f"{seen_as}/server.key", acl_file=f"{seen_as}/acl", port=args.port,
-            bind=args.bind, persistence_location=args.data_dir, user=args.user))
+            bind=args.bind, persistence_location=args.data_dir, user=args.user,
+            crlfile=f"{seen_as}/crl.pem"))
     except ValueError as exc:
         raise _FailedError(str(exc)) from None
     (out / "ca.pem").write_text(ca.pem)
     ca.issue_server(args.host).write(out / "server.pem", out / "server.key")
     (out / "acl").write_text(acl)
+    _write_crl(out, ca)
     (out / "mosquitto.conf").write_text(config)
-    written = ["mosquitto.conf", "acl", "ca.pem", "server.pem", "server.key (0600)"]
+    _signing_key_pem(args.ca_dir)  # made now, so a controller with a read-only CA folder finds it
+    written = ["mosquitto.conf", "acl", "ca.pem", "crl.pem", "server.pem",
+               "server.key (0600)"]
     if not args.no_controller_cert:
         ca.issue_controller(args.controller_identity).write(out / "controller.pem",
                                                             out / "controller.key")
@@ -228,6 +248,177 @@ def _broker_config(args: argparse.Namespace) -> int:
           f"--broker mqtts://{args.host[0]}:{args.port} --ca {out}/ca.pem "
           f"--cert {out}/controller.pem --key {out}/controller.key")
     return 0
+
+
+def _write_crl(directory: pathlib.Path, ca: Any) -> pathlib.Path:
+    from hedgerow import files
+
+    path = directory / "crl.pem"
+    files.write_atomic(path, ca.render_crl(), 0o644)
+    return path
+
+
+def _refresh_broker(args: argparse.Namespace, ca: Any) -> None:
+    """Put the new CRL where the broker reads it and make mosquitto re-read it (SIGHUP:
+    mosquitto 2.0 reloads crlfile for new connections; sessions already open stay)."""
+    import signal
+
+    if not args.broker_dir:
+        print(f"the broker's CRL is NOT updated: copy {args.ca_dir}/crl.pem to the "
+              "broker's crlfile and send mosquitto SIGHUP (or pass --broker-dir and "
+              "--broker-pid)", file=sys.stderr)
+        return
+    path = _write_crl(pathlib.Path(args.broker_dir), ca)
+    if args.broker_pid is None:
+        print(f"wrote {path}; reload the broker (SIGHUP to mosquitto) to apply it",
+              file=sys.stderr)
+        return
+    try:
+        os.kill(args.broker_pid, signal.SIGHUP)
+    except OSError as exc:
+        raise _FailedError(f"wrote {path} but could not signal the broker "
+                           f"(pid {args.broker_pid}): {exc.strerror}") from None
+    print(f"wrote {path}; sent SIGHUP to the broker (pid {args.broker_pid}): new "
+          "connections with a revoked certificate are refused", file=sys.stderr)
+
+
+def _current_certificate(obj: dict[str, Any]) -> Any:
+    from hedgerow.controller import pki
+
+    pem = ((obj.get("status") or {}).get("certificate") or {}).get("pem")
+    if not pem:
+        return None
+    try:
+        return pki.load_certificate(pem)
+    except ValueError:
+        return None
+
+
+def _get_device(args: argparse.Namespace) -> dict[str, Any]:
+    from kubernetes.client.exceptions import ApiException
+
+    from hedgerow.core import base
+
+    try:
+        obj: dict[str, Any] = _api(args).get_cluster_custom_object(
+            base.GROUP, base.VERSION, "coredevices", args.name)
+    except ApiException as exc:
+        raise _FailedError(f"CoreDevice {args.name}: {exc.status} {exc.reason}") from None
+    return obj
+
+
+def _approve(args: argparse.Namespace) -> int:
+    """Approve the CSR now in spec.csr: revoke the certificate it replaces, then write the
+    CA-signed approval annotation the controller checks before signing."""
+    from hedgerow.controller import pki
+    from hedgerow.core import base
+
+    thing = args.name
+    obj = _get_device(args)
+    csr = (obj.get("spec") or {}).get("csr")
+    if not csr:
+        raise _FailedError(f"CoreDevice {thing} has no spec.csr to approve")
+    ca = pki.FleetCA.load(pathlib.Path(args.ca_dir))
+    _sign(ca, csr, thing, 1, record=False)  # must be signable: refuse before any change
+    digest = pki.csr_digest(csr)
+    if args.sha256 and args.sha256 != digest:
+        raise _FailedError(f"spec.csr of {thing} has SHA-256 {digest}, not the "
+                           f"{args.sha256} you meant to approve: it changed; look again")
+    # Every certificate of the device's other keys goes: the new key replaces them.
+    revoked = ca.revoke_device(thing, "superseded by an approved CSR",
+                               current=_current_certificate(obj), keep_key_of_csr=csr)
+    if revoked:
+        print(f"revoked the current certificate of {thing} (serial "
+              f"{', '.join(f'{s:x}' for s in revoked)})", file=sys.stderr)
+        _refresh_broker(args, ca)
+    patch = {"metadata": {"annotations": {pki.APPROVAL_ANNOTATION: ca.approve_csr(thing, csr)}}}
+    _api(args).patch_cluster_custom_object(base.GROUP, base.VERSION, "coredevices", thing,
+                                           patch, _content_type=MERGE_PATCH)
+    print(f"approved the CSR of {thing} (sha256 {digest}); the controller signs it on its "
+          f"next pass; then: hedgerow device bundle {thing}", file=sys.stderr)
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    from cryptography.exceptions import InvalidSignature
+
+    from hedgerow.controller import pki
+
+    thing = args.name
+    ca = pki.FleetCA.load(pathlib.Path(args.ca_dir))
+    cert: Any
+    if args.cert:
+        try:
+            cert = pki.load_certificate(pathlib.Path(args.cert).read_bytes())
+        except (OSError, ValueError) as exc:
+            raise _FailedError(f"--cert {args.cert}: {exc}") from None
+        try:
+            cert.verify_directly_issued_by(ca.certificate)
+        except (ValueError, TypeError, InvalidSignature):
+            raise _FailedError(f"--cert {args.cert} was not issued by this CA") from None
+    else:
+        cert = _current_certificate(_get_device(args))
+    # The certificate in the status, and every other one recorded as issued to it.
+    revoked = ca.revoke_device(thing, args.reason, current=cert)
+    if not revoked and cert is None and not ca.issued_to(thing):
+        raise _FailedError(f"no certificate of {thing} to revoke (none in its CoreDevice "
+                           "status or the CA's issued.log; give one with --cert FILE)")
+    print(f"revoked {len(revoked)} certificate(s) of {thing} "
+          f"({', '.join(f'{s:x}' for s in revoked) or 'all already revoked'}); a new CSR "
+          f"for {thing} now needs `hedgerow device approve {thing}`", file=sys.stderr)
+    _refresh_broker(args, ca)
+    if args.disconnect:
+        _disconnect(args, ca, thing)
+    return 0
+
+
+def _disconnect(args: argparse.Namespace, ca: Any, thing: str) -> None:
+    """End the device's open session: a reloaded CRL only refuses *new* connections.
+
+    A throw-away certificate for the device's CN (made in memory, never written, revoked
+    right after) connects with a clean start, which makes the broker close the device's
+    live connection and discard its session (use_username_as_clientid); the device's
+    reconnect then meets the CRL."""
+    import ssl
+    import tempfile
+    import urllib.parse
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    if not args.broker_url or args.broker_pid is None:
+        raise _FailedError("--disconnect needs --broker-url and --broker-pid (the CRL must "
+                           "be reloaded first, or the device simply reconnects)")
+    url = urllib.parse.urlsplit(args.broker_url)
+    kicker = ca.issue_client(thing, days=1)
+    with tempfile.TemporaryDirectory(prefix="hedgerow-kick-") as tmp:
+        folder = pathlib.Path(tmp)
+        kicker.write(folder / "kick.pem", folder / "kick.key")
+        context = ssl.create_default_context(cafile=str(pathlib.Path(args.ca_dir) / "ca.pem"))
+        context.load_cert_chain(str(folder / "kick.pem"), str(folder / "kick.key"))
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=thing, protocol=mqtt.MQTTv5)
+    client.tls_set_context(context)
+    try:
+        client.connect(url.hostname or "127.0.0.1", url.port or 8883, keepalive=10,
+                       clean_start=True)
+        deadline = 50
+        while not client.is_connected() and deadline:
+            client.loop(timeout=0.1)
+            deadline -= 1
+        ended = client.is_connected()
+        client.disconnect()
+        client.loop(timeout=0.5)
+    except OSError as exc:
+        raise _FailedError(f"could not reach the broker to end {thing}'s session: {exc}"
+                           ) from None
+    finally:
+        ca.revoke(kicker.certificate, thing, "session-ending certificate of device revoke")
+        _refresh_broker(args, ca)
+    if not ended:
+        raise _FailedError(f"the broker did not accept the session-ending connection for "
+                           f"{thing}; its open session (if any) lasts until it drops")
+    print(f"ended {thing}'s open session on the broker", file=sys.stderr)
+
 
 
 def _guard(handler: Any) -> Any:
@@ -257,6 +448,14 @@ def _bundle_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="bundle file (default: NAME.bundle.json)")
     parser.add_argument("--days", type=int, default=365,
                         help="certificate validity in days (default: %(default)s)")
+
+
+def _broker_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--broker-dir", metavar="DIR",
+                        help="the folder `hedgerow broker config --out` wrote: its crl.pem "
+                             "is replaced")
+    parser.add_argument("--broker-pid", type=int, metavar="PID",
+                        help="mosquitto's pid: sent SIGHUP to re-read the CRL")
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -297,6 +496,43 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     _ca_args(fetch)
     _bundle_args(fetch)
     fetch.set_defaults(handler=_guard(_fetch_bundle))
+
+    approve = dev.add_parser(
+        "approve", help="approve the CSR in spec.csr of a device that has a certificate",
+        description="The CertificateSigningRequest model: the controller signs a CSR for a "
+                    "device that already holds a certificate (a new key, or after "
+                    "revocation) only once approved. This revokes the certificate the CSR "
+                    "replaces (and refreshes the broker's CRL with --broker-dir), then "
+                    "writes the annotation hedgerow.dev/approved-csr, signed with the CA "
+                    "key and bound to this CSR's SHA-256: a CSR swapped in later is not "
+                    "approved by it.")
+    approve.add_argument("name", metavar="NAME")
+    approve.add_argument("--sha256", help="refuse unless spec.csr has this SHA-256 (as "
+                                          "shown by a previous run or the device)")
+    approve.add_argument("--kubeconfig")
+    _ca_args(approve)
+    _broker_args(approve)
+    approve.set_defaults(handler=_guard(_approve))
+
+    revoke = dev.add_parser(
+        "revoke", help="revoke the device's certificate (the broker refuses it)",
+        description="Add the device's current certificate (status.certificate, or --cert) "
+                    "to the fleet CA's revocation list, render the CRL, and with "
+                    "--broker-dir/--broker-pid put it in the broker's folder and reload "
+                    "mosquitto. A new CSR for the device then needs `device approve`.")
+    revoke.add_argument("name", metavar="NAME")
+    revoke.add_argument("--cert", metavar="FILE", help="revoke this certificate file "
+                                                       "instead of the one in the cluster")
+    revoke.add_argument("--reason", default="revoked by an operator")
+    revoke.add_argument("--disconnect", action="store_true",
+                        help="also end the device's open session (a CRL reload refuses "
+                             "only new connections); needs --broker-url and --broker-pid")
+    revoke.add_argument("--broker-url", default=os.environ.get("HEDGEROW_BROKER_URL"),
+                        help="mqtts://HOST:PORT, for --disconnect")
+    revoke.add_argument("--kubeconfig")
+    _ca_args(revoke)
+    _broker_args(revoke)
+    revoke.set_defaults(handler=_guard(_revoke))
 
     brk = subparsers.add_parser("broker", help="cloud broker configuration")
     brk_sub = brk.add_subparsers(dest="action", metavar="ACTION", required=True)

@@ -177,7 +177,9 @@ class Controller:
         the certificate changes, and once a day for renewal)."""
         thing = cd.metadata.name
         status = self.devices[thing]
-        checked = (cd.metadata.generation, status.certificate, now.date())
+        # The approval annotation changes no generation: it is part of what was checked.
+        checked = (cd.metadata.generation, status.certificate, now.date(),
+                   cd.metadata.annotations.get(pki.APPROVAL_ANNOTATION))
         if self.ca is None or not cd.spec.csr or self.signed.get(thing) == checked:
             return
         self.signed[thing] = checked

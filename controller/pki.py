@@ -10,28 +10,53 @@ logged.
 
     ca = FleetCA.load_or_create(path)
     pem = ca.sign_device_csr(csr_pem, thing="pump-7")
+
+The CA folder also keeps what the fleet's trust needs besides the CA itself:
+
+- ``signing.key`` (0600): the Ed25519 key the controller signs desired documents with
+  (:class:`DocumentSigner`); its public half is pinned in every device bundle. Made on
+  first use, never replaced silently.
+- ``revoked.json``: the revoked device certificates (serial, thing, time, reason), and
+  ``crl.pem``, the CRL rendered from it that the broker loads (``crlfile``).
+- CSR approvals: ``hedgerow device approve`` signs ``approval:<thing>:<sha256 of the
+  CSR>`` with the CA key into the CoreDevice annotation ``hedgerow.dev/approved-csr``;
+  whoever may patch a CoreDevice can write an annotation, but only the CA key holder can
+  write one that verifies, and it approves that one CSR only.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
 import dataclasses
 import datetime
+import hashlib
 import ipaddress
+import json
+import os
 import pathlib
+import tempfile
 from collections.abc import Sequence
 from typing import Final
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from hedgerow import files
-from hedgerow.core import broker, coredevice, identity
+from hedgerow.core import broker, coredevice, envelope, identity
 
 CA_CERT: Final = "ca.pem"
 CA_KEY: Final = "ca.key"
+SIGNING_KEY: Final = "signing.key"
+REVOKED: Final = "revoked.json"
+ISSUED: Final = "issued.log"
+CRL: Final = "crl.pem"
+APPROVAL_ANNOTATION: Final = "hedgerow.dev/approved-csr"
+_APPROVAL_DOMAIN: Final = b"hedgerow.dev/csr-approval/v1\0"
 CA_DAYS: Final = 3650
 SERVER_DAYS: Final = 365
 _BACKDATE: Final = datetime.timedelta(minutes=5)  # tolerate small device clock skew
@@ -86,9 +111,12 @@ class Issued:
 
 
 class FleetCA:
-    def __init__(self, certificate: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
+    def __init__(self, certificate: x509.Certificate, key: ec.EllipticCurvePrivateKey,
+                 directory: pathlib.Path | None = None) -> None:
         self.certificate = certificate
         self.key = key
+        self.directory = directory  # where the revocation list lives (None: in memory)
+        self._revoked: list[Revocation] = []
 
     # --- create / load ------------------------------------------------------------
 
@@ -121,7 +149,7 @@ class FleetCA:
         _private_dir(directory)
         write_key(directory / CA_KEY, key)
         write_cert(directory / CA_CERT, cert)
-        return cls(cert, key)
+        return cls(cert, key, directory)
 
     @classmethod
     def load(cls, directory: pathlib.Path) -> FleetCA:
@@ -136,7 +164,7 @@ class FleetCA:
         cert = x509.load_pem_x509_certificate((directory / CA_CERT).read_bytes())
         if cert.public_key() != key.public_key():
             raise ValueError(f"{directory}: {CA_CERT} and {CA_KEY} do not belong together")
-        return cls(cert, key)
+        return cls(cert, key, directory)
 
     @classmethod
     def load_or_create(cls, directory: pathlib.Path) -> FleetCA:
@@ -147,6 +175,89 @@ class FleetCA:
     @property
     def pem(self) -> str:
         return cert_pem(self.certificate).decode()
+
+    # --- revocation -------------------------------------------------------------------
+
+    def revocations(self) -> list[Revocation]:
+        """The revoked certificates, re-read from the CA folder (another process, such as
+        `hedgerow device revoke`, may have added some)."""
+        if self.directory is None:
+            return list(self._revoked)
+        try:
+            raw = json.loads((self.directory / REVOKED).read_bytes())
+        except FileNotFoundError:
+            return []
+        except ValueError as exc:  # never silently forget a revocation
+            raise ValueError(f"{self.directory / REVOKED}: unreadable: {exc}") from None
+        return [Revocation.from_dict(item) for item in raw.get("revoked", [])]
+
+    def is_revoked(self, cert: x509.Certificate) -> bool:
+        return any(r.serial == cert.serial_number for r in self.revocations())
+
+    def revoke(self, cert: x509.Certificate, thing: str, reason: str,
+               now: datetime.datetime | None = None) -> bool:
+        """Add ``cert`` to the revocation list and re-render the CRL; False if it was
+        revoked already. Only certificates this CA issued can be revoked."""
+        try:
+            cert.verify_directly_issued_by(self.certificate)
+        except (ValueError, TypeError, InvalidSignature):
+            raise ValueError(f"the certificate of {thing} was not issued by this CA"
+                             ) from None
+        return bool(self._revoke_serials([cert.serial_number], thing, reason, now))
+
+    def _revoke_serials(self, serials: list[int], thing: str, reason: str,
+                        now: datetime.datetime | None = None) -> list[int]:
+        revoked = self.revocations()
+        known = {r.serial for r in revoked}
+        new = [serial for serial in serials if serial not in known]
+        if not new:
+            return []
+        revoked += [Revocation(serial, thing, now or _now(), reason) for serial in new]
+        self._revoked = revoked
+        if self.directory is not None:
+            files.write_atomic(self.directory / REVOKED, json.dumps(
+                {"revoked": [r.to_dict() for r in revoked]}, indent=1).encode(), 0o644)
+            files.write_atomic(self.directory / CRL, self.render_crl(now), 0o644)
+        return new
+
+    def render_crl(self, now: datetime.datetime | None = None) -> bytes:
+        """The CRL (PEM) of every revoked certificate. Its nextUpdate is the CA's own
+        expiry: OpenSSL refuses *every* client once a CRL is past nextUpdate, so a short
+        one would cut the whole fleet off the day nobody re-rendered it."""
+        now = now or _now()
+        builder = (x509.CertificateRevocationListBuilder()
+                   .issuer_name(self.certificate.subject)
+                   .last_update(now - _BACKDATE)
+                   .next_update(self.certificate.not_valid_after_utc))
+        for r in self.revocations():
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(r.serial)
+                .revocation_date(r.time).build())
+        return builder.sign(self.key, hashes.SHA256()).public_bytes(
+            serialization.Encoding.PEM)
+
+    # --- CSR approval -----------------------------------------------------------------
+
+    def approve_csr(self, thing: str, csr_pem: str) -> str:
+        """The value of the approval annotation for exactly this CSR of ``thing``."""
+        digest = csr_digest(csr_pem)
+        signature = self.key.sign(_approval_input(thing, digest), ec.ECDSA(hashes.SHA256()))
+        return f"{digest}.{base64.urlsafe_b64encode(signature).decode().rstrip('=')}"
+
+    def is_approved(self, thing: str, csr_pem: str, value: str | None) -> bool:
+        """True if ``value`` is this CA's approval of this very CSR for ``thing``."""
+        if not value or "." not in value:
+            return False
+        digest, _, sig = value.partition(".")
+        try:
+            if digest != csr_digest(csr_pem):
+                return False
+            signature = base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4))
+            self.key.public_key().verify(signature, _approval_input(thing, digest),
+                                         ec.ECDSA(hashes.SHA256()))
+        except (ValueError, binascii.Error, InvalidSignature):
+            return False
+        return True
 
     # --- issuing --------------------------------------------------------------------
 
@@ -223,6 +334,68 @@ class FleetCA:
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         return builder.sign(self.key, hashes.SHA256())
 
+    def record_issued(self, cert: x509.Certificate, thing: str) -> None:
+        """Note a device certificate that was handed out (``issued.log``, append-only),
+        so revoking a device revokes every certificate it holds, not only the one its
+        CoreDevice status shows. Best effort: a read-only CA folder (a Secret mount)
+        keeps no log, and revocation then covers the certificate in the status."""
+        if self.directory is None:
+            return
+        line = json.dumps({"serial": str(cert.serial_number), "thing": thing,
+                           "notAfter": cert.not_valid_after_utc.isoformat(),
+                           "key": _key_digest(cert.public_key())}) + "\n"
+        try:
+            fd = os.open(self.directory / ISSUED, os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                         0o644)
+        except OSError:
+            return
+        try:
+            os.write(fd, line.encode())
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    def issued_to(self, thing: str, now: datetime.datetime | None = None,
+                  ) -> list[tuple[int, str]]:
+        """(serial, key digest) of the unexpired certificates recorded for ``thing``."""
+        if self.directory is None:
+            return []
+        now = now or _now()
+        try:
+            lines = (self.directory / ISSUED).read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        found = []
+        for line in lines:
+            try:
+                entry = json.loads(line)
+                if (entry["thing"] == thing and datetime.datetime.fromisoformat(
+                        entry["notAfter"]) > now):
+                    found.append((int(entry["serial"]), str(entry["key"])))
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn last line after a crash
+        return found
+
+    def revoke_device(self, thing: str, reason: str, current: x509.Certificate | None = None,
+                      keep_key_of_csr: str | None = None,
+                      now: datetime.datetime | None = None) -> list[int]:
+        """Revoke every certificate ``thing`` holds (``current``, and all recorded as
+        issued to it), except those for the key of ``keep_key_of_csr``; the serials newly
+        revoked."""
+        keep = None
+        if keep_key_of_csr is not None:
+            keep = _key_digest(x509.load_pem_x509_csr(keep_key_of_csr.encode()).public_key())
+        serials = {serial for serial, key in self.issued_to(thing, now) if key != keep}
+        if current is not None and _key_digest(current.public_key()) != keep:
+            try:
+                current.verify_directly_issued_by(self.certificate)
+                serials.add(current.serial_number)
+            except (ValueError, TypeError, InvalidSignature):
+                pass  # not ours: nothing to revoke
+        return self._revoke_serials(sorted(serials), thing, reason, now)
+
     def issue_client(self, cn: str, days: int = SERVER_DAYS,
                      now: datetime.datetime | None = None) -> Issued:
         """A client certificate with its own new key (the controller's identity)."""
@@ -268,6 +441,129 @@ def load_certificate(pem: str | bytes) -> x509.Certificate:
     return x509.load_pem_x509_certificate(pem.encode() if isinstance(pem, str) else pem)
 
 
+def csr_digest(csr_pem: str | bytes) -> str:
+    """SHA-256 of the CSR's DER: the same request in other PEM whitespace is the same."""
+    data = csr_pem.encode() if isinstance(csr_pem, str) else csr_pem
+    csr = x509.load_pem_x509_csr(data)
+    return hashlib.sha256(csr.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def _key_digest(public: object) -> str:
+    der = public.public_bytes(serialization.Encoding.DER,  # type: ignore[attr-defined]
+                              serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
+
+
+def certifies_csr_key(cert: x509.Certificate, csr_pem: str) -> bool:
+    """Whether ``cert`` certifies the key the CSR was made with (False if unreadable)."""
+    try:
+        return bool(cert.public_key() == x509.load_pem_x509_csr(csr_pem.encode()).public_key())
+    except ValueError:
+        return False
+
+
+def _approval_input(thing: str, digest: str) -> bytes:
+    return _APPROVAL_DOMAIN + f"{thing}\0{digest}".encode()
+
+
+@dataclasses.dataclass(frozen=True)
+class Revocation:
+    serial: int
+    thing: str
+    time: datetime.datetime
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        # The serial as text: 159-bit serials do not survive JSON readers that use floats.
+        return {"serial": str(self.serial), "thing": self.thing,
+                "time": self.time.isoformat(), "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, str]) -> Revocation:
+        return cls(int(raw["serial"]), raw["thing"],
+                   datetime.datetime.fromisoformat(raw["time"]), raw.get("reason", ""))
+
+
+def _create_exclusive(path: pathlib.Path, data: bytes, mode: int) -> bool:
+    """Create ``path`` with ``data`` unless it exists (then False): temp, fsync, link.
+    Two processes creating it at once end with one file, and each sees the one that won."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            path.hardlink_to(tmp)
+        except FileExistsError:
+            return False
+        files.fsync_dir(path.parent)
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            pathlib.Path(tmp).unlink()
+
+
+class DocumentSigner:
+    """The Ed25519 key that signs desired documents (its public half is pinned on every
+    device). Kept in the CA folder as ``signing.key`` (0600)."""
+
+    def __init__(self, key: ed25519.Ed25519PrivateKey) -> None:
+        self._key = key
+        self.public_raw = key.public_key().public_bytes(serialization.Encoding.Raw,
+                                                        serialization.PublicFormat.Raw)
+        self.key_id = envelope.key_id_of(self.public_raw)
+
+    @property
+    def public_pem(self) -> str:
+        return self._key.public_key().public_bytes(
+            serialization.Encoding.PEM,
+            serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+    def sign(self, data: bytes) -> bytes:
+        return self._key.sign(data)
+
+    @classmethod
+    def load(cls, path: pathlib.Path) -> DocumentSigner:
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise PermissionError(f"{path} is readable by others (mode {mode:o}); "
+                                  "chmod 600 it")
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, ed25519.Ed25519PrivateKey):
+            raise ValueError(f"{path}: not an Ed25519 private key")
+        return cls(key)
+
+    @classmethod
+    def load_or_create(cls, path: pathlib.Path) -> tuple[DocumentSigner, bool]:
+        """The key at ``path``, made on first use; (signer, whether it was made now)."""
+        if not path.exists():
+            key = ed25519.Ed25519PrivateKey.generate()
+            try:
+                _private_dir(path.parent)
+                made = _create_exclusive(path, key.private_bytes(
+                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption()), 0o600)
+            except OSError as exc:
+                raise OSError(exc.errno, f"no signing key at {path}, and none can be made "
+                              f"there ({exc.strerror}): make one with `hedgerow broker "
+                              "config` and ship it with the CA (e.g. in the controller's "
+                              "Secret)") from None
+            if made:
+                return cls(key), True
+        return cls.load(path), False
+
+
+def signing_key_of(directory: pathlib.Path) -> tuple[DocumentSigner, bool]:
+    return DocumentSigner.load_or_create(directory / SIGNING_KEY)
+
+
+class ApprovalRequiredError(CertificateRequestError):
+    """A CSR that may be signed only once an admin approves it (`hedgerow device
+    approve`); not an error in the request itself."""
+
+
 def certificate_for(device: coredevice.CoreDevice, ca: FleetCA,
                     renew_days: int = identity.EXPIRY_WARNING_DAYS,
                     now: datetime.datetime | None = None,
@@ -276,6 +572,11 @@ def certificate_for(device: coredevice.CoreDevice, ca: FleetCA,
     CoreDevice, or None when nothing needs signing (no CSR, or the current certificate
     already certifies the CSR's key, comes from this CA and is not near expiry).
 
+    The CertificateSigningRequest model (core.identity.resolve_csr_signing): a device
+    that never had a certificate from this CA is signed at once; a new key for a device
+    that has one (valid, expired or revoked), or the same key once revoked, waits for
+    the approval annotation of this very CSR (ApprovalRequiredError until then).
+
     Raises CertificateRequestError for a CSR that must not be signed; the caller records
     it as a condition and waits for the spec to change.
     """
@@ -283,22 +584,41 @@ def certificate_for(device: coredevice.CoreDevice, ca: FleetCA,
     if not csr_pem:
         return None
     now = now or _now()
-    current = device.status.certificate if device.status else None
-    if current is not None and current.pem and _still_good(current.pem, csr_pem, ca, now,
-                                                           renew_days):
-        return None
+    # Signed first, kept only if the decision says so: a bad CSR is reported as what it
+    # is, not as "waiting for approval".
     cert = ca.sign_device_csr(csr_pem, device.metadata.name, now=now)
+    current = device.status.certificate if device.status else None
+    held = _held(current.pem if current else None, csr_pem, ca, now)
+    approval = device.metadata.annotations.get(APPROVAL_ANNOTATION)
+    decision = identity.resolve_csr_signing(
+        held, approved=ca.is_approved(device.metadata.name, csr_pem, approval),
+        renew_days=renew_days)
+    if decision is identity.CsrDecision.NOTHING:
+        return None
+    if decision is identity.CsrDecision.AWAIT_APPROVAL:
+        raise ApprovalRequiredError(
+            f"{device.metadata.name} already holds a certificate from this CA; a CSR "
+            f"{'for a new key' if held and not held.same_key else 'after revocation'} is "
+            f"signed only once approved: hedgerow device approve {device.metadata.name}")
+    ca.record_issued(cert, device.metadata.name)
     return coredevice.CertificateStatus(pem=cert_pem(cert).decode(),
                                         not_after=cert.not_valid_after_utc)
 
 
-def _still_good(pem: str, csr_pem: str, ca: FleetCA, now: datetime.datetime,
-                renew_days: int) -> bool:
+def _held(pem: str | None, csr_pem: str, ca: FleetCA, now: datetime.datetime,
+          ) -> identity.HeldCertificate | None:
+    """What the device holds now, for the decision: None if nothing from this CA."""
+    if not pem:
+        return None
     try:
         cert = load_certificate(pem)
-        csr = x509.load_pem_x509_csr(csr_pem.encode())
         cert.verify_directly_issued_by(ca.certificate)
     except (ValueError, TypeError, InvalidSignature):
-        return False
-    return (cert.public_key() == csr.public_key()
-            and identity.days_left(cert.not_valid_after_utc, now) > renew_days)
+        return None
+    try:
+        revoked = ca.is_revoked(cert)
+    except ValueError as exc:  # fail closed, for this device only
+        raise CertificateRequestError(f"cannot check revocation: {exc}") from None
+    return identity.HeldCertificate(
+        same_key=certifies_csr_key(cert, csr_pem), revoked=revoked,
+        days_left=identity.days_left(cert.not_valid_after_utc, now))

@@ -21,7 +21,7 @@ import dataclasses
 import re
 from typing import Final
 
-from hedgerow.core import base
+from hedgerow.core import base, limits
 
 TOPIC_ROOT: Final = "hedgerow/things"
 DESIRED_TOPIC: Final = TOPIC_ROOT + "/{thing}/desired"
@@ -132,11 +132,17 @@ def render_mosquitto_config(settings: MosquittoSettings) -> str:
         f"acl_file {s.acl_file}",
     ]
     if s.crlfile:
+        # Revoked device certificates (`hedgerow device revoke`); mosquitto re-reads it
+        # on SIGHUP for new connections.
+        if "\n" in s.crlfile:
+            raise ValueError("crlfile must be one non-empty line")
         lines.append(f"crlfile {s.crlfile}")
     lines += [
         f"max_queued_messages {s.max_queued_messages}",
         f"persistent_client_expiration {s.session_expiry}",
-        "max_packet_size 4194304",
+        # Explicit, and above every document Hedgerow publishes (core.limits): a packet
+        # over it makes mosquitto drop the sender's session.
+        f"max_packet_size {limits.BROKER_MAX_PACKET_BYTES}",
         f"log_dest {s.log_dest}",
         "log_type error",
         "log_type warning",
@@ -152,3 +158,44 @@ def render_mosquitto_config(settings: MosquittoSettings) -> str:
     if s.user:
         lines.append(f"user {s.user}")
     return "\n".join(lines) + "\n"
+
+
+# --- session takeover loops ------------------------------------------------------------
+# With use_username_as_clientid, a second client presenting the same certificate (a
+# debugging tool, a second controller replica) takes the session over; both reconnect
+# and kick each other for ever. Each side counts the sessions it lost shortly after the
+# broker accepted them (mosquitto 2.0.11 just closes the old connection; brokers that
+# send DISCONNECT "Session taken over" (142) are counted the same way) and, past a few
+# in a window, says so loudly and backs off (docs/identity.md: debugging a device
+# safely). A flapping network looks the same and deserves the same backoff.
+
+SESSION_TAKEN_OVER: Final = 142  # MQTT 5 DISCONNECT reason code "Session taken over"
+TAKEOVER_WINDOW_S: Final = 60.0
+TAKEOVER_LIMIT: Final = 3
+TAKEOVER_BACKOFF_S: Final = 60.0
+
+
+@dataclasses.dataclass
+class TakeoverWatch:
+    """Sessions lost within ``window`` seconds of being established, over the last
+    ``window`` seconds (monotonic times, passed in)."""
+
+    window: float = TAKEOVER_WINDOW_S
+    limit: int = TAKEOVER_LIMIT
+    times: list[float] = dataclasses.field(default_factory=list)
+
+    def is_short(self, connected_at: float, now: float) -> bool:
+        """Whether a session established at ``connected_at`` and lost at ``now`` counts."""
+        return now - connected_at < self.window
+
+    def record(self, now: float) -> bool:
+        """Record a lost session at ``now``; True when that makes it a loop."""
+        self.times = [t for t in self.times if now - t < self.window] + [now]
+        return self.is_loop(now)
+
+    def is_loop(self, now: float) -> bool:
+        return sum(1 for t in self.times if now - t < self.window) >= self.limit
+
+    def quiet_since(self, now: float) -> float:
+        """Seconds since the last takeover (infinity if none was seen)."""
+        return now - self.times[-1] if self.times else float("inf")

@@ -5,10 +5,14 @@
   private key is generated on the device and never leaves it.
 - :func:`expiry_condition` — the ``CertificateValid`` condition the controller derives
   from the ``certificateDaysLeft`` a device reports.
+- :func:`resolve_csr_signing` — the CertificateSigningRequest rule: when the controller
+  may sign a CoreDevice's ``spec.csr`` by itself and when only after an admin approved
+  that very CSR.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import urllib.parse
 from typing import Annotated, Final, Literal
@@ -43,6 +47,10 @@ class Bundle(base.Model):
     broker_url: Annotated[str, pydantic.AfterValidator(_check_broker_url)]
     ca_pem: Annotated[str, pydantic.Field(max_length=16384)]
     certificate_pem: Annotated[str, pydantic.Field(max_length=16384)]
+    signing_key_pem: Annotated[str, pydantic.Field(
+        max_length=1024,
+        description="The controller's Ed25519 public key (PEM) that signs desired "
+                    "documents; the device pins it and refuses anything else.")]
 
     @pydantic.field_validator("ca_pem", "certificate_pem")
     @classmethod
@@ -52,6 +60,46 @@ class Bundle(base.Model):
         if "PRIVATE KEY" in value:
             raise ValueError("a bundle must never carry a private key")
         return value
+
+    @pydantic.field_validator("signing_key_pem")
+    @classmethod
+    def _pem_public_key(cls, value: str) -> str:
+        if "-----BEGIN PUBLIC KEY-----" not in value or "PRIVATE" in value:
+            raise ValueError("not a PEM public key")
+        return value
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldCertificate:
+    """The certificate from the fleet CA a device holds (status.certificate), as the
+    signing decision sees it."""
+
+    same_key: bool  # it certifies the key of the CSR now in spec.csr
+    revoked: bool
+    days_left: int
+
+
+class CsrDecision(base.StrEnum):
+    NOTHING = "Nothing"  # the current certificate stands
+    SIGN = "Sign"
+    AWAIT_APPROVAL = "AwaitApproval"
+
+
+def resolve_csr_signing(held: HeldCertificate | None, approved: bool,
+                        renew_days: int = EXPIRY_WARNING_DAYS) -> CsrDecision:
+    """The CertificateSigningRequest rule.
+
+    - no certificate from this CA yet: first registration, sign;
+    - the same key, not revoked: keep it, or renew it near expiry (the key was approved
+      when it was first signed);
+    - a new key, or the same key after revocation: only with an approval of this very
+      CSR (whoever may patch spec.csr must not be able to mint a device's identity).
+    """
+    if held is None:
+        return CsrDecision.SIGN
+    if held.same_key and not held.revoked:
+        return CsrDecision.NOTHING if held.days_left > renew_days else CsrDecision.SIGN
+    return CsrDecision.SIGN if approved else CsrDecision.AWAIT_APPROVAL
 
 
 def days_left(not_after: datetime.datetime, now: datetime.datetime) -> int:

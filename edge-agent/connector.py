@@ -11,12 +11,24 @@ One thread of its own (never the agent's asyncio loop), one state machine:
 - Outbound only, MQTT 5 over mutual TLS (paho-mqtt v2 callbacks). The client id is the
   thing name; the session is persistent (clean start off, session expiry), and the
   desired topic is subscribed again on every CONNACK (a no-op for a resumed session).
-- A desired document (retained, QoS 1) is validated — JSON, the DesiredState schema, the
+- A desired document (retained, QoS 1) arrives in a signed envelope
+  (hedgerow.core.envelope). It is accepted only if the Ed25519 signature verifies with
+  the key pinned by the bootstrap bundle (``identity/signing.pub``), the envelope is for
+  this thing, and its counter is above the highest one seen (kept crash-safely in
+  ``state/trust.json``; the same counter with the same document is the retained copy
+  again). Then the document inside is validated — the DesiredState schema, the
   content-hash revision, the thing name — and written atomically to
-  ``desired/desired.json`` only if it differs; the agent loop (watching ``desired/``) does
-  the rest. A rejected document is logged (reason only, never the payload), counted, and
-  recorded in ``state/connector.json``; the last good file stays untouched. An empty
-  retained message (the CoreDevice was deleted) changes nothing on the device.
+  ``desired/desired.json`` (the plain DesiredState: the agent loop trusts its own root)
+  only if it differs; the agent loop (watching ``desired/``) does the rest. A refused
+  document (unsigned, forged, for another thing, replayed, invalid) is logged (reason
+  only, never the payload), counted, and recorded in ``state/connector.json``; the last
+  good file stays untouched. An empty retained message (the CoreDevice was deleted)
+  changes nothing on the device.
+- I/O errors (a full disk, EIO, too many open files) never end the thread: each is
+  logged once per change, a desired document that could not be written is kept and
+  written again with capped backoff, and a catch-all around each session restarts it.
+- A session taken over again and again (another client with this device's certificate:
+  see docs/identity.md, "Debugging a device safely") is logged loudly and backed off.
 - Status: the agent loop writes ``state/status.json`` each pass. The connector publishes
   it (QoS 1, not retained) when it changes in substance (anything but ``sequence`` and
   ``time``) and otherwise as a heartbeat every ``heartbeat_s``. Offline it keeps only the
@@ -44,6 +56,9 @@ from typing import Any, Final
 
 import paho.mqtt.client as mqtt
 import pydantic
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from paho.mqtt import packettypes
 from paho.mqtt import properties as mqtt_properties
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -52,11 +67,12 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from hedgerow import files
 from hedgerow.agent import identity as identity_
 from hedgerow.agent.layout import Layout
-from hedgerow.core import broker, documents
+from hedgerow.core import broker, documents, envelope
 
 log = logging.getLogger("hedgerow.agent.connector")
 
-MAX_DOCUMENT_BYTES: Final = 4 << 20
+_WRITE_RETRY_MIN_S: Final = 0.5
+_WRITE_RETRY_MAX_S: Final = 30.0
 _UNSTAMPED: Final = ("sequence", "time", "certificate_days_left")
 
 
@@ -82,6 +98,9 @@ class Stats:
     published: int = 0
     last_error: str = ""
     last_rejection: str = ""
+    io_errors: int = 0
+    crashes: int = 0  # sessions ended by an unexpected exception (then restarted)
+    takeovers: int = 0
 
 
 class Connector:
@@ -90,7 +109,9 @@ class Connector:
                  *, heartbeat_s: float = 60.0, keepalive_s: int = 30,
                  session_expiry_s: int = 7 * 86400, backoff_min_s: float = 1.0,
                  backoff_max_s: float = 60.0, poll_s: float = 0.2,
-                 connect_timeout_s: float = 10.0) -> None:
+                 connect_timeout_s: float = 10.0,
+                 signing_key: pathlib.Path | str | None = None,
+                 takeover_backoff_s: float = broker.TAKEOVER_BACKOFF_S) -> None:
         parts = urllib.parse.urlsplit(broker_url)
         if parts.scheme != "mqtts" or not parts.hostname:
             raise ValueError(f"broker URL must be mqtts://HOST[:PORT] (got {broker_url!r}): "
@@ -106,6 +127,21 @@ class Connector:
         self.backoff_min_s, self.backoff_max_s = backoff_min_s, backoff_max_s
         self.poll_s, self.connect_timeout_s = poll_s, connect_timeout_s
         self.stats = Stats()
+        # The pinned key desired documents must be signed with (None: refuse them all).
+        self._verifier: ed25519.Ed25519PublicKey | None = None
+        self.key_id: str | None = None
+        if signing_key is not None:
+            self._verifier, self.key_id = _load_verifier(pathlib.Path(signing_key))
+        self._seen_counter = 0
+        self._seen_digest: str | None = None
+        self._unwritten: tuple[bytes, int, str, str] | None = None  # doc, counter, digest, rev
+        self._write_attempt = 0
+        self._write_retry_at = 0.0
+        self._trouble: tuple[str, str] | None = None  # (what, error) last logged
+        self.takeover_backoff_s = takeover_backoff_s
+        self._takeovers = broker.TakeoverWatch()
+        self._takeover_loop = False
+        self._taken_over = False
         self._stop = threading.Event()
         self._online = threading.Event()
         self._thread: threading.Thread | None = None
@@ -129,7 +165,7 @@ class Connector:
             raise identity_.IdentityError(
                 f"the installed identity is {ident.thing!r}, not {thing!r}")
         return cls(root, ident.thing, ident.broker_url, ident.ca, ident.cert, ident.key,
-                   **options)
+                   signing_key=ident.signing_key, **options)
 
     # --- public ----------------------------------------------------------------------
 
@@ -141,6 +177,11 @@ class Connector:
         if self._thread is not None:
             raise RuntimeError("connector already started")
         self._sequence = self._load_state().get("lastSequence", 0)
+        self._seen_counter, self._seen_digest = self._load_trust()
+        if self._verifier is None:
+            log.error("no desired-document signing key is pinned in %s: every desired "
+                      "document will be refused; install a bundle that carries one "
+                      "(hedgerow agent install-bundle)", self.layout.root / "identity")
         self._thread = threading.Thread(target=self._run, name=f"connector-{self.thing}",
                                         daemon=True)
         self._thread.start()
@@ -159,19 +200,32 @@ class Connector:
     def _run(self) -> None:
         attempt = 0
         while not self._stop.is_set():
-            reached = self._session()
+            try:
+                reached = self._session()
+            except Exception as exc:  # the thread must outlive anything one session hits
+                self.stats.crashes += 1
+                self._io_trouble("the cloud session", exc, trace=True)
+                self._online.clear()
+                reached = False
             if reached:
                 attempt = 0
             if self._stop.is_set():
                 break
-            self._pause(backoff_delay(attempt, self.backoff_min_s, self.backoff_max_s))
+            delay = backoff_delay(attempt, self.backoff_min_s, self.backoff_max_s)
+            if self._takeover_loop:
+                delay = max(delay, self.takeover_backoff_s)
+            self._pause(delay)
             attempt += 1
 
     def _pause(self, seconds: float) -> None:
         """Wait out a backoff, still following status.json (only the latest is kept)."""
         deadline = time.monotonic() + seconds
         while not self._stop.is_set():
-            self._follow_status()
+            try:
+                self._follow_status()
+                self._retry_unwritten()
+            except Exception as exc:  # as in _run: log, and keep waiting
+                self._io_trouble("following the status file", exc, trace=True)
             left = deadline - time.monotonic()
             if left <= 0:
                 return
@@ -216,6 +270,8 @@ class Connector:
             self._failed(f"{type(exc).__name__}: {exc}")
             return False
         reached = False
+        online_at = 0.0
+        self._taken_over = False
         try:
             while not self._stop.is_set():
                 try:
@@ -227,14 +283,19 @@ class Connector:
                     if not reached:
                         self._failed(mqtt.error_string(rc))
                     break
-                reached = reached or self.connected
+                if not reached and self.connected:
+                    reached, online_at = True, time.monotonic()
                 self._follow_status()
+                self._retry_unwritten()
                 self._send(client)
         finally:
             if self._stop.is_set() and self.connected:
                 client.disconnect()  # DISCONNECT keeps the session (expiry > 0)
                 client.loop(timeout=0.5)
             self._lost()
+        if reached and not self._stop.is_set() and (
+                self._taken_over or self._takeovers.is_short(online_at, time.monotonic())):
+            self._lost_session()
         return reached
 
     def _lost(self) -> None:
@@ -256,6 +317,9 @@ class Connector:
         client.subscribe(self.desired_topic, options=SubscribeOptions(qos=1))
         self.stats.connects += 1
         self._quiet_failures = False
+        if self._takeover_loop and self._takeovers.quiet_since(time.monotonic()) > (
+                5 * self._takeovers.window):
+            self._takeover_loop = False
         self._online.set()
         log.info("connected to the cloud broker %s:%s as %s (session %s)", self.host,
                  self.port, self.thing, "resumed" if flags.session_present else "new")
@@ -264,6 +328,23 @@ class Connector:
                        reason: Any, properties: Any) -> None:
         if reason.is_failure:
             self.stats.last_error = f"disconnected: {reason}"
+        if getattr(reason, "value", None) == broker.SESSION_TAKEN_OVER:
+            self._taken_over = True  # a broker that says so; mosquitto 2.0 just closes
+
+    def _lost_session(self) -> None:
+        """An established session the broker ended: count it; say so loudly once it is
+        a loop (another client with this device's certificate)."""
+        self.stats.takeovers += 1
+        if self._takeovers.record(time.monotonic()) and not self._takeover_loop:
+            self._takeover_loop = True
+            log.error(
+                "TAKEOVER LOOP: the broker closed this device's session %d times in "
+                "%.0f s right after accepting it; most likely another client connects "
+                "with this device's certificate (%s) and takes the session over (a tool "
+                "or a second agent using %s). Backing off %.0f s between reconnects "
+                "(docs/identity.md: debugging a device safely)",
+                len(self._takeovers.times), self._takeovers.window, self.thing,
+                self.key, self.takeover_backoff_s)
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int,
                       reasons: list[Any], properties: Any) -> None:
@@ -295,23 +376,55 @@ class Connector:
     def _reject(self, reason: str) -> None:
         self.stats.rejected += 1
         self.stats.last_rejection = reason
-        log.warning("rejected a desired document: %s; keeping the last good one", reason)
+        log.error("REFUSED a desired document: %s; keeping the last good one", reason)
         state = self._load_state()
         state["lastRejection"] = {"reason": reason[:1024],
                                   "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        self._save_state(state)
+        try:
+            self._save_state(state)
+        except OSError as exc:
+            self._io_trouble("recording a refusal", exc)
 
     def accept_desired(self, payload: bytes) -> bool:
-        """Validate one desired document and write it; False if it was rejected."""
+        """Verify one signed desired document and write it; False if it was refused (or
+        could not be written yet: it is then written again later)."""
         if not payload:
             log.info("the desired document was cleared on the broker; the device keeps "
                      "running its last desired state")
             return False
-        if len(payload) > MAX_DOCUMENT_BYTES:
-            self._reject(f"document of {len(payload)} bytes exceeds {MAX_DOCUMENT_BYTES}")
+        if self._verifier is None or self.key_id is None:
+            self._reject("no signing key is pinned on this device, so no document can be "
+                         "trusted (install a bundle that carries one)")
             return False
         try:
-            doc = documents.DesiredState.model_validate_json(payload)
+            sealed = envelope.parse_envelope(payload)
+        except envelope.EnvelopeError as exc:
+            self._reject(str(exc)[:1024])
+            return False
+        if sealed.thing != self.thing:
+            self._reject(f"signed for thing {sealed.thing!r}, this device is {self.thing!r}")
+            return False
+        if sealed.key_id != self.key_id:
+            self._reject(f"signed with key {sealed.key_id}, this device pins {self.key_id}")
+            return False
+        try:
+            self._verifier.verify(sealed.signature_bytes(), sealed.signing_input())
+        except InvalidSignature:
+            self._reject(f"the signature does not verify with the pinned key "
+                         f"{self.key_id}: forged or altered (counter {sealed.counter})")
+            return False
+        data = sealed.document_bytes()
+        digest = envelope.digest_of(data)
+        verdict = envelope.resolve_verdict(sealed.counter, digest, self._seen_counter,
+                                           self._seen_digest)
+        if verdict is envelope.Verdict.SAME:
+            return True  # the retained copy of what we already have
+        if verdict is envelope.Verdict.REPLAYED:
+            self._reject(f"counter {sealed.counter} is not above the highest seen "
+                         f"({self._seen_counter}): a replayed or older document")
+            return False
+        try:
+            doc = documents.DesiredState.model_validate_json(data)
         except pydantic.ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "document"
@@ -320,18 +433,65 @@ class Connector:
         if doc.thing != self.thing:
             self._reject(f"document for thing {doc.thing!r} arrived for {self.thing!r}")
             return False
+        # Seen from now on, even if the disk refuses it for a while: an older document
+        # arriving meanwhile is still a replay.
+        self._seen_counter, self._seen_digest = sealed.counter, digest
+        self._unwritten = (data, sealed.counter, digest, doc.revision)
+        self._write_attempt, self._write_retry_at = 0, 0.0
+        log.info("desired revision %s accepted (counter %d, %d components)", doc.revision,
+                 sealed.counter, len(doc.components))
+        return self._retry_unwritten()
+
+    def _retry_unwritten(self) -> bool:
+        """Write the accepted document not yet on disk (now, or when its backoff is up);
+        True once nothing is left to write."""
+        if self._unwritten is None:
+            return True
+        if time.monotonic() < self._write_retry_at:
+            return False
+        data, counter, digest, revision = self._unwritten
         target = self.layout.desired_file
         try:
-            if target.read_bytes() == payload:
-                return True
-        except FileNotFoundError:
-            pass
-        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        files.write_atomic(target, payload, mode=0o600)
-        self.stats.written += 1
-        log.info("desired revision %s written (%d components)", doc.revision,
-                 len(doc.components))
+            try:
+                unchanged = target.read_bytes() == data
+            except FileNotFoundError:
+                unchanged = False
+            if not unchanged:
+                target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                files.write_atomic(target, data, mode=0o600)
+                self.stats.written += 1
+            # After the document: a crash in between re-accepts the retained copy.
+            self.trust_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            files.write_json(self.trust_file, {"counter": counter, "sha256": digest})
+        except OSError as exc:
+            self.stats.io_errors += 1
+            self._io_trouble(f"writing desired revision {revision}", exc)
+            self._write_retry_at = time.monotonic() + backoff_delay(
+                self._write_attempt, _WRITE_RETRY_MIN_S, _WRITE_RETRY_MAX_S)
+            self._write_attempt += 1
+            return False
+        self._unwritten = None
+        self._io_recovered()
+        if not unchanged:
+            log.info("desired revision %s written", revision)
         return True
+
+    # --- I/O trouble: log the change, not every retry ----------------------------------
+
+    def _io_trouble(self, what: str, exc: BaseException, trace: bool = False) -> None:
+        problem = (what, f"{type(exc).__name__}: {exc}")
+        self.stats.last_error = f"{what}: {problem[1]}"
+        if problem != self._trouble:
+            self._trouble = problem
+            log.error("%s failed: %s; retrying with backoff", what, problem[1],
+                      exc_info=exc if trace else None)
+        else:
+            log.debug("%s still failing: %s", what, problem[1])
+
+    def _io_recovered(self) -> None:
+        if self._trouble is not None:
+            log.warning("recovered (after: %s failed: %s)", *self._trouble)
+            self._trouble = None
 
     # --- status ----------------------------------------------------------------------
 
@@ -339,7 +499,7 @@ class Connector:
         path = self.layout.status_file
         try:
             st = path.stat()
-        except FileNotFoundError:
+        except OSError:  # not there yet, or the disk is failing: try again next time
             return
         key = (st.st_ino, st.st_mtime_ns, st.st_size)
         if key == self._status_stat:
@@ -365,7 +525,13 @@ class Connector:
         self._sequence = max(self._sequence + 1, time.time_ns() // 1_000_000)
         state = self._load_state()
         state["lastSequence"] = self._sequence
-        self._save_state(state)
+        try:
+            self._save_state(state)
+        except OSError as exc:
+            # The report still goes out: the sequence is kept in memory, and is at least
+            # the wall clock's milliseconds after a restart anyway.
+            self.stats.io_errors += 1
+            self._io_trouble("recording the status sequence", exc)
         days = report.certificate_days_left
         if days is None:
             try:
@@ -403,6 +569,21 @@ class Connector:
     def state_file(self) -> pathlib.Path:
         return self.layout.state / "connector.json"
 
+    @property
+    def trust_file(self) -> pathlib.Path:
+        """The highest desired-document counter accepted, and that document's SHA-256."""
+        return self.layout.state / "trust.json"
+
+    def _load_trust(self) -> tuple[int, str | None]:
+        try:
+            value = json.loads(self.trust_file.read_bytes())
+            return int(value["counter"]), str(value["sha256"])
+        except FileNotFoundError:
+            return 0, None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error("%s unreadable (%s): accepting from counter 0", self.trust_file, exc)
+            return 0, None
+
     def _load_state(self) -> dict[str, Any]:
         try:
             value = json.loads(self.state_file.read_bytes())
@@ -413,3 +594,15 @@ class Connector:
     def _save_state(self, state: dict[str, Any]) -> None:
         self.state_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         files.write_json(self.state_file, state)
+
+
+def _load_verifier(path: pathlib.Path) -> tuple[ed25519.Ed25519PublicKey, str]:
+    """The pinned signing key and its id; ValueError naming the file if it is unusable."""
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read the pinned signing key: {exc}") from None
+    if not isinstance(key, ed25519.Ed25519PublicKey):
+        raise ValueError(f"{path}: the pinned signing key is not an Ed25519 public key")
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return key, envelope.key_id_of(raw)

@@ -13,11 +13,18 @@ printed or logged.
         device.csr              0644  the request (public)
         device.pem              0644  the signed certificate
         ca.pem                  0644  the fleet CA the broker's certificate must chain to
+        signing.pub             0644  the controller's Ed25519 key: desired documents must
+                                      be signed by it (hedgerow.core.envelope)
         connection.json         0600  {"thing": …, "brokerUrl": "mqtts://…"}
         next.key / next.csr           a renewal in progress (`init --renew`); installing a
                                       certificate for next.key makes it device.key
 
 All writes are temp → fsync → rename → fsync dir (hedgerow.agent.files).
+
+Trust is pinned on first install: a later bundle that would change the fleet CA, the
+signing key, the broker URL or the thing name is refused unless ``replace_trust`` is
+given (``install-bundle --replace-trust``), and then what changed is reported. A renewal
+(the same trust, a new certificate) needs no flag.
 """
 
 from __future__ import annotations
@@ -67,6 +74,10 @@ class Paths:
         return self.folder / "ca.pem"
 
     @property
+    def signing_key(self) -> pathlib.Path:
+        return self.folder / "signing.pub"
+
+    @property
     def connection(self) -> pathlib.Path:
         return self.folder / "connection.json"
 
@@ -93,6 +104,8 @@ class DeviceIdentity:
     ca: pathlib.Path
     cert: pathlib.Path
     key: pathlib.Path
+    signing_key: pathlib.Path | None = None  # None: none pinned (documents are refused)
+    changed: tuple[str, ...] = ()  # what a --replace-trust install replaced
 
     def days_left(self, now: datetime.datetime | None = None) -> int:
         return certificate_days_left(self.cert, now)
@@ -190,15 +203,82 @@ def _check(bundle: identity.Bundle, key: ec.EllipticCurvePrivateKey,
     return cert
 
 
+def _same_certificate(pem_a: bytes, pem_b: bytes) -> bool:
+    try:
+        return bool(x509.load_pem_x509_certificate(pem_a)
+                    == x509.load_pem_x509_certificate(pem_b))
+    except ValueError:
+        return False
+
+
+def _same_public_key(pem_a: bytes, pem_b: bytes) -> bool:
+    try:
+        return bool(serialization.load_pem_public_key(pem_a)
+                    == serialization.load_pem_public_key(pem_b))
+    except (ValueError, TypeError):
+        return False
+
+
+def resolve_trust_changes(paths: Paths, bundle: identity.Bundle) -> list[str]:
+    """What installing ``bundle`` would change in the pinned trust of an initialised
+    device (empty for a first install, or a renewal of the same trust)."""
+    try:
+        connection = json.loads(paths.connection.read_bytes())
+    except FileNotFoundError:
+        return []  # not initialised: the first bundle pins everything
+    except ValueError:
+        connection = {}
+    changes = []
+    if connection.get("thing") != bundle.thing:
+        changes.append(f"thing name ({connection.get('thing')!r} -> {bundle.thing!r})")
+    if connection.get("brokerUrl") != bundle.broker_url:
+        changes.append(f"broker URL ({connection.get('brokerUrl')} -> {bundle.broker_url})")
+    try:
+        old_ca = paths.ca.read_bytes()
+    except FileNotFoundError:
+        old_ca = b""
+    if not _same_certificate(old_ca, bundle.ca_pem.encode()):
+        changes.append("fleet CA (ca.pem)")
+    try:
+        old_key = paths.signing_key.read_bytes()
+    except FileNotFoundError:
+        old_key = None  # an identity from before signed documents: pinning one is no change
+    if old_key is not None and not _same_public_key(old_key, bundle.signing_key_pem.encode()):
+        changes.append("desired-document signing key (signing.pub)")
+    return changes
+
+
+def _check_signing_key(bundle: identity.Bundle) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    try:
+        key = serialization.load_pem_public_key(bundle.signing_key_pem.encode())
+    except ValueError as exc:
+        raise IdentityError(f"bundle: unreadable signing key: {exc}") from None
+    if not isinstance(key, ed25519.Ed25519PublicKey):
+        raise IdentityError("bundle: the signing key is not an Ed25519 public key")
+
+
 def install_bundle(root: pathlib.Path, data: bytes, thing: str | None = None,
-                   now: datetime.datetime | None = None) -> DeviceIdentity:
+                   now: datetime.datetime | None = None,
+                   replace_trust: bool = False) -> DeviceIdentity:
     """Check a bundle against this device's key (or a pending renewal key) and install
-    certificate, CA and broker URL. Nothing is written unless every check passes."""
+    certificate, CA, signing key and broker URL. Nothing is written unless every check
+    passes — and, on an initialised device, unless the bundle keeps the pinned CA,
+    signing key, broker URL and thing, or ``replace_trust`` says to replace them (the
+    result's ``changed`` lists what was)."""
     bundle = read_bundle(data)
     if thing is not None and bundle.thing != thing:
         raise IdentityError(f"the bundle is for {bundle.thing!r}, this device is {thing!r}")
     paths = Paths(root)
     now = now or _now()
+    _check_signing_key(bundle)
+    changes = resolve_trust_changes(paths, bundle)
+    if changes and not replace_trust:
+        raise IdentityError(
+            "the bundle would change this device's pinned trust: " + "; ".join(changes)
+            + ". Nothing was installed. If this is intended (a new fleet CA, signing key "
+            "or broker), install it again with --replace-trust")
     candidates = [(p, _load_key(p)) for p in (paths.next_key, paths.key) if p.exists()]
     if not candidates:
         raise IdentityError(f"no device key in {paths.folder}; run `hedgerow agent init` "
@@ -217,9 +297,10 @@ def install_bundle(root: pathlib.Path, data: bytes, thing: str | None = None,
             files.fsync_dir(paths.folder)
         files.write_atomic(paths.ca, bundle.ca_pem.encode(), mode=0o644)
         files.write_atomic(paths.cert, bundle.certificate_pem.encode(), mode=0o644)
+        files.write_atomic(paths.signing_key, bundle.signing_key_pem.encode(), mode=0o644)
         files.write_json(paths.connection,
                          {"thing": bundle.thing, "brokerUrl": bundle.broker_url})
-        return load(root)
+        return dataclasses.replace(load(root), changed=tuple(changes))
     assert problem is not None
     raise problem
 
@@ -240,7 +321,9 @@ def load(root: pathlib.Path) -> DeviceIdentity:
     _load_key(paths.key)  # checks the mode; the key itself stays with the TLS library
     return DeviceIdentity(thing=str(connection["thing"]),
                           broker_url=str(connection["brokerUrl"]),
-                          ca=paths.ca, cert=paths.cert, key=paths.key)
+                          ca=paths.ca, cert=paths.cert, key=paths.key,
+                          signing_key=paths.signing_key if paths.signing_key.is_file()
+                          else None)
 
 
 def certificate_days_left(cert: pathlib.Path, now: datetime.datetime | None = None) -> int:

@@ -53,10 +53,13 @@ def _install(args: argparse.Namespace) -> int:
     try:
         data = (sys.stdin.buffer.read() if args.bundle == "-"
                 else pathlib.Path(args.bundle).read_bytes())
-        installed = identity.install_bundle(pathlib.Path(args.root), data, args.thing)
+        installed = identity.install_bundle(pathlib.Path(args.root), data, args.thing,
+                                            replace_trust=args.replace_trust)
     except (identity.IdentityError, OSError) as exc:
         print(f"hedgerow agent install-bundle: {exc}", file=sys.stderr)
         return 1
+    for change in installed.changed:
+        print(f"replaced the pinned {change}", file=sys.stderr)
     print(f"installed the certificate for {installed.thing} (expires in "
           f"{installed.days_left()} days); broker {installed.broker_url}")
     return 0
@@ -68,17 +71,34 @@ def _show(args: argparse.Namespace) -> int:
     try:
         ident = identity.load(pathlib.Path(args.root))
         days = ident.days_left()
+        signing = {"signingKey": _key_id(ident.signing_key)}
     except (identity.IdentityError, OSError, ValueError) as exc:
         print(f"hedgerow agent identity: {exc}", file=sys.stderr)
         return 1
     row = {"thing": ident.thing, "broker": ident.broker_url, "certificate": str(ident.cert),
            "daysLeft": days, "version": hedgerow.__version__}
     if args.output == "json":
-        print(json.dumps(row, indent=2))
+        print(json.dumps({**row, **signing}, indent=2))
     else:
-        for key, value in row.items():
+        for key, value in {**row, **signing}.items():
             print(f"{key}: {value}")
     return 0
+
+
+def _key_id(path: pathlib.Path | None) -> str:
+    """The pinned document-signing key's id (as the controller logs it), or 'none'."""
+    if path is None:
+        return "none pinned: every desired document is refused"
+    from cryptography.hazmat.primitives import serialization
+
+    from hedgerow.core import envelope
+
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+        raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    except (OSError, ValueError) as exc:
+        return f"unreadable ({exc})"
+    return envelope.key_id_of(raw)
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -102,9 +122,15 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "install-bundle", help="install the signed certificate, CA and broker URL",
         description="Install a bootstrap bundle from `hedgerow device register`: checked "
                     "against this device's key, thing name, CA and validity before "
-                    "anything is written.")
+                    "anything is written. The first bundle pins the fleet CA, the "
+                    "desired-document signing key and the broker URL; a later one may "
+                    "change them only with --replace-trust.")
     install.add_argument("--root", default=DEFAULT_ROOT, help=root_help)
     install.add_argument("--thing", help="refuse a bundle for another thing")
+    install.add_argument("--replace-trust", action="store_true",
+                         help="allow the bundle to replace the pinned fleet CA, signing "
+                              "key, broker URL or thing name of an initialised device "
+                              "(refused without it; what changed is printed)")
     install.add_argument("bundle", metavar="BUNDLE", help="bundle file ('-' for stdin)")
     install.set_defaults(handler=_install)
 

@@ -6,6 +6,7 @@ and a controller stand-in (a plain paho client with the controller's certificate
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pwd
 import threading
@@ -21,8 +22,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from hedgerow.agent import connector as connector_
 from hedgerow.agent import identity
+from hedgerow.controller import broker as controller_broker
 from hedgerow.controller import pki
 from hedgerow.core import broker as broker_
+from hedgerow.core import documents
 from hedgerow.core import identity as core_identity
 from tests.support.mosquitto import LOOPBACK, Mosquitto
 from tests.support.wait import wait_for
@@ -88,16 +91,35 @@ class Fleet:
     broker: Mosquitto
     controller_cert: Path
     controller_key: Path
+    broker_dir: Path = Path()  # what the broker reads: its config, CRL, certificates
     cleanups: list[Callable[[], None]] = dataclasses.field(default_factory=list)
+    _sealer: controller_broker.Broker | None = None
+
+    @property
+    def signing_key(self) -> Path:
+        return self.dir / "ca" / pki.SIGNING_KEY
+
+    def seal(self, doc: documents.DesiredState | bytes) -> bytes:
+        """What the controller publishes for ``doc``: the real controller code
+        (controller.broker.Broker.seal) with the fleet's signing key, a new counter."""
+        if self._sealer is None:  # paho client made, never connected
+            self._sealer = controller_broker.Broker(controller_broker.BrokerSettings(
+                self.broker.url, signing_key=str(self.signing_key)), lambda t, p: None)
+        data = doc if isinstance(doc, bytes) else documents.render_bytes(doc)
+        thing = json.loads(data)["thing"]  # not validated: tests seal bad documents too
+        sealed = self._sealer.seal(thing, data)
+        assert sealed is not None
+        return sealed
 
     def device(self, thing: str, ca: pki.FleetCA | None = None) -> identity.DeviceIdentity:
         """init on the device → CSR → signed by the CA → bundle installed on the device."""
         root = self.dir / "devices" / thing
         csr = identity.init(root, thing)
         cert = (ca or self.ca).sign_device_csr(csr.read_bytes(), thing)
+        signer, _ = pki.signing_key_of(self.dir / "ca")
         bundle = core_identity.Bundle(
             thing=thing, broker_url=self.broker.url, ca_pem=(ca or self.ca).pem,
-            certificate_pem=pki.cert_pem(cert).decode())
+            certificate_pem=pki.cert_pem(cert).decode(), signing_key_pem=signer.public_pem)
         return identity.install_bundle(root, bundle.model_dump_json(by_alias=True).encode())
 
     def root(self, thing: str) -> Path:
@@ -107,6 +129,7 @@ class Fleet:
                   ) -> connector_.Connector:
         options = {"backoff_min_s": 0.1, "backoff_max_s": 0.5, "poll_s": 0.05,
                    "heartbeat_s": 60.0, **options}
+        options.setdefault("signing_key", ident.signing_key)
         conn = connector_.Connector(self.root(ident.thing), ident.thing, ident.broker_url,
                                     ident.ca, ident.cert, ident.key, **options)
         conn.start()
@@ -144,6 +167,7 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
     controller.write(tmp_path / "controller" / "controller.pem",
                      tmp_path / "controller" / "controller.key")
     (etc / "acl").write_text(broker_.render_acl())
+    (etc / "crl.pem").write_bytes(ca.render_crl())  # empty until a test revokes
     (etc / "data").mkdir()
     user = pwd.getpwuid(os.geteuid()).pw_name if os.geteuid() == 0 else None
 
@@ -151,12 +175,13 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
         return broker_.render_mosquitto_config(broker_.MosquittoSettings(
             cafile=str(ca_file), certfile=str(etc / "server.pem"),
             keyfile=str(etc / "server.key"), acl_file=str(etc / "acl"), port=port,
+            crlfile=str(etc / "crl.pem"),
             bind=LOOPBACK, persistence_location=str(etc / "data"),
             log_dest=f"file {etc / 'mosquitto.log'}", user=user))
 
     with Mosquitto(tls=True, directory=etc, config=render) as mosq:
         f = Fleet(tmp_path, ca, mosq, tmp_path / "controller" / "controller.pem",
-                  tmp_path / "controller" / "controller.key")
+                  tmp_path / "controller" / "controller.key", broker_dir=etc)
         try:
             yield f
         finally:

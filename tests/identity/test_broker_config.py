@@ -59,19 +59,23 @@ def test_topics_refuse_wildcards_and_bad_names() -> None:
 
 
 PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+KEY = "-----BEGIN PUBLIC KEY-----\nMCow\n-----END PUBLIC KEY-----\n"
 
 
 def test_bundle_public_material_over_tls_only() -> None:
     ok = identity.Bundle(thing="dev-a", broker_url="mqtts://mqtt.example.com:8883",
-                         ca_pem=PEM, certificate_pem=PEM)
+                         ca_pem=PEM, certificate_pem=PEM,
+                         signing_key_pem=KEY)
     assert set(ok.to_dict()) == {"apiVersion", "kind", "thing", "brokerUrl", "caPem",
-                                 "certificatePem"}
+                                 "certificatePem", "signingKeyPem"}
     for url in ("mqtt://h:1883", "mqtts://", "https://h", "mqtts://u:p@h:1"):
         with pytest.raises(pydantic.ValidationError):
-            identity.Bundle(thing="dev-a", broker_url=url, ca_pem=PEM, certificate_pem=PEM)
+            identity.Bundle(thing="dev-a", broker_url=url, ca_pem=PEM, certificate_pem=PEM,
+                            signing_key_pem=KEY)
     with pytest.raises(pydantic.ValidationError):
         identity.Bundle(thing="dev-a", broker_url="mqtts://h", ca_pem=PEM,
-                        certificate_pem=PEM + "-----BEGIN PRIVATE KEY-----\n")
+                        certificate_pem=PEM + "-----BEGIN PRIVATE KEY-----\n",
+                        signing_key_pem=KEY)
 
 
 def test_expiry_condition() -> None:

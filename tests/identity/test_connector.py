@@ -46,7 +46,7 @@ def test_valid_desired_document_is_written_atomically(fleet: Fleet) -> None:
     dev = fleet.device("dev-a")
     controller = fleet.controller()
     doc = desired("dev-a")
-    controller.publish(topic("dev-a", "desired"), documents.render_bytes(doc), retain=True)
+    controller.publish(topic("dev-a", "desired"), fleet.seal(doc), retain=True)
     conn = fleet.connector(dev)
     target = Layout(fleet.root("dev-a")).desired_file
     wait_for(lambda: target.exists(), what="desired.json")
@@ -56,7 +56,7 @@ def test_valid_desired_document_is_written_atomically(fleet: Fleet) -> None:
     assert [p.name for p in target.parent.iterdir()] == ["desired.json"]  # no temp files
     # A new revision replaces it; the same one again is not rewritten.
     doc2 = desired("dev-a", "1.1.0")
-    controller.publish(topic("dev-a", "desired"), documents.render_bytes(doc2), retain=True)
+    controller.publish(topic("dev-a", "desired"), fleet.seal(doc2), retain=True)
     wait_for(lambda: conn.stats.written == 2, what="second document")
     assert documents.DesiredState.model_validate_json(target.read_bytes()) == doc2
 
@@ -65,15 +65,16 @@ def test_tampered_and_foreign_documents_are_rejected(fleet: Fleet) -> None:
     dev = fleet.device("dev-a")
     controller = fleet.controller()
     good = documents.render_bytes(desired("dev-a"))
-    controller.publish(topic("dev-a", "desired"), good, retain=True)
+    controller.publish(topic("dev-a", "desired"), fleet.seal(good), retain=True)
     conn = fleet.connector(dev)
     target = Layout(fleet.root("dev-a")).desired_file
     wait_for(lambda: conn.stats.written == 1, what="the good document")
 
     tampered = json.loads(good)
     tampered["components"][0]["version"] = "6.6.6"  # revision no longer matches
-    foreign = documents.render_bytes(desired("dev-b", "2.0.0"))
-    for n, payload in enumerate([json.dumps(tampered).encode(), foreign, b"{not json"], 1):
+    foreign = fleet.seal(desired("dev-b", "2.0.0"))  # signed, but for another thing
+    for n, payload in enumerate([fleet.seal(json.dumps(tampered).encode()), foreign,
+                                 b"{not json"], 1):
         controller.publish(topic("dev-a", "desired"), payload, retain=True)
         wait_for(lambda n=n: conn.stats.rejected == n,  # type: ignore[misc]
                  what=f"rejection {n}")
@@ -125,7 +126,7 @@ def test_offline_keeps_only_the_latest_and_sends_it_on_reconnect(fleet: Fleet) -
     dev = fleet.device("dev-a")
     controller = fleet.controller()
     desired_doc = documents.render_bytes(desired("dev-a"))
-    controller.publish(topic("dev-a", "desired"), desired_doc, retain=True)
+    controller.publish(topic("dev-a", "desired"), fleet.seal(desired_doc), retain=True)
     conn = fleet.connector(dev, heartbeat_s=3600)
     root = fleet.root("dev-a")
     write_status(root, status("dev-a", 1))
@@ -158,10 +159,8 @@ def test_offline_keeps_only_the_latest_and_sends_it_on_reconnect(fleet: Fleet) -
 def test_a_device_reaches_only_its_own_topics(fleet: Fleet) -> None:
     dev_a, dev_b = fleet.device("dev-a"), fleet.device("dev-b")
     controller = fleet.controller()
-    controller.publish(topic("dev-a", "desired"), documents.render_bytes(desired("dev-a")),
-                       retain=True)
-    controller.publish(topic("dev-b", "desired"), documents.render_bytes(desired("dev-b")),
-                       retain=True)
+    controller.publish(topic("dev-a", "desired"), fleet.seal(desired("dev-a")), retain=True)
+    controller.publish(topic("dev-b", "desired"), fleet.seal(desired("dev-b")), retain=True)
     # dev-a's certificate, trying everything, even with dev-b's client id.
     spy = fleet.client(dev_a, client_id="dev-b")
     for t in (topic("dev-b", "desired"), "hedgerow/things/+/desired", "#"):
@@ -193,8 +192,8 @@ def test_client_id_cannot_take_over_another_session(fleet: Fleet) -> None:
 
 
 def test_unknown_certificate_cannot_connect(fleet: Fleet, tmp_path: object) -> None:
-    fleet.controller().publish(topic("dev-a", "desired"),
-                               documents.render_bytes(desired("dev-a")), retain=True)
+    fleet.controller().publish(topic("dev-a", "desired"), fleet.seal(desired("dev-a")),
+                               retain=True)
     rogue = pki.FleetCA.create(fleet.dir / "rogue-ca")
     dev = fleet.device("dev-a", ca=rogue)
     # The device trusts the real broker (the real fleet CA) but presents a rogue cert.

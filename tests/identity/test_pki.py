@@ -106,9 +106,12 @@ def test_tampered_csr_signature_refused(ca: pki.FleetCA) -> None:
 
 
 def bundle(ca: pki.FleetCA, thing: str, cert: x509.Certificate) -> bytes:
+    assert ca.directory is not None
+    signer, _ = pki.signing_key_of(ca.directory)
     return core_identity.Bundle(
         thing=thing, broker_url="mqtts://127.0.0.1:8883", ca_pem=ca.pem,
-        certificate_pem=pki.cert_pem(cert).decode()).model_dump_json(by_alias=True).encode()
+        certificate_pem=pki.cert_pem(cert).decode(),
+        signing_key_pem=signer.public_pem).model_dump_json(by_alias=True).encode()
 
 
 def test_install_bundle_checks_everything(ca: pki.FleetCA, tmp_path: Path) -> None:
