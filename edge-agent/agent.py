@@ -474,8 +474,8 @@ class Agent:
                 self.transition(rec, Event.EXITED_OK, f"run skipped ({skip})")
                 return
             _proc, ref = await self.runtime.spawn(rec, comp, "run", life.run, script, env)
-        except (recipe.RecipeVariableError, OSError, KeyError, cgroups_.LimitError) as exc:
-            self.transition(rec, Event.FAILED, f"run: {exc}")
+        except Exception as exc:  # cannot start (a NUL byte, no such user …): ERRORED
+            self.transition(rec, Event.FAILED, f"run could not start: {exc}")
             return
         rec.process = ref
         self.transition(rec, Event.STARTED, f"pid {ref.pid}")
@@ -656,7 +656,8 @@ class Agent:
 
         self.layout.ensure()
         self.adopt()
-        await asyncio.to_thread(self.runtime.warm_up)
+        await asyncio.to_thread(self.runtime.warm_up, [
+            r.process.marker for r in self.records.values() if r.process is not None])
         server = await control.serve(self)
         watcher = asyncio.create_task(self._watch_files())
         self.containers.start(asyncio.get_running_loop())
