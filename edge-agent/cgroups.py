@@ -76,17 +76,33 @@ class Cgroups:
         return {h: self._path(h, name) for h in self._hierarchies()
                 if memory or h != "memory"}
 
-    def create(self, name: str,
-               limits: deployment.SystemResourceLimits | None) -> str | None:
-        """The cgroup a process of component `name` joins (`attach`): its own, with these
-        limits; None without a writable cgroupfs."""
+    def name_for(self, name: str,
+                 limits: deployment.SystemResourceLimits | None) -> str | None:
+        """The cgroup a process of component `name` joins: its own; None without a
+        writable cgroupfs. No I/O: the agent's loop asks, its mover thread `make`s."""
         limited = bool(limits and (limits.memory or limits.cpus))
         if self.version is None:
             if limited:
                 raise LimitError("resource limits need a writable cgroup filesystem")
             return None
+        if limits and limits.memory:
+            resolve_bytes(limits.memory)  # a bad quantity fails the start, not the move
+        return name
+
+    def create(self, name: str,
+               limits: deployment.SystemResourceLimits | None) -> str | None:
+        """`name_for`, made (`make`)."""
+        found = self.name_for(name, limits)
+        if found is not None:
+            self.make(found, limits)
+        return found
+
+    def make(self, name: str, limits: deployment.SystemResourceLimits | None) -> None:
+        """Make the component's cgroup with these limits (once: later calls with no
+        limits cost nothing)."""
+        limited = bool(limits and (limits.memory or limits.cpus))
         if not limited and name in self._made and self._made[name] is None:
-            return name  # made already, nothing to write
+            return  # made already, nothing to write
         if self.version == 2:
             self._enable_v2_controllers()
         memory = resolve_bytes(limits.memory) if limits and limits.memory else None
@@ -119,7 +135,6 @@ class Cgroups:
                 (cpu / "cpu.cfs_period_us").write_text(str(_PERIOD_US))
             (cpu / "cpu.cfs_quota_us").write_text(str(quota) if quota else "-1")
         self._made[name] = limits if limited else None
-        return name
 
     def _enable_v2_controllers(self) -> None:
         parts = pathlib.PurePosixPath(self.group).parts
@@ -132,10 +147,15 @@ class Cgroups:
     def exists(self, name: str) -> bool:
         return any(path.is_dir() for path in self._dirs(name).values())
 
-    def attach(self, name: str, pid: int) -> None:
-        """Move process `pid` (a step at its gate) into `name`. Back to back a move costs
-        ~0.03 ms; the first after a quiet spell waits for an RCU grace period, ~7.5 ms
-        on the test machine (`python -m bench cgroup_moves`; see process.py)."""
+    def attach(self, name: str, pid: int,
+               limits: deployment.SystemResourceLimits | None = None) -> None:
+        """Move process `pid` (a step at its gate) into `name`, made first if it is not
+        (with `limits`). Back to back a move costs ~0.03 ms; the first after a quiet
+        spell waits for an RCU grace period, ~7.5 ms on the test machine
+        (`python -m bench cgroup_moves`; see process.py)."""
+        wanted = limits if limits and (limits.memory or limits.cpus) else None
+        if name not in self._made or self._made[name] != wanted or wanted is not None:
+            self.make(name, limits)  # first start, or limits (written at every start)
         limits = self._made.get(name)
         memory = self.version == 2 or bool(limits and limits.memory)
         for attempt in (1, 2):
@@ -153,7 +173,7 @@ class Cgroups:
                 # Removed behind our back (another agent's start-up sweep): made again,
                 # with the limits it had.
                 self._made.pop(name, None)
-                self.create(name, limits)
+                self.make(name, limits)
 
     def pids(self, name: str) -> set[int]:
         dirs = list(self._dirs(name).values())

@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterable, Mapping
 from hedgerow.agent import cgroups as cgroups_
 from hedgerow.agent import fsguard, records
 from hedgerow.agent.layout import Layout
-from hedgerow.core import component, documents
+from hedgerow.core import component, deployment, documents
 
 log = logging.getLogger("hedgerow.agent")
 DEFAULT_TIMEOUTS: Mapping[str, float | None] = {
@@ -158,6 +158,7 @@ class _Launch:
     argv: list[str]
     env: dict[str, str]
     cgroup: str | None
+    limits: deployment.SystemResourceLimits | None
     gated: bool  # waits for a byte on fd 3 (hedgerow-gate, or the shell when in a cgroup)
     log_path: str
     ref: records.ProcessRef  # pid 0 until launched
@@ -362,7 +363,7 @@ class ProcessRuntime:
         if gate is None:  # else hedgerow-gate makes it, past the agent's pass
             self.prepare_work(comp, identity)
         limits = comp.run_with.system_resource_limits if comp.run_with else None
-        cgroup = self.cgroups.create(comp.name, limits)
+        cgroup = self.cgroups.name_for(comp.name, limits)  # made by the mover thread
         marker = f"{record.instance or 'x'}.{uuid.uuid4().hex[:16]}"
         work = self.layout.work_of(comp.name)
         environ, exports = self.environment(record, comp, env, identity, marker), ""
@@ -385,7 +386,7 @@ class ProcessRuntime:
                     "--clear-groups", "--", "/bin/sh", "-c", inner]
         else:
             argv = ["/bin/sh", "-c", inner]
-        return _Launch(argv, environ, cgroup, gate_in_shell or gate is not None,
+        return _Launch(argv, environ, cgroup, limits, gate_in_shell or gate is not None,
                        str(self.layout.log_of(comp.name)),
                        records.ProcessRef(pid=0, start_time=0, marker=marker, step=step_name))
 
@@ -395,7 +396,7 @@ class ProcessRuntime:
         results, placing = self._spawn_batch([la for la, _ in launches])
         for (launch, done), result in zip(launches, results, strict=True):
             self._settle(launch, done, result)
-        if any(cgroup for _, cgroup, _ in placing):
+        if any(launch.cgroup for _, launch, _ in placing):
             if self._mover is None:
                 self._mover = concurrent.futures.ThreadPoolExecutor(
                     1, thread_name_prefix="cgroup-mover")
@@ -432,11 +433,11 @@ class ProcessRuntime:
                     entry.unlink(missing_ok=True)
 
     def _spawn_batch(self, batch: list[_Launch]) -> tuple[
-            list[tuple[int, int] | Exception], list[tuple[int, str | None, int]]]:
+            list[tuple[int, int] | Exception], list[tuple[int, _Launch, int]]]:
         """posix_spawn every step; per step (pid, log read end) or what stopped it, and
-        what `_place` must do: (pid, cgroup, gate write end)."""
+        what `_place` must do: (pid, launch, gate write end)."""
         results: list[tuple[int, int] | Exception] = []
-        placing: list[tuple[int, str | None, int]] = []
+        placing: list[tuple[int, _Launch, int]] = []
         for launch in batch:
             try:
                 pid, log_r, gate_w = self._spawn_process(launch)
@@ -447,22 +448,23 @@ class ProcessRuntime:
                 continue
             results.append((pid, log_r))
             if gate_w >= 0:
-                placing.append((pid, launch.cgroup, gate_w))
+                placing.append((pid, launch, gate_w))
         return results, placing
 
-    def _place(self, placing: list[tuple[int, str | None, int]]) -> None:
-        """Move each gated step into its cgroup, then open all their gates together (a
-        step's own start-up does not take the CPU from the moves of the rest). One that
-        cannot be placed has its gate closed: it exits 125 there, having run nothing.
-        System calls only (no shared state): safe on the mover thread."""
+    def _place(self, placing: list[tuple[int, _Launch, int]]) -> None:
+        """Move each gated step into its cgroup (made at its first start), then open all
+        their gates together (a step's own start-up does not take the CPU from the moves
+        of the rest). One that cannot be placed has its gate closed: it exits 125 there,
+        having run nothing. System calls and the cgroups' own table only: safe on the
+        mover thread."""
         opened = []
-        for pid, cgroup, gate_w in placing:
-            if cgroup is not None:
+        for pid, launch, gate_w in placing:
+            if launch.cgroup is not None:
                 try:
-                    self.cgroups.attach(cgroup, pid)
-                except OSError as exc:
-                    log.error("pid %d cannot be put into the cgroup of %s, so it does not "
-                              "run: %s", pid, cgroup, exc)
+                    self.cgroups.attach(launch.cgroup, pid, launch.limits)
+                except (OSError, cgroups_.LimitError) as exc:
+                    log.error("%s: pid %d cannot be put into its cgroup, so it does not "
+                              "run: %s", launch.cgroup, pid, exc)
                     os.close(gate_w)
                     continue
             opened.append(gate_w)
