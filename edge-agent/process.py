@@ -39,6 +39,7 @@ import shlex
 import shutil
 import signal
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -431,6 +432,10 @@ class ProcessRuntime:
             for entry in self.layout.exits.iterdir():
                 if entry.name not in keep:
                     entry.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # work folders a removal left half deleted
+            for trash in self.layout.work.glob(".removed-*"):
+                threading.Thread(target=shutil.rmtree, args=(trash, True), daemon=True,
+                                 name="work-remover").start()
 
     def _spawn_batch(self, batch: list[_Launch]) -> tuple[
             list[tuple[int, int] | Exception], list[tuple[int, _Launch, int]]]:
@@ -702,9 +707,19 @@ class ProcessRuntime:
                 self.children.pop(pid, None)
 
     def remove(self, name: str) -> None:
-        """The component's work folder (rmtree walks by descriptor: a link in it is
-        removed, never followed) and its cgroup, once the kernel lets it go."""
-        shutil.rmtree(self.layout.work_of(name), ignore_errors=True)
+        """The component's work folder and its cgroup, once the kernel lets it go. The
+        folder is renamed out of the way at once (work/ is root's: the name is the
+        agent's) and deleted by a thread: a component may have left a million files,
+        and the loop must not wait for them (rmtree walks by descriptor and never
+        follows a link). What a crash interrupts, the next start finishes."""
+        trash = self.layout.work / f".removed-{uuid.uuid4().hex[:12]}"
+        try:
+            self.layout.work_of(name).rename(trash)
+        except FileNotFoundError:
+            pass
+        else:
+            threading.Thread(target=shutil.rmtree, args=(trash, True), daemon=True,
+                             name="work-remover").start()
         self._verified.pop(name, None)
         if not self.cgroups.remove(name):
             self._doomed[name] = 50

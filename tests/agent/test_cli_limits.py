@@ -36,8 +36,8 @@ def test_component_list_details_stop_restart(agent: AgentProcess) -> None:
     assert details["limits"]["cpu.cfs_quota_us"] == "50000"
     assert "token" not in json.dumps(details).lower()
     pid = details["pid"]
-    cgroup = pathlib.Path(f"/proc/{pid}/cgroup").read_text()
-    assert f"memory:/hedgerow/{THING}/a" in cgroup
+    wait_for(lambda: f"memory:/hedgerow/{THING}/a" in pathlib.Path(
+        f"/proc/{pid}/cgroup").read_text(), 5, "a in its memory cgroup")
     assert agent.cli("component", "stop", "a").returncode == 0
     agent.wait_states({"a": "INSTALLED"})
     assert agent.cli("component", "restart", "a").returncode == 0
@@ -90,8 +90,10 @@ def test_each_component_has_its_own_cgroup_and_stop_finds_daemons(
     agent.wait_states({"a": "RUNNING", "b": "RUNNING"})
     a_pid = agent.record("a")["process"]["pid"]
     b_pid = agent.record("b")["process"]["pid"]
-    assert _cpu_cgroup(a_pid) == f"/hedgerow/{THING}/a"
-    assert _cpu_cgroup(b_pid) == f"/hedgerow/{THING}/b"  # the thing weighs as one, vs the agent
+    # RUNNING means spawned: the agent's mover thread puts each into its cgroup (off the
+    # loop) before its gate opens.
+    wait_for(lambda: _cpu_cgroup(a_pid) == f"/hedgerow/{THING}/a", 5, "a in its cgroup")
+    wait_for(lambda: _cpu_cgroup(b_pid) == f"/hedgerow/{THING}/b", 5, "b in its cgroup")
     assert pathlib.Path(f"/sys/fs/cgroup/memory/hedgerow/{THING}/a").is_dir()
     assert not pathlib.Path(f"/sys/fs/cgroup/memory/hedgerow/{THING}/b").exists()
     daemon_file = agent.root / "work" / "b" / "daemon.pid"
@@ -117,6 +119,8 @@ def test_a_large_batch_lands_in_their_cgroups_and_the_agent_stays_out(
     agent.deploy(*(rc(n) for n in names))
     agent.wait_states(dict.fromkeys(names, "RUNNING"))
     for name in names:
-        assert _cpu_cgroup(agent.record(name)["process"]["pid"]) == f"/hedgerow/{THING}/{name}"
+        pid = agent.record(name)["process"]["pid"]
+        wait_for(lambda p=pid, n=name: _cpu_cgroup(p) == f"/hedgerow/{THING}/{n}", 5,
+                 f"{name} in its cgroup")
     assert agent.proc is not None
     assert _cpu_cgroup(agent.proc.pid) == _cpu_cgroup(os.getpid())  # where it was started

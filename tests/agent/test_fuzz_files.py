@@ -42,6 +42,7 @@ ACTIONS = [
     "ln -sf {v}/victim $HEDGEROW_ROOT/logs/$HEDGEROW_COMPONENT.log",
     "head -c 200000 /dev/zero | tr '\\0' x",
     "exec 0</dev/null; setsid env -i /bin/sleep 300 &",
+    "mkdir many; cd many; seq 3000 | xargs touch; cd ..",
 ]
 
 
@@ -114,7 +115,7 @@ def test_hostile_files_never_hang_crash_or_leak_the_agent(agent: AgentProcess) -
     agent.deploy()
     wait_for(lambda: agent.states() == {}, 30, "every component removed")
     wait_for(lambda: not pids_with_marker(agent.root), 15, "no component process left")
-    assert not list((agent.root / "work").iterdir())
+    wait_for(lambda: not list((agent.root / "work").iterdir()), 10, "work folders deleted")
     wait_for(lambda: not [p for p in pathlib.Path(f"/sys/fs/cgroup/cpu/hedgerow/{THING}")
                           .glob("*") if p.is_dir()], 10, "no component cgroup left")
     _check(agent, victim, "the end")
