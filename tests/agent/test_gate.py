@@ -265,3 +265,35 @@ def test_a_recipe_environment_never_loads_code_into_root(
     agent.wait_states({"a": "RUNNING"})
     wait_for(lambda: notes.read_text().strip() != "", 5, "the step to load the library")
     assert set(notes.read_text().split()) == {f"uid={NOBODY.pw_uid}"}
+
+
+@pytest.mark.parametrize(("script", "code"), [("exit 7", 7), ("kill -TERM $$", 143),
+                                              ("exec true", 0)])
+def test_its_root_half_records_the_exit_code_the_step_cannot_forge(
+    gate: pathlib.Path, work: pathlib.Path, script: str, code: int,
+) -> None:
+    exits = work.parent / "exits"
+    exits.mkdir(mode=0o700)  # root's, as state/exits: the step cannot reach it
+    proc = Gated(gate, str(NOBODY.pw_uid), str(NOBODY.pw_gid), str(work), str(exits / "m"),
+                 "/bin/sh", "-c", f"echo 0 > {exits}/m; {script}")
+    proc.open_gate()
+    got, _, err = proc.finish()
+    assert got == code
+    assert "Permission denied" in err  # the forged 0 never lands
+    assert (exits / "m").read_text() == f"{code}\n"
+    written = (exits / "m").stat()
+    assert (written.st_uid, written.st_mode & 0o777) == (0, 0o600)
+
+
+def test_its_root_half_never_writes_through_a_link(
+    gate: pathlib.Path, work: pathlib.Path,
+) -> None:
+    target = work.parent / "root-file"
+    target.write_text("root's\n")
+    link = work.parent / "exit-link"
+    link.symlink_to(target)
+    proc = Gated(gate, str(NOBODY.pw_uid), str(NOBODY.pw_gid), str(work), str(link),
+                 "/bin/sh", "-c", "exit 3")
+    proc.open_gate()
+    assert proc.finish()[0] == 3
+    assert target.read_text() == "root's\n"

@@ -6,6 +6,7 @@ are untouched, and the component fails with a clear reason or simply cannot."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import os
@@ -19,6 +20,7 @@ import zipfile
 import pydantic
 import pytest
 
+from hedgerow.agent import cgroups, layout, process, records
 from hedgerow.core import component
 
 from .conftest import THING, AgentProcess, pids_with_marker, rc, wait_for
@@ -349,3 +351,25 @@ def test_a_device_refuses_clashing_archives_and_names_an_escaping_archive(
     assert not list(agent.root.glob("**/escape"))
     assert not pids_with_marker(agent.root)
 
+
+
+def test_a_spawn_the_kernel_refuses_is_a_failed_step_not_an_exception(
+    agent_home: pathlib.Path,
+) -> None:
+    # Past every schema (a bug, a new way in): posix_spawn itself refuses the NUL.
+    lay = layout.Layout(agent_home / "root")
+    lay.ensure()
+    runtime = process.ProcessRuntime(lay, THING, cgroups.Cgroups(group=f"hedgerow/{THING}"))
+    comp = rc("c")
+    rec = records.Record(name="c", version="1.0.0", spec_hash="x", spec=comp.to_dict(),
+                         instance="i")
+    step = component.Step(script="true")
+
+    async def run() -> process.StepResult:
+        return await runtime.run_step(rec, comp, "install", step, "true",
+                                      {"BAD": "a\0b"}, None, lambda ref: None)
+
+    result = asyncio.run(run())
+    assert not result.ok
+    assert result.message.startswith("install could not start:")
+    assert "null" in result.message
