@@ -97,7 +97,7 @@ def test_each_component_has_its_own_cgroup_and_stop_finds_daemons(
     assert pathlib.Path(f"/sys/fs/cgroup/memory/hedgerow/{THING}/a").is_dir()
     assert not pathlib.Path(f"/sys/fs/cgroup/memory/hedgerow/{THING}/b").exists()
     daemon_file = agent.root / "work" / "b" / "daemon.pid"
-    wait_for(daemon_file.exists)
+    wait_for(lambda: daemon_file.exists() and daemon_file.read_text().strip(), 5, "daemon.pid")
     daemon = int(daemon_file.read_text())
     assert os.getsid(daemon) != os.getsid(b_pid)  # really outside the group and session
     assert _cpu_cgroup(daemon) == f"/hedgerow/{THING}/b"
