@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pathlib
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -35,9 +37,28 @@ def run() -> Iterator[harness.Figure]:
         total = sum(_pss_mb(p) for p in shims if _owned(p, agent))
         yield harness.Figure("logpipe_pss_mb_total", total, "MB", baseline,
                              "report only: one small log writer per batch of spawned steps")
+        gates = [p for p in _pids() if _is_gate(p, agent)]
+        yield harness.Figure("gate_pss_mb_total", sum(_pss_mb(p) for p in gates), "MB",
+                             baseline, f"report only: hedgerow-gate's root half, the parent "
+                             f"of each step ({len(gates)} of them)")
     finally:
         agent.close()
         idle.communicate(b"")
+
+
+def _pids() -> list[int]:
+    return [int(p.name) for p in pathlib.Path("/proc").iterdir() if p.name.isdigit()]
+
+
+def _is_gate(pid: int, agent: _agent.BenchAgent) -> bool:
+    """A hedgerow-gate still running as root for one of this agent's steps."""
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe")
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = f.read().split(b"\0")
+    except OSError:
+        return False
+    return exe.endswith("hedgerow-gate") and f"HEDGEROW_ROOT={agent.root}".encode() in environ
 
 
 def _owned(pid: int, agent: _agent.BenchAgent) -> bool:

@@ -27,6 +27,12 @@ History (same machine, 2 cores; p50 / p99 for 1 and 50 components):
                                          +6..+7 / +37..+39,   +3..+8 / +12..+35 ms
   same user the clock starts at the write (rendering untimed, the harness's GC off):
                                          +6 / +14..+18,       +3..+6 / +20..+26 ms
+  same user a cgroup per component (moved, and made at a first start, by a thread off
+            the loop; no more "born" in a shared one), hedgerow-gate stays the step's
+            parent (exit codes by root). Six runs alternating with the previous code on
+            a machine loaded by other work (medians, ranges):
+            previous  +8.8 (5.6..12.6) / +34 (22..134),  -4 (-17..+8) / +43 (22..137) ms
+            this      +8.1 (5.8..15.2) / +37 (23..124),  -25 (-41..-9) / +41 (-17..110) ms
 The clock starts at the write of desired.json (the document is rendered before, and
 the harness's garbage collector is off while it waits): the slowest of 100 rounds must
 be the agent's, not a pause of the benchmark's own.

@@ -4,11 +4,16 @@ behind the agent's choices in edge-agent/cgroups.py and process.py.
 - `move_tasks_ms`: moving one single-threaded process through `tasks`, back to back,
   vs `cgroup.procs` (baseline): the same, so the agent uses cgroup.procs on both versions;
 - `isolated_move_ms`: one move after a quiet spell (the kernel waits for an RCU grace
-  period), vs a back-to-back move (baseline) — why a few components are born in the
-  shared cgroup instead of being moved there;
+  period), vs a back-to-back move (baseline) — why the agent moves processes on a
+  thread of its own, off its loop, and opens a batch's gates together;
 - `spawn50_moved_ms`: 50 components' shells (setpriv -> sh, behind a gate) spawned and
   moved into one shared cpu cgroup, vs the same spawned and left where the spawner is
-  (baseline) — why all of a thing's components share a cgroup that weighs like the agent.
+  (baseline);
+- `spawn50_own_cgroups_ms`: the same 50, each moved into a cgroup of its own made for
+  it (what the agent does since removal must find every process a component started),
+  vs all moved into one shared cgroup (baseline), alternating in the same run;
+- `own_cgroup_make_remove_ms`: making one component's cgroup and removing it (once per
+  component, not per start), vs one back-to-back move (baseline).
 Report only: no targets.
 """
 
@@ -22,7 +27,7 @@ import signal
 import statistics
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from bench import harness
 from hedgerow.agent import cgroups
@@ -30,21 +35,21 @@ from hedgerow.agent import cgroups
 _SCRIPT = "read -r _ <&3 || exit 125\nexec 3<&-\ntrap 'echo $? >/dev/null' EXIT\nsleep 600"
 
 
-def _spawn(n: int, group: cgroups.Cgroups | None) -> tuple[float, list[int]]:
-    """Seconds to spawn n gated shells as nobody (moving each into `group`'s shared
-    cgroup when given), and their pids."""
+def _spawn(n: int, place: Callable[[int, int], None] | None) -> tuple[float, list[int]]:
+    """Seconds to spawn n gated shells as nobody (each placed by `place(i, pid)` when
+    given), and their pids."""
     setpriv = shutil.which("setpriv") or "setpriv"
     argv = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--",
             "/bin/sh", "-c", _SCRIPT]
     pids = []
     start = time.perf_counter()
-    for _ in range(n):
+    for i in range(n):
         gate_r, gate_w = os.pipe()
         pid = os.posix_spawn(argv[0], argv, {"PATH": "/usr/bin:/bin"}, setsid=True,
                              file_actions=[(os.POSIX_SPAWN_DUP2, gate_r, 3)])
         os.close(gate_r)
-        if group is not None:
-            group.attach(cgroups.SHARED, pid)
+        if place is not None:
+            place(i, pid)
         os.write(gate_w, b"\n")
         os.close(gate_w)
         pids.append(pid)
@@ -72,8 +77,8 @@ def run() -> Iterator[harness.Figure]:
     if group.version != 1 or os.geteuid() != 0:
         print("cgroup_moves: needs root and cgroup v1; nothing measured")
         return
-    group.create(cgroups.SHARED, None)
-    shared = group.base / "cpu" / group.group / cgroups.SHARED
+    group.create("shared", None)
+    shared = group.base / "cpu" / group.group / "shared"
     root = group.base / "cpu"
     sleepers = [os.posix_spawn("/bin/sleep", ["sleep", "600"], {}, setsid=True)
                 for _ in range(40)]
@@ -94,23 +99,46 @@ def run() -> Iterator[harness.Figure]:
         yield harness.Figure("isolated_move_ms", statistics.median(isolated), "ms",
                              statistics.median(warm),
                              "report only (baseline: a move right after another)")
-        moved, left = [], []
-        for _ in range(3):
-            took, pids = _spawn(50, group)
-            moved.append(took * 1000)
-            time.sleep(0.3)
-            _kill(pids)
-            took, pids = _spawn(50, None)
-            left.append(took * 1000)
-            time.sleep(0.3)
-            _kill(pids)
+
+        def into_shared(_i: int, pid: int) -> None:
+            group.attach("shared", pid)
+
+        def into_own(i: int, pid: int) -> None:
+            group.create(f"c{i}", None)
+            group.attach(f"c{i}", pid)
+
+        moved: list[float] = []
+        left: list[float] = []
+        own: list[float] = []
+        for _ in range(3):  # alternating, so a busy spell of the machine hits all three
+            for place, out in ((into_shared, moved), (None, left), (into_own, own)):
+                took, pids = _spawn(50, place)
+                out.append(took * 1000)
+                time.sleep(0.3)
+                _kill(pids)
+                for i in range(50):
+                    wait_removed = time.monotonic() + 5
+                    while not group.remove(f"c{i}") and time.monotonic() < wait_removed:
+                        time.sleep(0.01)
         yield harness.Figure("spawn50_moved_ms", statistics.median(moved), "ms",
                              statistics.median(left),
                              "report only (baseline: the same shells, not moved)")
+        yield harness.Figure("spawn50_own_cgroups_ms", statistics.median(own), "ms",
+                             statistics.median(moved),
+                             "report only (baseline: all 50 moved into one shared cgroup)")
+        made = []
+        for i in range(20):
+            start = time.perf_counter()
+            group.create(f"m{i}", None)
+            group.remove(f"m{i}")
+            made.append((time.perf_counter() - start) * 1000)
+        yield harness.Figure("own_cgroup_make_remove_ms", statistics.median(made), "ms",
+                             statistics.median(warm),
+                             "report only (baseline: one back-to-back move)")
     finally:
         _kill(sleepers)
-        group.remove(cgroups.SHARED)
-        for path in (shared, shared.parent, shared.parent.parent):
+        group.remove("shared")
+        for path in (shared.parent, shared.parent.parent):
             with contextlib.suppress(OSError):
                 path.rmdir()
 

@@ -7,6 +7,7 @@ manifest wins, as in Greengrass.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 import pydantic
@@ -15,8 +16,47 @@ from hedgerow.core import base, semver
 
 SHA256 = r"^[a-f0-9]{64}$"
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# The C0 controls and DEL. No argument, environment entry or path can carry a NUL (the
+# kernel ends a string there: posix_spawn refuses it); in a name or a path the others
+# are never meant and only hide what a line of a log or a listing says.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar", ".zip")
 
-Env = Annotated[dict[str, str], pydantic.Field(description="Environment variables.")]
+
+def _no_nul(value: str) -> str:
+    if "\0" in value:
+        raise ValueError(f"holds a NUL byte at offset {value.index(chr(0))}: no program "
+                         "argument or environment value can carry one")
+    return value
+
+
+def _no_control(value: str) -> str:
+    found = _CONTROL.search(value)
+    if found:
+        raise ValueError(f"holds the control character {found.group()!r} at offset "
+                         f"{found.start()}")
+    return value
+
+
+def _env_names(env: dict[str, str]) -> dict[str, str]:
+    """An environment entry is NAME=VALUE: a name cannot hold '=' (nor be empty), and
+    neither can hold a NUL; a value may span lines (the kernel carries that)."""
+    for name, value in env.items():
+        if not name or "=" in name or _CONTROL.search(name):
+            raise ValueError(f"{name!r} is not an environment variable name (empty, or "
+                             "holds '=' or a control character)")
+        try:
+            _no_nul(value)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+    return env
+
+
+# What reaches a process as an argument or as its environment: no NUL.
+Text = Annotated[str, pydantic.AfterValidator(_no_nul)]
+# A name or a path: no control characters at all.
+Name = Annotated[str, pydantic.AfterValidator(_no_control)]
+Env = Annotated[dict[str, str], pydantic.AfterValidator(_env_names)]
 
 
 class DependencyType(base.StrEnum):
@@ -42,17 +82,23 @@ class Dependency(base.Model):
 class Step(base.Model):
     """One lifecycle step: a shell script run with /bin/sh -c."""
 
-    script: Annotated[str, pydantic.Field(min_length=1, max_length=65536)]
+    script: Annotated[str, pydantic.Field(min_length=1, max_length=65536),
+                      pydantic.AfterValidator(_no_nul)]
     timeout_seconds: Annotated[int | None, pydantic.Field(
         default=None, ge=1, description="Defaults: install 120, startup 120, shutdown 15, "
         "recover 60, run none.",
     )]
-    setenv: Annotated[dict[str, str], pydantic.Field(default_factory=dict)]
+    setenv: Annotated[Env, pydantic.Field(default_factory=dict)]
     skip_if: Annotated[str | None, pydantic.Field(
         default=None, pattern=r"^(onpath|exists) \S.*$",
         description="'onpath CMD' skips when CMD is on PATH; 'exists FILE' when FILE exists.",
     )]
     requires_privilege: bool = False
+
+    @pydantic.field_validator("skip_if")
+    @classmethod
+    def _skip_if_text(cls, value: str | None) -> str | None:
+        return None if value is None else _no_control(value)
 
 
 class Lifecycle(base.Model):
@@ -61,7 +107,7 @@ class Lifecycle(base.Model):
          "message": "a lifecycle has either startup or run, not both"},
     ]})
 
-    setenv: Annotated[dict[str, str], pydantic.Field(default_factory=dict)]
+    setenv: Annotated[Env, pydantic.Field(default_factory=dict)]
     install: Step | None = None
     startup: Step | None = None
     run: Step | None = None
@@ -93,7 +139,8 @@ class Permission(base.Model):
 
 
 class Artifact(base.Model):
-    uri: Annotated[str, pydantic.Field(pattern=r"^(file|https?)://\S+$", max_length=2048)]
+    uri: Annotated[str, pydantic.Field(pattern=r"^(file|https?)://\S+$", max_length=2048),
+                   pydantic.AfterValidator(_no_control)]
     sha256: Annotated[str | None, pydantic.Field(
         default=None, pattern=SHA256,
         description="Hex digest; verified before use. Required for http(s) URIs.",
@@ -105,17 +152,32 @@ class Artifact(base.Model):
     def _remote_needs_digest(self) -> Artifact:
         if self.uri.startswith(("http://", "https://")) and self.sha256 is None:
             raise ValueError("an http(s) artifact needs a sha256 digest")
+        if self.filename in ("", ".", "..") or (
+                self.unarchive is not Unarchive.NONE and self.folder in ("", ".", "..")):
+            raise ValueError(f"{self.uri}: names no file (its last path segment is the "
+                             "file's name on the device, and an archive's folder)")
         return self
 
     @property
     def filename(self) -> str:
         return self.uri.rstrip("/").rsplit("/", 1)[-1]
 
+    @property
+    def folder(self) -> str:
+        """Where an archive unpacks, under {artifacts:decompressedPath}: its file name
+        without the extension, as Greengrass does (recipes written for Greengrass name
+        `{artifacts:decompressedPath}/bundle/...` for bundle.zip)."""
+        for suffix in _ARCHIVE_SUFFIXES:
+            if self.filename.endswith(suffix):
+                return self.filename[: -len(suffix)]
+        return self.filename.rsplit(".", 1)[0]
+
 
 class ImageArchive(base.Model):
     """An image saved with `docker save`, loaded on devices that cannot reach a registry."""
 
-    uri: Annotated[str, pydantic.Field(pattern=r"^(file|https?)://\S+$", max_length=2048)]
+    uri: Annotated[str, pydantic.Field(pattern=r"^(file|https?)://\S+$", max_length=2048),
+                   pydantic.AfterValidator(_no_control)]
     sha256: Annotated[str, pydantic.Field(pattern=SHA256)]
 
 
@@ -129,13 +191,13 @@ class Port(base.Model):
 class Volume(base.Model):
     source: Annotated[str, pydantic.Field(
         min_length=1, description="An absolute host path (bind mount) or a volume name.",
-    )]
-    target: Annotated[str, pydantic.Field(pattern=r"^/")]
+    ), pydantic.AfterValidator(_no_control)]
+    target: Annotated[str, pydantic.Field(pattern=r"^/"), pydantic.AfterValidator(_no_control)]
     read_only: bool = False
 
 
 class HealthCheck(base.Model):
-    command: Annotated[list[str], pydantic.Field(min_length=1)]
+    command: Annotated[list[Text], pydantic.Field(min_length=1)]
     interval_seconds: Annotated[int, pydantic.Field(ge=1)] = 10
     timeout_seconds: Annotated[int, pydantic.Field(ge=1)] = 5
     retries: Annotated[int, pydantic.Field(ge=1)] = 3
@@ -150,15 +212,15 @@ class Container(base.Model):
         description="Image reference with a tag or digest.",
     )]
     image_archive: ImageArchive | None = None
-    command: list[str] | None = None
-    args: list[str] | None = None
-    env: Env = {}
+    command: list[Text] | None = None
+    args: list[Text] | None = None
+    env: Annotated[Env, pydantic.Field(description="Environment variables.")] = {}
     ports: list[Port] = []
     volumes: list[Volume] = []
     mount_ipc_socket: Annotated[bool, pydantic.Field(
         description="Bind-mount the agent's IPC socket so the container can use IPC.",
     )] = False
-    user: str | None = None
+    user: Name | None = None
     read_only_root_filesystem: bool = False
     health_check: HealthCheck | None = None
     requires_privilege: Annotated[bool, pydantic.Field(
@@ -189,7 +251,32 @@ class Manifest(base.Model):
     def _one_runtime(self) -> Manifest:
         if (self.lifecycle is None) == (self.container is None):
             raise ValueError("a manifest has exactly one of lifecycle (a process) or container")
+        clash = resolve_artifact_clash(self.artifacts)
+        if clash:
+            raise ValueError(clash)
         return self
+
+
+def resolve_artifact_clash(artifacts: list[Artifact]) -> str | None:
+    """Two artifacts may not land on one name: not one file in {artifacts:path}, not one
+    folder in {artifacts:decompressedPath} (bundle.zip and bundle.tar.gz both unpack to
+    bundle/, as in Greengrass: which one a recipe meant cannot be guessed, and skipping
+    the second would run the recipe against the wrong files). The problem, or None."""
+    files: dict[str, str] = {}
+    folders: dict[str, str] = {}
+    for artifact in artifacts:
+        other = files.setdefault(artifact.filename, artifact.uri)
+        if other != artifact.uri:
+            return (f"artifacts {other} and {artifact.uri} have the same file name "
+                    f"{artifact.filename!r} in {{artifacts:path}}: rename one")
+        if artifact.unarchive is Unarchive.NONE:
+            continue
+        other = folders.setdefault(artifact.folder, artifact.uri)
+        if other != artifact.uri:
+            return (f"archives {other} and {artifact.uri} would both unpack to "
+                    f"{{artifacts:decompressedPath}}/{artifact.folder}/ (the folder is the "
+                    "file name without its extension, as in Greengrass): rename one")
+    return None
 
 
 class ComponentSpec(base.Model):

@@ -91,10 +91,26 @@ def _replace(match: re.Match[str], context: Context) -> str:
         "DEPENDENCY:configuration:/pointer, DEPENDENCY:artifacts:path)")
 
 
+def _replace_checked(match: re.Match[str], context: Context) -> str:
+    value = _replace(match, context)
+    if "\0" in value:  # configuration is free-form JSON; a script or variable is not
+        raise RecipeVariableError(
+            f"{match.group(0)}: the value holds a NUL byte, which no script or "
+            "environment variable can carry")
+    return value
+
+
 def render_text(text: str, context: Context) -> str:
-    """Every placeholder in `text` replaced; the first unknown one raises."""
-    return _PLACEHOLDER.sub(lambda m: _replace(m, context), text)
+    """Every placeholder in `text` replaced; the first unknown one raises, and so does a
+    value no process could be given (a NUL byte)."""
+    return _PLACEHOLDER.sub(lambda m: _replace_checked(m, context), text)
 
 
 def render_env(env: Mapping[str, str], context: Context) -> dict[str, str]:
-    return {name: render_text(value, context) for name, value in env.items()}
+    out = {}
+    for name, value in env.items():
+        try:
+            out[name] = render_text(value, context)
+        except RecipeVariableError as exc:
+            raise RecipeVariableError(f"setenv {name}: {exc}") from None
+    return out

@@ -561,11 +561,14 @@ class Agent:
                 self._retry_spawn_at = self.clock() + 2.0
                 self.trouble("spawn", f"cannot start components: {exc}")
                 return
-            self.transition(rec, Event.FAILED, f"run: {exc}")
+            self.transition(rec, Event.FAILED, f"run could not start: {exc}")
             return
         except (recipe.RecipeVariableError, PrivilegeError, KeyError,
                 cgroups_.LimitError) as exc:
             self.transition(rec, Event.FAILED, f"run: {exc}")
+            return
+        except Exception as exc:  # cannot start (a NUL byte, no such user …): ERRORED
+            self.transition(rec, Event.FAILED, f"run could not start: {exc}")
             return
         self.untroubled("spawn")
         rec.process = ref
@@ -828,7 +831,8 @@ class Agent:
 
         self.layout.ensure()
         self.adopt()
-        await asyncio.to_thread(self.runtime.warm_up)
+        await asyncio.to_thread(self.runtime.warm_up, [
+            r.process.marker for r in self.records.values() if r.process is not None])
         server = await control.serve(self)
         watcher = asyncio.create_task(self.supervise("watching files", self._watch_files))
         self.containers.start(asyncio.get_running_loop())

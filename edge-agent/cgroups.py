@@ -1,26 +1,27 @@
 """Per-thing and per-component cgroups: CPU fairness, memory/CPU limits, and the
 inventory of a component's processes.
 
-Every component process runs inside hedgerow/<thing> (per thing: two agents on one
-machine never share a cgroup) from its first instruction: born there, or moved there
-while it waits at its gate (see process.py). That folder weighs, for the scheduler, as
-much as the agent itself: all components together, however many start at once or spin,
-cannot starve the agent's loop (each component is its own session, so without this
-every one of them would weigh as much as the agent).
+Every component process runs inside hedgerow/<thing>/<name> from its first instruction:
+moved there while it waits at its gate (see process.py). Its own cgroup is what finds
+everything it started, whatever it does with sessions, process groups and its
+environment (`setsid env -i daemon` leaves its group and drops the marker; it cannot
+leave a cgroup: that takes root). The thing's folder weighs, for the scheduler, as
+much as the agent itself: all components together, however many start at once or
+spin, cannot starve the agent's loop (the children share that weight).
 
-- A component with limits gets hedgerow/<thing>/<name>: the limits apply there, and the
-  folder lists everything it forked, including daemons that left its process group.
-- The others share the leaf hedgerow/<thing>/_shared (no component name starts with
-  "_"): a cgroup of their own costs more than spawning the process (~1 ms on v1), and
-  their process group plus the marker every descendant inherits find what they started
-  — Greengrass, too, uses cgroups only for limits. On v1 one thread of the agent (its
-  spawner) sits in the shared leaf's cpu cgroup, so what it spawns is born there; the
-  agent's other threads stay where the agent was started. Never kill by this leaf's
-  cgroup.procs: it lists the agent.
+- v1: the `cpu` hierarchy for every component (fairness and the inventory), `memory`
+  too when it has a memory limit; v2: one unified folder.
+- Cost (python -m bench cgroup_moves): making a cgroup once per component and moving
+  each process into it, against moving every process into one shared cgroup, is the
+  figure `own_cgroup_start_ms`. The move waits for an RCU grace period in the kernel
+  unless another came just before; the agent does it off its loop (process.py).
+- What the agent makes it removes: a component's folders when it is removed, and at
+  start every empty folder under hedgerow/ (left by removed components, things, or
+  earlier versions). A folder another agent still needs is made again on its next
+  use (`attach` re-creates a folder removed behind its back).
 
-cgroup v2 (unified) when the machine has it, v1 otherwise (memory + cpu hierarchies for
-limits, cpu alone for the shared leaf); without a writable cgroupfs (not root) limits
-are refused and components run where the agent runs.
+cgroup v2 (unified) when the machine has it, v1 otherwise; without a writable cgroupfs
+(not root) limits are refused and components run where the agent runs.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ import re
 from hedgerow.core import deployment
 
 _PERIOD_US = 100_000
-SHARED = "_shared"
 _UNITS = {"": 1, "k": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
           "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4}
 
@@ -59,38 +59,58 @@ class Cgroups:
             self.version = 1
         else:
             self.version = None
-        self._shared_made = False
+        # name -> the limits it was made with: made once, not per spawn (mkdir on
+        # cgroupfs is slow), and made again with them if removed behind our back.
+        self._made: dict[str, deployment.SystemResourceLimits | None] = {}
 
-    def _dirs(self, name: str) -> dict[str, pathlib.Path]:
-        if self.version == 2:
-            return {"unified": self.base / self.group / name}
-        if self.version == 1:
-            controllers = ("cpu",) if name == SHARED else ("memory", "cpu")
-            return {c: self.base / c / self.group / name for c in controllers}
-        return {}
+    def _hierarchies(self) -> tuple[str, ...]:
+        return {2: ("unified",), 1: ("cpu", "memory")}.get(self.version or 0, ())
 
-    def create(self, name: str,
-               limits: deployment.SystemResourceLimits | None) -> str | None:
-        """The cgroup a process of component `name` joins (`attach`): its own, with these
-        limits, or the shared one without; None without a writable cgroupfs."""
+    def _path(self, hierarchy: str, name: str) -> pathlib.Path:
+        if hierarchy == "unified":
+            return self.base / self.group / name
+        return self.base / hierarchy / self.group / name
+
+    def _dirs(self, name: str, memory: bool = True) -> dict[str, pathlib.Path]:
+        """Its folders, the one that lists its processes first (v1: cpu)."""
+        return {h: self._path(h, name) for h in self._hierarchies()
+                if memory or h != "memory"}
+
+    def name_for(self, name: str,
+                 limits: deployment.SystemResourceLimits | None) -> str | None:
+        """The cgroup a process of component `name` joins: its own; None without a
+        writable cgroupfs. No I/O: the agent's loop asks, its mover thread `make`s."""
         limited = bool(limits and (limits.memory or limits.cpus))
         if self.version is None:
             if limited:
                 raise LimitError("resource limits need a writable cgroup filesystem")
             return None
+        if limits and limits.memory:
+            resolve_bytes(limits.memory)  # a bad quantity fails the start, not the move
+        return name
+
+    def create(self, name: str,
+               limits: deployment.SystemResourceLimits | None) -> str | None:
+        """`name_for`, made (`make`)."""
+        found = self.name_for(name, limits)
+        if found is not None:
+            self.make(found, limits)
+        return found
+
+    def make(self, name: str, limits: deployment.SystemResourceLimits | None) -> None:
+        """Make the component's cgroup with these limits (once: later calls with no
+        limits cost nothing)."""
+        limited = bool(limits and (limits.memory or limits.cpus))
+        if not limited and name in self._made and self._made[name] is None:
+            return  # made already, nothing to write
         if self.version == 2:
             self._enable_v2_controllers()
-        if limits is None or not limited:
-            if not self._shared_made:  # once, not per spawn: mkdir on cgroupfs is slow
-                for path in self._dirs(SHARED).values():
-                    path.mkdir(parents=True, exist_ok=True)
-                self._shared_made = True
-            return SHARED
-        dirs = self._dirs(name)
+        memory = resolve_bytes(limits.memory) if limits and limits.memory else None
+        quota = int(limits.cpus * _PERIOD_US) if limits and limits.cpus else None
+        dirs = self._dirs(name, memory=self.version == 2 or memory is not None)
         for path in dirs.values():
             path.mkdir(parents=True, exist_ok=True)
-        memory = resolve_bytes(limits.memory) if limits.memory else None
-        quota = int(limits.cpus * _PERIOD_US) if limits.cpus else None
+        # Written on the first start after the agent's (a limit it had before is lifted).
         if self.version == 2:
             d = dirs["unified"]
             (d / "memory.max").write_text(str(memory) if memory else "max")
@@ -99,18 +119,22 @@ class Cgroups:
                 with contextlib.suppress(OSError):
                     (d / "memory.swap.max").write_text("0")
         else:
-            mem = dirs["memory"]
-            # memory.limit may never exceed memsw.limit: lift memsw first, then set both.
-            with contextlib.suppress(OSError):
-                (mem / "memory.memsw.limit_in_bytes").write_text("-1")
-            (mem / "memory.limit_in_bytes").write_text(str(memory) if memory else "-1")
-            if memory:
+            if memory is not None:
+                mem = dirs["memory"]
+                # memory.limit may never exceed memsw.limit: lift memsw first, then both.
+                with contextlib.suppress(OSError):
+                    (mem / "memory.memsw.limit_in_bytes").write_text("-1")
+                (mem / "memory.limit_in_bytes").write_text(str(memory))
                 with contextlib.suppress(OSError):  # needs swap accounting enabled
                     (mem / "memory.memsw.limit_in_bytes").write_text(str(memory))
+            else:
+                with contextlib.suppress(OSError):  # a memory limit it had before: gone
+                    self._path("memory", name).rmdir()
             cpu = dirs["cpu"]
-            (cpu / "cpu.cfs_period_us").write_text(str(_PERIOD_US))
+            if quota is not None:
+                (cpu / "cpu.cfs_period_us").write_text(str(_PERIOD_US))
             (cpu / "cpu.cfs_quota_us").write_text(str(quota) if quota else "-1")
-        return name
+        self._made[name] = limits if limited else None
 
     def _enable_v2_controllers(self) -> None:
         parts = pathlib.PurePosixPath(self.group).parts
@@ -120,36 +144,36 @@ class Cgroups:
             with contextlib.suppress(OSError):
                 (path / "cgroup.subtree_control").write_text("+memory +cpu")
 
-    def is_inherited(self, name: str) -> bool:
-        """Whether a process can be born in `name` instead of being moved there: on v1 a
-        thread can sit in the shared cpu cgroup (see `enter`), and what it spawns starts
-        there. (v2 places whole processes, so there the agent moves each one.)"""
-        return self.version == 1 and name == SHARED
-
-    def enter(self, name: str, tid: int) -> None:
-        """Move the agent's thread `tid` into `name` (v1, cpu only; see is_inherited)."""
-        (self.base / "cpu" / self.group / name / "tasks").write_text(str(tid))
-
     def exists(self, name: str) -> bool:
         return any(path.is_dir() for path in self._dirs(name).values())
 
-    def attach(self, name: str, pid: int) -> None:
-        """Move process `pid` (a shell at its gate) into `name`. Back to back a move costs
-        ~0.03 ms; the first after a quiet spell waits for an RCU grace period, ~7.5 ms
-        on the test machine (`python -m bench cgroup_moves`; see process.py)."""
-        file = "cgroup.procs"
-        for path in self._dirs(name).values():
+    def attach(self, name: str, pid: int,
+               limits: deployment.SystemResourceLimits | None = None) -> None:
+        """Move process `pid` (a step at its gate) into `name`, made first if it is not
+        (with `limits`). Back to back a move costs ~0.03 ms; the first after a quiet
+        spell waits for an RCU grace period, ~7.5 ms on the test machine
+        (`python -m bench cgroup_moves`; see process.py)."""
+        wanted = limits if limits and (limits.memory or limits.cpus) else None
+        if name not in self._made or self._made[name] != wanted or wanted is not None:
+            self.make(name, limits)  # first start, or limits (written at every start)
+        limits = self._made.get(name)
+        memory = self.version == 2 or bool(limits and limits.memory)
+        for attempt in (1, 2):
             try:
-                fd = os.open(path / file, os.O_WRONLY)
+                for path in self._dirs(name, memory).values():
+                    fd = os.open(path / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+                    try:
+                        os.write(fd, str(pid).encode())
+                    finally:
+                        os.close(fd)
+                return
             except FileNotFoundError:
-                if name != SHARED:
+                if attempt == 2:
                     raise
-                path.mkdir(parents=True, exist_ok=True)  # removed behind our back
-                fd = os.open(path / file, os.O_WRONLY)
-            try:
-                os.write(fd, str(pid).encode())
-            finally:
-                os.close(fd)
+                # Removed behind our back (another agent's start-up sweep): made again,
+                # with the limits it had.
+                self._made.pop(name, None)
+                self.make(name, limits)
 
     def pids(self, name: str) -> set[int]:
         dirs = list(self._dirs(name).values())
@@ -170,11 +194,38 @@ class Cgroups:
                     out[file] = (path / file).read_text().strip()
         return out
 
-    def remove(self, name: str) -> None:
-        """Remove the component's own cgroup (rmdir only succeeds when it is empty: never
-        strands a process). The shared one and the thing's folder stay for the agent's
-        lifetime: empty they cost nothing, on v1 the agent's spawner thread sits in the
-        shared one, and making it again would cost every first start a mkdir."""
+    def remove(self, name: str) -> bool:
+        """Remove the component's cgroup; whether it is gone. rmdir only succeeds on an
+        empty one (it never strands a process); right after its last process exited
+        the kernel may still hold it for a moment: the caller tries again later."""
+        self._made.pop(name, None)
+        gone = True
         for path in self._dirs(name).values():
-            with contextlib.suppress(OSError):
+            try:
                 path.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                gone = False
+        return gone
+
+    def sweep(self) -> list[str]:
+        """At start: remove every empty cgroup folder under hedgerow/ — of removed
+        components, of things no agent runs any more, of earlier versions (`_shared`).
+        Deepest first; a folder with a process or a child stays (rmdir refuses)."""
+        top = pathlib.PurePosixPath(self.group).parts[0]
+        removed = []
+        for hierarchy in self._hierarchies():
+            root = self.base / top if hierarchy == "unified" else self.base / hierarchy / top
+            if not root.is_dir():
+                continue
+            for folder, _dirs, _files in os.walk(root, topdown=False):
+                if folder == str(root):
+                    continue
+                try:
+                    pathlib.Path(folder).rmdir()
+                except OSError:  # holds a process or a folder that does
+                    continue
+                removed.append(f"{hierarchy}:{os.path.relpath(folder, root)}")
+        self._made.clear()
+        return removed

@@ -3,7 +3,8 @@
     desired/        cloud desired-state document (desired.json), written atomically
     deployments/    local Component/Deployment YAML (`hedgerow deployment create`)
     state/          the agent's own records: components.json, status.json, deployments.json,
-                    applied.json, last-good.json, docker-used — crash-safe writes only
+                    applied.json, last-good.json, docker-used — crash-safe writes only;
+                    exits/<marker>: steps' exit codes, written by root
     artifacts/      sha256/<digest> content-addressed cache; <name>/<version>/ views
     artifacts-unarchived/<name>/<version>/   unpacked archives
     work/<name>/    each component's working folder, owned by its user
@@ -98,16 +99,22 @@ class Layout:
     def log_of(self, name: str) -> pathlib.Path:
         return self.logs / f"{name}.log"
 
-    def exit_file(self, name: str, marker: str) -> pathlib.Path:
-        """Where a step's shell leaves its exit code (read back for adopted processes)."""
-        return self.work_of(name) / f".hedgerow-exit-{marker}"
+    @property
+    def exits(self) -> pathlib.Path:
+        """Exit codes of steps, written by root (hedgerow-gate, which stays the step's
+        parent), read back for processes adopted after a restart. Root's, 0700: no
+        component can plant, swap or forge one."""
+        return self.state / "exits"
+
+    def exit_file(self, marker: str) -> pathlib.Path:
+        return self.exits / marker
 
     def ensure(self) -> None:
         """Create the folders; private ones 0700, those components traverse 0711/0755."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o711)
         for path, mode in ((self.desired, 0o700), (self.deployments, 0o700),
-                           (self.state, 0o700),
+                           (self.state, 0o700), (self.exits, 0o700),
                            (self.artifacts, 0o711), (self.unarchived, 0o711),
                            (self.work, 0o711), (self.logs, 0o750),
                            (self.ipc_dir, 0o755)):

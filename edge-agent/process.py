@@ -6,20 +6,20 @@ signalled as a whole and it survives the agent), as the component's user, with a
 environment, stdin from /dev/null and stdout/stderr into a logpipe process, never into
 the agent. Spawning is `os.posix_spawn` (vfork-like: the agent is never copied) of
 `hedgerow-gate` (gate/gate.c), which waits at a gate (a pipe on fd 3), makes the work
-folder, drops to the component's user and execs the shell. The gate opens once the
-process is in its cgroup (see cgroups.py), so not one instruction of the step, and
-nothing it forks, runs outside: the agent moves it there, or — a few components without
-limits on cgroup v1 — it is born there, spawned by a thread that sits in the shared
-cgroup (moving a process costs the kernel an RCU grace period, ~7.5 ms, unless another
-move came just before). The gates of a batch open together once all of it is spawned,
-so the steps' own start-up (their mkdir: 0.1-0.6 ms of CPU on ext4 here; the shell)
-does not slow the spawning of the rest. Where hedgerow-gate is not built, `setpriv`
-(util-linux) drops privileges, the agent makes the folder and the shell itself waits at
-the gate (~1.3 ms more CPU per start, plus the mkdir in the pass). A component
-without limits shares a cgroup with the others and is tracked by its process group and
-the marker every descendant inherits (HEDGEROW_INSTANCE). An EXIT trap leaves the exit
-code in the work folder, so the code of a process the agent adopted after a restart is
-known too.
+folder, forks, and drops to the component's user to exec the shell; its root half
+stays the step's parent and leaves the step's exit code in state/exits/ (a folder only
+root can write), read back for a process the agent adopted after a restart. The gate
+opens once the process is in its component's own cgroup (see cgroups.py), so not one
+instruction of the step, and nothing it forks, runs outside: that cgroup is how the
+agent finds everything a component started, whatever it does with sessions, process
+groups and environment. The moves are made by a thread of the agent, off its loop
+(the kernel makes an isolated move wait for an RCU grace period, ~7.5 ms, unless
+another move came just before), and the gates of a batch open together once all of
+it is moved, so the steps' own start-up (their mkdir: 0.1-0.6 ms of CPU on ext4 here;
+the shell) does not slow the spawning of the rest. Where hedgerow-gate is not built,
+`setpriv` (util-linux) drops privileges, the agent makes the folder, the shell itself
+waits at the gate (~1.3 ms more CPU per start, plus the mkdir in the pass) and no one
+root writes the exit code: an adopted process's exit then counts as an error.
 """
 
 from __future__ import annotations
@@ -42,12 +42,12 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from hedgerow.agent import cgroups as cgroups_
-from hedgerow.agent import records
+from hedgerow.agent import fsguard, records
 from hedgerow.agent.layout import Layout
-from hedgerow.core import component, documents
+from hedgerow.core import component, deployment, documents
 
 log = logging.getLogger("hedgerow.agent")
 DEFAULT_TIMEOUTS: Mapping[str, float | None] = {
@@ -159,12 +159,10 @@ class _Launch:
     argv: list[str]
     env: dict[str, str]
     cgroup: str | None
+    limits: deployment.SystemResourceLimits | None
     gated: bool  # waits for a byte on fd 3 (hedgerow-gate, or the shell when in a cgroup)
     log_path: str
     ref: records.ProcessRef  # pid 0 until launched
-
-
-_BORN_MAX = 4  # launches in one batch that are born in the shared cgroup, not moved
 
 
 class Child:
@@ -288,8 +286,9 @@ class ProcessRuntime:
         self._pending_refs: list[records.ProcessRef] = []  # start times still to read
         self._identities: dict[tuple[str | None, bool], tuple[Identity, float]] = {}
         self._launches: list[tuple[_Launch, _Done]] = []
-        self._spawn_thread: concurrent.futures.ThreadPoolExecutor | None = None
-        self._born: set[asyncio.Future[None]] = set()
+        # Moves processes into their cgroups and opens their gates, off the loop.
+        self._mover: concurrent.futures.ThreadPoolExecutor | None = None
+        self._doomed: dict[str, int] = {}  # cgroups to remove, tries left
         self._scan: tuple[float, dict[int, set[int]]] | None = None
         self._verified: dict[str, records.ProcessRef] = {}  # by component: is_running
         # Resolved once: posix_spawn takes a path. Missing, the spawn fails with a clear
@@ -327,13 +326,12 @@ class ProcessRuntime:
         return env
 
     def prepare_work(self, comp: documents.ResolvedComponent, identity: Identity) -> None:
+        """The work folder, the component's, 0700 (by descriptor: work/ is root's, and a
+        link in the folder's place is refused, not followed)."""
         work = self.layout.work_of(comp.name)
-        try:
+        with contextlib.suppress(FileExistsError):
             work.mkdir(mode=0o700)
-        except FileExistsError:
-            work.chmod(0o700)
-        if os.geteuid() == 0:
-            os.chown(work, identity.uid, identity.gid)
+        fsguard.chown_dir(work, identity.uid, identity.gid, 0o700)
 
     # --- spawning -------------------------------------------------------------------
 
@@ -366,61 +364,52 @@ class ProcessRuntime:
         if gate is None:  # else hedgerow-gate makes it, past the agent's pass
             self.prepare_work(comp, identity)
         limits = comp.run_with.system_resource_limits if comp.run_with else None
-        cgroup = self.cgroups.create(comp.name, limits)
+        cgroup = self.cgroups.name_for(comp.name, limits)  # made by the mover thread
         marker = f"{record.instance or 'x'}.{uuid.uuid4().hex[:16]}"
         work = self.layout.work_of(comp.name)
         environ, exports = self.environment(record, comp, env, identity, marker), ""
         if drop and gate is None:
             environ, exports = split_root_unsafe(environ)
         gate_in_shell = cgroup is not None and gate is None
-        exit_file = shlex.quote(str(self.layout.exit_file(comp.name, marker)))
-        inner = ((_SHELL_GATE if gate_in_shell else "") + exports
-                 + f"trap {shlex.quote(f'echo $? >{exit_file}')} EXIT\n"
-                 f"cd {shlex.quote(str(work))} || exit 125\n{script}")
+        exit_file = str(self.layout.exit_file(marker))
+        # The exit code is written by root: hedgerow-gate's parent half, or the step's
+        # own shell when it runs as the agent's user. A step that dropped privileges
+        # through setpriv leaves none (it could write whatever it likes).
+        trap = "" if drop else (
+            f"trap {shlex.quote(f'echo $? >{shlex.quote(exit_file)}')} EXIT\n")
+        inner = ((_SHELL_GATE if gate_in_shell else "") + exports + trap
+                 + f"cd {shlex.quote(str(work))} || exit 125\n{script}")
         if gate is not None:
-            argv = [gate, str(identity.uid), str(identity.gid), str(work),
+            argv = [gate, str(identity.uid), str(identity.gid), str(work), exit_file,
                     "/bin/sh", "-c", inner]
         elif drop:
             argv = [self.setpriv, f"--reuid={identity.uid}", f"--regid={identity.gid}",
                     "--clear-groups", "--", "/bin/sh", "-c", inner]
         else:
             argv = ["/bin/sh", "-c", inner]
-        return _Launch(argv, environ, cgroup, gate_in_shell or gate is not None,
+        return _Launch(argv, environ, cgroup, limits, gate_in_shell or gate is not None,
                        str(self.layout.log_of(comp.name)),
                        records.ProcessRef(pid=0, start_time=0, marker=marker, step=step_name))
 
     def _launch_all(self) -> None:
         launches, self._launches = self._launches, []
         launches = [(la, d) for la, d in launches if not d.cancelled()]  # nobody waits
-        shared = [(la, d) for la, d in launches if la.cgroup == cgroups_.SHARED]
-        if 0 < len(shared) <= _BORN_MAX and self._spawn_thread is not None:
-            # A few: born in the shared cgroup, spawned by a thread that sits there. The
-            # kernel makes the first move of a process in a while wait for an RCU grace
-            # period (~7.5 ms here); the moves right after it are cheap (~0.03 ms). So a
-            # batch of many moves each (the first pays once); one alone is not moved.
-            launches = [x for x in launches if x not in shared]
-            born = asyncio.ensure_future(self._launch_born(shared))
-            self._born.add(born)  # held until done: the loop keeps only weak references
-            born.add_done_callback(self._born.discard)
-        results = self._spawn_batch([la for la, _ in launches], move=True)
+        results, placing = self._spawn_batch([la for la, _ in launches])
         for (launch, done), result in zip(launches, results, strict=True):
             self._settle(launch, done, result)
+        if any(launch.cgroup for _, launch, _ in placing):
+            if self._mover is None:
+                self._mover = concurrent.futures.ThreadPoolExecutor(
+                    1, thread_name_prefix="cgroup-mover")
+            self._mover.submit(self._place, placing)
+        else:
+            self._place(placing)
 
-    async def _launch_born(self, batch: list[tuple[_Launch, _Done]]) -> None:
-        assert self._spawn_thread is not None
-        try:
-            results = await asyncio.get_running_loop().run_in_executor(
-                self._spawn_thread, self._spawn_batch, [la for la, _ in batch], False)
-        except Exception as exc:  # whatever it is, no spawn may wait forever
-            results = [exc] * len(batch)
-        for (launch, done), result in zip(batch, results, strict=True):
-            self._settle(launch, done, result)
-
-    def warm_up(self) -> None:
-        """At start: check that hedgerow-gate runs here (else setpriv, said once), and
-        make the spawner thread, moved into the shared cgroup (the kernel's grace period
-        is waited for now, not at the first component's start). Without it — not v1, not
-        called, or the move failed — every process is moved instead."""
+    def warm_up(self, adopted: Iterable[str] = ()) -> None:
+        """At start: check that hedgerow-gate runs here (else setpriv, said once), make
+        the thread that moves processes into their cgroups, and remove the empty cgroups
+        earlier runs left (of removed components and things, of older versions) and the
+        exit files of every process but the `adopted` markers."""
         if self.gate is not None and os.geteuid() == 0 and not is_runnable_gate(self.gate):
             log.warning("%s does not run here (built for another machine?): rebuild it "
                         "with `make gate`", self.gate)
@@ -428,52 +417,69 @@ class ProcessRuntime:
         if self.gate is None and os.geteuid() == 0:
             log.info("hedgerow-gate is not built (make gate, or HEDGEROW_GATE=PATH): steps "
                      "drop privileges with setpriv, ~1.3 ms more CPU per start")
-        if self._spawn_thread is not None or not self.cgroups.is_inherited(cgroups_.SHARED):
-            return
-        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="spawner")
+        if self._mover is None:
+            self._mover = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="cgroup-mover")
         try:
-            self.cgroups.create(cgroups_.SHARED, None)
-            pool.submit(lambda: self.cgroups.enter(
-                cgroups_.SHARED, threading.get_native_id())).result()
+            swept = self.cgroups.sweep()
         except OSError as exc:
-            pool.shutdown()
-            log.warning("components will be moved into their cgroup one by one: %s", exc)
-            return
-        self._spawn_thread = pool
+            log.warning("cannot remove empty cgroups of earlier runs: %s", exc)
+        else:
+            if swept:
+                log.info("removed %d empty cgroup(s) of earlier runs", len(swept))
+        keep = set(adopted)
+        with contextlib.suppress(OSError):
+            for entry in self.layout.exits.iterdir():
+                if entry.name not in keep:
+                    entry.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # work folders a removal left half deleted
+            for trash in self.layout.work.glob(".removed-*"):
+                threading.Thread(target=shutil.rmtree, args=(trash, True), daemon=True,
+                                 name="work-remover").start()
 
-    def _spawn_batch(self, batch: list[_Launch],
-                     move: bool) -> list[tuple[int, int] | Exception]:
-        """posix_spawn every step (with `move`, put each into its cgroup), then open all
-        their gates: a step's own start-up (the shell, its first commands) does not take
-        the CPU from the spawning of the rest. Per step: (pid, log read end) or what
-        stopped it. System calls only (no shared state): safe on the spawner thread."""
+    def _spawn_batch(self, batch: list[_Launch]) -> tuple[
+            list[tuple[int, int] | Exception], list[tuple[int, _Launch, int]]]:
+        """posix_spawn every step; per step (pid, log read end) or what stopped it, and
+        what `_place` must do: (pid, launch, gate write end)."""
         results: list[tuple[int, int] | Exception] = []
-        gates = []
-        try:
-            for launch in batch:
-                try:
-                    pid, log_r, gate_w = self._spawn_process(launch, move)
-                except (OSError, cgroups_.LimitError) as exc:
-                    results.append(exc)
-                    continue
-                except Exception as exc:  # a bug: still, no spawn may wait forever
+        placing: list[tuple[int, _Launch, int]] = []
+        for launch in batch:
+            try:
+                pid, log_r, gate_w = self._spawn_process(launch)
+            except Exception as exc:  # OSError, ValueError …: no spawn may wait forever
+                if not isinstance(exc, OSError | ValueError | cgroups_.LimitError):
                     log.exception("%s: spawning failed", launch.log_path)
-                    results.append(exc)
-                    continue
-                results.append((pid, log_r))
-                if gate_w >= 0:
-                    gates.append(gate_w)
-        finally:
-            for fd in gates:
-                with contextlib.suppress(OSError):  # EPIPE: it died; its watch sees it
-                    os.write(fd, b"\n")
-                os.close(fd)
-        return results
+                results.append(exc)
+                continue
+            results.append((pid, log_r))
+            if gate_w >= 0:
+                placing.append((pid, launch, gate_w))
+        return results, placing
 
-    def _spawn_process(self, launch: _Launch, move: bool) -> tuple[int, int, int]:
-        """The child's pid, its output's read end and its gate's write end (-1: none).
-        If it cannot be put into its cgroup, its gate is closed (it exits 125 there,
-        having run nothing) and it is reaped."""
+    def _place(self, placing: list[tuple[int, _Launch, int]]) -> None:
+        """Move each gated step into its cgroup (made at its first start), then open all
+        their gates together (a step's own start-up does not take the CPU from the moves
+        of the rest). One that cannot be placed has its gate closed: it exits 125 there,
+        having run nothing. System calls and the cgroups' own table only: safe on the
+        mover thread."""
+        opened = []
+        for pid, launch, gate_w in placing:
+            if launch.cgroup is not None:
+                try:
+                    self.cgroups.attach(launch.cgroup, pid, launch.limits)
+                except (OSError, cgroups_.LimitError) as exc:
+                    log.error("%s: pid %d cannot be put into its cgroup, so it does not "
+                              "run: %s", launch.cgroup, pid, exc)
+                    os.close(gate_w)
+                    continue
+            opened.append(gate_w)
+        for fd in opened:
+            with contextlib.suppress(OSError):  # EPIPE: it died; its watch sees it
+                os.write(fd, b"\n")
+            os.close(fd)
+
+    def _spawn_process(self, launch: _Launch) -> tuple[int, int, int]:
+        """The child's pid, its output's read end and its gate's write end (-1: none)."""
         log_r, log_w = os.pipe()
         try:
             gate_r, gate_w = os.pipe() if launch.gated else (-1, -1)
@@ -498,15 +504,6 @@ class ProcessRuntime:
             for fd in (log_w, gate_r):
                 if fd >= 0:
                     os.close(fd)
-        if launch.cgroup and move:
-            try:
-                self.cgroups.attach(launch.cgroup, pid)
-            except BaseException:
-                os.close(log_r)
-                os.close(gate_w)  # it reads EOF at the gate and exits 125: reap it
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, 0)
-                raise
         return pid, log_r, gate_w
 
     def _settle(self, launch: _Launch, done: _Done,
@@ -553,15 +550,17 @@ class ProcessRuntime:
             for fd in [*high, *(fd for fd, _ in pending)]:
                 os.close(fd)
 
-    def exit_code_of(self, name: str, ref: records.ProcessRef) -> int | None:
-        """An adopted process's exit code, from the file its shell's EXIT trap wrote."""
-        path = self.layout.exit_file(name, ref.marker)
+    def exit_code_of(self, ref: records.ProcessRef) -> int | None:
+        """An adopted process's exit code, from the file root wrote when it ended
+        (state/exits/: never through a link, never a FIFO, a few bytes at most)."""
+        path = self.layout.exit_file(ref.marker)
         try:
-            text = path.read_text().strip()
+            text = fsguard.read_small(path, 8, owner=os.geteuid()).strip()
         except OSError:
             return None
-        with contextlib.suppress(OSError):
-            path.unlink()
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()
         return int(text) if text.isdigit() else None
 
     def is_skipped(self, step: component.Step, skip_if: str | None) -> bool:
@@ -582,7 +581,7 @@ class ProcessRuntime:
         timeout = step.timeout_seconds or DEFAULT_TIMEOUTS[step_name]
         try:
             proc, ref = await self.spawn(record, comp, step_name, step, script, env)
-        except (OSError, KeyError, cgroups_.LimitError) as exc:
+        except Exception as exc:  # whatever it is, the component fails, not the pass
             return StepResult(ok=False, message=f"{step_name} could not start: {exc}")
         self.finish_spawns()
         on_spawn(ref)
@@ -592,7 +591,7 @@ class ProcessRuntime:
             return StepResult(ok=False, timed_out=True,
                               message=f"{step_name} timed out after {timeout:g}s")
         self.children.pop(proc.pid, None)
-        self.layout.exit_file(comp.name, ref.marker).unlink(missing_ok=True)
+        self.layout.exit_file(ref.marker).unlink(missing_ok=True)
         await self.kill_leftovers(ref.pid)
         if code != 0:
             return StepResult(ok=False, code=code, message=f"{step_name} exited with {code}")
@@ -615,9 +614,9 @@ class ProcessRuntime:
             proc = self.children.pop(ref.pid, None)
             if proc is not None:
                 code: int | None = proc.wait()
-                self.layout.exit_file(name, ref.marker).unlink(missing_ok=True)
+                self.layout.exit_file(ref.marker).unlink(missing_ok=True)
             else:
-                code = self.exit_code_of(name, ref)
+                code = self.exit_code_of(ref)
             on_exit(code)
 
         self._watches[name] = fd
@@ -673,22 +672,21 @@ class ProcessRuntime:
                 os.kill(pid, signal.SIGKILL)
 
     async def terminate(self, name: str, ref: records.ProcessRef | None) -> None:
-        """SIGTERM the group and the cgroup, SIGKILL what remains after the grace period."""
+        """SIGTERM the group and the cgroup, SIGKILL what remains after the grace period.
+        The component's own cgroup lists every process it started, wherever it went;
+        only without a cgroupfs (an unprivileged agent) are escaped processes looked
+        for by the marker they inherited."""
         self.unwatch(name)
         leader = ref if ref is not None and is_same_process(ref) else None
-        # No cgroup of its own lists what a component without limits forked: a daemon that
-        # left its process group is found by the marker it inherited, among the shared
-        # cgroup's processes (where it was born; leaving takes root), else all of /proc.
         escaped = (f"HEDGEROW_INSTANCE={ref.marker}".encode()
-                   if ref is not None and not self.cgroups.exists(name) else None)
-        shared = cgroups_.SHARED if self.cgroups.exists(cgroups_.SHARED) else None
+                   if ref is not None and self.cgroups.version is None else None)
         deadline = time.monotonic() + self.kill_grace_s
         sig = signal.SIGTERM
         while True:
             self._reap()
             pids = self.members(name, leader)
             if not pids and escaped is not None:
-                pids = marked(escaped, self.cgroups.pids(shared) if shared else None)
+                pids = marked(escaped)
             if not pids:
                 break
             if time.monotonic() > deadline:
@@ -701,7 +699,7 @@ class ProcessRuntime:
             proc = self.children.pop(ref.pid, None)
             if proc is not None:
                 proc.wait()
-            self.layout.exit_file(name, ref.marker).unlink(missing_ok=True)
+            self.layout.exit_file(ref.marker).unlink(missing_ok=True)
 
     def _reap(self) -> None:
         for pid, proc in list(self.children.items()):
@@ -709,5 +707,27 @@ class ProcessRuntime:
                 self.children.pop(pid, None)
 
     def remove(self, name: str) -> None:
-        shutil.rmtree(self.layout.work_of(name), ignore_errors=True)
-        self.cgroups.remove(name)
+        """The component's work folder and its cgroup, once the kernel lets it go. The
+        folder is renamed out of the way at once (work/ is root's: the name is the
+        agent's) and deleted by a thread: a component may have left a million files,
+        and the loop must not wait for them (rmtree walks by descriptor and never
+        follows a link). What a crash interrupts, the next start finishes."""
+        trash = self.layout.work / f".removed-{uuid.uuid4().hex[:12]}"
+        try:
+            self.layout.work_of(name).rename(trash)
+        except FileNotFoundError:
+            pass
+        else:
+            threading.Thread(target=shutil.rmtree, args=(trash, True), daemon=True,
+                             name="work-remover").start()
+        self._verified.pop(name, None)
+        if not self.cgroups.remove(name):
+            self._doomed[name] = 50
+            asyncio.get_running_loop().call_later(0.1, self._remove_cgroup, name)
+
+    def _remove_cgroup(self, name: str) -> None:
+        """Try again (every 0.1 s, 5 s in all; the next start's sweep after that)."""
+        tries = self._doomed.pop(name, 0)
+        if tries and not self.cgroups.remove(name) and tries > 1:
+            self._doomed[name] = tries - 1
+            asyncio.get_running_loop().call_later(0.1, self._remove_cgroup, name)

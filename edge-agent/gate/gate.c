@@ -1,5 +1,5 @@
 /*
- * hedgerow-gate UID GID DIR PROGRAM [ARG...]
+ * hedgerow-gate UID GID DIR EXITFILE PROGRAM [ARG...]
  *
  * The first program of every lifecycle step that the agent (root) starts as another
  * user; it takes the place of `setpriv --reuid --regid --clear-groups`:
@@ -10,9 +10,16 @@
  *   2. close the gate and every other descriptor above stderr; make DIR, the
  *      component's work folder, unless it exists (its parent is the agent's), make
  *      it UID:GID's, mode 0700, and enter it;
- *   3. drop the supplementary groups, then set the real, effective and saved gid,
+ *   3. with EXITFILE "-", go on in this process; else fork: this process stays root,
+ *      waits for the step and, when it ends, writes its exit code (128 + signal for
+ *      a signal) to EXITFILE — a new file (O_EXCL, never through a link) in a folder
+ *      only root can write — and exits with that code. The agent reads it for a step
+ *      it adopted after a restart (it is not that step's parent then): the code is
+ *      what the kernel said, not what the component wrote, and the component cannot
+ *      signal this root process nor touch the file;
+ *   4. drop the supplementary groups, then set the real, effective and saved gid,
  *      then uid (no way back to root; exec clears the capabilities);
- *   4. exec PROGRAM with ARGs and the environment as given.
+ *   5. exec PROGRAM with ARGs and the environment as given.
  *
  * Exit codes like a shell's: 125 gate closed, 126 work folder or privileges not
  * set up, 127 usage or exec failure; a one-line reason goes to stderr (the
@@ -30,14 +37,17 @@
 
 #if defined(__x86_64__) && !defined(HEDGEROW_GATE_HOSTED)
 #define FREESTANDING 1
-enum { NR_read = 0, NR_write = 1, NR_open = 2, NR_close = 3, NR_execve = 59,
-       NR_exit = 60, NR_fchdir = 81, NR_mkdir = 83, NR_fchmod = 91, NR_fchown = 93,
-       NR_setgroups = 116, NR_setresuid = 117, NR_setresgid = 119, NR_close_range = 436 };
-enum { O_RDONLY = 0, O_NOFOLLOW = 0400000, O_DIRECTORY = 0200000, O_CLOEXEC = 02000000 };
+enum { NR_read = 0, NR_write = 1, NR_open = 2, NR_close = 3, NR_fork = 57,
+       NR_execve = 59, NR_exit = 60, NR_wait4 = 61, NR_fchdir = 81, NR_mkdir = 83,
+       NR_fchmod = 91, NR_fchown = 93, NR_setgroups = 116, NR_setresuid = 117,
+       NR_setresgid = 119, NR_close_range = 436 };
+enum { O_RDONLY = 0, O_WRONLY = 1, O_CREAT = 0100, O_EXCL = 0200, O_NOFOLLOW = 0400000,
+       O_DIRECTORY = 0200000, O_CLOEXEC = 02000000 };
 
 static long sys3(long n, long a, long b, long c) {
     long r;
-    __asm__ volatile("syscall" : "=a"(r) : "a"(n), "D"(a), "S"(b), "d"(c)
+    register long r10 __asm__("r10") = 0;  /* wait4's rusage: none */
+    __asm__ volatile("syscall" : "=a"(r) : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10)
                      : "rcx", "r11", "memory");
     return r;  /* -errno on failure */
 }
@@ -54,9 +64,11 @@ static int is_pipe(long fd) {  /* x86_64 struct stat: st_mode is the u32 at byte
 #include <grp.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
-enum { NR_read, NR_write, NR_open, NR_close, NR_execve, NR_exit, NR_fchdir, NR_mkdir,
-       NR_fchmod, NR_fchown, NR_setgroups, NR_setresuid, NR_setresgid, NR_close_range };
+enum { NR_read, NR_write, NR_open, NR_close, NR_fork, NR_execve, NR_exit, NR_wait4,
+       NR_fchdir, NR_mkdir, NR_fchmod, NR_fchown, NR_setgroups, NR_setresuid,
+       NR_setresgid, NR_close_range };
 
 static long sys3(long n, long a, long b, long c) {
     long r = 0;
@@ -65,6 +77,8 @@ static long sys3(long n, long a, long b, long c) {
     case NR_write: r = write((int)a, (const void *)b, (size_t)c); break;
     case NR_open: r = open((const char *)a, (int)b, (mode_t)c); break;
     case NR_close: r = close((int)a); break;
+    case NR_fork: r = fork(); break;
+    case NR_wait4: r = waitpid((pid_t)a, (int *)b, (int)c); break;
     case NR_fchdir: r = fchdir((int)a); break;
     case NR_mkdir: r = mkdir((const char *)a, (mode_t)b); break;
     case NR_fchmod: r = fchmod((int)a, (mode_t)b); break;
@@ -138,6 +152,34 @@ static long enter(const char *dir, long uid, long gid) {
     return err;
 }
 
+/* Stay root as the step's parent: wait for it, leave its exit code in `file` (a new
+   file, never through a link), exit with it. Returns only in the child, which goes on
+   to drop its privileges and run the step. */
+static void reap_into(const char *file) {
+    int status = 0;
+    long pid = sys3(NR_fork, 0, 0, 0), err, fd;
+    if (pid == 0) return;
+    if (pid < 0) {
+        say("cannot fork", pid);
+        leave(126);
+    }
+    do err = sys3(NR_wait4, pid, (long)&status, 0); while (err == -4);  /* EINTR */
+    /* exited: its code; killed: 128 + the signal, as a shell says it */
+    int code = err < 0 ? 255 : (status & 0x7f) ? 128 + (status & 0x7f) : (status >> 8) & 0xff;
+    fd = sys3(NR_open, (long)file, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd >= 0) {
+        char text[5];
+        int n = 0;
+        if (code >= 100) text[n++] = (char)('0' + code / 100);
+        if (code >= 10) text[n++] = (char)('0' + code / 10 % 10);
+        text[n++] = (char)('0' + code % 10);
+        text[n++] = '\n';
+        sys3(NR_write, fd, (long)text, n);
+        sys3(NR_close, fd, 0, 0);
+    }
+    leave(code);
+}
+
 /* Nothing but stdin, stdout and stderr reaches the step: the agent's own descriptors
    are close-on-exec, but not necessarily what its own parent left it. */
 static void close_from(long first) {
@@ -148,10 +190,11 @@ static void close_from(long first) {
 static int run(int argc, char **argv, char **envp) {
     char byte;
     long uid, gid, err;
-    if (argc < 5 || (uid = id_of(argv[1])) <= 0 || (gid = id_of(argv[2])) < 0 ||
-        argv[3][0] != '/') {  /* uid 0 is refused: this program is for leaving root */
-        say("usage: hedgerow-gate UID GID /WORK/DIR PROGRAM [ARG...] (gate on fd 3; "
-            "UID not 0)", 0);
+    if (argc < 6 || (uid = id_of(argv[1])) <= 0 || (gid = id_of(argv[2])) < 0 ||
+        argv[3][0] != '/' || (argv[4][0] != '/' && !(argv[4][0] == '-' && !argv[4][1]))) {
+        /* uid 0 is refused: this program is for leaving root */
+        say("usage: hedgerow-gate UID GID /WORK/DIR /EXIT/FILE|- PROGRAM [ARG...] "
+            "(gate on fd 3; UID not 0)", 0);
         return 127;
     }
     if (!is_pipe(3)) return 125;  /* a gate is a pipe the agent holds, nothing else */
@@ -162,13 +205,14 @@ static int run(int argc, char **argv, char **envp) {
         say("cannot prepare the work folder", err);
         return 126;
     }
+    if (argv[4][0] == '/') reap_into(argv[4]);
     if ((err = sys3(NR_setgroups, 0, 0, 0)) < 0 ||
         (err = sys3(NR_setresgid, gid, gid, gid)) < 0 ||
         (err = sys3(NR_setresuid, uid, uid, uid)) < 0) {
         say("cannot drop privileges", err);
         return 126;
     }
-    err = sys3(NR_execve, (long)argv[4], (long)(argv + 4), (long)envp);
+    err = sys3(NR_execve, (long)argv[5], (long)(argv + 5), (long)envp);
     say("cannot run the step", err);
     return 127;
 }

@@ -36,8 +36,8 @@ def test_component_list_details_stop_restart(agent: AgentProcess) -> None:
     assert details["limits"]["cpu.cfs_quota_us"] == "50000"
     assert "token" not in json.dumps(details).lower()
     pid = details["pid"]
-    cgroup = pathlib.Path(f"/proc/{pid}/cgroup").read_text()
-    assert f"memory:/hedgerow/{THING}/a" in cgroup
+    wait_for(lambda: f"memory:/hedgerow/{THING}/a" in pathlib.Path(
+        f"/proc/{pid}/cgroup").read_text(), 5, "a in its memory cgroup")
     assert agent.cli("component", "stop", "a").returncode == 0
     agent.wait_states({"a": "INSTALLED"})
     assert agent.cli("component", "restart", "a").returncode == 0
@@ -80,24 +80,27 @@ def _cpu_cgroup(pid: int) -> str:
     raise AssertionError(f"no cpu cgroup for {pid}")
 
 
-def test_components_share_one_cgroup_unless_limited_and_stop_finds_daemons(
+def test_each_component_has_its_own_cgroup_and_stop_finds_daemons(
     agent: AgentProcess,
 ) -> None:
-    # "b" starts a daemon that leaves its process group (setsid): no cgroup of its own
-    # lists it, the marker it inherited must.
+    # "b" starts a daemon that leaves its process group (setsid): its cgroup lists it.
     limits = deployment.RunWith.model_validate({"systemResourceLimits": {"memory": "64Mi"}})
     agent.deploy(rc("a", run_with=limits),
                  rc("b", "setsid sh -c 'echo $$ > daemon.pid; exec sleep 300' & sleep 300"))
     agent.wait_states({"a": "RUNNING", "b": "RUNNING"})
     a_pid = agent.record("a")["process"]["pid"]
     b_pid = agent.record("b")["process"]["pid"]
-    assert _cpu_cgroup(a_pid) == f"/hedgerow/{THING}/a"
-    assert _cpu_cgroup(b_pid) == f"/hedgerow/{THING}/_shared"  # weighs as one, vs the agent
+    # RUNNING means spawned: the agent's mover thread puts each into its cgroup (off the
+    # loop) before its gate opens.
+    wait_for(lambda: _cpu_cgroup(a_pid) == f"/hedgerow/{THING}/a", 5, "a in its cgroup")
+    wait_for(lambda: _cpu_cgroup(b_pid) == f"/hedgerow/{THING}/b", 5, "b in its cgroup")
+    assert pathlib.Path(f"/sys/fs/cgroup/memory/hedgerow/{THING}/a").is_dir()
     assert not pathlib.Path(f"/sys/fs/cgroup/memory/hedgerow/{THING}/b").exists()
     daemon_file = agent.root / "work" / "b" / "daemon.pid"
-    wait_for(daemon_file.exists)
+    wait_for(lambda: daemon_file.exists() and daemon_file.read_text().strip(), 5, "daemon.pid")
     daemon = int(daemon_file.read_text())
     assert os.getsid(daemon) != os.getsid(b_pid)  # really outside the group and session
+    assert _cpu_cgroup(daemon) == f"/hedgerow/{THING}/b"
     assert agent.cli("component", "stop", "b").returncode == 0
     agent.wait_states({"a": "RUNNING", "b": "INSTALLED"})
     wait_for(lambda: not pathlib.Path(f"/proc/{daemon}").exists()
@@ -107,15 +110,17 @@ def test_components_share_one_cgroup_unless_limited_and_stop_finds_daemons(
     assert not (agent.root / "state" / "docker-used").exists()
 
 
-def test_a_large_batch_lands_in_the_shared_cgroup_and_the_agent_stays_out(
+def test_a_large_batch_lands_in_their_cgroups_and_the_agent_stays_out(
     agent: AgentProcess,
 ) -> None:
-    # More than a few at once are moved there one by one (not born there): both paths
-    # must end in the same place, and the agent itself must not share its components' CPU.
+    # Moved off the agent's loop, then their gates open: each ends in its own cgroup,
+    # and the agent itself does not share its components' CPU.
     names = [f"n{i}" for i in range(8)]
     agent.deploy(*(rc(n) for n in names))
     agent.wait_states(dict.fromkeys(names, "RUNNING"))
     for name in names:
-        assert _cpu_cgroup(agent.record(name)["process"]["pid"]) == f"/hedgerow/{THING}/_shared"
+        pid = agent.record(name)["process"]["pid"]
+        wait_for(lambda p=pid, n=name: _cpu_cgroup(p) == f"/hedgerow/{THING}/{n}", 5,
+                 f"{name} in its cgroup")
     assert agent.proc is not None
     assert _cpu_cgroup(agent.proc.pid) == _cpu_cgroup(os.getpid())  # where it was started

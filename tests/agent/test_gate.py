@@ -100,7 +100,7 @@ def work(tmp_path: pathlib.Path) -> pathlib.Path:
 def test_waits_at_its_gate_then_runs_the_step_with_nothing_of_root(
     gate: pathlib.Path, work: pathlib.Path,
 ) -> None:
-    proc = Gated(gate, str(NOBODY.pw_uid), str(NOBODY.pw_gid), str(work),
+    proc = Gated(gate, str(NOBODY.pw_uid), str(NOBODY.pw_gid), str(work), "-",
                  "/bin/sh", "-c", "pwd; ls /proc/self/fd | tr '\\n' ' '; echo; "
                  "cat /proc/self/status")
     time.sleep(0.2)
@@ -126,7 +126,7 @@ def test_waits_at_its_gate_then_runs_the_step_with_nothing_of_root(
 
 def test_a_closed_gate_runs_nothing(gate: pathlib.Path, work: pathlib.Path) -> None:
     marker = work.parent / "ran"
-    proc = Gated(gate, str(NOBODY.pw_uid), str(NOBODY.pw_gid), str(work), "/bin/touch",
+    proc = Gated(gate, str(NOBODY.pw_uid), str(NOBODY.pw_gid), str(work), "-", "/bin/touch",
                  str(marker))
     proc.close_gate()  # the agent gave up on it (its cgroup could not take it)
     assert proc.finish()[0] == 125
@@ -140,7 +140,7 @@ def test_no_pipe_on_fd_3_is_no_gate(gate: pathlib.Path, work: pathlib.Path) -> N
         actions = [(os.POSIX_SPAWN_OPEN, 3, fd3, os.O_RDONLY, 0)] if fd3 else [
             (os.POSIX_SPAWN_CLOSE, 3)]
         pid = os.posix_spawn(str(gate), [str(gate), str(NOBODY.pw_uid), str(NOBODY.pw_gid),
-                                         str(work), "/bin/touch", str(marker)], {},
+                                         str(work), "-", "/bin/touch", str(marker)], {},
                              file_actions=actions)
         assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 125
     assert not marker.exists()
@@ -152,7 +152,8 @@ def test_an_existing_folder_is_taken_over_and_a_link_is_refused(
 ) -> None:
     work.mkdir(mode=0o755)  # an earlier step's, or one from before a restart
     (work / "state").write_text("kept")
-    proc = Gated(gate, str(NOBODY.pw_uid), str(NOBODY.pw_gid), str(work), "/bin/cat", "state")
+    proc = Gated(gate, str(NOBODY.pw_uid), str(NOBODY.pw_gid), str(work), "-", "/bin/cat",
+                 "state")
     proc.open_gate()
     assert proc.finish()[:2] == (0, "kept")
     assert work.stat().st_mode & 0o777 == 0o700
@@ -161,7 +162,7 @@ def test_an_existing_folder_is_taken_over_and_a_link_is_refused(
     elsewhere.mkdir()
     link = work.parent / "work-b"
     link.symlink_to(elsewhere)
-    proc = Gated(gate, str(NOBODY.pw_uid), str(NOBODY.pw_gid), str(link), "/bin/true")
+    proc = Gated(gate, str(NOBODY.pw_uid), str(NOBODY.pw_gid), str(link), "-", "/bin/true")
     proc.open_gate()
     code, _, err = proc.finish()
     assert code == 126
@@ -170,12 +171,17 @@ def test_an_existing_folder_is_taken_over_and_a_link_is_refused(
 
 
 @pytest.mark.parametrize(("argv", "code", "message"), [
-    (["65534", "x", "{work}", "/bin/true"], 127, "usage"),
-    (["65534", "4294967295", "{work}", "/bin/true"], 127, "usage"),  # -1: "unchanged"
-    (["65534", "65534", "relative", "/bin/true"], 127, "usage"),
-    (["65534", "65534", "{work}"], 127, "usage"),
-    (["65534", "65534", "{work}", "/no/such/program"], 127, "cannot run the step: errno 2"),
-    (["65534", "65534", "/proc/nope/work", "/bin/true"], 126,
+    (["65534", "x", "{work}", "-", "/bin/true"], 127, "usage"),
+    (["65534", "4294967295", "{work}", "-", "/bin/true"], 127, "usage"),  # -1: "unchanged"
+    (["65534", "65534", "relative", "-", "/bin/true"], 127, "usage"),
+    (["65534", "65534", "{work}", "-"], 127, "usage"),
+    (["65534", "65534", "{work}", "/bin/true"], 127, "usage"),  # no exit file argument
+    (["65534", "65534", "{work}", "exits", "/bin/true"], 127, "usage"),  # not absolute
+    (["65534", "65534", "{work}", "-", "/no/such/program"], 127,
+     "cannot run the step: errno 2"),
+    (["65534", "65534", "{work}", "{work}.exit", "/no/such/program"], 127,
+     "cannot run the step: errno 2"),
+    (["65534", "65534", "/proc/nope/work", "-", "/bin/true"], 126,
      "cannot prepare the work folder: errno 2"),
 ])
 def test_bad_arguments_and_failures_are_reported(
@@ -219,7 +225,7 @@ def test_components_run_as_their_user_in_their_cgroup_either_way(
     assert int(status["CapPrm"], 16) == int(status["CapEff"], 16) == 0
     assert not int(status["SigIgn"], 16) & (1 << (signal.SIGPIPE - 1))  # Python's, not ours
     pid = agent.record("a")["process"]["pid"]
-    assert f":/hedgerow/{THING}/_shared" in pathlib.Path(f"/proc/{pid}/cgroup").read_text()
+    assert f":/hedgerow/{THING}/a" in pathlib.Path(f"/proc/{pid}/cgroup").read_text()
     # The fallback says so once, with what to do about it.
     assert ("steps drop privileges with setpriv" in agent.log.read_text()) == (
         dropper == "setpriv")
@@ -259,3 +265,35 @@ def test_a_recipe_environment_never_loads_code_into_root(
     agent.wait_states({"a": "RUNNING"})
     wait_for(lambda: notes.read_text().strip() != "", 5, "the step to load the library")
     assert set(notes.read_text().split()) == {f"uid={NOBODY.pw_uid}"}
+
+
+@pytest.mark.parametrize(("script", "code"), [("exit 7", 7), ("kill -TERM $$", 143),
+                                              ("exec true", 0)])
+def test_its_root_half_records_the_exit_code_the_step_cannot_forge(
+    gate: pathlib.Path, work: pathlib.Path, script: str, code: int,
+) -> None:
+    exits = work.parent / "exits"
+    exits.mkdir(mode=0o700)  # root's, as state/exits: the step cannot reach it
+    proc = Gated(gate, str(NOBODY.pw_uid), str(NOBODY.pw_gid), str(work), str(exits / "m"),
+                 "/bin/sh", "-c", f"echo 0 > {exits}/m; {script}")
+    proc.open_gate()
+    got, _, err = proc.finish()
+    assert got == code
+    assert "Permission denied" in err  # the forged 0 never lands
+    assert (exits / "m").read_text() == f"{code}\n"
+    written = (exits / "m").stat()
+    assert (written.st_uid, written.st_mode & 0o777) == (0, 0o600)
+
+
+def test_its_root_half_never_writes_through_a_link(
+    gate: pathlib.Path, work: pathlib.Path,
+) -> None:
+    target = work.parent / "root-file"
+    target.write_text("root's\n")
+    link = work.parent / "exit-link"
+    link.symlink_to(target)
+    proc = Gated(gate, str(NOBODY.pw_uid), str(NOBODY.pw_gid), str(work), str(link),
+                 "/bin/sh", "-c", "exit 3")
+    proc.open_gate()
+    assert proc.finish()[0] == 3
+    assert target.read_text() == "root's\n"
