@@ -29,9 +29,16 @@ def at(minutes: float) -> datetime.datetime:
     return T0 + datetime.timedelta(minutes=minutes)
 
 
-def load(*names: str) -> list[Any]:
-    return [o for n in names
-            for o in manifest.parse_documents((ROOT / "examples" / n).read_text())]
+def load(*names: str, namespace: str = "default") -> list[Any]:
+    """Objects from examples/, namespaced ones in ``namespace`` (as `kubectl apply -n`)."""
+    out = []
+    for n in names:
+        for o in manifest.parse_documents((ROOT / "examples" / n).read_text()):
+            if not isinstance(o, coredevice.CoreDevice) and not o.metadata.namespace:
+                o = o.model_copy(update={"metadata": o.metadata.model_copy(
+                    update={"namespace": namespace})})
+            out.append(o)
+    return out
 
 
 class Sim:
@@ -43,7 +50,8 @@ class Sim:
         self.deployments = {resolve.key_of(o): o for o in objs
                             if isinstance(o, deployment.Deployment)}
         self.devices = {o.metadata.name: fleet.Device(o.metadata.name, o.metadata.labels,
-                                                      coredevice.CoreDeviceStatus())
+                                                      coredevice.CoreDeviceStatus(),
+                                                      o.spec.namespace)
                         for o in objs if isinstance(o, coredevice.CoreDevice)}
         self.retained: dict[str, bytes] = {}
         self.events: list[fleet.Event] = []
@@ -109,7 +117,7 @@ def test_examples_publish_once_and_are_idempotent() -> None:
     # Each published document is a valid DesiredState (revision checked on parse).
     documents.DesiredState.model_validate_json(sim.retained["gateway-2"])
     assert sim.step(at(0.1)).publishes == []
-    assert plan.member_counts == {("", "factory-1"): 2, ("", "docker-hosts"): 1}
+    assert plan.member_counts == {("default", "factory-1"): 2, ("default", "docker-hosts"): 1}
     assert sim.condition("factory-1-apps") == ("False", "RollingOut")
     for thing in ("gateway-1", "gateway-2"):
         sim.report(thing, documents.Outcome.SUCCEEDED, at(0.2))
@@ -134,7 +142,7 @@ def test_relabel_changes_state() -> None:
 def test_conflict_sets_conditions_and_publishes_nothing() -> None:
     objs = load(*EXAMPLES)
     other = deployment.Deployment.model_validate({
-        "metadata": {"name": "pin-old", "generation": 1},
+        "metadata": {"name": "pin-old", "namespace": "default", "generation": 1},
         "spec": {"target": {"thing": "gateway-1"},
                  "components": [{"name": "com.example.HelloWorld", "version": "2.0.0"}]}})
     sim = Sim([*objs, other])
@@ -144,18 +152,27 @@ def test_conflict_sets_conditions_and_publishes_nothing() -> None:
     assert sim.condition("pin-old") == ("False", "VersionConflict")
     assert sim.condition("factory-1-apps") == ("False", "VersionConflict")
     assert sim.condition("pin-old", "Stalled") == ("True", "VersionConflict")
+    # factory-1-apps was published to gateway-2: a known good generation now. The next
+    # pass takes only the newcomer out of gateway-1's combination.
+    plan = sim.step(at(1))
+    assert [p.thing for p in plan.publishes] == ["gateway-1"]
+    assert [c["name"] for c in sim.desired("gateway-1")["components"]] == [
+        "com.example.HelloWorld", "com.example.Telemetry"]
+    assert sim.condition("pin-old") == ("False", "VersionConflict")
+    assert sim.condition("factory-1-apps") == ("False", "RollingOut")
 
 
 def _rollout_sim(n: int, rate: int) -> Sim:
     comps = [component.Component.model_validate({
-        "metadata": {"name": f"app-{v}"},
+        "metadata": {"name": f"app-{v}", "namespace": "default"},
         "spec": {"name": "App", "version": v,
                  "manifests": [{"lifecycle": {"run": {"script": f"app {v}"}}}]}})
         for v in ("1.0.0", "2.0.0")]
     group = thinggroup.ThingGroup.model_validate(
-        {"metadata": {"name": "all"}, "spec": {"selector": {"matchLabels": {"fleet": "x"}}}})
+        {"metadata": {"name": "all", "namespace": "default"},
+         "spec": {"selector": {"matchLabels": {"fleet": "x"}}}})
     d = deployment.Deployment.model_validate({
-        "metadata": {"name": "app", "generation": 1},
+        "metadata": {"name": "app", "namespace": "default", "generation": 1},
         "spec": {"target": {"thingGroup": "all"},
                  "components": [{"name": "App", "version": "1.0.0"}],
                  "rollout": {"maximumPerMinute": rate, "timeoutMinutes": 5,
@@ -163,7 +180,8 @@ def _rollout_sim(n: int, rate: int) -> Sim:
                                                 "thresholdPercentage": 20,
                                                 "minNumberOfExecutedThings": 10}]}}})
     devices = [coredevice.CoreDevice.model_validate(
-        {"metadata": {"name": f"dev-{i:03}", "labels": {"fleet": "x"}}}) for i in range(n)]
+        {"metadata": {"name": f"dev-{i:03}", "labels": {"fleet": "x"}},
+         "spec": {"namespace": "default"}}) for i in range(n)]
     return Sim([*comps, group, d, *devices])
 
 
@@ -203,7 +221,7 @@ def test_rollout_honours_the_rate_and_aborts_with_rollback() -> None:
         assert p.revision == good[p.thing]  # the previous document, byte for byte
     assert sim.condition("app") == ("False", "RolloutAborted")
     assert sim.condition("app", "Stalled") == ("True", "RolloutAborted")
-    status = sim.deployments[("", "app")].status
+    status = sim.deployments[("default", "app")].status
     assert status is not None and status.rolled_back == 20
     assert (status.notified, status.failed) == (20, 20)  # as it stood when it stopped
     assert any(e.reason == "RolloutAborted" and e.type == "Warning" for e in sim.events)
@@ -225,7 +243,7 @@ def test_timeouts_count_and_suspend_pauses() -> None:
     # Three windows in: 30 allowed. Nobody answered: the first 10 (2.5 minutes ago) timed
     # out, the 20 notified now have not.
     sim.step(at(3.5))
-    status = sim.deployments[("", "app")].status
+    status = sim.deployments[("default", "app")].status
     assert status is not None
     assert (status.notified, status.timed_out) == (30, 10)
 
@@ -241,7 +259,7 @@ def test_condition_transition_time_is_kept_while_status_holds() -> None:
 def test_unreached_devices_keep_their_generation_but_get_other_changes() -> None:
     sim = _rollout_sim(30, rate=10)
     extra = component.Component.model_validate({
-        "metadata": {"name": "tool-1"},
+        "metadata": {"name": "tool-1", "namespace": "default"},
         "spec": {"name": "Tool", "version": "1.0.0",
                  "manifests": [{"lifecycle": {"run": {"script": "tool"}}}]}})
     sim.components.append(extra)
@@ -254,10 +272,10 @@ def test_unreached_devices_keep_their_generation_but_get_other_changes() -> None
     sim.step(at(10))  # 10 devices reached by generation 2
     # Meanwhile another deployment adds Tool to every device, at once (no rollout limits).
     tool = deployment.Deployment.model_validate({
-        "metadata": {"name": "tool", "generation": 1},
+        "metadata": {"name": "tool", "namespace": "default", "generation": 1},
         "spec": {"target": {"thingGroup": "all"},
                  "components": [{"name": "Tool", "version": "1.0.0"}]}})
-    sim.deployments[("", "tool")] = tool
+    sim.deployments[("default", "tool")] = tool
     plan = sim.step(at(10.1))
     assert len(plan.publishes) == 30
     versions = {t: {c["name"]: c["version"] for c in sim.desired(t)["components"]}
@@ -266,5 +284,5 @@ def test_unreached_devices_keep_their_generation_but_get_other_changes() -> None
     assert on_v2 == {f"dev-{i:03}" for i in range(10)}
     assert all(v["Tool"] == "1.0.0" for v in versions.values())
     gens = {t: d.status.desired_generations for t, d in sim.devices.items()}
-    assert gens["dev-000"] == {"app": 2, "tool": 1}
-    assert gens["dev-029"] == {"app": 1, "tool": 1}
+    assert gens["dev-000"] == {"default/app": 2, "default/tool": 1}
+    assert gens["dev-029"] == {"default/app": 1, "default/tool": 1}
