@@ -53,7 +53,15 @@ def _check_identity(cert_path: str) -> str | None:
 
 def _plan(args: argparse.Namespace) -> int:
     from hedgerow.controller import fleet, kube
-    from hedgerow.core import component, coredevice, deployment, manifest, resolve, thinggroup
+    from hedgerow.core import (
+        component,
+        coredevice,
+        deployment,
+        manifest,
+        privilege,
+        resolve,
+        thinggroup,
+    )
 
     proposed: list[Any] = []
     for path in args.files:
@@ -88,15 +96,21 @@ def _plan(args: argparse.Namespace) -> int:
                 if (o.metadata.namespace or "", o.metadata.name) not in mine]
         return kept + list(mine.values())
 
-    before = resolve.Fleet(live["ThingGroup"], live["Deployment"], live["Component"])
-    after = resolve.Fleet(overlay("ThingGroup"), overlay("Deployment"), overlay("Component"))
+    levels = {name: privilege.resolve_level(labels)
+              for name, labels in api.fetch_namespace_labels().items()}
+    before = resolve.Fleet(live["ThingGroup"], live["Deployment"], live["Component"], levels)
+    after = resolve.Fleet(overlay("ThingGroup"), overlay("Deployment"), overlay("Component"),
+                          levels)
     problems: dict[str, str] = {}
     changed = 0
     for device in sorted(live["CoreDevice"], key=lambda d: d.metadata.name):
         thing, labels = device.metadata.name, device.metadata.labels
+        namespace = device.spec.namespace
+        if namespace is None:
+            continue  # in no namespace: nothing reaches it
         platform = device.status.platform if device.status else None
-        old = before.resolve(thing, labels, platform).combination
-        new = after.resolve(thing, labels, platform)
+        old = before.resolve(thing, labels, platform, namespace=namespace).combination
+        new = after.resolve(thing, labels, platform, namespace=namespace)
         if new.problems:
             for p in new.problems:
                 problems[f"{p.deployment}: {p.reason}: {p.message}"] = thing
@@ -111,7 +125,8 @@ def _plan(args: argparse.Namespace) -> int:
         print(f"{thing}:")
         for change in changes:
             print(f"  {change}")
-    empty = after.empty_targets((d.metadata.name, d.metadata.labels) for d in live["CoreDevice"])
+    empty = after.empty_targets((d.metadata.name, d.metadata.labels, d.spec.namespace)
+                                for d in live["CoreDevice"] if d.spec.namespace is not None)
     for p in empty:
         problems[f"{p.deployment}: {p.reason}: {p.message}"] = ""
     for text in problems:

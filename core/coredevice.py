@@ -16,7 +16,6 @@ import pydantic
 
 from hedgerow.core import base, documents
 
-
 # RFC 1123 label: what Kubernetes allows as a namespace name.
 NAMESPACE_NAME = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 

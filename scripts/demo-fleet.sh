@@ -139,9 +139,9 @@ up() {
     root=$dir/devices/$t
     label_args=()
     for l in ${labels[$t]}; do label_args+=(--label "$l"); done
-    say "$t: agent init (key stays on the device) → device register ${labels[$t]} → install-bundle → agent run"
+    say "$t: agent init (key stays on the device) → device register --namespace default ${labels[$t]} → install-bundle → agent run"
     hedgerow agent init --root "$root" --thing "$t" >"$dir/$t.csr" 2>/dev/null
-    hedgerow device register "$t" "${label_args[@]}" --csr "$dir/$t.csr" \
+    hedgerow device register "$t" --namespace default "${label_args[@]}" --csr "$dir/$t.csr" \
       --broker-url "$broker_url" --kubeconfig "$(cat "$dir/kubeconfig.path")" \
       --out "$dir/$t.bundle.json" 2>/dev/null
     hedgerow agent install-bundle --root "$root" --thing "$t" "$dir/$t.bundle.json" >/dev/null

@@ -191,7 +191,8 @@ def test_rollout_of_200_devices_honours_the_rate_and_aborts_with_rollback(
          "metadata": {"name": "fleet", "namespace": "default"},
          "spec": {"selector": {"matchLabels": {"fleet": "a"}}}},
         *({"apiVersion": "hedgerow.dev/v1alpha1", "kind": "CoreDevice",
-           "metadata": {"name": t, "labels": {"fleet": "a"}}} for t in things))
+           "metadata": {"name": t, "labels": {"fleet": "a"}},
+           "spec": {"namespace": "default"}} for t in things))
     # Version 1 works, version 2 fails on every device that gets it.
     devices.responder = lambda thing, doc: (
         "SUCCEEDED" if doc["components"] and doc["components"][0]["version"] == "1.0.0"
