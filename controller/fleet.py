@@ -410,8 +410,8 @@ def _isolate(
             message = (f"the desired document of {device.thing} would be {size} bytes, over "
                        f"the limit of {max_bytes} (MAX_DESIRED_BYTES); it is not published "
                        "and the device keeps its previous document")
-            found = [resolve.Problem(rollouts[i].id, DOCUMENT_TOO_LARGE, message)
-                     for i, v in chosen.items() if v is not None]
+            found = [resolve.Problem(rollouts[_largest(result, chosen, rollouts)].id,
+                                     DOCUMENT_TOO_LARGE, message)]
         blamed = {name for p in found for name in p.deployment.split(",")}
         at_fault = [i for i, v in chosen.items() if v is not None and rollouts[i].id in blamed]
         if not at_fault:  # a problem nobody in particular is named for: all of them
@@ -426,6 +426,19 @@ def _isolate(
             assert current is not None
             chosen[i] = r.baseline(current.metadata.generation or 0)
     return None, faults
+
+
+def _largest(result: resolve.DeviceResult, chosen: Mapping[int, deployment.Deployment | None],
+             rollouts: Sequence[_Rollout]) -> int:
+    """The deployment to take back when a document is too large: of those on a generation
+    never published before (or of all), the one whose components take the most bytes."""
+    sizes: dict[str, int] = {}
+    for rc in result.combination.components:  # only on this rare path: no cache needed
+        sizes[rc.deployment] = sizes.get(rc.deployment, 0) + len(
+            documents.canonical_json(rc.to_dict()))
+    present = [i for i, v in chosen.items() if v is not None]
+    new = [i for i in present if not rollouts[i].is_good(chosen[i])]  # type: ignore[arg-type]
+    return max(new or present, key=lambda i: sizes.get(rollouts[i].id, 0))
 
 
 def _render_status(

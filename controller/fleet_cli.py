@@ -243,8 +243,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     reg = dev.add_parser(
         "register", help="create the CoreDevice; with --csr, sign it and write a bundle",
         description="Create (or update) the CoreDevice NAME in --namespace with its labels. "
-                    "Given the CSR from `hedgerow agent init`, check and sign it with the fleet CA, "
-                    "store the CSR in spec.csr and the certificate in status.certificate, "
+                    "Given the CSR from `hedgerow agent init`, check and sign it with the fleet "
+                    "CA, store the CSR in spec.csr and the certificate in status.certificate, "
                     "and write the device's bootstrap bundle (certificate, CA, broker URL).")
     reg.add_argument("name", metavar="NAME", help="the thing name")
     reg.add_argument("--namespace", "-n", required=True,
