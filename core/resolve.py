@@ -460,10 +460,13 @@ def resolve_combination(
         if levels is not None:
             ns = versions.namespaces.get(name, "")
             granted = levels.get(ns, privilege.DEFAULT)
+            # The deployments that asked for it by name (their runWith applies), else
+            # those whose components pulled it in as a dependency.
+            blamed = sorted({deployment_id(r.source) for r in winners.get(name, [])}
+                            or origins[name])
             for v in catalog.violations(rc, granted):
                 message = privilege.render_violation(name, v, granted)
-                problems.extend(Problem(o, PRIVILEGE_VIOLATION, message)
-                                for o in sorted(origins[name]))
+                problems.extend(Problem(o, PRIVILEGE_VIOLATION, message) for o in blamed)
         resolved.append(rc)
         parts.append(data)
     if problems:

@@ -17,6 +17,7 @@ from hedgerow.core import (
     deployment,
     documents,
     manifest,
+    privilege,
     resolve,
     thinggroup,
 )
@@ -286,3 +287,102 @@ def test_unreached_devices_keep_their_generation_but_get_other_changes() -> None
     gens = {t: d.status.desired_generations for t, d in sim.devices.items()}
     assert gens["dev-000"] == {"default/app": 2, "default/tool": 1}
     assert gens["dev-029"] == {"default/app": 1, "default/tool": 1}
+
+
+# --- tenancy, privilege and failure isolation ------------------------------------------
+
+def _tool(version: str) -> component.Component:
+    return component.Component.model_validate({
+        "metadata": {"name": f"tool-{version}", "namespace": "default"},
+        "spec": {"name": "Tool", "version": version,
+                 "manifests": [{"lifecycle": {"run": {"script": f"tool {version}"}}}]}})
+
+
+def _deployment(name: str, components: list[dict[str, Any]], priority: int = 0,
+                namespace: str = "default") -> deployment.Deployment:
+    return deployment.Deployment.model_validate({
+        "metadata": {"name": name, "namespace": namespace, "generation": 1},
+        "spec": {"target": {"thingGroup": "factory-1"}, "components": components,
+                 "priority": priority}})
+
+
+def test_a_bad_generation_keeps_contributing_the_last_good_one() -> None:
+    sim = Sim([*load(*EXAMPLES), _tool("1.0.0"),
+               _deployment("tool", [{"name": "Tool", "version": "1.0.0"}])])
+    sim.step(at(0))
+    assert {c["name"] for c in sim.desired("gateway-1")["components"]} >= {"Tool"}
+    sim.step(at(0.1))  # the status now has generation 1 in its history
+    # Generation 2 names a version that does not exist.
+    sim.update("tool", components=[deployment.DeploymentComponent(name="Tool",
+                                                                  version="9.0.0")])
+    before = sim.retained["gateway-1"]
+    plan = sim.step(at(1))
+    assert sim.condition("tool") == ("False", "UnknownComponent")
+    assert plan.publishes == [] and sim.retained["gateway-1"] == before
+    # Another deployment's change still goes out, with Tool 1.0.0 still in it.
+    sim.update("factory-1-apps", priority=1)
+    plan = sim.step(at(2))
+    assert sorted(p.thing for p in plan.publishes) == ["gateway-1", "gateway-2"]
+    tool = [c for c in sim.desired("gateway-1")["components"] if c["name"] == "Tool"]
+    assert [c["version"] for c in tool] == ["1.0.0"]
+    assert sim.devices["gateway-1"].status.desired_generations["default/tool"] == 1
+    assert sim.condition("factory-1-apps", "Stalled")[0] == "False"
+
+
+def test_a_problem_deployment_never_blocks_another() -> None:
+    bad = _deployment("bad", [{"name": "com.example.Nope", "version": "1.0.0"}],
+                      priority=1000)
+    sim = Sim([*load(*EXAMPLES), bad])
+    plan = sim.step(at(0))
+    # The examples publish everywhere as if `bad` were not there; `bad` says why.
+    assert sorted(p.thing for p in plan.publishes) == ["gateway-1", "gateway-2", "gateway-3"]
+    assert sim.condition("bad") == ("False", "UnknownComponent")
+    assert plan.problems.keys() == {"default/bad"}
+    assert "default/bad" not in sim.devices["gateway-1"].status.desired_generations
+
+
+def test_privilege_is_checked_with_the_namespace_level() -> None:
+    root = _deployment("root", [{"name": "com.example.HelloWorld", "version": "1.0.0",
+                                 "runWith": {"posixUser": "root"}}], priority=5)
+    objs = [*load(*EXAMPLES), root]
+    sim = Sim(objs)
+    sim.step(at(0))
+    assert sim.condition("root") == ("False", "PrivilegeViolation")
+    assert "runWith" not in sim.desired("gateway-1")["components"][0]
+    # Granted: the same objects resolve (levels come from the namespaces' labels).
+    plan = fleet.plan_fleet(list(sim.devices.values()), sim.groups,
+                            list(sim.deployments.values()), sim.components, at(1),
+                            levels={"default": privilege.Level.PRIVILEGED})
+    assert "default/root" not in plan.problems
+    assert sorted(p.thing for p in plan.publishes) == ["gateway-1", "gateway-2"]
+
+
+def test_a_document_over_the_bound_is_not_published() -> None:
+    sim = Sim(load(*EXAMPLES))
+    sim.step(at(0))
+    before = dict(sim.retained)
+    big = _deployment("big", [{"name": "com.example.HelloWorld", "version": "1.0.0",
+                               "configurationUpdate": {"merge": {"message": "x" * 4000}}}],
+                      priority=5)
+    sim.deployments[resolve.key_of(big)] = big
+    limit = max(len(p) for p in before.values()) + 1000
+    plan = fleet.plan_fleet(list(sim.devices.values()), sim.groups,
+                            list(sim.deployments.values()), sim.components, at(1),
+                            max_bytes=limit)
+    assert plan.publishes == []
+    [problem] = plan.problems["default/big"]
+    assert problem.reason == "DocumentTooLarge" and f"over the limit of {limit}" in (
+        problem.message)
+    assert "default/factory-1-apps" not in plan.problems
+
+
+def test_a_device_in_no_namespace_is_reached_by_nothing() -> None:
+    sim = Sim(load(*EXAMPLES))
+    dev = sim.devices["gateway-1"]
+    sim.devices["gateway-1"] = dataclasses.replace(dev, namespace=None)
+    plan = sim.step(at(0))
+    assert sorted(p.thing for p in plan.publishes) == ["gateway-2", "gateway-3"]
+    assert plan.member_counts[("default", "factory-1")] == 1
+    # Another namespace's objects do not reach default's devices either.
+    other = Sim(load(*EXAMPLES[:5], namespace="zzz") + load("coredevices.yaml"))
+    assert other.step(at(0)).publishes == []
