@@ -91,15 +91,16 @@ def _admit(obj: dict[str, Any], labels: dict[str, str]) -> list[str]:
     """Evaluate the policy as the API server would (variables, then each validation):
     the messages of the validations that deny ``obj``."""
     import celpy
+    import celpy.adapter
 
     env = celpy.Environment()
     namespace = {"metadata": {"name": "team-a", "labels": labels}}
-    activation: dict[str, Any] = {"object": celpy.json_to_cel(obj),
-                                  "namespaceObject": celpy.json_to_cel(namespace)}
+    activation: dict[str, Any] = {"object": celpy.adapter.json_to_cel(obj),
+                                  "namespaceObject": celpy.adapter.json_to_cel(namespace)}
     variables: dict[str, Any] = {}
     spec = _policy()["spec"]
     for var in spec["variables"]:
-        activation["variables"] = celpy.json_to_cel(variables)
+        activation["variables"] = celpy.adapter.json_to_cel(variables)
         program = env.program(env.compile(var["expression"]))
         variables[var["name"]] = program.evaluate(activation)
     activation["variables"] = celpy.celtypes.MapType(

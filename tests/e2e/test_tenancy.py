@@ -72,7 +72,7 @@ def test_the_attacks_fail_and_the_team_goes_on(fleet: Fleet) -> None:
                             "components": [{"name": HELLO, "version": "1.0.0",
                                             "runWith": {"posixUser": "root"}}]}}
         fleet.apply([as_root])
-        status, reason, message = wait_for(
+        status, _reason, message = wait_for(
             lambda: (r := _ready(fleet, "as-root", "default"))[1] == "PrivilegeViolation"
             and r, 30, "PrivilegeViolation on as-root")
         assert status == "False"
