@@ -10,6 +10,8 @@ devices keep their documents and keep converging on team A's changes.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -313,3 +315,25 @@ def test_oversized_invalid_and_flooding_reports_are_refused(
     wait_for(lambda: reports("a-1") == ("True", "Accepted"), 20, "a-1 accepted again")
     assert cluster.get("coredevice", "a-1", None)["status"]["agentVersion"] == "0.2.0"
     assert len(json.dumps(cluster.get("coredevice", "a-1", None)["status"])) < 4096
+
+
+def test_moving_a_device_to_another_namespace_is_explicit(cluster: Cluster) -> None:
+    def register(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "hedgerow", "device", "register", "d-1",
+                               "--kubeconfig", cluster.kubeconfig, *args],
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    assert register("--namespace", "team-a", "--label", "site=x").returncode == 0
+    assert cluster.get("coredevice", "d-1", None)["spec"]["namespace"] == "team-a"
+    # Re-registering (new labels) in the same namespace is fine.
+    assert register("--namespace", "team-a", "--label", "site=y").returncode == 0
+    # Another namespace without --move: refused, nothing changed.
+    refused = register("--namespace", "zzz", "--label", "site=z")
+    assert refused.returncode == 1
+    assert "belongs to namespace 'team-a'" in refused.stderr and "--move" in refused.stderr
+    device = cluster.get("coredevice", "d-1", None)
+    assert device["spec"]["namespace"] == "team-a"
+    assert device["metadata"]["labels"] == {"site": "y"}
+    assert register("--namespace", "zzz", "--move").returncode == 0
+    assert cluster.get("coredevice", "d-1", None)["spec"]["namespace"] == "zzz"
+    assert register("--label", "site=q").returncode == 2  # --namespace is required
