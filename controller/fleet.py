@@ -412,19 +412,17 @@ def _isolate(
                        "and the device keeps its previous document")
             found = [resolve.Problem(rollouts[_largest(result, chosen, rollouts)].id,
                                      DOCUMENT_TOO_LARGE, message)]
+        present = {i: v for i, v in chosen.items() if v is not None}
         blamed = {name for p in found for name in p.deployment.split(",")}
-        at_fault = [i for i, v in chosen.items() if v is not None and rollouts[i].id in blamed]
-        if not at_fault:  # a problem nobody in particular is named for: all of them
-            at_fault = [i for i, v in chosen.items() if v is not None]
+        # A problem nobody in particular is named for: all of them.
+        at_fault = [i for i in present if rollouts[i].id in blamed] or list(present)
         if not at_fault:
             return None, faults
-        new = [i for i in at_fault if not rollouts[i].is_good(chosen[i])]  # type: ignore[arg-type]
+        new = [i for i in at_fault if not rollouts[i].is_good(present[i])]
         for i in new or at_fault:
             r = rollouts[i]
             faults.extend(p for p in found if r.id in p.deployment.split(","))
-            current = chosen[i]
-            assert current is not None
-            chosen[i] = r.baseline(current.metadata.generation or 0)
+            chosen[i] = r.baseline(present[i].metadata.generation or 0)
     return None, faults
 
 
@@ -436,9 +434,9 @@ def _largest(result: resolve.DeviceResult, chosen: Mapping[int, deployment.Deplo
     for rc in result.combination.components:  # only on this rare path: no cache needed
         sizes[rc.deployment] = sizes.get(rc.deployment, 0) + len(
             documents.canonical_json(rc.to_dict()))
-    present = [i for i, v in chosen.items() if v is not None]
-    new = [i for i in present if not rollouts[i].is_good(chosen[i])]  # type: ignore[arg-type]
-    return max(new or present, key=lambda i: sizes.get(rollouts[i].id, 0))
+    present = {i: v for i, v in chosen.items() if v is not None}
+    new = [i for i, v in present.items() if not rollouts[i].is_good(v)]
+    return max(new or list(present), key=lambda i: sizes.get(rollouts[i].id, 0))
 
 
 def _render_status(
@@ -504,13 +502,16 @@ def _render_status(
     older = [h.generation for h in old.history if h.generation < r.generation]
     history = [h for h in old.history if h.generation < r.generation
                and (h.generation in in_use or h.generation == max(older))]
-    if not problems or r.generation in in_use:  # published (to some devices at least)
+    # Published, to some devices at least (the others had problems): a good generation,
+    # whose rollout is under way.
+    published = not problems or r.generation in in_use
+    if published:
         history.append(deployment.GenerationSpec(generation=r.generation, spec=r.d.spec))
     history = history[-8:]
     return deployment.DeploymentStatus(
         observed_generation=r.generation, targeted=counts.targeted, notified=counts.notified,
         succeeded=counts.succeeded, failed=counts.failed, timed_out=counts.timed_out,
-        rolled_back=r.rolled_back, rollout=old.rollout if problems else r.state,
+        rolled_back=r.rolled_back, rollout=r.state if published else old.rollout,
         history=history, conditions=conditions)
 
 

@@ -386,3 +386,29 @@ def test_a_device_in_no_namespace_is_reached_by_nothing() -> None:
     # Another namespace's objects do not reach default's devices either.
     other = Sim(load(*EXAMPLES[:5], namespace="zzz") + load("coredevices.yaml"))
     assert other.step(at(0)).publishes == []
+
+
+def test_a_problem_on_some_devices_does_not_reset_the_rollout_of_the_others() -> None:
+    sim = _rollout_sim(30, rate=10)
+    arm = documents.PlatformInfo(os="linux", arch="aarch64")
+    amd64_only = component.Component.model_validate({
+        "metadata": {"name": "app-3", "namespace": "default"},
+        "spec": {"name": "App", "version": "3.0.0", "manifests": [
+            {"platform": {"os": "linux", "arch": "amd64"},
+             "lifecycle": {"run": {"script": "app 3"}}}]}})
+    sim.components.append(amd64_only)
+    for thing in ("dev-000", "dev-001"):  # these two are arm devices
+        dev = sim.devices[thing]
+        sim.devices[thing] = dataclasses.replace(
+            dev, status=dev.status.model_copy(update={"platform": arm}))
+    sim.update("app", components=[deployment.DeploymentComponent(name="App",
+                                                                 version="3.0.0")])
+    reached: set[str] = set()
+    for step in range(5):  # many passes inside the first rollout window
+        reached |= {p.thing for p in sim.step(at(0.1 * step)).publishes}
+    # The window's 10 slots went to the first 10 in name order; the two arm devices took
+    # theirs and were refused.
+    assert len(reached) == 8 and not reached & {"dev-000", "dev-001"}
+    assert sim.condition("app") == ("False", "NoManifestForPlatform")
+    reached |= {p.thing for p in sim.step(at(1)).publishes}  # the next window: 10 more
+    assert len(reached) == 18
