@@ -5,7 +5,8 @@
 #       the cloud broker (mosquitto from `hedgerow broker config`: TLS, client certificates,
 #       the per-device ACL) on 127.0.0.1, the controller, and three device agents
 #       (gateway-1/2/3, each with its own root, a key made by `hedgerow agent init` and a
-#       certificate signed by `hedgerow device register --csr`), then applies examples/ and
+#       certificate signed by `hedgerow device register --namespace default --csr`), then applies
+#       examples/ (namespace default) and
 #       shows the fleet converging. Everything runs in the background; logs are in DIR.
 # down: removes the examples (the agents stop their components), stops every process it
 #       started (pid files in DIR) and removes what it made in DIR (DIR too, if empty).
