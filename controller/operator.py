@@ -129,6 +129,7 @@ class Controller:
         self.buckets: dict[str, ratelimit.Bucket] = {}  # reports accepted per device
         self.refused: dict[str, dict[str, int]] = {}  # thing -> reason -> count
         self.refusing: dict[str, tuple[str, float]] = {}  # thing -> (reason, last refusal)
+        self.homeless: set[str] = set()  # CoreDevices without a namespace, already logged
 
     # --- wiring ---------------------------------------------------------------------
 
@@ -278,6 +279,12 @@ class Controller:
             if self.ca is not None:
                 self._sign(cd, _now())
                 status = self.devices[thing]
+            if cd.spec.namespace is None and thing not in self.homeless:
+                self.homeless.add(thing)  # stored before tenancy: said once, not every pass
+                logger.warning("CoreDevice %s has no spec.namespace: nothing reaches it (it "
+                               "keeps its document) until the fleet admin sets one", thing)
+            elif cd.spec.namespace is not None:
+                self.homeless.discard(thing)
             devices.append(fleet.Device(thing, cd.metadata.labels, status, cd.spec.namespace))
         gone = sorted(set(self.devices) - seen)
         for thing in gone:
