@@ -95,7 +95,8 @@ def fleet_objects(n: int) -> list[dict[str, Any]]:
                               "defaultConfiguration": {"interval": 5},
                               "manifests": [{"lifecycle": {"run": {"script": "sleep 1"}}}]}})
     docs += [{"apiVersion": "hedgerow.dev/v1alpha1", "kind": "CoreDevice",
-              "metadata": {"name": thing_name(i), "labels": {"bench": "yes"}}}
+              "metadata": {"name": thing_name(i), "labels": {"bench": "yes"}},
+              "spec": {"namespace": "default"}}
              for i in range(n)]
     return docs
 

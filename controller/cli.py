@@ -75,7 +75,15 @@ def _plan(args: argparse.Namespace) -> int:
     import json
 
     from hedgerow.controller import fleet, kube
-    from hedgerow.core import component, coredevice, deployment, manifest, resolve, thinggroup
+    from hedgerow.core import (
+        component,
+        coredevice,
+        deployment,
+        manifest,
+        privilege,
+        resolve,
+        thinggroup,
+    )
 
     proposed: list[Any] = []
     for path in args.files:
@@ -113,11 +121,16 @@ def _plan(args: argparse.Namespace) -> int:
     # The Deployments FILEs define (overlay keeps the live objects it does not replace).
     planned = {resolve.deployment_id(d) for d in overlay("Deployment")
                if not any(d is o for o in live["Deployment"])}
-    current = resolve.Fleet(live["ThingGroup"], live["Deployment"], live["Component"])
-    before = resolve.Fleet(live["ThingGroup"], live["Deployment"], live["Component"])
-    after = resolve.Fleet(overlay("ThingGroup"), overlay("Deployment"), overlay("Component"))
-    devices = sorted(live["CoreDevice"], key=lambda d: d.metadata.name)
-    everyone = [(d.metadata.name, d.metadata.labels) for d in devices]
+    levels = {name: privilege.resolve_level(labels)
+              for name, labels in api.fetch_namespace_labels().items()}
+    current = resolve.Fleet(live["ThingGroup"], live["Deployment"], live["Component"], levels)
+    before = resolve.Fleet(live["ThingGroup"], live["Deployment"], live["Component"], levels)
+    after = resolve.Fleet(overlay("ThingGroup"), overlay("Deployment"), overlay("Component"),
+                          levels)
+    # A CoreDevice in no namespace (stored before tenancy) is reached by nothing.
+    devices = sorted((d for d in live["CoreDevice"] if d.spec.namespace is not None),
+                     key=lambda d: d.metadata.name)
+    everyone = [(d.metadata.name, d.metadata.labels, d.spec.namespace) for d in devices]
 
     def key(p: resolve.Problem) -> str:
         return f"{p.deployment}: {p.reason}: {p.message}"
@@ -127,7 +140,7 @@ def _plan(args: argparse.Namespace) -> int:
     for device in devices:
         platform = device.status.platform if device.status else None
         for p in current.resolve(device.metadata.name, device.metadata.labels,
-                                 platform).problems:
+                                 platform, namespace=device.spec.namespace).problems:
             context[key(p)] = p
     context.update((key(p), p) for p in current.empty_targets(everyone))
 
@@ -142,11 +155,12 @@ def _plan(args: argparse.Namespace) -> int:
                  sent: dict[str, int] = sent) -> deployment.Deployment:
             return _held(fleet_, d, sent.get(resolve.deployment_id(d)))
 
+        namespace = device.spec.namespace
         old = before.resolve(thing, labels, status.platform,
-                             lambda d: held(d, before)).combination
+                             lambda d: held(d, before), namespace=namespace).combination
         new = after.resolve(thing, labels, status.platform,
                             lambda d: d if resolve.deployment_id(d) in planned
-                            else held(d, after))
+                            else held(d, after), namespace=namespace)
         if new.problems:
             for p in new.problems:
                 if p.deployment in planned or key(p) not in context:

@@ -11,6 +11,20 @@ as many more devices as :func:`hedgerow.core.rollout.plan_allowance` allows, in 
 order. When an abort criterion trips, the rollout stops; with ``failureHandling:
 ROLLBACK`` every device on the failing generation is resolved with the generation before it
 again (rollback is re-applying the previous document, nothing else).
+
+Tenancy. A device belongs to one namespace (``Device.namespace``, from ``CoreDevice
+spec.namespace``); only that namespace's groups and deployments reach it, and each
+namespace's privilege level (``levels``) is checked when resolving. A device without a
+namespace is reached by nothing and keeps whatever it has.
+
+Failure isolation. When a device's combination has a problem (an unknown component, a
+version conflict, a privilege violation, a document over ``limits.MAX_DESIRED_BYTES``),
+the deployments at fault are taken back, on that device only, to their last good
+generation (the newest one in ``status.history`` below the one tried) or left out if they
+never had one, and the device is resolved again. When several are at fault, those on a
+generation never published before go first: the newcomer is refused, not the deployment
+that was already running. The problems are reported on the deployments taken back; every
+other deployment and device goes on as if they were not there.
 """
 
 from __future__ import annotations
@@ -27,6 +41,8 @@ from hedgerow.core import (
     deployment,
     documents,
     identity,
+    limits,
+    privilege,
     resolve,
     rollout,
 )
@@ -36,6 +52,7 @@ APPLIED: Final = "Applied"
 READY: Final = "Ready"
 PROGRESSING: Final = "Progressing"
 STALLED: Final = "Stalled"  # kstatus (Flux): a permanent failure, not "still working"
+DOCUMENT_TOO_LARGE: Final = "DocumentTooLarge"
 
 Key = resolve.Key
 
@@ -45,6 +62,7 @@ class Device:
     thing: str
     labels: Mapping[str, str]
     status: coredevice.CoreDeviceStatus
+    namespace: str | None = None  # None: in no namespace, nothing reaches it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,6 +177,7 @@ class _Rollout:
     frozen: rollout.Counts | None = None  # counts when the rollout was aborted
     previous: deployment.DeploymentStatus = dataclasses.field(
         default_factory=deployment.DeploymentStatus)  # the status before this pass
+    good: frozenset[int] = frozenset()  # generations in status.history
 
     @property
     def aborted(self) -> bool:
@@ -172,6 +191,10 @@ class _Rollout:
     def baseline(self, below: int) -> deployment.Deployment | None:
         older = [g for g in self.history if g < below]
         return self.history[max(older)] if older else None
+
+    def is_good(self, d: deployment.Deployment) -> bool:
+        """Whether this generation was published before (it is in status.history)."""
+        return (d.metadata.generation or 0) in self.good
 
     def choose(self, thing: str, record: int | None) -> deployment.Deployment | None:
         """The generation of this deployment a device gets, given the one it is on."""
@@ -243,13 +266,16 @@ def plan_fleet(
     *,
     fleet: resolve.Fleet | None = None,
     statuses: Mapping[Key, deployment.DeploymentStatus] | None = None,
+    levels: Mapping[str, privilege.Level] | None = None,
+    max_bytes: int = limits.MAX_DESIRED_BYTES,
 ) -> FleetPlan:
-    """One pass. ``fleet`` (built from the same groups, deployments and components) may be
-    kept between passes: its caches then carry over, and devices whose combination did
-    not change cost a lookup. ``statuses`` override the Deployments' own status (the
-    controller's latest writes, which the watch may not have delivered yet)."""
+    """One pass. ``fleet`` (built from the same groups, deployments, components and
+    ``levels``) may be kept between passes: its caches then carry over, and devices whose
+    combination did not change cost a lookup. ``statuses`` override the Deployments' own
+    status (the controller's latest writes, which the watch may not have delivered yet).
+    ``levels``: the privilege level of each namespace (absent: the default, restricted)."""
     if fleet is None:
-        fleet = resolve.Fleet(groups, deployments, components)
+        fleet = resolve.Fleet(groups, deployments, components, levels or {})
     events: list[Event] = []
     rollouts: list[_Rollout] = []
     for d, did in zip(fleet.deployments, fleet.ids, strict=True):
@@ -264,7 +290,8 @@ def plan_fleet(
                    if h.generation < generation}
         rollouts.append(_Rollout(d, did, generation, state, history,
                                  rolled_back=0 if fresh else previous.rolled_back, fresh=fresh,
-                                 previous=previous))
+                                 previous=previous,
+                                 good=frozenset(h.generation for h in previous.history)))
     position = {id(d): i for i, d in enumerate(fleet.deployments)}
 
     view = _View({}, {})
@@ -272,10 +299,13 @@ def plan_fleet(
     members: dict[Key, int] = dict.fromkeys(fleet.groups, 0)
     for device in devices:
         view.set(device.thing, device.status)
-        targeting[device.thing] = fleet.indices(device.thing, device.labels)
+        if device.namespace is None:
+            targeting[device.thing] = ()
+            continue
+        targeting[device.thing] = fleet.indices(device.thing, device.labels, device.namespace)
         for i in targeting[device.thing]:
             rollouts[i].targeted.append(device.thing)
-        for g in fleet.groups_of(device.thing, device.labels):
+        for g in fleet.groups_of(device.thing, device.labels, device.namespace):
             members[g] += 1
 
     wake: list[datetime.datetime] = []
@@ -318,19 +348,19 @@ def plan_fleet(
     problems: dict[str, list[resolve.Problem]] = {}
     for device in devices:
         status = device.status
+        if device.namespace is None:
+            continue  # in no namespace: nothing reaches it, it keeps what it has
         chosen = {i: rollouts[i].choose(device.thing, status.desired_generations.get(
             rollouts[i].id)) for i in targeting[device.thing]}
-
-        def substitute(d: deployment.Deployment,
-                       chosen: dict[int, deployment.Deployment | None] = chosen,
-                       ) -> deployment.Deployment | None:
-            return chosen[position[id(d)]]
-
-        result = fleet.resolve(device.thing, device.labels, status.platform, substitute)
-        if result.problems:
-            for p in result.problems:
-                problems.setdefault(p.deployment, []).append(p)
-            continue
+        result, faults = _isolate(fleet, device, chosen, rollouts, position, max_bytes)
+        for p in faults:
+            found = problems.setdefault(p.deployment, [])
+            # One line per kind of problem is enough for a condition (not one per device).
+            if p not in found and not (p.reason == DOCUMENT_TOO_LARGE
+                                       and any(x.reason == p.reason for x in found)):
+                found.append(p)
+        if result is None:
+            continue  # nothing settles: the device keeps its last document
         revision = result.revision
         assert revision is not None
         if status.desired_revision is None and not result.combination.deployments:
@@ -346,12 +376,67 @@ def plan_fleet(
                      if revision != status.desired_revision else
                      status.model_copy(update={"desired_generations": generations}))
 
-    for p in fleet.empty_targets((d.thing, d.labels) for d in devices):
+    for p in fleet.empty_targets((d.thing, d.labels, d.namespace) for d in devices
+                                 if d.namespace is not None):
         problems.setdefault(p.deployment, []).append(p)
 
     written = {resolve.key_of(r.d): _render_status(r, view, problems.get(r.id, []), now,
                                                    window, events) for r in rollouts}
     return FleetPlan(publishes, written, members, events, min(wake) if wake else None, problems)
+
+
+def _isolate(
+    fleet: resolve.Fleet, device: Device, chosen: dict[int, deployment.Deployment | None],
+    rollouts: Sequence[_Rollout], position: Mapping[int, int], max_bytes: int,
+) -> tuple[resolve.DeviceResult | None, list[resolve.Problem]]:
+    """Resolve the device; while its combination has a problem, take the deployments at
+    fault back to their last good generation (or out), never-published generations first.
+    ``chosen`` is updated in place. Returns the result (None if nothing settles) and the
+    problems of the deployments taken back."""
+    faults: list[resolve.Problem] = []
+
+    def substitute(d: deployment.Deployment) -> deployment.Deployment | None:
+        return chosen[position[id(d)]]
+
+    # Each round moves at least one deployment to an older generation or out.
+    for _ in range(1 + sum(len(rollouts[i].history) + 1 for i in chosen)):
+        result = fleet.resolve(device.thing, device.labels, device.status.platform,
+                               substitute, device.namespace)
+        found = list(result.problems)
+        if not found:
+            size = result.combination.size_for(device.thing)
+            if size <= max_bytes:
+                return result, faults
+            message = (f"the desired document of {device.thing} would be {size} bytes, over "
+                       f"the limit of {max_bytes} (MAX_DESIRED_BYTES); it is not published "
+                       "and the device keeps its previous document")
+            found = [resolve.Problem(rollouts[_largest(result, chosen, rollouts)].id,
+                                     DOCUMENT_TOO_LARGE, message)]
+        present = {i: v for i, v in chosen.items() if v is not None}
+        blamed = {name for p in found for name in p.deployment.split(",")}
+        # A problem nobody in particular is named for: all of them.
+        at_fault = [i for i in present if rollouts[i].id in blamed] or list(present)
+        if not at_fault:
+            return None, faults
+        new = [i for i in at_fault if not rollouts[i].is_good(present[i])]
+        for i in new or at_fault:
+            r = rollouts[i]
+            faults.extend(p for p in found if r.id in p.deployment.split(","))
+            chosen[i] = r.baseline(present[i].metadata.generation or 0)
+    return None, faults
+
+
+def _largest(result: resolve.DeviceResult, chosen: Mapping[int, deployment.Deployment | None],
+             rollouts: Sequence[_Rollout]) -> int:
+    """The deployment to take back when a document is too large: of those on a generation
+    never published before (or of all), the one whose components take the most bytes."""
+    sizes: dict[str, int] = {}
+    for rc in result.combination.components:  # only on this rare path: no cache needed
+        sizes[rc.deployment] = sizes.get(rc.deployment, 0) + len(
+            documents.canonical_json(rc.to_dict()))
+    present = {i: v for i, v in chosen.items() if v is not None}
+    new = [i for i, v in present.items() if not rollouts[i].is_good(v)]
+    return max(new or list(present), key=lambda i: sizes.get(rollouts[i].id, 0))
 
 
 def _render_status(
@@ -417,13 +502,16 @@ def _render_status(
     older = [h.generation for h in old.history if h.generation < r.generation]
     history = [h for h in old.history if h.generation < r.generation
                and (h.generation in in_use or h.generation == max(older))]
-    if not problems:
+    # Published, to some devices at least (the others had problems): a good generation,
+    # whose rollout is under way.
+    published = not problems or r.generation in in_use
+    if published:
         history.append(deployment.GenerationSpec(generation=r.generation, spec=r.d.spec))
     history = history[-8:]
     return deployment.DeploymentStatus(
         observed_generation=r.generation, targeted=counts.targeted, notified=counts.notified,
         succeeded=counts.succeeded, failed=counts.failed, timed_out=counts.timed_out,
-        rolled_back=r.rolled_back, rollout=old.rollout if problems else r.state,
+        rolled_back=r.rolled_back, rollout=r.state if published else old.rollout,
         history=history, conditions=conditions)
 
 

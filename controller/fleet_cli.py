@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import pathlib
+import re
 import sys
 from typing import Any
 
@@ -141,6 +142,8 @@ def _register(args: argparse.Namespace) -> int:
         raise _FailedError(f"{thing!r} is not a valid thing name: lowercase letters, digits, "
                       "'-' and '.', at most 64 characters")
     labels = _labels(args.label)
+    if not re.fullmatch(coredevice.NAMESPACE_NAME, args.namespace):
+        raise _FailedError(f"--namespace {args.namespace!r} is not a namespace name")
     csr = _read_csr(args.csr) if args.csr else None
     if csr is not None:
         args.broker_url = _broker_url(args)
@@ -150,18 +153,33 @@ def _register(args: argparse.Namespace) -> int:
         cert = _sign(ca, csr, thing, args.days)
     body = coredevice.CoreDevice(
         metadata=base.ObjectMeta(name=thing, labels=labels),
-        spec=coredevice.CoreDeviceSpec(csr=csr)).to_dict()
+        spec=coredevice.CoreDeviceSpec(namespace=args.namespace, csr=csr)).to_dict()
     api = _api(args)
     plural = "coredevices"
     try:
         api.create_cluster_custom_object(base.GROUP, base.VERSION, plural, body)
-        print(f"coredevice.{base.GROUP}/{thing} created", file=sys.stderr)
+        print(f"coredevice.{base.GROUP}/{thing} created in namespace {args.namespace}",
+              file=sys.stderr)
     except ApiException as exc:
         if exc.status != 409:
             raise _FailedError(f"creating CoreDevice {thing}: {exc.status} {exc.reason}") from None
+        existing = api.get_cluster_custom_object(base.GROUP, base.VERSION, plural, thing)
+        current = (existing.get("spec") or {}).get("namespace")
+        # Moving a device hands it (and what runs on it) to another team: never as a side
+        # effect of re-registering, only when asked for.
+        if current and current != args.namespace and not args.move:
+            raise _FailedError(
+                f"CoreDevice {thing} belongs to namespace {current!r}, not "
+                f"{args.namespace!r}; moving it to another namespace is an explicit act: "
+                "add --move (nothing was changed)") from None
         patch: dict[str, Any] = {"metadata": {"labels": labels}} if labels else {}
+        spec: dict[str, Any] = {}
+        if current != args.namespace:
+            spec["namespace"] = args.namespace
         if csr is not None:
-            patch["spec"] = {"csr": csr}
+            spec["csr"] = csr
+        if spec:
+            patch["spec"] = spec
         if patch:
             api.patch_cluster_custom_object(base.GROUP, base.VERSION, plural, thing, patch,
                                             _content_type=MERGE_PATCH)
@@ -464,11 +482,16 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
     reg = dev.add_parser(
         "register", help="create the CoreDevice; with --csr, sign it and write a bundle",
-        description="Create (or update) the CoreDevice NAME with its labels. Given the CSR "
-                    "from `hedgerow agent init`, check and sign it with the fleet CA, "
-                    "store the CSR in spec.csr and the certificate in status.certificate, "
+        description="Create (or update) the CoreDevice NAME in --namespace with its labels. "
+                    "Given the CSR from `hedgerow agent init`, check and sign it with the fleet "
+                    "CA, store the CSR in spec.csr and the certificate in status.certificate, "
                     "and write the device's bootstrap bundle (certificate, CA, broker URL).")
     reg.add_argument("name", metavar="NAME", help="the thing name")
+    reg.add_argument("--namespace", "-n", required=True,
+                     help="the namespace (team) the device belongs to: only its ThingGroups "
+                          "and Deployments reach the device")
+    reg.add_argument("--move", action="store_true",
+                     help="allow changing the namespace of an existing CoreDevice")
     reg.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
     reg.add_argument("--csr", metavar="FILE", help="the device's CSR ('-' for stdin)")
     reg.add_argument("--kubeconfig", help="kubeconfig (default: in-cluster or ~/.kube/config)")

@@ -42,6 +42,15 @@ class Kube:
             self.custom.patch_cluster_custom_object_status(
                 base.GROUP, base.VERSION, plural, name, body, _content_type=JSON_PATCH)
 
+    def fetch_namespace_labels(self) -> dict[str, dict[str, str]]:
+        """Every namespace's labels (they grant privilege levels: hedgerow.dev/enforce)."""
+        result = client.CoreV1Api().list_namespace()
+        out: dict[str, dict[str, str]] = {}
+        for ns in result.items:
+            if ns.metadata is not None and ns.metadata.name:
+                out[ns.metadata.name] = dict(ns.metadata.labels or {})
+        return out
+
     def fetch_all(self, kind: str) -> list[dict[str, Any]]:
         result: dict[str, Any] = self.custom.list_cluster_custom_object(  # type: ignore[assignment]
             base.GROUP, base.VERSION, PLURALS[kind])

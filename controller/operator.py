@@ -10,7 +10,14 @@
   in memory; a restart re-plans, finds every revision equal, and publishes nothing.
 - Status reports arrive on the paho thread, are folded into an in-memory copy of each
   device's status, and written by one writer: at most one status write per device per
-  ``status_interval``, carrying everything that changed meanwhile.
+  ``status_interval``, carrying everything that changed meanwhile. A device's reports are
+  input from a party the controller does not trust: rate-limited per device (a token
+  bucket, ``limits.REPORT_BURST`` / ``REPORT_INTERVAL_SECONDS``), refused over
+  ``limits.MAX_REPORT_BYTES`` or the StatusReport model's bounds; refusals are counted,
+  logged once per change of reason and shown as the CoreDevice condition
+  ``ReportsAccepted``.
+- Namespaces are indexed too: their ``hedgerow.dev/enforce`` label is the privilege level
+  their Deployments are resolved with.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import datetime
 import functools
 import logging
 import pathlib
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeVar
 
@@ -37,6 +45,9 @@ from hedgerow.core import (
     coredevice,
     deployment,
     documents,
+    limits,
+    privilege,
+    ratelimit,
     resolve,
     thinggroup,
 )
@@ -72,6 +83,15 @@ def parse_body(plural: str, body: Mapping[str, Any]) -> base.Model | None:
         return None
 
 
+REPORTS_ACCEPTED: Final = "ReportsAccepted"
+RATE_LIMITED: Final = "RateLimited"
+REPORT_TOO_LARGE: Final = "TooLarge"
+REPORT_INVALID: Final = "Invalid"
+# A device refused for a while is shown as accepted again once it has kept within the
+# rate this long (a full bucket's worth): no flapping while it floods.
+_QUIET_SECONDS: Final = limits.REPORT_BURST * limits.REPORT_INTERVAL_SECONDS
+
+
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
@@ -90,7 +110,7 @@ class Controller:
         self.fingerprints: dict[tuple[str, str, str], Any] = {}
         self.uids: dict[tuple[str, ...], str | None] = {}  # whose status our caches describe
         # (identities of the inputs, the Fleet built from them, the inputs kept alive)
-        self.fleet: tuple[tuple[int, ...], resolve.Fleet, Any] | None = None
+        self.fleet: tuple[tuple[Any, ...], resolve.Fleet, Any] | None = None
         self.work_pool = concurrent.futures.ThreadPoolExecutor(1, "hedgerow-plan")
         self.api_pool = concurrent.futures.ThreadPoolExecutor(4, "hedgerow-status")
         # Deployment and ThingGroup status (what Argo CD / Flux read) must not queue behind
@@ -106,6 +126,10 @@ class Controller:
         self.published = 0
         self.ca: pki.FleetCA | None = None
         self.signed: dict[str, tuple[Any, ...]] = {}  # thing -> what was last checked
+        self.buckets: dict[str, ratelimit.Bucket] = {}  # reports accepted per device
+        self.refused: dict[str, dict[str, int]] = {}  # thing -> reason -> count
+        self.refusing: dict[str, tuple[str, float]] = {}  # thing -> (reason, last refusal)
+        self.homeless: set[str] = set()  # CoreDevices without a namespace, already logged
 
     # --- wiring ---------------------------------------------------------------------
 
@@ -202,6 +226,12 @@ class Controller:
 
     # --- reconcile ------------------------------------------------------------------
 
+    def levels(self) -> dict[str, privilege.Level]:
+        """The privilege level of every namespace (absent ones get the default)."""
+        index = self.indexes.get("namespace_index") or {}
+        return {name: privilege.resolve_level(labels)
+                for name, store in index.items() for labels in store}
+
     def _objects(self, name: str) -> list[Any]:
         index = self.indexes.get(name)
         if index is None:
@@ -251,13 +281,21 @@ class Controller:
             if self.ca is not None:
                 self._sign(cd, _now())
                 status = self.devices[thing]
-            devices.append(fleet.Device(thing, cd.metadata.labels, status))
+            if cd.spec.namespace is None and thing not in self.homeless:
+                self.homeless.add(thing)  # stored before tenancy: said once, not every pass
+                logger.warning("CoreDevice %s has no spec.namespace: nothing reaches it (it "
+                               "keeps its document) until the fleet admin sets one", thing)
+            elif cd.spec.namespace is not None:
+                self.homeless.discard(thing)
+            devices.append(fleet.Device(thing, cd.metadata.labels, status, cd.spec.namespace))
         gone = sorted(set(self.devices) - seen)
         for thing in gone:
             del self.devices[thing]
             self.reports.pop(thing, None)
             self.signed.pop(thing, None)
             self.uids.pop(("", thing), None)
+            self.buckets.pop(thing, None)
+            self.refusing.pop(thing, None)
         if gone:
             # A deleted CoreDevice's retained document goes too (an empty retained
             # message clears it), so a re-registered device starts from nothing.
@@ -273,17 +311,20 @@ class Controller:
             statuses[key] = self.deployment_status.get(key) or d.status
         groups = self._objects("thinggroup_index")
         components = self._objects("component_index")
+        levels = self.levels()
         # kopf's index replaces an object only when a watch event brings a new version, so
         # unchanged identities mean unchanged inputs: keep the Fleet and all it resolved.
-        identity = tuple(id(o) for o in (*groups, *deployments, *components))
+        identity = (*(id(o) for o in (*groups, *deployments, *components)),
+                    *sorted(levels.items()))
         if self.fleet is None or self.fleet[0] != identity:
-            self.fleet = (identity, resolve.Fleet(groups, deployments, components),
+            self.fleet = (identity, resolve.Fleet(groups, deployments, components, levels),
                           (groups, deployments, components))
         now = _now()
         plan = await self._work(
             functools.partial(fleet.plan_fleet, devices, groups, deployments, components, now,
                               self.window, fleet=self.fleet[1],
-                              statuses={k: v for k, v in statuses.items() if v is not None}))
+                              statuses={k: v for k, v in statuses.items() if v is not None},
+                              levels=levels))
         self.passes += 1
         if self.passes == 1:
             logger.info("first pass: %d devices, %d documents to publish",
@@ -369,16 +410,40 @@ class Controller:
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self.fold_report, thing, payload)
 
-    def fold_report(self, thing: str, payload: bytes) -> None:
+    def fold_report(self, thing: str, payload: bytes, clock: float | None = None) -> None:
+        if thing not in self.devices:
+            return  # not a registered device: nothing to fold it into
+        clock = time.monotonic() if clock is None else clock
+        # The rate first: a flood costs one bucket update per message, never a parse.
+        accepted, self.buckets[thing] = ratelimit.plan_take(
+            self.buckets.get(thing), clock, limits.REPORT_BURST, limits.REPORT_INTERVAL_SECONDS)
+        if not accepted:
+            self._refuse(thing, RATE_LIMITED, (
+                f"more than {limits.REPORT_BURST} reports at once or more than one per "
+                f"{limits.REPORT_INTERVAL_SECONDS:g} s on average; the excess is dropped"),
+                clock)
+            return
+        if len(payload) > limits.MAX_REPORT_BYTES:
+            self._refuse(thing, REPORT_TOO_LARGE, (
+                f"a report of {len(payload)} bytes, over the limit of "
+                f"{limits.MAX_REPORT_BYTES} (MAX_REPORT_BYTES)"), clock)
+            return
         try:
             report = documents.StatusReport.model_validate_json(payload)
         except pydantic.ValidationError as exc:
-            logger.warning("unreadable status report on %s: %s", thing, exc.errors()[:1])
+            # Where and what, never the device's input itself.
+            first = exc.errors(include_input=False, include_url=False)[0]
+            where = ".".join(str(x) for x in first["loc"])
+            self._refuse(thing, REPORT_INVALID, f"not a valid StatusReport: {where}: "
+                         f"{first['msg']}", clock)
             return
-        if report.thing != thing or thing not in self.devices:
-            return  # not this topic's device, or not a registered one
+        if report.thing != thing:
+            self._refuse(thing, REPORT_INVALID, "the report names another thing than its "
+                         "topic", clock)
+            return
         if report.sequence <= self.sequences.get(thing, -1):
             return  # stale or duplicate (QoS 1 may redeliver)
+        self._accept(thing, clock)
         self.sequences[thing] = report.sequence
         self.reports[thing] = report
         old = self.devices[thing]
@@ -388,6 +453,36 @@ class Controller:
         self.status_wake.set()
         if fleet.applied_state(new) != fleet.applied_state(old) or new.platform != old.platform:
             self.wake.set()  # counts, abort criteria or the platform changed
+
+    def _refuse(self, thing: str, reason: str, message: str, clock: float) -> None:
+        """Count a refused report; log and show it only when the reason changes."""
+        counts = self.refused.setdefault(thing, {})
+        counts[reason] = counts.get(reason, 0) + 1
+        before = self.refusing.get(thing)
+        self.refusing[thing] = (reason, clock)
+        if before is not None and before[0] == reason:
+            return
+        logger.warning("refusing status reports of %s: %s", thing, message)
+        self._show_reports(thing, base.ConditionStatus.FALSE, reason, message)
+
+    def _accept(self, thing: str, clock: float) -> None:
+        before = self.refusing.get(thing)
+        if before is None or clock - before[1] < _QUIET_SECONDS:
+            return
+        del self.refusing[thing]
+        total = sum(self.refused.get(thing, {}).values())
+        logger.info("accepting status reports of %s again (%d refused so far)", thing, total)
+        self._show_reports(thing, base.ConditionStatus.TRUE, "Accepted",
+                           f"{total} reports refused so far")
+
+    def _show_reports(self, thing: str, status: base.ConditionStatus, reason: str,
+                      message: str) -> None:
+        old = self.devices[thing]
+        conditions = fleet.render_condition(old.conditions, REPORTS_ACCEPTED, status, reason,
+                                            message, _now())
+        self.devices[thing] = old.model_copy(update={"conditions": conditions})
+        self.status_dirty.add(thing)
+        self.status_wake.set()
 
     async def _status_loop(self) -> None:
         """One writer: every dirty device once per interval, with its latest status."""
@@ -429,6 +524,15 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
         kopf.on.event(group, version, plural, id=f"{kind}_event",
                       registry=registry)(make_event(plural))
 
+    # Namespaces: their labels grant privilege levels (hedgerow.dev/enforce).
+    @kopf.index("v1", "namespaces", id="namespace_index", registry=registry)
+    async def namespace_index(name: str, labels: Mapping[str, str],
+                              **_: Any) -> dict[str, dict[str, str]]:
+        return {name: dict(labels)}
+
+    kopf.on.event("v1", "namespaces", id="namespace_event",
+                  registry=registry)(make_event("namespaces"))
+
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> Any:
         # A custom registry does not get kopf's default login handlers.
@@ -452,6 +556,14 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
     @kopf.on.probe(id="published", registry=registry)
     def published(**_: Any) -> int:
         return controller.published
+
+    @kopf.on.probe(id="refusedReports", registry=registry)
+    def refused_reports(**_: Any) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for counts in controller.refused.values():
+            for reason, n in counts.items():
+                totals[reason] = totals.get(reason, 0) + n
+        return totals
 
     return registry
 

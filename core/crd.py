@@ -92,13 +92,14 @@ KINDS: tuple[Kind, ...] = (
          )),
     Kind("CoreDevice", "coredevices", ("cd", "device"), "Cluster",
          coredevice_.CoreDeviceSpec, coredevice_.CoreDeviceStatus, (
+             Column("Namespace", ".spec.namespace"),
              Column("Health", ".status.health"),
              Column("Applied", ".status.appliedRevision"),
              Column("Desired", ".status.desiredRevision", priority=1),
              Column("Agent", ".status.agentVersion"),
              Column("Last Seen", ".status.lastSeen", "date"),
              AGE,
-         ), spec_required=False),
+         )),
 )
 
 

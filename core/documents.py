@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 import pydantic
 
-from hedgerow.core import base, semver
+from hedgerow.core import base, limits, semver
 from hedgerow.core import component as component_
 from hedgerow.core import deployment as deployment_
 
@@ -162,26 +162,35 @@ class Outcome(base.StrEnum):
     SUPERSEDED = "SUPERSEDED"
 
 
+# Everything a device reports is bounded (core/limits.py): a report is input from a
+# device the controller does not trust, and what it says is copied into the cluster.
+_Text = Annotated[str, pydantic.Field(max_length=limits.MAX_REPORT_TEXT)]
+
+
 class PlatformInfo(base.Model):
-    os: str
-    arch: str
+    os: _Text
+    arch: _Text
 
 
 class ComponentReport(base.Model):
-    name: str
-    version: str
+    name: _Text
+    version: _Text
     state: ComponentState
     message: Annotated[str, pydantic.Field(max_length=512)] = ""
 
 
 class DeploymentOutcome(base.Model):
-    revision: str
+    revision: _Text
     outcome: Outcome
-    reason: Annotated[str, pydantic.Field(max_length=1024)] = ""
-    rolled_back_to: str | None = None
+    reason: Annotated[str, pydantic.Field(max_length=limits.MAX_REPORT_REASON)] = ""
+    rolled_back_to: _Text | None = None
 
 
 class StatusReport(base.Model):
+    """What a device observed. Bounded: at most MAX_REPORT_COMPONENTS components, short
+    texts (MAX_REPORT_TEXT, reasons MAX_REPORT_REASON); the controller also refuses a
+    payload over MAX_REPORT_BYTES before parsing it."""
+
     api_version: base.ApiVersion = base.API_VERSION
     kind: Literal["StatusReport"] = "StatusReport"
     thing: Annotated[str, pydantic.Field(pattern=base.THING_NAME)]
@@ -189,11 +198,12 @@ class StatusReport(base.Model):
         ge=0, description="Grows with every report, so a receiver can drop stale ones.",
     )]
     time: datetime.datetime
-    agent_version: str
+    agent_version: _Text
     platform: PlatformInfo
     health: Health
-    desired_revision: str | None = None
-    applied_revision: str | None = None
-    components: list[ComponentReport] = []
+    desired_revision: _Text | None = None
+    applied_revision: _Text | None = None
+    components: Annotated[list[ComponentReport], pydantic.Field(
+        max_length=limits.MAX_REPORT_COMPONENTS)] = []
     deployment: DeploymentOutcome | None = None
     certificate_days_left: int | None = None

@@ -7,6 +7,12 @@ Semantics, in the order they are applied:
 
 1. *Targeting.* A Deployment targets a device directly (``target.thing``) or through a
    ThingGroup in the Deployment's own namespace (static ``things`` or label selector).
+   *Tenancy:* in a fleet, every device belongs to one namespace (``CoreDevice
+   spec.namespace``) and only that namespace's groups and deployments reach it: a
+   selector never reaches across, ``target.thing`` naming another namespace's device
+   targets nothing (``EmptyTarget``), so there is no cross-namespace layering and every
+   component comes from the device's namespace. On a device (local deployments) there
+   is no namespace: ``namespace=None`` resolves every deployment given.
 2. *Layering.* When several targeting deployments name one component, the highest
    ``priority`` wins. At equal priority every winner's version range must intersect the
    others' (``semver.Range.intersects``); otherwise each side gets a ``VersionConflict``
@@ -27,8 +33,15 @@ Semantics, in the order they are applied:
 6. *Configuration* = ``defaultConfiguration``, then each ``reset`` pointer restores the
    default at that pointer (or removes the key when the default has none; ``""`` resets
    everything), then ``merge`` is deep-merged (objects merge, everything else replaces).
+7. *Privilege.* Given the namespaces' levels (``levels``; the controller always gives
+   them), a resolved component using a feature its namespace's level does not grant
+   (``hedgerow.core.privilege``) is ``PrivilegeViolation``, naming component, field and
+   level. Without ``levels`` (on a device) nothing is checked here; the agent's own
+   ceiling applies.
 
-Any problem makes the device's ``desired`` None: the device keeps its last good state.
+Any problem makes the combination's ``desired`` None. The controller then resolves the
+device again without the deployments at fault, or with their last good generation
+(``hedgerow.controller.fleet``), so one bad Deployment never blocks another.
 """
 
 from __future__ import annotations
@@ -41,7 +54,15 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
-from hedgerow.core import component, configuration, deployment, documents, semver, thinggroup
+from hedgerow.core import (
+    component,
+    configuration,
+    deployment,
+    documents,
+    privilege,
+    semver,
+    thinggroup,
+)
 
 VERSION_CONFLICT: Final = "VersionConflict"
 UNKNOWN_COMPONENT: Final = "UnknownComponent"
@@ -49,6 +70,7 @@ DEPENDENCY_CYCLE: Final = "DependencyCycle"
 UNSATISFIABLE_DEPENDENCY: Final = "UnsatisfiableDependency"
 NO_MANIFEST_FOR_PLATFORM: Final = "NoManifestForPlatform"
 EMPTY_TARGET: Final = "EmptyTarget"
+PRIVILEGE_VIOLATION: Final = "PrivilegeViolation"
 
 DEFAULT_PLATFORM: Final = documents.PlatformInfo(os="linux", arch="amd64")
 
@@ -128,6 +150,8 @@ class Catalog:
         self.closures: dict[tuple[int, ...], _Versions] = {}
         self._manifests: dict[tuple[int, str, str],
                               tuple[component.Manifest | None, component.Component]] = {}
+        self._needs: dict[int, tuple[documents.ResolvedComponent,
+                                     tuple[privilege.Violation, ...]]] = {}
 
     def pick(self, namespace: str, name: str,
              ranges: frozenset[str]) -> component.Component | None:
@@ -186,6 +210,15 @@ class Catalog:
     ) -> list[tuple[semver.Version, component.Component]]:
         return self._versions.get((namespace, name), [])
 
+    def violations(self, rc: documents.ResolvedComponent,
+                   granted: privilege.Level) -> list[privilege.Violation]:
+        """What of ``rc`` the level does not grant (what it needs is worked out once)."""
+        hit = self._needs.get(id(rc))
+        if hit is None:
+            hit = (rc, tuple(privilege.resolve_needs(rc.lifecycle, rc.container, rc.run_with)))
+            self._needs[id(rc)] = hit
+        return [v for v in hit[1] if not privilege.is_allowed(v.needs, granted)]
+
 
 # --- resolving one set of deployments --------------------------------------------------
 
@@ -224,6 +257,11 @@ class Combination:
                 + b',"kind":"DesiredState","revision":"' + self.revision_for(thing).encode()
                 + b'","thing":' + _json_str(thing) + b"}")
 
+    def size_for(self, thing: str) -> int:
+        """len(self.payload_for(thing)), without building it."""
+        return (len(_PAYLOAD_FIXED) + len(self._components_json) + len(self._deployments_json)
+                + 32 + len(_json_str(thing)))
+
     def render(self, thing: str) -> documents.DesiredState | None:
         if self.problems:
             return None
@@ -232,6 +270,10 @@ class Combination:
 
 
 _PLAIN = re.compile(r"[A-Za-z0-9._-]*")
+# The bytes payload_for adds around the two lists, the revision and the thing name.
+_PAYLOAD_FIXED: Final = (b'{"apiVersion":"hedgerow.dev/v1alpha1","components":'
+                         b',"deployments":' b',"kind":"DesiredState","revision":"'
+                         b'","thing":' b"}")
 
 
 def _json_str(text: str) -> bytes:
@@ -258,6 +300,7 @@ class _Versions:
     origins: dict[str, set[str]]
     problems: tuple[Problem, ...]
     keep: Sequence[deployment.Deployment]  # their identities key the cache
+    namespaces: dict[str, str] = dataclasses.field(default_factory=dict)  # by component
 
 
 def _resolve_versions(ordered: Sequence[deployment.Deployment], catalog: Catalog) -> _Versions:
@@ -372,15 +415,18 @@ def _resolve_versions(ordered: Sequence[deployment.Deployment], catalog: Catalog
         return _Versions(refs, {}, {}, {},
                          tuple(Problem(o, DEPENDENCY_CYCLE, message) for o in affected), ordered)
 
-    return _Versions(refs, winners, chosen, origins, (), ordered)
+    return _Versions(refs, winners, chosen, origins, (), ordered, namespace)
 
 
 def resolve_combination(
     deployments: Sequence[deployment.Deployment],
     platform: documents.PlatformInfo | None,
     catalog: Catalog,
+    levels: Mapping[str, privilege.Level] | None = None,
 ) -> Combination:
-    """Resolve the union of ``deployments`` (all assumed to target the device)."""
+    """Resolve the union of ``deployments`` (all assumed to target the device). With
+    ``levels`` (privilege level by namespace; absent = the default), every component is
+    checked against the level of the namespace it was resolved in."""
     ordered = sorted(deployments, key=key_of)
     key = tuple(id(d) for d in ordered)
     versions = catalog.closures.get(key)
@@ -411,6 +457,16 @@ def resolve_combination(
             comp, manifest, [r.item for r in layers],
             deployment_id(layers[0].source) if layers else "",
             tuple((d.name, chosen[d.name].spec.version) for d in comp.spec.dependencies))
+        if levels is not None:
+            ns = versions.namespaces.get(name, "")
+            granted = levels.get(ns, privilege.DEFAULT)
+            # The deployments that asked for it by name (their runWith applies), else
+            # those whose components pulled it in as a dependency.
+            blamed = sorted({deployment_id(r.source) for r in winners.get(name, [])}
+                            or origins[name])
+            for v in catalog.violations(rc, granted):
+                message = privilege.render_violation(name, v, granted)
+                problems.extend(Problem(o, PRIVILEGE_VIOLATION, message) for o in blamed)
         resolved.append(rc)
         parts.append(data)
     if problems:
@@ -492,9 +548,13 @@ class DeviceResult:
 class Fleet:
     """Indexes over groups, deployments and components for resolving many devices fast.
 
-    Devices that agree on every label some selector reads, and on platform, share group
-    membership by selector; devices with the same targeting deployments and platform share
-    one Combination. Static group members are looked up by name.
+    Everything is indexed by namespace: a device of namespace N (``namespace=N``) is
+    looked at only by N's groups and deployments; ``namespace=None`` (a device's local
+    deployments) sees all. Devices of one namespace that agree on every label some
+    selector of that namespace reads share group membership by selector; devices with the
+    same targeting deployments and platform share one Combination. Static group members
+    are looked up by name. ``levels`` (privilege level by namespace) turns the privilege
+    check on.
     """
 
     def __init__(
@@ -502,31 +562,38 @@ class Fleet:
         groups: Iterable[thinggroup.ThingGroup],
         deployments: Iterable[deployment.Deployment],
         components: Iterable[component.Component],
+        levels: Mapping[str, privilege.Level] | None = None,
     ) -> None:
         self.groups = index_groups(groups)
         self.deployments = sorted(deployments, key=key_of)
         self.catalog = Catalog(components)
-        keys: set[str] = set()
-        self._static: dict[str, list[Key]] = {}
-        self._selected: list[tuple[Key, thinggroup.LabelSelector]] = []
+        self.levels = None if levels is None else dict(levels)
+        # Every index has one entry per namespace and one under None (all namespaces).
+        keys: dict[str | None, set[str]] = {}
+        self._static: dict[tuple[str | None, str], list[Key]] = {}
+        self._selected: dict[str | None, list[tuple[Key, thinggroup.LabelSelector]]] = {}
         for key, g in sorted(self.groups.items()):
-            for thing in g.spec.things or ():
-                self._static.setdefault(thing, []).append(key)
-            if g.spec.selector is not None:
-                self._selected.append((key, g.spec.selector))
-                keys.update(g.spec.selector.match_labels)
-                keys.update(r.key for r in g.spec.selector.match_expressions)
-        self._label_keys = tuple(sorted(keys))
+            for scope in (key[0], None):
+                for thing in g.spec.things or ():
+                    self._static.setdefault((scope, thing), []).append(key)
+                if g.spec.selector is not None:
+                    self._selected.setdefault(scope, []).append((key, g.spec.selector))
+                    read = keys.setdefault(scope, set())
+                    read.update(g.spec.selector.match_labels)
+                    read.update(r.key for r in g.spec.selector.match_expressions)
+        self._label_keys = {scope: tuple(sorted(k)) for scope, k in keys.items()}
         self._by_group: dict[Key, list[int]] = {}
-        self._by_thing: dict[str, list[int]] = {}
+        self._by_thing: dict[tuple[str | None, str], list[int]] = {}
         for i, d in enumerate(self.deployments):
             t = d.spec.target
             if t.thing is not None:
-                self._by_thing.setdefault(t.thing, []).append(i)
+                for scope in (d.metadata.namespace or "", None):
+                    self._by_thing.setdefault((scope, t.thing), []).append(i)
             else:
                 self._by_group.setdefault((d.metadata.namespace or "", t.thing_group or ""),
                                           []).append(i)
-        self._selector_cache: dict[tuple[str | None, ...], tuple[Key, ...]] = {}
+        self._selector_cache: dict[tuple[str | None, tuple[str | None, ...]],
+                                   tuple[Key, ...]] = {}
         self._targeting_cache: dict[Any, tuple[int, ...]] = {}
         self.ids = [deployment_id(d) for d in self.deployments]
         self._ids_cache: dict[tuple[int, ...], tuple[str, ...]] = {}
@@ -535,20 +602,24 @@ class Fleet:
         self.memo: dict[Any, Any] = {}
         self._combinations: dict[tuple[Any, ...], Combination] = {}
 
-    def groups_of(self, thing: str, labels: Mapping[str, str]) -> tuple[Key, ...]:
-        signature = tuple(labels.get(k) for k in self._label_keys)
+    def groups_of(self, thing: str, labels: Mapping[str, str],
+                  namespace: str | None = None) -> tuple[Key, ...]:
+        """The groups the device is a member of (of its namespace only)."""
+        signature = (namespace, tuple(labels.get(k) for k in self._label_keys.get(namespace, ())))
         selected = self._selector_cache.get(signature)
         if selected is None:
-            selected = tuple(k for k, s in self._selected if s.matches(labels))
+            selected = tuple(k for k, s in self._selected.get(namespace, ())
+                             if s.matches(labels))
             self._selector_cache[signature] = selected
-        static = self._static.get(thing)
+        static = self._static.get((namespace, thing))
         return tuple(sorted({*selected, *static})) if static else selected
 
-    def indices(self, thing: str, labels: Mapping[str, str]) -> tuple[int, ...]:
+    def indices(self, thing: str, labels: Mapping[str, str],
+                namespace: str | None = None) -> tuple[int, ...]:
         """Positions in ``self.deployments`` of the deployments targeting the device."""
-        groups = self.groups_of(thing, labels)
-        direct = self._by_thing.get(thing)
-        key = (groups, thing) if direct else groups
+        groups = self.groups_of(thing, labels, namespace)
+        direct = self._by_thing.get((namespace, thing))
+        key = (groups, thing, namespace) if direct else groups
         hit = self._targeting_cache.get(key)
         if hit is None:
             indices: set[int] = set(direct or ())
@@ -558,8 +629,9 @@ class Fleet:
             self._targeting_cache[key] = hit
         return hit
 
-    def targeting(self, thing: str, labels: Mapping[str, str]) -> list[deployment.Deployment]:
-        return [self.deployments[i] for i in self.indices(thing, labels)]
+    def targeting(self, thing: str, labels: Mapping[str, str],
+                  namespace: str | None = None) -> list[deployment.Deployment]:
+        return [self.deployments[i] for i in self.indices(thing, labels, namespace)]
 
     def resolve(
         self,
@@ -567,8 +639,9 @@ class Fleet:
         labels: Mapping[str, str],
         platform: documents.PlatformInfo | None,
         substitute: Substitute | None = None,
+        namespace: str | None = None,
     ) -> DeviceResult:
-        indices = self.indices(thing, labels)
+        indices = self.indices(thing, labels, namespace)
         plat = platform or DEFAULT_PLATFORM
         if substitute is None:
             chosen = [self.deployments[i] for i in indices]
@@ -581,7 +654,7 @@ class Fleet:
             cache_key = (plat.os, plat.arch, None, *(id(d) for d in chosen))
         combination = self._combinations.get(cache_key)
         if combination is None:
-            combination = resolve_combination(chosen, plat, self.catalog)
+            combination = resolve_combination(chosen, plat, self.catalog, self.levels)
             self._combinations[cache_key] = combination
         return DeviceResult(thing, combination, self._id_tuples(indices))
 
@@ -592,12 +665,15 @@ class Fleet:
             self._ids_cache[indices] = hit
         return hit
 
-    def empty_targets(self, devices: Iterable[tuple[str, Mapping[str, str]]]) -> list[Problem]:
-        """An EmptyTarget problem for every deployment that targets none of ``devices``."""
+    def empty_targets(
+        self, devices: Iterable[tuple[str, Mapping[str, str], str | None]],
+    ) -> list[Problem]:
+        """An EmptyTarget problem for every deployment that targets none of ``devices``
+        (thing, labels, namespace)."""
         hit: set[int] = set()
-        for thing, labels in devices:
-            hit.update(self._by_thing.get(thing, ()))
-            for g in self.groups_of(thing, labels):
+        for thing, labels, namespace in devices:
+            hit.update(self._by_thing.get((namespace, thing), ()))
+            for g in self.groups_of(thing, labels, namespace):
                 hit.update(self._by_group.get(g, ()))
         problems = []
         for i, d in enumerate(self.deployments):
@@ -605,7 +681,10 @@ class Fleet:
                 continue
             t = d.spec.target
             if t.thing is not None:
-                why = f"thing {t.thing!r} is not a registered CoreDevice"
+                # The same words whether the thing exists elsewhere or not at all: a team
+                # learns nothing about other namespaces' devices.
+                why = (f"thing {t.thing!r} is not a registered CoreDevice of namespace "
+                       f"{d.metadata.namespace or ''!r}")
             elif (d.metadata.namespace or "", t.thing_group or "") not in self.groups:
                 why = f"ThingGroup {t.thing_group!r} does not exist in this namespace"
             else:

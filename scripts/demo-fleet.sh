@@ -5,7 +5,8 @@
 #       the cloud broker (mosquitto from `hedgerow broker config`: TLS, client certificates,
 #       the per-device ACL) on 127.0.0.1, the controller, and three device agents
 #       (gateway-1/2/3, each with its own root, a key made by `hedgerow agent init` and a
-#       certificate signed by `hedgerow device register --csr`), then applies examples/ and
+#       certificate signed by `hedgerow device register --namespace default --csr`), then applies
+#       examples/ (namespace default) and
 #       shows the fleet converging. Everything runs in the background; logs are in DIR.
 # down: removes the examples (the agents stop their components), stops every process it
 #       started (pid files in DIR) and removes what it made in DIR (DIR too, if empty).
@@ -139,9 +140,9 @@ up() {
     root=$dir/devices/$t
     label_args=()
     for l in ${labels[$t]}; do label_args+=(--label "$l"); done
-    say "$t: agent init (key stays on the device) → device register ${labels[$t]} → install-bundle → agent run"
+    say "$t: agent init (key stays on the device) → device register --namespace default ${labels[$t]} → install-bundle → agent run"
     hedgerow agent init --root "$root" --thing "$t" >"$dir/$t.csr" 2>/dev/null
-    hedgerow device register "$t" "${label_args[@]}" --csr "$dir/$t.csr" \
+    hedgerow device register "$t" --namespace default "${label_args[@]}" --csr "$dir/$t.csr" \
       --broker-url "$broker_url" --kubeconfig "$(cat "$dir/kubeconfig.path")" \
       --out "$dir/$t.bundle.json" 2>/dev/null
     hedgerow agent install-bundle --root "$root" --thing "$t" "$dir/$t.bundle.json" >/dev/null

@@ -34,7 +34,8 @@ def test_printer_columns(apiserver: ApiServer) -> None:
     assert deployments[0].split()[:4] == ["NAME", "GROUP", "THING", "TARGETED"]
     assert any(line.split()[:2] == ["factory-1-apps", "factory-1"] for line in deployments)
     devices = apiserver.kubectl("get", "cd").stdout.splitlines()
-    assert devices[0].split() == ["NAME", "HEALTH", "APPLIED", "AGENT", "LAST", "SEEN", "AGE"]
+    assert devices[0].split() == ["NAME", "NAMESPACE", "HEALTH", "APPLIED", "AGENT", "LAST",
+                                  "SEEN", "AGE"]
 
 
 def _component(version: str = "2.0.0", name: str = "c-bad") -> dict[str, object]:
@@ -64,6 +65,14 @@ REJECTED = [
      "spec.target: Invalid value: a deployment targets exactly one of thingGroup or thing"),
     ("unknown field", {**_component(), "spec": {**_component()["spec"],  # type: ignore[dict-item]
                                                 "colour": "red"}}, 'unknown field "spec.colour"'),
+    # Every device belongs to a namespace (docs/security.md).
+    ("device without a namespace", {"apiVersion": "hedgerow.dev/v1alpha1",
+                                    "kind": "CoreDevice", "metadata": {"name": "no-ns"}},
+     "spec: Required value"),
+    ("device with an empty spec", {"apiVersion": "hedgerow.dev/v1alpha1",
+                                   "kind": "CoreDevice", "metadata": {"name": "no-ns"},
+                                   "spec": {"csr": "x"}},
+     "spec.namespace: Required value"),
 ]
 
 

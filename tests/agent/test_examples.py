@@ -4,11 +4,14 @@ CLI following a component's output and adopted exit codes."""
 
 from __future__ import annotations
 
+import json
 import pathlib
 import shutil
 import subprocess
 import sys
 import time
+
+import yaml
 
 from .conftest import THING, AgentProcess, rc, wait_for
 
@@ -35,6 +38,46 @@ def test_examples_run_through_a_local_deployment(agent: AgentProcess) -> None:
     listing = agent.cli("component", "list")
     assert listing.returncode == 0, listing.stderr
     assert all(f"com.example.{n}" in listing.stdout for n in ("HelloWorld", "Telemetry"))
+
+
+def test_configuration_is_data_not_code_in_the_examples(agent: AgentProcess) -> None:
+    """A deployment that merges shell into the example's configuration (the review's
+    `$(id)` injection) gets the text printed, never run: the example passes
+    {configuration:/message} through setenv and quotes "$GREETING"."""
+    canary = agent.root.parent / "canary"
+    hostile = (f"$(touch {canary}-dollar); touch {canary}-semicolon; `touch {canary}-tick`"
+               f" | touch {canary}-pipe && touch {canary}-and \"'; touch {canary}-quote")
+    deployments = agent.root / "deployments"
+    shutil.copy(EXAMPLES / "hello-world.yaml", deployments)
+    (deployments / "hostile.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "hedgerow.dev/v1alpha1", "kind": "Deployment",
+        "metadata": {"name": "hostile"},
+        "spec": {"target": {"thing": THING},
+                 "components": [{"name": "com.example.HelloWorld", "version": "1.0.0",
+                                 "configurationUpdate": {"merge": {
+                                     "message": hostile, "intervalSeconds": 1}}}]}}))
+    agent.wait_states({"com.example.HelloWorld": "RUNNING"}, timeout=20)
+    hello = agent.root / "logs" / "com.example.HelloWorld.log"
+    wait_for(lambda: hello.exists() and f"{hostile} from {THING}" in hello.read_text(), 10,
+             "the hostile text printed as text")
+    time.sleep(1.5)  # a second loop round
+    assert not list(canary.parent.glob("canary*")), "configuration ran as code"
+
+
+def test_examples_never_put_configuration_into_script_text() -> None:
+    """The pattern the examples teach: configuration variables only in setenv/env."""
+    for path in EXAMPLES.glob("*.yaml"):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc or doc["kind"] != "Component":
+                continue
+            for m in doc["spec"]["manifests"]:
+                for step, body in (m.get("lifecycle") or {}).items():
+                    if step != "setenv":
+                        text = json.dumps({k: v for k, v in body.items() if k != "setenv"})
+                        assert "{configuration:" not in text, (path.name, step)
+                container = dict(m.get("container") or {})
+                container.pop("env", None)
+                assert "{configuration:" not in json.dumps(container), path.name
 
 
 def test_logs_get_follow_prints_new_lines(agent: AgentProcess) -> None:

@@ -17,6 +17,7 @@ from hedgerow.core import (
     deployment,
     documents,
     manifest,
+    privilege,
     resolve,
     thinggroup,
 )
@@ -29,9 +30,16 @@ def at(minutes: float) -> datetime.datetime:
     return T0 + datetime.timedelta(minutes=minutes)
 
 
-def load(*names: str) -> list[Any]:
-    return [o for n in names
-            for o in manifest.parse_documents((ROOT / "examples" / n).read_text())]
+def load(*names: str, namespace: str = "default") -> list[Any]:
+    """Objects from examples/, namespaced ones in ``namespace`` (as `kubectl apply -n`)."""
+    out = []
+    for n in names:
+        for o in manifest.parse_documents((ROOT / "examples" / n).read_text()):
+            if not isinstance(o, coredevice.CoreDevice) and not o.metadata.namespace:
+                o = o.model_copy(update={"metadata": o.metadata.model_copy(
+                    update={"namespace": namespace})})
+            out.append(o)
+    return out
 
 
 class Sim:
@@ -43,7 +51,8 @@ class Sim:
         self.deployments = {resolve.key_of(o): o for o in objs
                             if isinstance(o, deployment.Deployment)}
         self.devices = {o.metadata.name: fleet.Device(o.metadata.name, o.metadata.labels,
-                                                      coredevice.CoreDeviceStatus())
+                                                      coredevice.CoreDeviceStatus(),
+                                                      o.spec.namespace)
                         for o in objs if isinstance(o, coredevice.CoreDevice)}
         self.retained: dict[str, bytes] = {}
         self.events: list[fleet.Event] = []
@@ -109,7 +118,7 @@ def test_examples_publish_once_and_are_idempotent() -> None:
     # Each published document is a valid DesiredState (revision checked on parse).
     documents.DesiredState.model_validate_json(sim.retained["gateway-2"])
     assert sim.step(at(0.1)).publishes == []
-    assert plan.member_counts == {("", "factory-1"): 2, ("", "docker-hosts"): 1}
+    assert plan.member_counts == {("default", "factory-1"): 2, ("default", "docker-hosts"): 1}
     assert sim.condition("factory-1-apps") == ("False", "RollingOut")
     for thing in ("gateway-1", "gateway-2"):
         sim.report(thing, documents.Outcome.SUCCEEDED, at(0.2))
@@ -134,7 +143,7 @@ def test_relabel_changes_state() -> None:
 def test_conflict_sets_conditions_and_publishes_nothing() -> None:
     objs = load(*EXAMPLES)
     other = deployment.Deployment.model_validate({
-        "metadata": {"name": "pin-old", "generation": 1},
+        "metadata": {"name": "pin-old", "namespace": "default", "generation": 1},
         "spec": {"target": {"thing": "gateway-1"},
                  "components": [{"name": "com.example.HelloWorld", "version": "2.0.0"}]}})
     sim = Sim([*objs, other])
@@ -144,18 +153,27 @@ def test_conflict_sets_conditions_and_publishes_nothing() -> None:
     assert sim.condition("pin-old") == ("False", "VersionConflict")
     assert sim.condition("factory-1-apps") == ("False", "VersionConflict")
     assert sim.condition("pin-old", "Stalled") == ("True", "VersionConflict")
+    # factory-1-apps was published to gateway-2: a known good generation now. The next
+    # pass takes only the newcomer out of gateway-1's combination.
+    plan = sim.step(at(1))
+    assert [p.thing for p in plan.publishes] == ["gateway-1"]
+    assert [c["name"] for c in sim.desired("gateway-1")["components"]] == [
+        "com.example.HelloWorld", "com.example.Telemetry"]
+    assert sim.condition("pin-old") == ("False", "VersionConflict")
+    assert sim.condition("factory-1-apps") == ("False", "RollingOut")
 
 
 def _rollout_sim(n: int, rate: int) -> Sim:
     comps = [component.Component.model_validate({
-        "metadata": {"name": f"app-{v}"},
+        "metadata": {"name": f"app-{v}", "namespace": "default"},
         "spec": {"name": "App", "version": v,
                  "manifests": [{"lifecycle": {"run": {"script": f"app {v}"}}}]}})
         for v in ("1.0.0", "2.0.0")]
     group = thinggroup.ThingGroup.model_validate(
-        {"metadata": {"name": "all"}, "spec": {"selector": {"matchLabels": {"fleet": "x"}}}})
+        {"metadata": {"name": "all", "namespace": "default"},
+         "spec": {"selector": {"matchLabels": {"fleet": "x"}}}})
     d = deployment.Deployment.model_validate({
-        "metadata": {"name": "app", "generation": 1},
+        "metadata": {"name": "app", "namespace": "default", "generation": 1},
         "spec": {"target": {"thingGroup": "all"},
                  "components": [{"name": "App", "version": "1.0.0"}],
                  "rollout": {"maximumPerMinute": rate, "timeoutMinutes": 5,
@@ -163,7 +181,8 @@ def _rollout_sim(n: int, rate: int) -> Sim:
                                                 "thresholdPercentage": 20,
                                                 "minNumberOfExecutedThings": 10}]}}})
     devices = [coredevice.CoreDevice.model_validate(
-        {"metadata": {"name": f"dev-{i:03}", "labels": {"fleet": "x"}}}) for i in range(n)]
+        {"metadata": {"name": f"dev-{i:03}", "labels": {"fleet": "x"}},
+         "spec": {"namespace": "default"}}) for i in range(n)]
     return Sim([*comps, group, d, *devices])
 
 
@@ -203,7 +222,7 @@ def test_rollout_honours_the_rate_and_aborts_with_rollback() -> None:
         assert p.revision == good[p.thing]  # the previous document, byte for byte
     assert sim.condition("app") == ("False", "RolloutAborted")
     assert sim.condition("app", "Stalled") == ("True", "RolloutAborted")
-    status = sim.deployments[("", "app")].status
+    status = sim.deployments[("default", "app")].status
     assert status is not None and status.rolled_back == 20
     assert (status.notified, status.failed) == (20, 20)  # as it stood when it stopped
     assert any(e.reason == "RolloutAborted" and e.type == "Warning" for e in sim.events)
@@ -225,7 +244,7 @@ def test_timeouts_count_and_suspend_pauses() -> None:
     # Three windows in: 30 allowed. Nobody answered: the first 10 (2.5 minutes ago) timed
     # out, the 20 notified now have not.
     sim.step(at(3.5))
-    status = sim.deployments[("", "app")].status
+    status = sim.deployments[("default", "app")].status
     assert status is not None
     assert (status.notified, status.timed_out) == (30, 10)
 
@@ -241,7 +260,7 @@ def test_condition_transition_time_is_kept_while_status_holds() -> None:
 def test_unreached_devices_keep_their_generation_but_get_other_changes() -> None:
     sim = _rollout_sim(30, rate=10)
     extra = component.Component.model_validate({
-        "metadata": {"name": "tool-1"},
+        "metadata": {"name": "tool-1", "namespace": "default"},
         "spec": {"name": "Tool", "version": "1.0.0",
                  "manifests": [{"lifecycle": {"run": {"script": "tool"}}}]}})
     sim.components.append(extra)
@@ -254,10 +273,10 @@ def test_unreached_devices_keep_their_generation_but_get_other_changes() -> None
     sim.step(at(10))  # 10 devices reached by generation 2
     # Meanwhile another deployment adds Tool to every device, at once (no rollout limits).
     tool = deployment.Deployment.model_validate({
-        "metadata": {"name": "tool", "generation": 1},
+        "metadata": {"name": "tool", "namespace": "default", "generation": 1},
         "spec": {"target": {"thingGroup": "all"},
                  "components": [{"name": "Tool", "version": "1.0.0"}]}})
-    sim.deployments[("", "tool")] = tool
+    sim.deployments[("default", "tool")] = tool
     plan = sim.step(at(10.1))
     assert len(plan.publishes) == 30
     versions = {t: {c["name"]: c["version"] for c in sim.desired(t)["components"]}
@@ -266,5 +285,130 @@ def test_unreached_devices_keep_their_generation_but_get_other_changes() -> None
     assert on_v2 == {f"dev-{i:03}" for i in range(10)}
     assert all(v["Tool"] == "1.0.0" for v in versions.values())
     gens = {t: d.status.desired_generations for t, d in sim.devices.items()}
-    assert gens["dev-000"] == {"app": 2, "tool": 1}
-    assert gens["dev-029"] == {"app": 1, "tool": 1}
+    assert gens["dev-000"] == {"default/app": 2, "default/tool": 1}
+    assert gens["dev-029"] == {"default/app": 1, "default/tool": 1}
+
+
+# --- tenancy, privilege and failure isolation ------------------------------------------
+
+def _tool(version: str) -> component.Component:
+    return component.Component.model_validate({
+        "metadata": {"name": f"tool-{version}", "namespace": "default"},
+        "spec": {"name": "Tool", "version": version,
+                 "manifests": [{"lifecycle": {"run": {"script": f"tool {version}"}}}]}})
+
+
+def _deployment(name: str, components: list[dict[str, Any]], priority: int = 0,
+                namespace: str = "default") -> deployment.Deployment:
+    return deployment.Deployment.model_validate({
+        "metadata": {"name": name, "namespace": namespace, "generation": 1},
+        "spec": {"target": {"thingGroup": "factory-1"}, "components": components,
+                 "priority": priority}})
+
+
+def test_a_bad_generation_keeps_contributing_the_last_good_one() -> None:
+    sim = Sim([*load(*EXAMPLES), _tool("1.0.0"),
+               _deployment("tool", [{"name": "Tool", "version": "1.0.0"}])])
+    sim.step(at(0))
+    assert {c["name"] for c in sim.desired("gateway-1")["components"]} >= {"Tool"}
+    sim.step(at(0.1))  # the status now has generation 1 in its history
+    # Generation 2 names a version that does not exist.
+    sim.update("tool", components=[deployment.DeploymentComponent(name="Tool",
+                                                                  version="9.0.0")])
+    before = sim.retained["gateway-1"]
+    plan = sim.step(at(1))
+    assert sim.condition("tool") == ("False", "UnknownComponent")
+    assert plan.publishes == [] and sim.retained["gateway-1"] == before
+    # Another deployment's change still goes out, with Tool 1.0.0 still in it.
+    sim.update("factory-1-apps", priority=1)
+    plan = sim.step(at(2))
+    assert sorted(p.thing for p in plan.publishes) == ["gateway-1", "gateway-2"]
+    tool = [c for c in sim.desired("gateway-1")["components"] if c["name"] == "Tool"]
+    assert [c["version"] for c in tool] == ["1.0.0"]
+    assert sim.devices["gateway-1"].status.desired_generations["default/tool"] == 1
+    assert sim.condition("factory-1-apps", "Stalled")[0] == "False"
+
+
+def test_a_problem_deployment_never_blocks_another() -> None:
+    bad = _deployment("bad", [{"name": "com.example.Nope", "version": "1.0.0"}],
+                      priority=1000)
+    sim = Sim([*load(*EXAMPLES), bad])
+    plan = sim.step(at(0))
+    # The examples publish everywhere as if `bad` were not there; `bad` says why.
+    assert sorted(p.thing for p in plan.publishes) == ["gateway-1", "gateway-2", "gateway-3"]
+    assert sim.condition("bad") == ("False", "UnknownComponent")
+    assert plan.problems.keys() == {"default/bad"}
+    assert "default/bad" not in sim.devices["gateway-1"].status.desired_generations
+
+
+def test_privilege_is_checked_with_the_namespace_level() -> None:
+    root = _deployment("root", [{"name": "com.example.HelloWorld", "version": "1.0.0",
+                                 "runWith": {"posixUser": "root"}}], priority=5)
+    objs = [*load(*EXAMPLES), root]
+    sim = Sim(objs)
+    sim.step(at(0))
+    assert sim.condition("root") == ("False", "PrivilegeViolation")
+    assert "runWith" not in sim.desired("gateway-1")["components"][0]
+    # Granted: the same objects resolve (levels come from the namespaces' labels).
+    plan = fleet.plan_fleet(list(sim.devices.values()), sim.groups,
+                            list(sim.deployments.values()), sim.components, at(1),
+                            levels={"default": privilege.Level.PRIVILEGED})
+    assert "default/root" not in plan.problems
+    assert sorted(p.thing for p in plan.publishes) == ["gateway-1", "gateway-2"]
+
+
+def test_a_document_over_the_bound_is_not_published() -> None:
+    sim = Sim(load(*EXAMPLES))
+    sim.step(at(0))
+    before = dict(sim.retained)
+    big = _deployment("big", [{"name": "com.example.HelloWorld", "version": "1.0.0",
+                               "configurationUpdate": {"merge": {"message": "x" * 4000}}}],
+                      priority=5)
+    sim.deployments[resolve.key_of(big)] = big
+    limit = max(len(p) for p in before.values()) + 1000
+    plan = fleet.plan_fleet(list(sim.devices.values()), sim.groups,
+                            list(sim.deployments.values()), sim.components, at(1),
+                            max_bytes=limit)
+    assert plan.publishes == []
+    [problem] = plan.problems["default/big"]
+    assert problem.reason == "DocumentTooLarge" and f"over the limit of {limit}" in (
+        problem.message)
+    assert "default/factory-1-apps" not in plan.problems
+
+
+def test_a_device_in_no_namespace_is_reached_by_nothing() -> None:
+    sim = Sim(load(*EXAMPLES))
+    dev = sim.devices["gateway-1"]
+    sim.devices["gateway-1"] = dataclasses.replace(dev, namespace=None)
+    plan = sim.step(at(0))
+    assert sorted(p.thing for p in plan.publishes) == ["gateway-2", "gateway-3"]
+    assert plan.member_counts[("default", "factory-1")] == 1
+    # Another namespace's objects do not reach default's devices either.
+    other = Sim(load(*EXAMPLES[:5], namespace="zzz") + load("coredevices.yaml"))
+    assert other.step(at(0)).publishes == []
+
+
+def test_a_problem_on_some_devices_does_not_reset_the_rollout_of_the_others() -> None:
+    sim = _rollout_sim(30, rate=10)
+    arm = documents.PlatformInfo(os="linux", arch="aarch64")
+    amd64_only = component.Component.model_validate({
+        "metadata": {"name": "app-3", "namespace": "default"},
+        "spec": {"name": "App", "version": "3.0.0", "manifests": [
+            {"platform": {"os": "linux", "arch": "amd64"},
+             "lifecycle": {"run": {"script": "app 3"}}}]}})
+    sim.components.append(amd64_only)
+    for thing in ("dev-000", "dev-001"):  # these two are arm devices
+        dev = sim.devices[thing]
+        sim.devices[thing] = dataclasses.replace(
+            dev, status=dev.status.model_copy(update={"platform": arm}))
+    sim.update("app", components=[deployment.DeploymentComponent(name="App",
+                                                                 version="3.0.0")])
+    reached: set[str] = set()
+    for step in range(5):  # many passes inside the first rollout window
+        reached |= {p.thing for p in sim.step(at(0.1 * step)).publishes}
+    # The window's 10 slots went to the first 10 in name order; the two arm devices took
+    # theirs and were refused.
+    assert len(reached) == 8 and not reached & {"dev-000", "dev-001"}
+    assert sim.condition("app") == ("False", "NoManifestForPlatform")
+    reached |= {p.thing for p in sim.step(at(1)).publishes}  # the next window: 10 more
+    assert len(reached) == 18

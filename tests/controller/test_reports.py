@@ -58,7 +58,11 @@ def test_stale_foreign_and_malformed_reports_change_nothing() -> None:
     c.fold_report("gw-1", report(thing="gw-2", sequence=9, outcome="FAILED"))  # wrong topic
     c.fold_report("gw-1", b"{not json")
     c.fold_report("gw-9", report(thing="gw-9", sequence=1))  # not a registered device
-    assert c.devices["gw-1"] == before
+    after = c.devices["gw-1"]
+    # Nothing but the condition that says reports were refused (and why).
+    assert after.model_copy(update={"conditions": [
+        x for x in after.conditions if x.type != "ReportsAccepted"]}) == before
+    assert c.refused["gw-1"] == {"Invalid": 2}
     assert "gw-9" not in c.devices
 
 
@@ -74,3 +78,25 @@ def test_status_topic_parsing() -> None:
     assert broker.thing_of_status_topic("hedgerow/things/gw-1/status") == "gw-1"
     assert broker.thing_of_status_topic("hedgerow/things/gw-1/desired") is None
     assert broker.thing_of_status_topic("hedgerow/things/a/b/status") is None
+
+
+def test_reports_over_rate_or_bounds_are_refused_counted_and_shown_once() -> None:
+    from hedgerow.core import limits
+
+    c = controller()
+    for i in range(limits.REPORT_BURST + 5):  # all at one instant
+        c.fold_report("gw-1", report(sequence=i + 1), clock=100.0)
+    assert c.sequences["gw-1"] == limits.REPORT_BURST
+    assert c.refused["gw-1"] == {"RateLimited": 5}
+    cond = next(x for x in c.devices["gw-1"].conditions if x.type == "ReportsAccepted")
+    assert (cond.status.value, cond.reason) == ("False", "RateLimited")
+    # Over the bytes: refused before parsing, whatever it says.
+    c.fold_report("gw-1", report(sequence=99, agentVersion="v" * limits.MAX_REPORT_BYTES),
+                  clock=200.0)
+    assert c.refused["gw-1"]["TooLarge"] == 1 and c.sequences["gw-1"] == limits.REPORT_BURST
+    # Quiet for a full bucket: accepted again, and the condition says so.
+    c.fold_report("gw-1", report(sequence=100), clock=200.0 + limits.REPORT_BURST
+                  * limits.REPORT_INTERVAL_SECONDS)
+    cond = next(x for x in c.devices["gw-1"].conditions if x.type == "ReportsAccepted")
+    assert (cond.status.value, cond.reason) == ("True", "Accepted")
+    assert c.sequences["gw-1"] == 100

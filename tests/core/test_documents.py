@@ -55,3 +55,26 @@ def test_spec_hash_tracks_what_needs_a_restart() -> None:
 
 def test_rollback_is_the_safe_default() -> None:
     assert documents.render_desired_state("gw-1", [], []).failure_handling.value == "ROLLBACK"
+
+
+def test_status_reports_are_bounded() -> None:
+    from hedgerow.core import limits
+
+    base_report = {"apiVersion": "hedgerow.dev/v1alpha1", "kind": "StatusReport",
+                   "thing": "gw-1", "sequence": 1, "time": "2026-01-01T00:00:00Z",
+                   "agentVersion": "1.0.0", "platform": {"os": "linux", "arch": "amd64"},
+                   "health": "HEALTHY"}
+    documents.StatusReport.model_validate(base_report)
+    component = {"name": "c", "version": "1.0.0", "state": "RUNNING"}
+    too_long = "x" * (limits.MAX_REPORT_TEXT + 1)
+    for field, value in [
+        ("components", [component] * (limits.MAX_REPORT_COMPONENTS + 1)),
+        ("agentVersion", too_long),
+        ("platform", {"os": too_long, "arch": "amd64"}),
+        ("components", [{**component, "name": too_long}]),
+        ("deployment", {"revision": "r", "outcome": "FAILED",
+                        "reason": "x" * (limits.MAX_REPORT_REASON + 1)}),
+    ]:
+        with pytest.raises(pydantic.ValidationError) as info:
+            documents.StatusReport.model_validate({**base_report, field: value})
+        assert info.value.errors()[0]["loc"][0] in (field, "platform"), field

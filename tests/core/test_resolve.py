@@ -14,6 +14,7 @@ from hedgerow.core import (
     deployment,
     documents,
     manifest,
+    privilege,
     resolve,
     thinggroup,
 )
@@ -268,10 +269,143 @@ def test_fleet_shares_combinations_and_substitutes_generations() -> None:
 def test_empty_targets() -> None:
     ds = [dep("nobody", {"A": "*"}, group="site-1"), dep("ghost", {"A": "*"}, group="nope"),
           dep("stranger", {"A": "*"}, thing="gw-404"), dep("ok", {"A": "*"}, group="vip")]
-    problems = resolve.Fleet(GROUPS, ds, CATALOG).empty_targets([("gw-9", {"site": "2"})])
+    problems = resolve.Fleet(GROUPS, ds, CATALOG).empty_targets(
+        [("gw-9", {"site": "2"}, "default")])
     assert {(p.deployment, p.reason) for p in problems} == {
         ("default/nobody", "EmptyTarget"), ("default/ghost", "EmptyTarget"),
         ("default/stranger", "EmptyTarget")}
+    # A thing of another namespace is no target, and the words do not tell it exists.
+    foreign = resolve.Fleet(GROUPS, [dep("d", {"A": "*"}, thing="gw-1", namespace="zzz")],
+                            CATALOG).empty_targets([("gw-1", {}, "default")])
+    assert [p.message for p in foreign] == [
+        "thing 'gw-1' is not a registered CoreDevice of namespace 'zzz'"]
+
+
+# --- tenancy: a device of namespace N sees only N's groups, deployments, components -----
+
+TENANTS = [
+    grp("site-1", match={"site": "1"}), grp("vip", things=["gw-9"]),
+    grp("everything", match={}, namespace="zzz"), grp("vip", things=["gw-9"], namespace="zzz"),
+]
+TENANT_CATALOG = [comp("A", "1.0.0"), comp("A", "1.0.0", namespace="zzz"),
+                  comp("A", "9.0.0", namespace="zzz"), comp("Z", "1.0.0", namespace="zzz")]
+
+
+@pytest.mark.parametrize(("case", "thing", "labels", "namespace", "deployments", "expected"), [
+    ("selector {} of another namespace selects nothing", "gw-1", {"site": "1"}, "default",
+     [dep("d", {"Z": "*"}, group="everything", namespace="zzz")], {}),
+    ("static member of another namespace's group is no member", "gw-9", {}, "default",
+     [dep("d", {"Z": "*"}, group="vip", namespace="zzz")], {}),
+    ("target.thing of another namespace", "gw-1", {}, "default",
+     [dep("d", {"Z": "*"}, thing="gw-1", namespace="zzz")], {}),
+    ("no cross-namespace layering: a higher priority elsewhere does not win", "gw-1",
+     {"site": "1"}, "default",
+     [dep("mine", {"A": "*"}, group="site-1"),
+      dep("theirs", {"A": "9.0.0"}, group="everything", namespace="zzz", priority=1000)],
+     {"A": "1.0.0"}),
+    ("own namespace still works", "gw-1", {"site": "1"}, "zzz",
+     [dep("d", {"A": "*"}, group="everything", namespace="zzz")], {"A": "9.0.0"}),
+    ("no namespace given (a device's local deployments): all of them", "gw-1", {}, None,
+     [dep("d", {"A": "1.0.0"}, thing="gw-1", namespace="zzz")], {"A": "1.0.0"}),
+])
+def test_tenancy_table(case: str, thing: str, labels: dict[str, str], namespace: str | None,
+                       deployments: list[deployment.Deployment],
+                       expected: dict[str, str]) -> None:
+    fleet = resolve.Fleet(TENANTS, deployments, TENANT_CATALOG)
+    result = fleet.resolve(thing, labels, LINUX_AMD64, namespace=namespace)
+    assert result.problems == (), case
+    assert {c.name: c.version for c in result.combination.components} == expected, case
+
+
+def test_catalog_shadowing_is_impossible() -> None:
+    # zzz has its own A@1.0.0 that runs something else; default's device gets default's.
+    evil = component.Component.model_validate({
+        "metadata": {"name": "a-evil", "namespace": "zzz"},
+        "spec": {"name": "A", "version": "1.0.0",
+                 "manifests": [{"lifecycle": {"run": {"script": "id"}}}]}})
+    fleet = resolve.Fleet(TENANTS, [dep("mine", {"A": "1.0.0"}, group="site-1"),
+                                    dep("theirs", {"A": "1.0.0"}, group="everything",
+                                        namespace="zzz")], [evil, comp("A", "1.0.0")])
+    result = fleet.resolve("gw-1", {"site": "1"}, None, namespace="default")
+    desired = result.render()
+    assert desired is not None and [d.name for d in desired.deployments] == ["mine"]
+    lifecycle = desired.components[0].lifecycle
+    assert lifecycle is not None and lifecycle.run is not None
+    assert lifecycle.run.script == "echo A linux/*"
+
+
+# --- privilege: checked per namespace level when resolving -----------------------------
+
+def _priv_comp(name: str, namespace: str = "default", **manifest: Any) -> component.Component:
+    return component.Component.model_validate({
+        "metadata": {"name": name.lower(), "namespace": namespace},
+        "spec": {"name": name, "version": "1.0.0", "manifests": [manifest]}})
+
+
+PRIV_CATALOG = [
+    comp("A"),
+    _priv_comp("Root", lifecycle={"run": {"script": "x", "requiresPrivilege": True}}),
+    _priv_comp("Box", container={"image": "busybox:latest", "requiresPrivilege": True}),
+    _priv_comp("Port", container={"image": "busybox:latest",
+                                  "ports": [{"containerPort": 80, "hostIp": "0.0.0.0"}]}),
+    _priv_comp("Dep", lifecycle={"run": {"script": "x"}}),
+]
+
+
+@pytest.mark.parametrize(("case", "deployments", "level", "expected"), [
+    ("plain component, restricted", [dep("d", {"A": "*"}, thing="gw-1")], "restricted", []),
+    ("posixUser root, restricted", [dep("d", {"A": {"version": "*",
+                                                    "runWith": {"posixUser": "root"}}},
+                                        thing="gw-1")], "restricted",
+     ["A: runWith.posixUser: runs as 'root' (root); needs privilege level 'privileged', "
+      "granted 'restricted' (label hedgerow.dev/enforce)"]),
+    ("gid 0, baseline", [dep("d", {"A": {"version": "*", "runWith": {"posixUser": "app:0"}}},
+                             thing="gw-1")], "baseline",
+     ["A: runWith.posixUser: runs as 'app:0' (root); needs privilege level 'privileged', "
+      "granted 'baseline' (label hedgerow.dev/enforce)"]),
+    ("requiresPrivilege step, restricted", [dep("d", {"Root": "*"}, thing="gw-1")],
+     "restricted",
+     ["Root: lifecycle.run.requiresPrivilege: the run step runs as root; needs privilege "
+      "level 'privileged', granted 'restricted' (label hedgerow.dev/enforce)"]),
+    ("privileged container, baseline", [dep("d", {"Box": "*"}, thing="gw-1")], "baseline",
+     ["Box: container.requiresPrivilege: runs a privileged container; needs privilege level "
+      "'privileged', granted 'baseline' (label hedgerow.dev/enforce)"]),
+    ("port on every address, restricted", [dep("d", {"Port": "*"}, thing="gw-1")],
+     "restricted",
+     ["Port: container.ports[0].hostIp: publishes port 80 on '0.0.0.0', beyond the device's "
+      "loopback; needs privilege level 'baseline', granted 'restricted' (label "
+      "hedgerow.dev/enforce)"]),
+    ("port on every address, baseline", [dep("d", {"Port": "*"}, thing="gw-1")], "baseline",
+     []),
+    ("everything, privileged", [dep("d", {"Root": "*", "Box": "*", "A": {
+        "version": "*", "runWith": {"posixUser": "root"}}}, thing="gw-1")], "privileged", []),
+])
+def test_privilege_table(case: str, deployments: list[deployment.Deployment], level: str,
+                         expected: list[str]) -> None:
+    levels = {"default": privilege.Level(level)}
+    result = resolve.Fleet([], deployments, PRIV_CATALOG, levels).resolve(
+        "gw-1", {}, None, namespace="default")
+    assert [p.message for p in result.problems] == expected, case
+    assert all(p.reason == "PrivilegeViolation" and p.deployment == "default/d"
+               for p in result.problems), case
+
+
+def test_privilege_default_is_restricted_and_local_resolution_does_not_check() -> None:
+    root = [dep("d", {"Root": "*"}, thing="gw-1")]
+    # A namespace with no level given: restricted.
+    unlabelled = resolve.Fleet([], root, PRIV_CATALOG, {}).resolve(
+        "gw-1", {}, None, namespace="default")
+    assert [p.reason for p in unlabelled.problems] == ["PrivilegeViolation"]
+    # A device's own local deployments: no namespace levels; the agent's ceiling applies.
+    local = resolve.resolve_device("gw-1", {}, None, [], root, PRIV_CATALOG)
+    assert local.problems == ()
+
+
+def test_size_for_equals_the_payload_length() -> None:
+    fleet = resolve.Fleet(GROUPS, [dep("d", {"C": "*"}, thing="gw-1")], CATALOG)
+    combination = fleet.resolve("gw-1", {}, None).combination
+    for thing in ("gw-1", 'we"ird', "ünï"):
+        assert combination.size_for(thing) == len(combination.payload_for(thing))
 
 
 def test_is_member_and_targets() -> None:

@@ -200,7 +200,8 @@ class Fleet:
                             "--thing", agent.thing]).stdout)
         bundle = agent.dir / "bundle.json"
         labels = [f"--label={k}={v}" for k, v in LABELS[agent.example].items()]
-        run([*HEDGEROW, "device", "register", agent.thing, *labels, "--csr", str(csr),
+        run([*HEDGEROW, "device", "register", agent.thing, "--namespace", "default", *labels,
+             "--csr", str(csr),
              "--broker-url", self.broker_url, "--ca-dir", str(self.ca_dir),
              "--kubeconfig", self.kubeconfig, "--out", str(bundle)])
         run([*HEDGEROW, "agent", "install-bundle", "--root", str(agent.root),

@@ -286,7 +286,7 @@ def test_g_gitops_registration(fleet: Fleet) -> None:
                "--thing", agent.thing]).stdout
     fleet.apply([{"apiVersion": "hedgerow.dev/v1alpha1", "kind": "CoreDevice",
                   "metadata": {"name": agent.thing, "labels": {"site": f"lab-{SUFFIX}"}},
-                  "spec": {"csr": csr}}])
+                  "spec": {"namespace": "default", "csr": csr}}])
     wait_for(lambda: fleet.device_status(agent).get("certificate"), 30,
              "the controller to sign the CSR")
     bundle = agent.dir / "bundle.json"

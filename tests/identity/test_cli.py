@@ -96,7 +96,8 @@ def test_device_register_creates_coredevice_and_bundle(apiserver: Any, tmp_path:
     csr = identity.init(root, "dev-r")
     pki.FleetCA.create(tmp_path / "ca")  # register signs with a CA, never makes one
     bundle = tmp_path / "b.json"
-    code, _ = run("device", "register", "dev-r", "--label", "site=berlin", "--csr", str(csr),
+    code, _ = run("device", "register", "dev-r", "--namespace", "berlin", "--label",
+                  "site=berlin", "--csr", str(csr),
                   "--kubeconfig", str(apiserver.kubeconfig), "--ca-dir", str(tmp_path / "ca"),
                   "--broker-url", "mqtts://127.0.0.1:8883", "--out", str(bundle))
     assert code == 0
