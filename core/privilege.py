@@ -8,7 +8,8 @@ operator did not allow.
 
 - ``privileged``: anything, including what makes a component root on the device:
   ``requiresPrivilege`` steps, ``runWith.posixUser`` root (or uid/gid 0), privileged
-  containers, and host paths bound into a container outside the component's own folders.
+  containers, and host paths bound into a container outside the component's own folders
+  (its work folder itself; read-only, its artifact folders).
 - ``baseline``: none of that. A container may publish ports on any host address.
 - ``restricted`` (the default): baseline, and container ports are published on the
   device's loopback only (nothing is exposed to the device's networks).
@@ -42,10 +43,12 @@ class Level(base.StrEnum):
 DEFAULT: Final = Level.RESTRICTED
 _RANK: Final = {Level.RESTRICTED: 0, Level.BASELINE: 1, Level.PRIVILEGED: 2}
 
-# Volume sources a component may bind at any level: its own work folder, and read-only
-# its artifacts. Only as the *first* part of the source, followed by a relative path.
-_OWN_WRITABLE: Final = ("{work:path}",)
-_OWN_READ_ONLY: Final = ("{work:path}", "{artifacts:path}", "{artifacts:decompressedPath}")
+# Volume sources a component may bind at any level: its own work folder *itself* (what is
+# inside is the component's to change: a subfolder swapped for a link between two starts
+# would be followed by Docker, so the agent refuses it too), and read-only its artifact
+# folders (root's, see docs/security.md) or a path below them.
+_WORK: Final = "{work:path}"
+_ARTIFACTS: Final = ("{artifacts:path}", "{artifacts:decompressedPath}")
 _ROOT_NAMES: Final = frozenset({"root", "0"})
 _LOOPBACK: Final = frozenset({"127.0.0.1", "::1", "localhost"})
 _PLACEHOLDER: Final = re.compile(r"(?<!\$)\{[A-Za-z][A-Za-z0-9._-]*:[^{}\s,]*\}")
@@ -127,8 +130,8 @@ def _container_needs(c: component.Container) -> list[Violation]:
             found.append(Violation(
                 f"container.volumes[{i}].source", Level.PRIVILEGED,
                 f"binds host path {v.source!r}; without privilege only {{work:path}} "
-                "(and, read-only, {artifacts:path} / {artifacts:decompressedPath}) may "
-                "be bound"))
+                "itself (and, read-only, {artifacts:path} / {artifacts:decompressedPath} "
+                "or a path below them) may be bound"))
     for i, p in enumerate(c.ports):
         if p.host_ip not in _LOOPBACK:
             found.append(Violation(
@@ -144,7 +147,11 @@ def _is_host_path(source: str) -> bool:
 
 
 def _is_own_folder(source: str, read_only: bool) -> bool:
-    for prefix in (_OWN_READ_ONLY if read_only else _OWN_WRITABLE):
+    if source.rstrip("/") == _WORK:
+        return True
+    if not read_only:
+        return False
+    for prefix in _ARTIFACTS:
         if source == prefix:
             return True
         if source.startswith(prefix + "/"):

@@ -57,7 +57,13 @@ CASES: list[tuple[str, Any, Any, Any, dict[str, privilege.Level]]] = [
     ("open port", None, _container(ports=[{"containerPort": 80, "hostIp": "0.0.0.0"}]),
      None, {"container.ports[0].hostIp": B}),
     ("own work folder", None,
-     _container(volumes=[{"source": "{work:path}/data", "target": "/data"}]), None, {}),
+     _container(volumes=[{"source": "{work:path}", "target": "/data"}]), None, {}),
+    ("a folder inside work", None,
+     _container(volumes=[{"source": "{work:path}/data", "target": "/data"}]), None,
+     {"container.volumes[0].source": P}),
+    ("below the artifacts, read-only", None, _container(volumes=[
+        {"source": "{artifacts:decompressedPath}/model", "target": "/m", "readOnly": True}]),
+     None, {}),
     ("artifacts read-only", None, _container(volumes=[
         {"source": "{artifacts:path}", "target": "/a", "readOnly": True}]), None, {}),
     ("artifacts writable", None, _container(volumes=[
@@ -74,8 +80,9 @@ CASES: list[tuple[str, Any, Any, Any, dict[str, privilege.Level]]] = [
     ("path from configuration", None, _container(volumes=[
         {"source": "{configuration:/dir}", "target": "/c"}]), None,
      {"container.volumes[0].source": P}),
-    ("configuration inside work", None, _container(volumes=[
-        {"source": "{work:path}/{configuration:/sub}", "target": "/c"}]), None,
+    ("configuration below the artifacts", None, _container(volumes=[
+        {"source": "{artifacts:path}/{configuration:/sub}", "target": "/c", "readOnly": True}]),
+     None,
      {"container.volumes[0].source": P}),
     ("named volume", None, _container(volumes=[{"source": "cache", "target": "/c"}]),
      None, {}),
