@@ -184,6 +184,16 @@ def _register(args: argparse.Namespace) -> int:
             api.patch_cluster_custom_object(base.GROUP, base.VERSION, plural, thing, patch,
                                             _content_type=MERGE_PATCH)
         print(f"coredevice.{base.GROUP}/{thing} exists; updated", file=sys.stderr)
+        if ca is not None and csr is not None:
+            # Re-registering with a CSR is the admin's approval of a new key: the
+            # certificates of the device's other keys are revoked, as `device approve` does.
+            revoked = ca.revoke_device(thing, "superseded by re-registration",
+                                       current=_current_certificate(existing),
+                                       keep_key_of_csr=csr)
+            if revoked:
+                print(f"revoked the previous certificate(s) of {thing} (serial "
+                      f"{', '.join(f'{s:x}' for s in revoked)})", file=sys.stderr)
+                _refresh_broker(args, ca)
     if ca is None or cert is None:
         print("no --csr: run `hedgerow agent init` on the device and register again with "
               "--csr, or commit the CSR as spec.csr (GitOps)", file=sys.stderr)
@@ -497,6 +507,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     reg.add_argument("--kubeconfig", help="kubeconfig (default: in-cluster or ~/.kube/config)")
     _ca_args(reg)
     _bundle_args(reg)
+    _broker_args(reg)  # re-registering a device with a new key revokes its old certificate
     reg.set_defaults(handler=_guard(_register))
 
     sign = dev.add_parser(

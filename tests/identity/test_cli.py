@@ -113,3 +113,37 @@ def test_device_register_creates_coredevice_and_bundle(apiserver: Any, tmp_path:
     assert code == 0
     assert json.loads((tmp_path / "c.json").read_text())["certificatePem"] == \
         obj["status"]["certificate"]["pem"]
+
+
+def test_reregistering_with_a_new_key_revokes_the_old_certificate(apiserver: Any,
+                                                                   tmp_path: Path) -> None:
+    """Re-signing revokes what it replaces: a device re-registered with a new key (a
+    re-imaged device, a stolen key) leaves its old certificate on the CRL; a renewal of
+    the same key revokes nothing."""
+    ca_dir, broker_dir = tmp_path / "ca", tmp_path / "broker"
+    ca = pki.FleetCA.create(ca_dir)
+    broker_dir.mkdir()
+
+    def register(csr: Path, out: str) -> dict[str, Any]:
+        code, _ = run("device", "register", "dev-rr", "--namespace", "berlin", "--csr",
+                      str(csr), "--kubeconfig", str(apiserver.kubeconfig),
+                      "--ca-dir", str(ca_dir), "--broker-dir", str(broker_dir),
+                      "--broker-url", "mqtts://127.0.0.1:8883", "--out", str(tmp_path / out))
+        assert code == 0
+        obj: dict[str, Any] = json.loads(
+            apiserver.kubectl("get", "coredevice", "dev-rr", "-o", "json").stdout)
+        return obj
+
+    first = pki.load_certificate(register(identity.init(tmp_path / "a", "dev-rr"), "1.json")
+                                 ["status"]["certificate"]["pem"])
+    assert not ca.is_revoked(first)
+    # init is idempotent: the same key, a new CSR for it
+    renewed = pki.load_certificate(register(identity.init(tmp_path / "a", "dev-rr"), "2.json")
+                                   ["status"]["certificate"]["pem"])
+    assert not ca.is_revoked(first) and not ca.is_revoked(renewed)  # same key: a renewal
+    second = pki.load_certificate(register(identity.init(tmp_path / "b", "dev-rr"), "3.json")
+                                  ["status"]["certificate"]["pem"])
+    ca = pki.FleetCA.load(ca_dir)
+    assert ca.is_revoked(first) and ca.is_revoked(renewed)
+    assert not ca.is_revoked(second)
+    assert (broker_dir / "crl.pem").exists()  # the broker's CRL was rewritten
