@@ -131,6 +131,10 @@ def test_offline_keeps_only_the_latest_and_sends_it_on_reconnect(fleet: Fleet) -
     root = fleet.root("dev-a")
     write_status(root, status("dev-a", 1))
     wait_for(lambda: len(controller.on(topic("dev-a", "status"))) == 1, what="first report")
+    # QoS 1 is at-least-once: a report whose PUBACK had not arrived when the broker went
+    # down is sent again (DUP) after the reconnect. Wait for it, so only the offline
+    # reports are in question below.
+    wait_for(lambda: conn.stats.published == 1, what="PUBACK of the first report")
 
     port = fleet.broker.port
     fleet.broker.stop()
