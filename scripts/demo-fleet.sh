@@ -128,7 +128,7 @@ up() {
   say "starting the controller (identity hedgerow_controller)"
   start_bg controller "$py" -m hedgerow controller --kubeconfig "$(cat "$dir/kubeconfig.path")" \
     --broker "$broker_url" --ca "$dir/broker/ca.pem" --cert "$dir/broker/controller.pem" \
-    --key "$dir/broker/controller.key"
+    --key "$dir/broker/controller.key" --ca-dir "$HEDGEROW_CA_DIR"  # signs documents, GitOps CSRs
   for _ in $(seq 300); do
     grep -q "connected to the broker" "$dir/controller.log" 2>/dev/null && break
     alive "$dir/controller.pid" || { tail -20 "$dir/controller.log" >&2; exit 1; }
@@ -191,12 +191,12 @@ for d in sorted(items, key=lambda d: d["metadata"]["name"]):
     parts.append(f"{d['metadata']['name']} {s.get('health', '-')} {running}/{len(comps)} running")
 print(("DONE " if done and len(items) == 3 else "") + " | ".join(parts))
 PY
-  deadline=$((SECONDS + 180))
+  deadline=$((SECONDS + 180)) converged=1
   while :; do
     line=$(kube get coredevices -o json | "$py" -c "$progress")
     printf '    %s\n' "${line#DONE }" >&2
     [[ $line == DONE* ]] && break
-    if [ $SECONDS -ge $deadline ]; then say "not converged after 180 s; see $dir/*.log"; break; fi
+    if [ $SECONDS -ge $deadline ]; then converged=0; break; fi
     sleep 2
   done
 
@@ -219,6 +219,12 @@ Explore:
 Logs: $dir/controller.log, $dir/agent-gateway-N.log, $dir/broker/mosquitto.log
 Stop it with: make demo-down
 MSG
+  if [ "$converged" = 0 ]; then
+    # Left running on purpose: what did not converge is there to look at.
+    echo "ERROR: the fleet did not converge in 180 s (left running); look for ERROR in" \
+      "$dir/agent-gateway-N.log and $dir/controller.log" >&2
+    exit 1
+  fi
 }
 
 case "$action" in
