@@ -44,6 +44,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from hedgerow import files
@@ -110,6 +111,15 @@ class Issued:
         write_cert(cert_path, self.certificate)
 
 
+def load_private_key(path: pathlib.Path) -> PrivateKeyTypes:
+    """A PEM private key that only its owner can read (a key others can read is refused,
+    not used)."""
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise PermissionError(f"{path} is readable by others (mode {mode:o}); chmod 600 it")
+    return serialization.load_pem_private_key(path.read_bytes(), password=None)
+
+
 class FleetCA:
     def __init__(self, certificate: x509.Certificate, key: ec.EllipticCurvePrivateKey,
                  directory: pathlib.Path | None = None) -> None:
@@ -154,11 +164,7 @@ class FleetCA:
     @classmethod
     def load(cls, directory: pathlib.Path) -> FleetCA:
         key_path = directory / CA_KEY
-        mode = key_path.stat().st_mode & 0o777
-        if mode & 0o077:
-            raise PermissionError(f"{key_path} is readable by others (mode {mode:o}); "
-                                  "chmod 600 it")
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        key = load_private_key(key_path)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise ValueError(f"{key_path}: not an EC private key")
         cert = x509.load_pem_x509_certificate((directory / CA_CERT).read_bytes())
@@ -526,11 +532,7 @@ class DocumentSigner:
 
     @classmethod
     def load(cls, path: pathlib.Path) -> DocumentSigner:
-        mode = path.stat().st_mode & 0o777
-        if mode & 0o077:
-            raise PermissionError(f"{path} is readable by others (mode {mode:o}); "
-                                  "chmod 600 it")
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        key = load_private_key(path)
         if not isinstance(key, ed25519.Ed25519PrivateKey):
             raise ValueError(f"{path}: not an Ed25519 private key")
         return cls(key)
