@@ -10,12 +10,12 @@ from __future__ import annotations
 import functools
 import json
 import pathlib
-import time
 
 import yaml
 
 from tests.e2e.conftest import SUFFIX, Fleet, examples, wait_for
 from tests.e2e.test_fleet import HELLO, both, component_roots, condition, converged
+from tests.support.passes import wait_passes
 
 API = "hedgerow.dev/v1alpha1"
 
@@ -87,7 +87,8 @@ def test_the_attacks_fail_and_the_team_goes_on(fleet: Fleet) -> None:
                      in agent.cli("logs", "get", HELLO), 30, f"{agent.thing}'s new greeting")
             wait_for(functools.partial(converged, fleet, agent, both()), 30,
                      f"{agent.thing} to converge again")
-        time.sleep(1)
+        for agent in (g1, g2):  # they looked again: still nothing of the attacker's ran
+            wait_passes(agent.root)
         assert not list(fleet.home.glob(f"pwned-{SUFFIX}*")), "the attacker's code ran"
         for agent in (g1, g2):
             # The dependency-free Telemetry kept its process; HelloWorld restarted for the
