@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import pathlib
 
 import yaml
 
+from tests.agent.conftest import pids_with_marker
 from tests.e2e.conftest import SUFFIX, Fleet, examples, wait_for
 from tests.e2e.test_fleet import HELLO, both, component_roots, condition, converged
 from tests.support.passes import wait_passes
@@ -93,8 +95,13 @@ def test_the_attacks_fail_and_the_team_goes_on(fleet: Fleet) -> None:
         for agent in (g1, g2):
             # The dependency-free Telemetry kept its process; HelloWorld restarted for the
             # new greeting, as nobody, never root.
-            [root] = component_roots(agent, HELLO)
-            assert 0 not in _uids(root), (agent.thing, _uids(root))
+            # Its one root is hedgerow-gate, whose root half stays the step's parent only
+            # to record the exit code; everything of the step itself runs as nobody.
+            assert len(component_roots(agent, HELLO)) == 1  # one, not doubled
+            step = [p for p in pids_with_marker(agent.root, HELLO)
+                    if not os.readlink(f"/proc/{p}/exe").endswith("/hedgerow-gate")]
+            assert step and all(0 not in _uids(p) for p in step), (
+                agent.thing, {p: _uids(p) for p in step})
             assert agent.pids()[HELLO] != pids[agent.thing][HELLO]
         assert condition(fleet.deployment("factory-1-apps"), "Stalled")[0] == "False"
     finally:
