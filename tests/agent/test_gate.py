@@ -11,7 +11,6 @@ import platform
 import pwd
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -69,6 +68,16 @@ class Gated:
     def is_waiting(self) -> bool:
         return os.waitpid(self.pid, os.WNOHANG) == (0, 0)
 
+    def is_blocked_at_gate(self) -> bool:
+        """Asleep in a read of a pipe on fd 3 (its gate), as the kernel shows it: proof
+        that it got as far as waiting, rather than a guess that it had time to go on."""
+        try:
+            wchan = pathlib.Path(f"/proc/{self.pid}/wchan").read_text()
+            fd = pathlib.Path(f"/proc/{self.pid}/syscall").read_text().split()[1]
+        except (OSError, IndexError):
+            return False
+        return "pipe_read" in wchan and fd == "0x3"
+
     def open_gate(self) -> None:
         with contextlib.suppress(BrokenPipeError):  # a usage error exits before the gate
             os.write(self.gate_w, b"\n")
@@ -103,7 +112,7 @@ def test_waits_at_its_gate_then_runs_the_step_with_nothing_of_root(
     proc = Gated(gate, str(NOBODY.pw_uid), str(NOBODY.pw_gid), str(work), "-",
                  "/bin/sh", "-c", "pwd; ls /proc/self/fd | tr '\\n' ' '; echo; "
                  "cat /proc/self/status")
-    time.sleep(0.2)
+    wait_for(proc.is_blocked_at_gate, 10, "the gate to block on its pipe")
     assert proc.is_waiting()  # nothing ran yet, not even its folder
     assert not work.exists()
     assert os.readlink(f"/proc/{proc.pid}/exe") == str(gate.resolve())
