@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from hedgerow.agent import process
+from hedgerow.agent import gatebuild, process
 from hedgerow.core import component
 
 from .conftest import THING, AgentProcess, rc, wait_for
@@ -28,13 +28,14 @@ NOBODY = pwd.getpwnam("nobody")
 def gate(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> pathlib.Path:
     if request.param == "built":
         built = SOURCE.with_name("hedgerow-gate")
-        assert os.access(built, os.X_OK), f"{built} is missing: run `make gate`"
+        assert os.access(built, os.X_OK), (
+            f"{built} is missing: run `make gate` (hedgerow agent build-gate)")
         if platform.machine() == "x86_64":  # freestanding: no libc to load
             assert b"GLIBC" not in built.read_bytes()
         return built
     hosted = tmp_path / "hedgerow-gate-hosted"
-    subprocess.run(["cc", "-O2", "-Wall", "-Wextra", "-Werror", "-static",
-                    "-DHEDGEROW_GATE_HOSTED", "-o", str(hosted), str(SOURCE)], check=True)
+    subprocess.run(gatebuild.render_command(platform.machine(), SOURCE, hosted, hosted=True),
+                   check=True)
     return hosted
 
 
