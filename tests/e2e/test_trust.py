@@ -192,9 +192,12 @@ def test_c_resubmitted_csr_waits_for_approval_and_revokes_the_old(fleet: Fleet,
     other = tmp_path / "other"
     swapped = run([*HEDGEROW, "agent", "init", "--root", str(other), "--thing",
                    g2.thing]).stdout
+    refusals = fleet.controller_output().count(f"not signing the CSR of {g2.thing}")
     fleet.kubectl("patch", "coredevice", g2.thing, "--type=merge", "-p",
                   json.dumps({"spec": {"csr": swapped}}))
-    time.sleep(8)
+    # The controller looked at this CSR and said no (it checks each spec change once).
+    wait_for(lambda: fleet.controller_output().count(f"not signing the CSR of {g2.thing}")
+             > refusals, 30, "the controller to hold the swapped CSR back")
     assert _cert_pem(fleet, g2) == approved
     assert converged(fleet, g2, both())
 
