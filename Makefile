@@ -33,15 +33,12 @@ $(STAMP): pyproject.toml
 	@$(PY) -m pip install -q -e '.[test]'
 	@touch $@
 
-# The agent's first program of every step it starts as another user (gate/gate.c).
-# Freestanding on x86_64 (no libc: nothing to load), a static program elsewhere.
+# The agent's first program of every step it starts as another user (gate/gate.c),
+# compiled for this machine by the same command a device runs after `pip install`.
 GATE := edge-agent/gate/hedgerow-gate
 gate: $(GATE)
-$(GATE): edge-agent/gate/gate.c
-	@case "$$(uname -m)" in \
-	  x86_64) mode="-nostdlib -ffreestanding -fno-stack-protector -fno-builtin" ;; \
-	  *) mode="" ;; \
-	esac; cc -O2 -Wall -Wextra -Werror -static $$mode -o $@.tmp $< && mv $@.tmp $@
+$(GATE): edge-agent/gate/gate.c edge-agent/gatebuild.py | venv
+	@$(VENV)/bin/hedgerow agent build-gate --out $@ >/dev/null
 
 image: system
 	@scripts/build-test-image.sh

@@ -48,6 +48,7 @@ from typing import Any
 import yaml
 
 from bench import _fleet, harness
+from tests.support import wait
 
 N = 1000
 RATE = 1000  # rollout.maximumPerMinute
@@ -115,14 +116,6 @@ def _deployment_succeeded(watcher: DeviceWatch) -> int:
     return int((obj.get("status") or {}).get("succeeded") or 0)
 
 
-def _wait(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
 def run() -> Iterator[harness.Figure]:
     things = [_fleet.thing_name(i) for i in range(N)]
     rollout = {"maximumPerMinute": RATE}
@@ -131,8 +124,9 @@ def run() -> Iterator[harness.Figure]:
             _fleet.Simulators(broker.port, things, PROCESSES, APPLY_DELAY) as sims:
         watcher = DeviceWatch(str(server.kubeconfig))
         try:
-            _wait(lambda: len(watcher.reported) >= N, 120,
-                  f"first reports in CoreDevice status ({len(watcher.reported)}/{N})")
+            wait.wait_for(lambda: len(watcher.reported) >= N, 120,
+                          f"first reports in CoreDevice status ({len(watcher.reported)}/{N})",
+                          interval=0.2)
             time.sleep(2)  # let the controller settle after those writes
             cpu0 = _fleet.cpu_seconds(proc.pid)
             applied_at = time.time()
@@ -147,7 +141,8 @@ def run() -> Iterator[harness.Figure]:
                     break
                 time.sleep(0.2)
             seconds = time.perf_counter() - start
-            _wait(lambda: len(watcher.succeeded) >= succeeded, 60, "CoreDevice status writes")
+            wait.wait_for(lambda: len(watcher.succeeded) >= succeeded, 60,
+                          "CoreDevice status writes", interval=0.2)
             settled = max(watcher.succeeded.values(), default=applied_at) - applied_at
             cpu = _fleet.cpu_seconds(proc.pid) - cpu0
             cpu_wall = time.perf_counter() - start

@@ -69,10 +69,6 @@ def parse_version(text: str) -> Version:
     )
 
 
-def is_version(text: str) -> bool:
-    return _VERSION_RE.match(text.strip()) is not None
-
-
 @dataclasses.dataclass(frozen=True)
 class Bound:
     version: Version
@@ -139,11 +135,6 @@ class Range:
     def intersects(self, other: Range) -> bool:
         return any(a.intersect(b) is not None for a in self.intervals for b in other.intervals)
 
-    def best(self, versions: list[Version]) -> Version | None:
-        """The highest of ``versions`` in the range (how a dependency is resolved)."""
-        matching = [v for v in versions if self.satisfied_by(v)]
-        return max(matching) if matching else None
-
 
 @functools.lru_cache(maxsize=4096)
 def parse_range(text: str) -> Range:
@@ -154,14 +145,6 @@ def parse_range(text: str) -> Range:
         if interval is not None:
             intervals.append(interval)
     return Range(text.strip(), tuple(intervals))
-
-
-def is_range(text: str) -> bool:
-    try:
-        parse_range(text)
-    except InvalidVersionError:
-        return False
-    return True
 
 
 def _parse_comparator_set(text: str, whole: str) -> Interval | None:

@@ -50,6 +50,17 @@ def _guard(fn: Any) -> Any:
     return wrapped
 
 
+def _build_gate(args: argparse.Namespace) -> int:
+    from hedgerow.agent import gatebuild
+    try:
+        built = gatebuild.apply_build(args.out or gatebuild.DEFAULT_OUTPUT, args.cc)
+    except (gatebuild.GateBuildError, OSError) as exc:
+        print(f"hedgerow agent build-gate: {exc}", file=sys.stderr)
+        return 1
+    print(built)
+    return 0
+
+
 def _agent_run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
@@ -237,6 +248,18 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
                      help="resend an unchanged status report this often (default: "
                           "%(default)s)")
     run.set_defaults(handler=_agent_run)
+    gate = agent_sub.add_parser(
+        "build-gate", help="compile hedgerow-gate for this device (once, at install)",
+        description="Compile the agent's hedgerow-gate (the first program of every step it "
+                    "starts as another user) from the source shipped in the package, for "
+                    "this machine. Run it once after installing, as the user who installed "
+                    "the package. Without it the agent uses setpriv.")
+    gate.add_argument("--out", type=pathlib.Path, default=None,
+                      help="where to put it (default: beside the agent's modules, where the "
+                           "agent looks; elsewhere needs HEDGEROW_GATE=PATH for the agent)")
+    gate.add_argument("--cc", default=os.environ.get("CC", "cc"),
+                      help="the C compiler (default: $CC or cc)")
+    gate.set_defaults(handler=_build_gate)
 
     comp = subparsers.add_parser("component", help="list and control components on a device")
     comp_sub = comp.add_subparsers(dest="action", metavar="ACTION", required=True)

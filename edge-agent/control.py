@@ -81,7 +81,9 @@ async def _dispatch(agent: Agent, request: dict[str, Any]) -> Any:
     op = request.get("op")
     name = request.get("name", "")
     if op == "status":
-        return {**agent.report().to_dict(), "runtimes": {"container": {
+        # passes: how many loop passes ran, so a caller (a test, an operator) can wait for
+        # "two more passes" instead of sleeping to show that nothing happened.
+        return {**agent.report().to_dict(), "passes": agent.passes, "runtimes": {"container": {
             "available": agent.containers.available, "message": agent.containers.message}}}
     if op == "logs.get":
         return await _logs(agent, name, float(request.get("since") or 0))

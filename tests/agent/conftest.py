@@ -114,14 +114,17 @@ class AgentProcess:
                                str(self.root)], capture_output=True, text=True, timeout=60)
 
 
-def pids_with_marker(root: pathlib.Path) -> set[int]:
-    """Every live process whose environment points at this agent root."""
+def pids_with_marker(root: pathlib.Path, component: str | None = None) -> set[int]:
+    """Every live process whose environment points at this agent root (and, given
+    ``component``, that the agent started for that component)."""
     out = set()
-    needle = f"HEDGEROW_ROOT={root}".encode()
+    needles = {f"HEDGEROW_ROOT={root}".encode()}
+    if component is not None:
+        needles.add(f"HEDGEROW_COMPONENT={component}".encode())
     for entry in pathlib.Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if needle in (entry / "environ").read_bytes().split(b"\0"):
+                if needles <= set((entry / "environ").read_bytes().split(b"\0")):
                     stat = (entry / "stat").read_text()
                     if stat[stat.rindex(")") + 2] != "Z":
                         out.add(int(entry.name))

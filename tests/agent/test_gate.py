@@ -11,12 +11,11 @@ import platform
 import pwd
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 
 import pytest
 
-from hedgerow.agent import process
+from hedgerow.agent import gatebuild, process
 from hedgerow.core import component
 
 from .conftest import THING, AgentProcess, rc, wait_for
@@ -29,13 +28,14 @@ NOBODY = pwd.getpwnam("nobody")
 def gate(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> pathlib.Path:
     if request.param == "built":
         built = SOURCE.with_name("hedgerow-gate")
-        assert os.access(built, os.X_OK), f"{built} is missing: run `make gate`"
+        assert os.access(built, os.X_OK), (
+            f"{built} is missing: run `make gate` (hedgerow agent build-gate)")
         if platform.machine() == "x86_64":  # freestanding: no libc to load
             assert b"GLIBC" not in built.read_bytes()
         return built
     hosted = tmp_path / "hedgerow-gate-hosted"
-    subprocess.run(["cc", "-O2", "-Wall", "-Wextra", "-Werror", "-static",
-                    "-DHEDGEROW_GATE_HOSTED", "-o", str(hosted), str(SOURCE)], check=True)
+    subprocess.run(gatebuild.render_command(platform.machine(), SOURCE, hosted, hosted=True),
+                   check=True)
     return hosted
 
 
@@ -68,6 +68,16 @@ class Gated:
 
     def is_waiting(self) -> bool:
         return os.waitpid(self.pid, os.WNOHANG) == (0, 0)
+
+    def is_blocked_at_gate(self) -> bool:
+        """Asleep in a read of a pipe on fd 3 (its gate), as the kernel shows it: proof
+        that it got as far as waiting, rather than a guess that it had time to go on."""
+        try:
+            wchan = pathlib.Path(f"/proc/{self.pid}/wchan").read_text()
+            fd = pathlib.Path(f"/proc/{self.pid}/syscall").read_text().split()[1]
+        except (OSError, IndexError):
+            return False
+        return "pipe_read" in wchan and fd == "0x3"
 
     def open_gate(self) -> None:
         with contextlib.suppress(BrokenPipeError):  # a usage error exits before the gate
@@ -103,7 +113,7 @@ def test_waits_at_its_gate_then_runs_the_step_with_nothing_of_root(
     proc = Gated(gate, str(NOBODY.pw_uid), str(NOBODY.pw_gid), str(work), "-",
                  "/bin/sh", "-c", "pwd; ls /proc/self/fd | tr '\\n' ' '; echo; "
                  "cat /proc/self/status")
-    time.sleep(0.2)
+    wait_for(proc.is_blocked_at_gate, 10, "the gate to block on its pipe")
     assert proc.is_waiting()  # nothing ran yet, not even its folder
     assert not work.exists()
     assert os.readlink(f"/proc/{proc.pid}/exe") == str(gate.resolve())

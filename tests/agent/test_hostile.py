@@ -153,6 +153,11 @@ def test_the_unpack_staging_cannot_be_swapped_for_a_link(
             "done; echo tried; done > {work:path}/planted")
     agent.deploy(rc("c", race, artifacts=[bundle]))
     agent.wait_states({"c": "RUNNING"})
+    planted = agent.root / "work" / "c" / "planted"
+    # The race has run at least once before v2 comes (on a loaded machine v1 may not
+    # have been scheduled yet when it is RUNNING).
+    wait_for(lambda: planted.exists() and "tried" in planted.read_text(), 15,
+             "v1 racing")
     v2 = rc("c", "cat {artifacts:decompressedPath}/bundle/data.txt > {work:path}/v2; "
                  "sleep 60", version="2.0.0", artifacts=[bundle])
     agent.deploy(v2)
@@ -165,7 +170,7 @@ def test_the_unpack_staging_cannot_be_swapped_for_a_link(
     folder = unpacked / "2.0.0" / "bundle"
     assert not folder.is_symlink() and folder.stat().st_uid == 0
     assert (folder / "bin" / "run.sh").stat().st_uid == NOBODY.pw_uid
-    tries = (agent.root / "work" / "c" / "planted").read_text().split()
+    tries = planted.read_text().split()
     assert tries and set(tries) == {"tried"}  # it ran, and never planted anything
 
 

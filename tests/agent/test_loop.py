@@ -26,10 +26,18 @@ def test_update_restarts_only_what_changed_and_removal_cleans_up(agent: AgentPro
     agent.deploy(rc("a"), rc("b", configuration={"x": 1}))
     wait_for(lambda: (agent.record("b").get("process") or {}).get("pid") not in (None, pid_b))
     assert agent.record("a")["process"]["pid"] == pid_a
+    assert pid_b not in pids_with_marker(agent.root, "b")  # the old b is gone, not doubled
+    b_now = wait_for(lambda: pids_with_marker(agent.root, "b"), 5, "b's new processes")
+    a_now = pids_with_marker(agent.root, "a")
+    assert pid_a in a_now
     agent.deploy(rc("a"))
     agent.wait_states({"a": "RUNNING"})
     assert not (agent.root / "work" / "b").exists()
-    assert len(pids_with_marker(agent.root)) >= 1
+    # Removal stopped every process of b (the shell and its sleep), and only those: a's
+    # processes are the very same ones.
+    assert pids_with_marker(agent.root, "b") == set(), b_now
+    assert pids_with_marker(agent.root, "a") == a_now
+    assert agent.record("a")["process"]["pid"] == pid_a
 
 
 def test_dependencies_start_first_and_hard_restart_restarts_dependents(

@@ -24,6 +24,7 @@ import pytest
 
 from hedgerow.core import documents
 from tests.agent.conftest import THING, AgentProcess, pids_with_marker, rc, remove_cgroups
+from tests.support.passes import wait_passes
 from tests.support.wait import wait_for
 
 TICKER = "while :; do echo tick; sleep 0.1; done"
@@ -107,11 +108,9 @@ def test_a_full_disk_is_survived_and_the_agent_converges_once_space_returns(
     # runs on (its log writer did not die, so no SIGPIPE).
     wait_for(lambda: "com.example.Ticker" in agent.cli("component", "list").stdout, 10,
              "the control socket answering")
-    full_since = time.monotonic()
-    while time.monotonic() - full_since < 3:  # a while full: passes keep failing
-        assert agent.proc is not None and agent.proc.poll() is None
-        os.kill(ticker, 0)
-        time.sleep(0.2)
+    wait_passes(agent.root, 3)  # a while full: passes keep failing, the agent goes on
+    assert agent.proc is not None and agent.proc.poll() is None
+    os.kill(ticker, 0)
 
     filler.unlink()
     agent.wait_states({"com.example.Ticker": "RUNNING", "com.example.Late": "RUNNING"},

@@ -155,11 +155,18 @@ def test_restart_republishes_nothing(
     assert "3 devices, 0 documents to publish" in line
     # A change that touches one device proves the second controller is reconciling; it
     # must publish exactly that one document.
+    before = (devices.latest("gateway-2") or {})["revision"]
     cluster.kubectl("label", "coredevice", "gateway-2", "site=elsewhere", "--overwrite")
     wait_for(lambda: devices.count() > count, 30, "a publish after relabel")
-    time.sleep(1.0)  # quiet period: anything else the restart published would show here
+    # Back again: the controller's next publish is a marker. Anything else the restarted
+    # controller published meanwhile would sit between the two (one connection, in order).
+    cluster.kubectl("label", "coredevice", "gateway-2", "site=factory-1", "--overwrite")
+    wait_for(lambda: devices.count() > count + 1, 30, "a publish after relabelling back")
     new = devices.messages[count:]
-    assert [t for t, _, _ in new] == ["gateway-2"], new
+    assert [t for t, _, _ in new] == ["gateway-2", "gateway-2"], new
+    # One document for the move, one for the move back (the one it had): no repeats.
+    assert new[0][1]["revision"] not in (before, new[1][1]["revision"])
+    assert new[1][1]["revision"] == before
 
 
 def _app(version: str) -> dict[str, Any]:

@@ -21,8 +21,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -33,6 +32,7 @@ from tests.conftest import ROOT
 from tests.support import procs
 from tests.support.apiserver import ApiServer
 from tests.support.mosquitto import Mosquitto
+from tests.support.wait import wait_for
 
 HEDGEROW = [sys.executable, "-m", "hedgerow"]
 # Per test process, so parallel runs (and the demo) never share cgroups or names.
@@ -42,19 +42,6 @@ LABELS = {  # as examples/coredevices.yaml has them
     "gateway-2": {"site": "factory-1"},
     "gateway-3": {"site": "factory-2", "hedgerow.dev/docker": "true"},
 }
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "",
-             interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = predicate()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 def run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:

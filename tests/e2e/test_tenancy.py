@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import pathlib
-import time
 
 import yaml
 
+from tests.agent.conftest import pids_with_marker
 from tests.e2e.conftest import SUFFIX, Fleet, examples, wait_for
 from tests.e2e.test_fleet import HELLO, both, component_roots, condition, converged
+from tests.support.passes import wait_passes
 
 API = "hedgerow.dev/v1alpha1"
 
@@ -24,15 +26,6 @@ def _uids(pid: int) -> list[int]:
     status = pathlib.Path(f"/proc/{pid}/status").read_text()
     line = next(x for x in status.splitlines() if x.startswith("Uid:"))
     return [int(x) for x in line.split()[1:]]
-
-
-def _steps(root: int) -> list[int]:
-    """The step's own processes: below hedgerow-gate's root half (which stays root to
-    record the exit code) when there is one, else the root itself (setpriv fallback)."""
-    if pathlib.Path(f"/proc/{root}/comm").read_text().strip() != "hedgerow-gate":
-        return [root]
-    children = pathlib.Path(f"/proc/{root}/task/{root}/children").read_text().split()
-    return [int(x) for x in children]
 
 
 def _ready(fleet: Fleet, name: str, namespace: str) -> tuple[str, str, str]:
@@ -96,15 +89,19 @@ def test_the_attacks_fail_and_the_team_goes_on(fleet: Fleet) -> None:
                      in agent.cli("logs", "get", HELLO), 30, f"{agent.thing}'s new greeting")
             wait_for(functools.partial(converged, fleet, agent, both()), 30,
                      f"{agent.thing} to converge again")
-        time.sleep(1)
+        for agent in (g1, g2):  # they looked again: still nothing of the attacker's ran
+            wait_passes(agent.root)
         assert not list(fleet.home.glob(f"pwned-{SUFFIX}*")), "the attacker's code ran"
         for agent in (g1, g2):
             # The dependency-free Telemetry kept its process; HelloWorld restarted for the
             # new greeting, as nobody, never root.
-            [root] = component_roots(agent, HELLO)
-            steps = _steps(root)
-            assert steps and all(0 not in _uids(pid) for pid in steps), (
-                agent.thing, {pid: _uids(pid) for pid in steps})
+            # Its one root is hedgerow-gate, whose root half stays the step's parent only
+            # to record the exit code; everything of the step itself runs as nobody.
+            assert len(component_roots(agent, HELLO)) == 1  # one, not doubled
+            step = [p for p in pids_with_marker(agent.root, HELLO)
+                    if not os.readlink(f"/proc/{p}/exe").endswith("/hedgerow-gate")]
+            assert step and all(0 not in _uids(p) for p in step), (
+                agent.thing, {p: _uids(p) for p in step})
             assert agent.pids()[HELLO] != pids[agent.thing][HELLO]
         assert condition(fleet.deployment("factory-1-apps"), "Stalled")[0] == "False"
     finally:

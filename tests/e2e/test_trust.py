@@ -26,6 +26,7 @@ from hedgerow.core import envelope
 from tests.e2e.conftest import HEDGEROW, Agent, Fleet, examples, run, wait_for
 from tests.e2e.test_fleet import both, converged
 from tests.identity.conftest import MqttClient
+from tests.support.passes import wait_passes
 
 
 def attacker(fleet: Fleet) -> MqttClient:
@@ -112,7 +113,7 @@ def test_b_broker_side_attacker_is_refused(fleet: Fleet) -> None:
     for reason in ("does not verify", "not signed", "not above the highest seen"):
         wait_for(lambda reason=reason: reason in agent_log(g3), 20,  # type: ignore[misc]
                  f"gateway-3 to refuse a document ({reason})")
-    time.sleep(3)  # two agent passes (--resync 2): nothing may change meanwhile
+    wait_passes(g3.root)  # whole agent passes after the refusals: nothing changed
     assert desired_file.read_bytes() == good
     assert g3.states() == both() and g3.pids() == pids
     assert "pwned" not in agent_log(g3)
@@ -191,9 +192,12 @@ def test_c_resubmitted_csr_waits_for_approval_and_revokes_the_old(fleet: Fleet,
     other = tmp_path / "other"
     swapped = run([*HEDGEROW, "agent", "init", "--root", str(other), "--thing",
                    g2.thing]).stdout
+    refusals = fleet.controller_output().count(f"not signing the CSR of {g2.thing}")
     fleet.kubectl("patch", "coredevice", g2.thing, "--type=merge", "-p",
                   json.dumps({"spec": {"csr": swapped}}))
-    time.sleep(8)
+    # The controller looked at this CSR and said no (it checks each spec change once).
+    wait_for(lambda: fleet.controller_output().count(f"not signing the CSR of {g2.thing}")
+             > refusals, 30, "the controller to hold the swapped CSR back")
     assert _cert_pem(fleet, g2) == approved
     assert converged(fleet, g2, both())
 

@@ -57,8 +57,9 @@ def test_register_with_a_csr_takes_the_broker_url_from_broker_config(
     csr = identity.init(tmp_path / "device", "dev-u")
     capsys.readouterr()
     bundle = tmp_path / "dev-u.json"
-    code, _ = run("device", "register", "dev-u", "--namespace", "default", "--csr", str(csr), "--ca-dir", str(ca),
-                  "--kubeconfig", str(apiserver.kubeconfig), "--out", str(bundle))
+    code, _ = run("device", "register", "dev-u", "-n", "default", "--csr", str(csr),
+                  "--ca-dir", str(ca), "--kubeconfig", str(apiserver.kubeconfig),
+                  "--out", str(bundle))
     err = capsys.readouterr().err
     assert code == 0, err
     assert json.loads(bundle.read_text())["brokerUrl"] == "mqtts://mqtt.example.com:8884"

@@ -21,6 +21,8 @@ import pwd
 import shutil
 import signal
 import socket
+import ssl
+import struct
 import subprocess
 import tempfile
 import time
@@ -233,3 +235,30 @@ class Mosquitto:
         self.stop()
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def raw_connect(port: int, ca: Path, cert: Path, key: Path, client_id: str,
+                tls_max: ssl.TLSVersion = ssl.TLSVersion.MAXIMUM_SUPPORTED,
+                timeout: float = 10.0) -> bytes:
+    """One MQTT 5 CONNECT over mutual TLS with no client library in between, so a test
+    sees exactly how the broker answers: its CONNACK packet, or how it refused.
+
+    Raises ssl.SSLError when TLS refuses (an alert in the handshake, or the connection
+    torn down under TLS 1.3, where the server judges the client certificate after the
+    client's handshake is done), ConnectionError when the broker closes without a word.
+    A broker that answers nothing at all is a TimeoutError: not a refusal.
+    """
+    ident = client_id.encode()
+    body = (b"\x00\x04MQTT\x05\x02\x00\x05\x00"  # MQTT 5, clean start, keepalive 5 s
+            + struct.pack("!H", len(ident)) + ident)
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.check_hostname = False  # the server certificate is checked against the CA only
+    ctx.maximum_version = tls_max
+    ctx.load_cert_chain(str(cert), str(key))
+    with socket.create_connection((LOOPBACK, port), timeout) as raw, \
+            ctx.wrap_socket(raw) as tls:
+        tls.sendall(bytes([0x10, len(body)]) + body)
+        answer = tls.recv(64)
+    if not answer:
+        raise ConnectionError("the broker closed the connection without a CONNACK")
+    return answer
