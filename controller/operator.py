@@ -1,4 +1,4 @@
-"""The kopf operator: a thin shell around :func:`hedgerow.controller.fleet.plan_fleet`.
+"""The kopf operator: a thin shell around :func:`hedgerow.core.fleet.plan_fleet`.
 
 - kopf *indexes* hold every Component, ThingGroup, Deployment and CoreDevice, parsed. kopf
   calls no other handler before all four are filled from the initial listing, so the first
@@ -38,13 +38,14 @@ import kopf
 import pydantic
 
 from hedgerow.controller import broker as broker_
-from hedgerow.controller import fleet, kube, pki
+from hedgerow.controller import kube, pki
 from hedgerow.core import (
     base,
     component,
     coredevice,
     deployment,
     documents,
+    fleet,
     limits,
     privilege,
     ratelimit,
@@ -336,17 +337,10 @@ class Controller:
             for p in plan.publishes:
                 if p.thing not in sent:
                     continue
-                old = self.devices[p.thing]
-                new = (fleet.render_notified(old, p, now) if p.revision != old.desired_revision
-                       else old.model_copy(update={"desired_generations": p.generations}))
-                # A fast device may have reported on this revision before its PUBACK
-                # reached us; fold that report again now that the revision is ours.
-                early = self.reports.get(p.thing)
-                if early is not None and early.deployment is not None and (
-                        early.deployment.revision == p.revision):
-                    new = fleet.render_report(new, early, now)
+                self.devices[p.thing], replan = fleet.render_published(
+                    self.devices[p.thing], p, self.reports.get(p.thing), now)
+                if replan:
                     self.wake.set()
-                self.devices[p.thing] = new
                 self.status_dirty.add(p.thing)
             self.published += len(sent)
             logger.info("published %d desired documents", len(sent))
@@ -362,9 +356,7 @@ class Controller:
             group = next((g for g in groups if resolve.key_of(g) == gkey), None)
             if group is None:
                 continue
-            old_status = group.status or thinggroup.ThingGroupStatus()
-            group_status = old_status.model_copy(update={
-                "member_count": count, "observed_generation": group.metadata.generation})
+            group_status = fleet.render_group_status(group, count)
             if self.uids.get(("ThingGroup", *gkey)) != group.metadata.uid:
                 self.uids[("ThingGroup", *gkey)] = group.metadata.uid
                 self.written.pop(("ThingGroup", *gkey), None)

@@ -124,6 +124,31 @@ def render_notified(
     })
 
 
+def render_published(
+    status: coredevice.CoreDeviceStatus, publish: Publish,
+    early: documents.StatusReport | None, now: datetime.datetime,
+) -> tuple[coredevice.CoreDeviceStatus, bool]:
+    """A device's status once the broker acknowledged ``publish``, and whether the fleet
+    must be planned again. ``early``: the device's last report, which a fast device may
+    have sent on this revision before its PUBACK reached us; it is folded again now that
+    the revision is ours (and may change the counts, hence the re-plan)."""
+    new = (render_notified(status, publish, now) if publish.revision != status.desired_revision
+           else status.model_copy(update={"desired_generations": publish.generations}))
+    if early is not None and early.deployment is not None and (
+            early.deployment.revision == publish.revision):
+        return render_report(new, early, now), True
+    return new, False
+
+
+def render_group_status(
+    group: thinggroup_.ThingGroup, member_count: int,
+) -> thinggroup_.ThingGroupStatus:
+    """A ThingGroup's status: how many devices it selects, for the generation seen."""
+    old = group.status or thinggroup_.ThingGroupStatus()
+    return old.model_copy(update={"member_count": member_count,
+                                  "observed_generation": group.metadata.generation})
+
+
 def render_report(
     status: coredevice.CoreDeviceStatus, report: documents.StatusReport,
     now: datetime.datetime,
