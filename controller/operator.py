@@ -97,6 +97,19 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Observed:
+    """What the observe phase of a pass read from kopf's indexes."""
+
+    coredevices: list[coredevice.CoreDevice]
+    gone: list[str]  # things whose CoreDevice was deleted since the last pass
+    groups: list[thinggroup.ThingGroup]
+    deployments: list[deployment.Deployment]
+    components: list[component.Component]
+    statuses: dict[resolve.Key, deployment.DeploymentStatus]
+    levels: dict[str, privilege.Level]
+
+
 class Controller:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -197,7 +210,12 @@ class Controller:
         self.status_dirty.add(thing)
         self.status_wake.set()
 
-    def _sign(self, cd: coredevice.CoreDevice, now: datetime.datetime) -> None:
+    def _sign(self, coredevices: list[coredevice.CoreDevice], now: datetime.datetime) -> None:
+        if self.ca is not None:
+            for cd in coredevices:
+                self._sign_one(cd, now)
+
+    def _sign_one(self, cd: coredevice.CoreDevice, now: datetime.datetime) -> None:
         """GitOps: sign spec.csr into status.certificate (checked again when the spec or
         the certificate changes, and once a day for renewal)."""
         thing = cd.metadata.name
@@ -261,14 +279,26 @@ class Controller:
             await asyncio.sleep(max(self.settings.min_interval, took))
 
     async def reconcile_once(self) -> datetime.datetime | None:
-        assert self.broker is not None
-        devices = []
+        """One pass, as a checklist of phases (Flux's reconcilers): each phase takes what
+        the ones before it left, and the decisions are the core's (``fleet.plan_fleet``)."""
+        now = _now()
+        seen = self._observe()  # the indexes, and our copy of every device's status
+        await self._forget(seen.gone)  # clear the retained documents of deleted devices
+        self._sign(seen.coredevices, now)  # GitOps: spec.csr -> status.certificate
+        plan = await self._plan(seen, now)  # core: what to publish, every status, events
+        await self._publish(plan, now)  # documents, then the devices' Applied conditions
+        await self._report(seen, plan)  # Deployment and ThingGroup status, events
+        return plan.wake_at
+
+    def _observe(self) -> _Observed:
+        """Read the indexes; start or forget our copy of each object's status when its
+        uid is new or gone (a deleted and re-created object starts from what it says)."""
+        coredevices: list[coredevice.CoreDevice] = self._objects("coredevice_index")
         seen = set()
-        for cd in self._objects("coredevice_index"):
+        for cd in coredevices:
             thing = cd.metadata.name
             seen.add(thing)
             if self.uids.get(("", thing)) != cd.metadata.uid:
-                # New (or deleted and re-created): start from what the object says.
                 self.uids[("", thing)] = cd.metadata.uid
                 self.devices[thing] = cd.status or coredevice.CoreDeviceStatus()
                 self.written.pop(("CoreDevice", "", thing), None)
@@ -276,19 +306,14 @@ class Controller:
             if status.observed_generation != cd.metadata.generation:
                 # Carried by the next write this device needs anyway: a write of its own
                 # for every device on the first run would only delay the publishing.
-                status = status.model_copy(
+                self.devices[thing] = status.model_copy(
                     update={"observed_generation": cd.metadata.generation})
-                self.devices[thing] = status
-            if self.ca is not None:
-                self._sign(cd, _now())
-                status = self.devices[thing]
             if cd.spec.namespace is None and thing not in self.homeless:
                 self.homeless.add(thing)  # stored before tenancy: said once, not every pass
                 logger.warning("CoreDevice %s has no spec.namespace: nothing reaches it (it "
                                "keeps its document) until the fleet admin sets one", thing)
             elif cd.spec.namespace is not None:
                 self.homeless.discard(thing)
-            devices.append(fleet.Device(thing, cd.metadata.labels, status, cd.spec.namespace))
         gone = sorted(set(self.devices) - seen)
         for thing in gone:
             del self.devices[thing]
@@ -297,11 +322,7 @@ class Controller:
             self.uids.pop(("", thing), None)
             self.buckets.pop(thing, None)
             self.refusing.pop(thing, None)
-        if gone:
-            # A deleted CoreDevice's retained document goes too (an empty retained
-            # message clears it), so a re-registered device starts from nothing.
-            await self._work(self.broker.publish_desired, [(t, b"") for t in gone])
-        deployments = self._objects("deployment_index")
+        deployments: list[deployment.Deployment] = self._objects("deployment_index")
         statuses = {}
         for d in deployments:
             key = resolve.key_of(d)
@@ -309,63 +330,84 @@ class Controller:
                 self.uids[key] = d.metadata.uid
                 self.deployment_status.pop(key, None)
                 self.written.pop(("Deployment", *key), None)
-            statuses[key] = self.deployment_status.get(key) or d.status
-        groups = self._objects("thinggroup_index")
-        components = self._objects("component_index")
-        levels = self.levels()
+            # Our latest writes, which the watch may not have delivered yet.
+            dstatus = self.deployment_status.get(key) or d.status
+            if dstatus is not None:
+                statuses[key] = dstatus
+        return _Observed(coredevices, gone, self._objects("thinggroup_index"), deployments,
+                         self._objects("component_index"), statuses, self.levels())
+
+    async def _forget(self, gone: list[str]) -> None:
+        """A deleted CoreDevice's retained document goes too (an empty retained message
+        clears it), so a re-registered device starts from nothing."""
+        if gone:
+            assert self.broker is not None
+            await self._work(self.broker.publish_desired, [(t, b"") for t in gone])
+
+    async def _plan(self, seen: _Observed, now: datetime.datetime) -> fleet.FleetPlan:
         # kopf's index replaces an object only when a watch event brings a new version, so
         # unchanged identities mean unchanged inputs: keep the Fleet and all it resolved.
-        identity = (*(id(o) for o in (*groups, *deployments, *components)),
-                    *sorted(levels.items()))
+        identity = (*(id(o) for o in (*seen.groups, *seen.deployments, *seen.components)),
+                    *sorted(seen.levels.items()))
         if self.fleet is None or self.fleet[0] != identity:
-            self.fleet = (identity, resolve.Fleet(groups, deployments, components, levels),
-                          (groups, deployments, components))
-        now = _now()
+            self.fleet = (identity, resolve.Fleet(seen.groups, seen.deployments,
+                                                  seen.components, seen.levels),
+                          (seen.groups, seen.deployments, seen.components))
+        devices = [fleet.Device(cd.metadata.name, cd.metadata.labels,
+                                self.devices[cd.metadata.name], cd.spec.namespace)
+                   for cd in seen.coredevices]
         plan = await self._work(
-            functools.partial(fleet.plan_fleet, devices, groups, deployments, components, now,
-                              self.window, fleet=self.fleet[1],
-                              statuses={k: v for k, v in statuses.items() if v is not None},
-                              levels=levels))
+            functools.partial(fleet.plan_fleet, devices, seen.groups, seen.deployments,
+                              seen.components, now, self.window, fleet=self.fleet[1],
+                              statuses=seen.statuses, levels=seen.levels))
         self.passes += 1
         if self.passes == 1:
             logger.info("first pass: %d devices, %d documents to publish",
                         len(devices), len(plan.publishes))
+        return plan
 
-        if plan.publishes:
-            sent = set(await self._work(
-                self.broker.publish_desired, [(p.thing, p.payload) for p in plan.publishes]))
-            for p in plan.publishes:
-                if p.thing not in sent:
-                    continue
-                self.devices[p.thing], replan = fleet.render_published(
-                    self.devices[p.thing], p, self.reports.get(p.thing), now)
-                if replan:
-                    self.wake.set()
-                self.status_dirty.add(p.thing)
-            self.published += len(sent)
-            logger.info("published %d desired documents", len(sent))
-            if len(sent) < len(plan.publishes):
-                self.wake.set()  # try the rest again on the next pass
-            self.status_wake.set()
+    async def _publish(self, plan: fleet.FleetPlan, now: datetime.datetime) -> None:
+        """Publish the documents; the devices whose PUBACK came are Notified."""
+        if not plan.publishes:
+            return
+        assert self.broker is not None
+        sent = set(await self._work(
+            self.broker.publish_desired, [(p.thing, p.payload) for p in plan.publishes]))
+        for p in plan.publishes:
+            if p.thing not in sent:
+                continue
+            self.devices[p.thing], replan = fleet.render_published(
+                self.devices[p.thing], p, self.reports.get(p.thing), now)
+            if replan:
+                self.wake.set()
+            self.status_dirty.add(p.thing)
+        self.published += len(sent)
+        logger.info("published %d desired documents", len(sent))
+        if len(sent) < len(plan.publishes):
+            self.wake.set()  # try the rest again on the next pass
+        self.status_wake.set()
 
-        by_key = {resolve.key_of(d): d for d in deployments}
+    async def _report(self, seen: _Observed, plan: fleet.FleetPlan) -> None:
+        """Deployment and ThingGroup status (what Argo CD and Flux read), then events.
+        Devices' statuses have their own writer (``_status_loop``)."""
         for key, dstatus in plan.deployments.items():
             self.deployment_status[key] = dstatus
             await self._write_status("Deployment", key[0], key[1], dstatus.to_dict())
+        groups = {resolve.key_of(g): g for g in seen.groups}
         for gkey, count in plan.member_counts.items():
-            group = next((g for g in groups if resolve.key_of(g) == gkey), None)
+            group = groups.get(gkey)
             if group is None:
                 continue
-            group_status = fleet.render_group_status(group, count)
             if self.uids.get(("ThingGroup", *gkey)) != group.metadata.uid:
                 self.uids[("ThingGroup", *gkey)] = group.metadata.uid
                 self.written.pop(("ThingGroup", *gkey), None)
-            await self._write_status("ThingGroup", gkey[0], gkey[1], group_status.to_dict())
+            await self._write_status("ThingGroup", gkey[0], gkey[1],
+                                     fleet.render_group_status(group, count).to_dict())
+        by_key = {resolve.key_of(d): d for d in seen.deployments}
         for event in plan.events:
             d = by_key.get(event.deployment)
             if d is not None:
                 self._post_event(d, event)
-        return plan.wake_at
 
     async def _write_status(self, kind: str, namespace: str, name: str,
                             status: dict[str, Any]) -> None:

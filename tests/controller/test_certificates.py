@@ -64,9 +64,9 @@ def test_the_controller_signs_spec_csr_with_the_fleet_ca(tmp_path: Path) -> None
     cd = coredevice.CoreDevice(metadata=base.ObjectMeta(name="gw-1", generation=1),
                                spec=coredevice.CoreDeviceSpec(csr=csr))
     now = datetime.datetime.now(datetime.UTC)
-    c._sign(cd, now)
+    c._sign([cd], now)
     cert = c.devices["gw-1"].certificate
     assert cert is not None and cert.pem
     assert pki.load_certificate(cert.pem).public_key() == key.public_key()
-    c._sign(cd, now)  # nothing to do the second time
+    c._sign([cd], now)  # nothing to do the second time
     assert c.devices["gw-1"].certificate == cert
