@@ -30,6 +30,7 @@ import datetime
 import functools
 import logging
 import pathlib
+import random
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeVar
@@ -93,8 +94,27 @@ REPORT_INVALID: Final = "Invalid"
 _QUIET_SECONDS: Final = limits.REPORT_BURST * limits.REPORT_INTERVAL_SECONDS
 
 
+_KINDS: Final = {"components": "Component", "thinggroups": "ThingGroup",
+                 "deployments": "Deployment", "coredevices": "CoreDevice"}
+_RETRY_BASE_S: Final = 0.5
+_RETRY_CAP_S: Final = 30.0
+
+
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
+
+
+def _retry_delay(failures: int) -> float:
+    """Equal jitter over a capped doubling (the same rule as the agent's connector)."""
+    step = min(_RETRY_CAP_S, _RETRY_BASE_S * 2.0 ** min(failures - 1, 30))
+    return step / 2 + random.random() * step / 2  # noqa: S311 - jitter, not a secret
+
+
+def _api_reason(exc: BaseException) -> str:
+    """An API error without its response body (which may echo what we sent)."""
+    status = getattr(exc, "status", None)
+    reason = getattr(exc, "reason", None)
+    return f"{status} {reason}" if status is not None else f"{type(exc).__name__}: {exc}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +164,12 @@ class Controller:
         self.refused: dict[str, dict[str, int]] = {}  # thing -> reason -> count
         self.refusing: dict[str, tuple[str, float]] = {}  # thing -> (reason, last refusal)
         self.homeless: set[str] = set()  # CoreDevices without a namespace, already logged
+        self.signed_certificates: dict[str, coredevice.CertificateStatus] = {}  # unwritten
+        # Status writes the API server refused for good (4xx): (kind, ns, name, field
+        # manager) -> the status refused; not tried again until the object or it changes.
+        self.refused_writes: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+        self.write_failures: dict[tuple[str, str, str, str], int] = {}  # transient, in a row
+        self.refusals_logged: set[tuple[str, str, str, str]] = set()  # until a write succeeds
 
     # --- wiring ---------------------------------------------------------------------
 
@@ -177,9 +203,17 @@ class Controller:
         # the labels is most likely our own status write and cannot change any decision.
         meta = body.get("metadata", {})
         if plural == "coredevices" and event_type != "DELETED":
-            self._carry_certificate(meta.get("name", ""), body)
+            self._observe_certificate(meta.get("name", ""), body)
         key = (plural, meta.get("namespace") or "", meta.get("name", ""))
-        fingerprint = (meta.get("generation"), tuple(sorted((meta.get("labels") or {}).items())))
+        # A write of ours refused for good is tried again once the object changed.
+        for manager in (kube.CONTROLLER, kube.SIGNER):
+            self.refused_writes.pop((_KINDS.get(plural, ""), key[1], key[2], manager), None)
+        fingerprint: tuple[Any, ...] = (
+            meta.get("generation"), tuple(sorted((meta.get("labels") or {}).items())))
+        if plural == "coredevices":
+            # `hedgerow device approve` only annotates: the CSR is signed on this pass,
+            # not at the next resync.
+            fingerprint += ((meta.get("annotations") or {}).get(pki.APPROVAL_ANNOTATION),)
         if event_type == "DELETED":
             self.fingerprints.pop(key, None)
         elif self.fingerprints.get(key) == fingerprint:
@@ -188,10 +222,10 @@ class Controller:
             self.fingerprints[key] = fingerprint
         self.wake.set()
 
-    def _carry_certificate(self, thing: str, body: Mapping[str, Any]) -> None:
-        """`hedgerow device register` writes status.certificate itself, and our writes
-        replace /status whole from our copy: take every newer certificate we see into the
-        copy, so a write of ours that raced the registration puts it back."""
+    def _observe_certificate(self, thing: str, body: Mapping[str, Any]) -> None:
+        """`hedgerow device register` writes status.certificate itself (its own field
+        manager: our writes leave it alone). Keep the newest certificate seen in our copy,
+        which the CSR signer decides from; it is never written back from here."""
         raw = (body.get("status") or {}).get("certificate")
         status = self.devices.get(thing)
         if not raw or status is None:
@@ -207,8 +241,6 @@ class Controller:
                 cert.not_after < ours.not_after):
             return  # an echo of an older write of ours (renewals only move forward)
         self.devices[thing] = status.model_copy(update={"certificate": cert})
-        self.status_dirty.add(thing)
-        self.status_wake.set()
 
     def _sign(self, coredevices: list[coredevice.CoreDevice], now: datetime.datetime) -> None:
         if self.ca is not None:
@@ -234,6 +266,7 @@ class Controller:
             return
         if cert is not None:
             self.devices[thing] = status.model_copy(update={"certificate": cert})
+            self.signed_certificates[thing] = cert  # written by the signer's field manager
             self.status_dirty.add(thing)
             self.status_wake.set()
             logger.info("signed the CSR of %s (valid until %s)", thing, cert.not_after)
@@ -319,6 +352,7 @@ class Controller:
             del self.devices[thing]
             self.reports.pop(thing, None)
             self.signed.pop(thing, None)
+            self.signed_certificates.pop(thing, None)
             self.uids.pop(("", thing), None)
             self.buckets.pop(thing, None)
             self.refusing.pop(thing, None)
@@ -410,21 +444,57 @@ class Controller:
                 self._post_event(d, event)
 
     async def _write_status(self, kind: str, namespace: str, name: str,
-                            status: dict[str, Any]) -> None:
-        """Write only what changed since our last write (statuses are ours alone)."""
+                            status: dict[str, Any], manager: str = kube.CONTROLLER) -> bool:
+        """Write only what changed since our last write (each field manager owns its own
+        fields). Errors are translated here, once: a 4xx is permanent (logged once, not
+        retried until the object or the status changes), anything else transient (tried
+        again after a capped, jittered backoff). Returns whether the status is written."""
         key = (kind, namespace, name)
-        if self.written.get(key) == status:
-            return
+        ours = manager == kube.CONTROLLER  # the other writers write once, when asked
+        if ours and self.written.get(key) == status:
+            return True
+        wkey = (*key, manager)
+        if self.refused_writes.get(wkey) == status:
+            return False
         assert self.kube is not None
         loop = asyncio.get_running_loop()
         try:
             pool = self.api_pool if kind == "CoreDevice" else self.fleet_pool
-            await loop.run_in_executor(pool, self.kube.apply_status, kind,
-                                       namespace or None, name, status)
-        except Exception as exc:  # transient: the next pass writes it again
-            logger.warning("status of %s %s/%s not written: %s", kind, namespace, name, exc)
-            return
-        self.written[key] = status
+            await loop.run_in_executor(pool, functools.partial(
+                self.kube.apply_status, kind, namespace or None, name, status, manager))
+        except Exception as exc:
+            if kube.is_permanent(exc):
+                if wkey not in self.refusals_logged:  # a change of state, not a repeat
+                    self.refusals_logged.add(wkey)
+                    logger.error("status of %s %s/%s refused (not retried until it or the "
+                                 "object changes): %s", kind, namespace, name,
+                                 _api_reason(exc))
+                self.refused_writes[wkey] = status
+                self.write_failures.pop(wkey, None)
+                return False
+            failures = self.write_failures[wkey] = self.write_failures.get(wkey, 0) + 1
+            delay = _retry_delay(failures)
+            if failures == 1:
+                logger.warning("status of %s %s/%s not written, retrying: %s", kind,
+                               namespace, name, _api_reason(exc))
+            loop.call_later(delay, self._retry_write, kind, name)
+            return False
+        self.refused_writes.pop(wkey, None)
+        self.refusals_logged.discard(wkey)
+        if self.write_failures.pop(wkey, None):
+            logger.info("status of %s %s/%s written again", kind, namespace, name)
+        if ours:
+            self.written[key] = status
+        return True
+
+    def _retry_write(self, kind: str, name: str) -> None:
+        """A transient failure's retry: a device's status goes back to its writer; a
+        Deployment's or ThingGroup's is written by the next pass (not marked written)."""
+        if kind == "CoreDevice":
+            self.status_dirty.add(name)
+            self.status_wake.set()
+        else:
+            self.wake.set()
 
     def _post_event(self, d: deployment.Deployment, event: fleet.Event) -> None:
         body: dict[str, Any] = {"apiVersion": base.API_VERSION, "kind": "Deployment",
@@ -529,8 +599,17 @@ class Controller:
 
     async def _write_device(self, thing: str) -> None:
         status = self.devices.get(thing)
-        if status is not None:
-            await self._write_status("CoreDevice", "", thing, status.to_dict())
+        if status is None:
+            return
+        cert = self.signed_certificates.get(thing)
+        if cert is not None and await self._write_status(
+                "CoreDevice", "", thing, {"certificate": cert.to_dict()}, kube.SIGNER):
+            self.signed_certificates.pop(thing, None)
+        body = status.to_dict()
+        # status.certificate belongs to its writers (the signer above, `hedgerow device
+        # register`): leaving it out never removes it, it is not ours.
+        body.pop("certificate", None)
+        await self._write_status("CoreDevice", "", thing, body)
 
 
 def build_registry(controller: Controller) -> kopf.OperatorRegistry:
