@@ -50,7 +50,7 @@ def apply_status(custom: client.CustomObjectsApi, kind: str, namespace: str | No
     """
     metadata = {"name": name, **({"namespace": namespace} if namespace else {})}
     body = {"apiVersion": base.API_VERSION, "kind": kind, "metadata": metadata,
-            "status": status}
+            "status": prune_empty_maps(status)}
     plural = PLURALS[kind]
     if namespace:
         custom.patch_namespaced_custom_object_status(
@@ -60,6 +60,18 @@ def apply_status(custom: client.CustomObjectsApi, kind: str, namespace: str | No
         custom.patch_cluster_custom_object_status(
             base.GROUP, base.VERSION, plural, name, body, field_manager=manager, force=True,
             _content_type=APPLY_PATCH)
+
+
+def prune_empty_maps(value: Any) -> Any:
+    """The value without empty objects. Server-side apply turns an applied ``{}`` into
+    null, which the CRD's schema refuses (422); leaving the key out instead removes it
+    (the field is ours), and every reader defaults an absent map to an empty one."""
+    if isinstance(value, dict):
+        pruned = {k: prune_empty_maps(v) for k, v in value.items()}
+        return {k: v for k, v in pruned.items() if v != {}}
+    if isinstance(value, list):
+        return [prune_empty_maps(v) for v in value]
+    return value
 
 
 class Kube:
