@@ -167,3 +167,20 @@ def test_a_failed_device_write_is_retried_after_a_backoff() -> None:
         assert len(fake.calls) == 3
 
     asyncio.run(scenario())
+
+
+@pytest.mark.apiserver
+def test_a_map_emptied_by_the_controller_is_removed_not_refused(cluster: Cluster) -> None:
+    """A device all of whose deployments went away: desiredGenerations becomes {}. Under
+    server-side apply an applied {} turns into null, which the schema refuses (422)."""
+    cluster.apply({"apiVersion": "hedgerow.dev/v1alpha1", "kind": "CoreDevice",
+                   "metadata": {"name": "ssa-empty-1"}, "spec": {"namespace": "default"}})
+    api = client.CustomObjectsApi(config.new_client_from_config(  # type: ignore[no-untyped-call]
+        config_file=cluster.kubeconfig))
+    kube.apply_status(api, "CoreDevice", None, "ssa-empty-1",
+                      {"health": "HEALTHY", "desiredGenerations": {"team/d": 1}}, kube.CONTROLLER)
+    kube.apply_status(api, "CoreDevice", None, "ssa-empty-1",
+                      {"health": "HEALTHY", "desiredGenerations": {}, "components": []},
+                      kube.CONTROLLER)
+    status = cluster.get("coredevice", "ssa-empty-1", None)["status"]
+    assert "desiredGenerations" not in status and status["health"] == "HEALTHY"
