@@ -74,11 +74,12 @@ def _plan(args: argparse.Namespace) -> int:
     context."""
     import json
 
-    from hedgerow.controller import fleet, kube
+    from hedgerow.controller import kube
     from hedgerow.core import (
         component,
         coredevice,
         deployment,
+        fleet,
         manifest,
         privilege,
         resolve,
@@ -220,7 +221,7 @@ def _held(fleet_: resolve.Fleet, d: deployment.Deployment,
           record: int | None) -> deployment.Deployment:
     """`d` at the generation a device's published document was built from, when that is
     an older one the Deployment's status.history still has; else `d` as it is."""
-    from hedgerow.controller import fleet
+    from hedgerow.core import fleet
 
     status = d.status
     if record is None or record == (d.metadata.generation or 0) or status is None:

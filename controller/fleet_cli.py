@@ -134,7 +134,7 @@ def _api(args: argparse.Namespace) -> Any:
 def _register(args: argparse.Namespace) -> int:
     from kubernetes.client.exceptions import ApiException
 
-    from hedgerow.controller import pki
+    from hedgerow.controller import kube, pki
     from hedgerow.core import base, broker, coredevice
 
     thing = args.name
@@ -199,10 +199,11 @@ def _register(args: argparse.Namespace) -> int:
               "--csr, or commit the CSR as spec.csr (GitOps)", file=sys.stderr)
         return 0
     pem = pki.cert_pem(cert).decode()
-    status = {"status": {"certificate": coredevice.CertificateStatus(
-        pem=pem, not_after=cert.not_valid_after_utc).to_dict()}}
-    api.patch_cluster_custom_object_status(base.GROUP, base.VERSION, plural, thing, status,
-                                           _content_type=MERGE_PATCH)
+    # Server-side apply as our own field manager: the controller's status writes (its
+    # own manager) leave status.certificate alone.
+    certificate = coredevice.CertificateStatus(pem=pem, not_after=cert.not_valid_after_utc)
+    kube.apply_status(api, "CoreDevice", None, thing, {"certificate": certificate.to_dict()},
+                      kube.REGISTRAR)
     _bundle(args, thing, ca.pem, pem)
     return 0
 

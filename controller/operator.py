@@ -1,4 +1,4 @@
-"""The kopf operator: a thin shell around :func:`hedgerow.controller.fleet.plan_fleet`.
+"""The kopf operator: a thin shell around :func:`hedgerow.core.fleet.plan_fleet`.
 
 - kopf *indexes* hold every Component, ThingGroup, Deployment and CoreDevice, parsed. kopf
   calls no other handler before all four are filled from the initial listing, so the first
@@ -30,6 +30,7 @@ import datetime
 import functools
 import logging
 import pathlib
+import random
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeVar
@@ -38,13 +39,14 @@ import kopf
 import pydantic
 
 from hedgerow.controller import broker as broker_
-from hedgerow.controller import fleet, kube, pki
+from hedgerow.controller import kube, pki
 from hedgerow.core import (
     base,
     component,
     coredevice,
     deployment,
     documents,
+    fleet,
     limits,
     privilege,
     ratelimit,
@@ -92,8 +94,40 @@ REPORT_INVALID: Final = "Invalid"
 _QUIET_SECONDS: Final = limits.REPORT_BURST * limits.REPORT_INTERVAL_SECONDS
 
 
+_KINDS: Final = {"components": "Component", "thinggroups": "ThingGroup",
+                 "deployments": "Deployment", "coredevices": "CoreDevice"}
+_RETRY_BASE_S: Final = 0.5
+_RETRY_CAP_S: Final = 30.0
+
+
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
+
+
+def _retry_delay(failures: int) -> float:
+    """Equal jitter over a capped doubling (the same rule as the agent's connector)."""
+    step = min(_RETRY_CAP_S, _RETRY_BASE_S * 2.0 ** min(failures - 1, 30))
+    return step / 2 + random.random() * step / 2  # noqa: S311 - jitter, not a secret
+
+
+def _api_reason(exc: BaseException) -> str:
+    """An API error without its response body (which may echo what we sent)."""
+    status = getattr(exc, "status", None)
+    reason = getattr(exc, "reason", None)
+    return f"{status} {reason}" if status is not None else f"{type(exc).__name__}: {exc}"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Observed:
+    """What the observe phase of a pass read from kopf's indexes."""
+
+    coredevices: list[coredevice.CoreDevice]
+    gone: list[str]  # things whose CoreDevice was deleted since the last pass
+    groups: list[thinggroup.ThingGroup]
+    deployments: list[deployment.Deployment]
+    components: list[component.Component]
+    statuses: dict[resolve.Key, deployment.DeploymentStatus]
+    levels: dict[str, privilege.Level]
 
 
 class Controller:
@@ -130,6 +164,12 @@ class Controller:
         self.refused: dict[str, dict[str, int]] = {}  # thing -> reason -> count
         self.refusing: dict[str, tuple[str, float]] = {}  # thing -> (reason, last refusal)
         self.homeless: set[str] = set()  # CoreDevices without a namespace, already logged
+        self.signed_certificates: dict[str, coredevice.CertificateStatus] = {}  # unwritten
+        # Status writes the API server refused for good (4xx): (kind, ns, name, field
+        # manager) -> the status refused; not tried again until the object or it changes.
+        self.refused_writes: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+        self.write_failures: dict[tuple[str, str, str, str], int] = {}  # transient, in a row
+        self.refusals_logged: set[tuple[str, str, str, str]] = set()  # until a write succeeds
 
     # --- wiring ---------------------------------------------------------------------
 
@@ -163,9 +203,17 @@ class Controller:
         # the labels is most likely our own status write and cannot change any decision.
         meta = body.get("metadata", {})
         if plural == "coredevices" and event_type != "DELETED":
-            self._carry_certificate(meta.get("name", ""), body)
+            self._observe_certificate(meta.get("name", ""), body)
         key = (plural, meta.get("namespace") or "", meta.get("name", ""))
-        fingerprint = (meta.get("generation"), tuple(sorted((meta.get("labels") or {}).items())))
+        # A write of ours refused for good is tried again once the object changed.
+        for manager in (kube.CONTROLLER, kube.SIGNER):
+            self.refused_writes.pop((_KINDS.get(plural, ""), key[1], key[2], manager), None)
+        fingerprint: tuple[Any, ...] = (
+            meta.get("generation"), tuple(sorted((meta.get("labels") or {}).items())))
+        if plural == "coredevices":
+            # `hedgerow device approve` only annotates: the CSR is signed on this pass,
+            # not at the next resync.
+            fingerprint += ((meta.get("annotations") or {}).get(pki.APPROVAL_ANNOTATION),)
         if event_type == "DELETED":
             self.fingerprints.pop(key, None)
         elif self.fingerprints.get(key) == fingerprint:
@@ -174,10 +222,10 @@ class Controller:
             self.fingerprints[key] = fingerprint
         self.wake.set()
 
-    def _carry_certificate(self, thing: str, body: Mapping[str, Any]) -> None:
-        """`hedgerow device register` writes status.certificate itself, and our writes
-        replace /status whole from our copy: take every newer certificate we see into the
-        copy, so a write of ours that raced the registration puts it back."""
+    def _observe_certificate(self, thing: str, body: Mapping[str, Any]) -> None:
+        """`hedgerow device register` writes status.certificate itself (its own field
+        manager: our writes leave it alone). Keep the newest certificate seen in our copy,
+        which the CSR signer decides from; it is never written back from here."""
         raw = (body.get("status") or {}).get("certificate")
         status = self.devices.get(thing)
         if not raw or status is None:
@@ -193,10 +241,13 @@ class Controller:
                 cert.not_after < ours.not_after):
             return  # an echo of an older write of ours (renewals only move forward)
         self.devices[thing] = status.model_copy(update={"certificate": cert})
-        self.status_dirty.add(thing)
-        self.status_wake.set()
 
-    def _sign(self, cd: coredevice.CoreDevice, now: datetime.datetime) -> None:
+    def _sign(self, coredevices: list[coredevice.CoreDevice], now: datetime.datetime) -> None:
+        if self.ca is not None:
+            for cd in coredevices:
+                self._sign_one(cd, now)
+
+    def _sign_one(self, cd: coredevice.CoreDevice, now: datetime.datetime) -> None:
         """GitOps: sign spec.csr into status.certificate (checked again when the spec or
         the certificate changes, and once a day for renewal)."""
         thing = cd.metadata.name
@@ -215,6 +266,7 @@ class Controller:
             return
         if cert is not None:
             self.devices[thing] = status.model_copy(update={"certificate": cert})
+            self.signed_certificates[thing] = cert  # written by the signer's field manager
             self.status_dirty.add(thing)
             self.status_wake.set()
             logger.info("signed the CSR of %s (valid until %s)", thing, cert.not_after)
@@ -260,14 +312,26 @@ class Controller:
             await asyncio.sleep(max(self.settings.min_interval, took))
 
     async def reconcile_once(self) -> datetime.datetime | None:
-        assert self.broker is not None
-        devices = []
+        """One pass, as a checklist of phases (Flux's reconcilers): each phase takes what
+        the ones before it left, and the decisions are the core's (``fleet.plan_fleet``)."""
+        now = _now()
+        seen = self._observe()  # the indexes, and our copy of every device's status
+        await self._forget(seen.gone)  # clear the retained documents of deleted devices
+        self._sign(seen.coredevices, now)  # GitOps: spec.csr -> status.certificate
+        plan = await self._plan(seen, now)  # core: what to publish, every status, events
+        await self._publish(plan, now)  # documents, then the devices' Applied conditions
+        await self._report(seen, plan)  # Deployment and ThingGroup status, events
+        return plan.wake_at
+
+    def _observe(self) -> _Observed:
+        """Read the indexes; start or forget our copy of each object's status when its
+        uid is new or gone (a deleted and re-created object starts from what it says)."""
+        coredevices: list[coredevice.CoreDevice] = self._objects("coredevice_index")
         seen = set()
-        for cd in self._objects("coredevice_index"):
+        for cd in coredevices:
             thing = cd.metadata.name
             seen.add(thing)
             if self.uids.get(("", thing)) != cd.metadata.uid:
-                # New (or deleted and re-created): start from what the object says.
                 self.uids[("", thing)] = cd.metadata.uid
                 self.devices[thing] = cd.status or coredevice.CoreDeviceStatus()
                 self.written.pop(("CoreDevice", "", thing), None)
@@ -275,32 +339,24 @@ class Controller:
             if status.observed_generation != cd.metadata.generation:
                 # Carried by the next write this device needs anyway: a write of its own
                 # for every device on the first run would only delay the publishing.
-                status = status.model_copy(
+                self.devices[thing] = status.model_copy(
                     update={"observed_generation": cd.metadata.generation})
-                self.devices[thing] = status
-            if self.ca is not None:
-                self._sign(cd, _now())
-                status = self.devices[thing]
             if cd.spec.namespace is None and thing not in self.homeless:
                 self.homeless.add(thing)  # stored before tenancy: said once, not every pass
                 logger.warning("CoreDevice %s has no spec.namespace: nothing reaches it (it "
                                "keeps its document) until the fleet admin sets one", thing)
             elif cd.spec.namespace is not None:
                 self.homeless.discard(thing)
-            devices.append(fleet.Device(thing, cd.metadata.labels, status, cd.spec.namespace))
         gone = sorted(set(self.devices) - seen)
         for thing in gone:
             del self.devices[thing]
             self.reports.pop(thing, None)
             self.signed.pop(thing, None)
+            self.signed_certificates.pop(thing, None)
             self.uids.pop(("", thing), None)
             self.buckets.pop(thing, None)
             self.refusing.pop(thing, None)
-        if gone:
-            # A deleted CoreDevice's retained document goes too (an empty retained
-            # message clears it), so a re-registered device starts from nothing.
-            await self._work(self.broker.publish_desired, [(t, b"") for t in gone])
-        deployments = self._objects("deployment_index")
+        deployments: list[deployment.Deployment] = self._objects("deployment_index")
         statuses = {}
         for d in deployments:
             key = resolve.key_of(d)
@@ -308,89 +364,137 @@ class Controller:
                 self.uids[key] = d.metadata.uid
                 self.deployment_status.pop(key, None)
                 self.written.pop(("Deployment", *key), None)
-            statuses[key] = self.deployment_status.get(key) or d.status
-        groups = self._objects("thinggroup_index")
-        components = self._objects("component_index")
-        levels = self.levels()
+            # Our latest writes, which the watch may not have delivered yet.
+            dstatus = self.deployment_status.get(key) or d.status
+            if dstatus is not None:
+                statuses[key] = dstatus
+        return _Observed(coredevices, gone, self._objects("thinggroup_index"), deployments,
+                         self._objects("component_index"), statuses, self.levels())
+
+    async def _forget(self, gone: list[str]) -> None:
+        """A deleted CoreDevice's retained document goes too (an empty retained message
+        clears it), so a re-registered device starts from nothing."""
+        if gone:
+            assert self.broker is not None
+            await self._work(self.broker.publish_desired, [(t, b"") for t in gone])
+
+    async def _plan(self, seen: _Observed, now: datetime.datetime) -> fleet.FleetPlan:
         # kopf's index replaces an object only when a watch event brings a new version, so
         # unchanged identities mean unchanged inputs: keep the Fleet and all it resolved.
-        identity = (*(id(o) for o in (*groups, *deployments, *components)),
-                    *sorted(levels.items()))
+        identity = (*(id(o) for o in (*seen.groups, *seen.deployments, *seen.components)),
+                    *sorted(seen.levels.items()))
         if self.fleet is None or self.fleet[0] != identity:
-            self.fleet = (identity, resolve.Fleet(groups, deployments, components, levels),
-                          (groups, deployments, components))
-        now = _now()
+            self.fleet = (identity, resolve.Fleet(seen.groups, seen.deployments,
+                                                  seen.components, seen.levels),
+                          (seen.groups, seen.deployments, seen.components))
+        devices = [fleet.Device(cd.metadata.name, cd.metadata.labels,
+                                self.devices[cd.metadata.name], cd.spec.namespace)
+                   for cd in seen.coredevices]
         plan = await self._work(
-            functools.partial(fleet.plan_fleet, devices, groups, deployments, components, now,
-                              self.window, fleet=self.fleet[1],
-                              statuses={k: v for k, v in statuses.items() if v is not None},
-                              levels=levels))
+            functools.partial(fleet.plan_fleet, devices, seen.groups, seen.deployments,
+                              seen.components, now, self.window, fleet=self.fleet[1],
+                              statuses=seen.statuses, levels=seen.levels))
         self.passes += 1
         if self.passes == 1:
             logger.info("first pass: %d devices, %d documents to publish",
                         len(devices), len(plan.publishes))
+        return plan
 
-        if plan.publishes:
-            sent = set(await self._work(
-                self.broker.publish_desired, [(p.thing, p.payload) for p in plan.publishes]))
-            for p in plan.publishes:
-                if p.thing not in sent:
-                    continue
-                old = self.devices[p.thing]
-                new = (fleet.render_notified(old, p, now) if p.revision != old.desired_revision
-                       else old.model_copy(update={"desired_generations": p.generations}))
-                # A fast device may have reported on this revision before its PUBACK
-                # reached us; fold that report again now that the revision is ours.
-                early = self.reports.get(p.thing)
-                if early is not None and early.deployment is not None and (
-                        early.deployment.revision == p.revision):
-                    new = fleet.render_report(new, early, now)
-                    self.wake.set()
-                self.devices[p.thing] = new
-                self.status_dirty.add(p.thing)
-            self.published += len(sent)
-            logger.info("published %d desired documents", len(sent))
-            if len(sent) < len(plan.publishes):
-                self.wake.set()  # try the rest again on the next pass
-            self.status_wake.set()
+    async def _publish(self, plan: fleet.FleetPlan, now: datetime.datetime) -> None:
+        """Publish the documents; the devices whose PUBACK came are Notified."""
+        if not plan.publishes:
+            return
+        assert self.broker is not None
+        sent = set(await self._work(
+            self.broker.publish_desired, [(p.thing, p.payload) for p in plan.publishes]))
+        for p in plan.publishes:
+            if p.thing not in sent:
+                continue
+            self.devices[p.thing], replan = fleet.render_published(
+                self.devices[p.thing], p, self.reports.get(p.thing), now)
+            if replan:
+                self.wake.set()
+            self.status_dirty.add(p.thing)
+        self.published += len(sent)
+        logger.info("published %d desired documents", len(sent))
+        if len(sent) < len(plan.publishes):
+            self.wake.set()  # try the rest again on the next pass
+        self.status_wake.set()
 
-        by_key = {resolve.key_of(d): d for d in deployments}
+    async def _report(self, seen: _Observed, plan: fleet.FleetPlan) -> None:
+        """Deployment and ThingGroup status (what Argo CD and Flux read), then events.
+        Devices' statuses have their own writer (``_status_loop``)."""
         for key, dstatus in plan.deployments.items():
             self.deployment_status[key] = dstatus
             await self._write_status("Deployment", key[0], key[1], dstatus.to_dict())
+        groups = {resolve.key_of(g): g for g in seen.groups}
         for gkey, count in plan.member_counts.items():
-            group = next((g for g in groups if resolve.key_of(g) == gkey), None)
+            group = groups.get(gkey)
             if group is None:
                 continue
-            old_status = group.status or thinggroup.ThingGroupStatus()
-            group_status = old_status.model_copy(update={
-                "member_count": count, "observed_generation": group.metadata.generation})
             if self.uids.get(("ThingGroup", *gkey)) != group.metadata.uid:
                 self.uids[("ThingGroup", *gkey)] = group.metadata.uid
                 self.written.pop(("ThingGroup", *gkey), None)
-            await self._write_status("ThingGroup", gkey[0], gkey[1], group_status.to_dict())
+            await self._write_status("ThingGroup", gkey[0], gkey[1],
+                                     fleet.render_group_status(group, count).to_dict())
+        by_key = {resolve.key_of(d): d for d in seen.deployments}
         for event in plan.events:
             d = by_key.get(event.deployment)
             if d is not None:
                 self._post_event(d, event)
-        return plan.wake_at
 
     async def _write_status(self, kind: str, namespace: str, name: str,
-                            status: dict[str, Any]) -> None:
-        """Write only what changed since our last write (statuses are ours alone)."""
+                            status: dict[str, Any], manager: str = kube.CONTROLLER) -> bool:
+        """Write only what changed since our last write (each field manager owns its own
+        fields). Errors are translated here, once: a 4xx is permanent (logged once, not
+        retried until the object or the status changes), anything else transient (tried
+        again after a capped, jittered backoff). Returns whether the status is written."""
         key = (kind, namespace, name)
-        if self.written.get(key) == status:
-            return
+        ours = manager == kube.CONTROLLER  # the other writers write once, when asked
+        if ours and self.written.get(key) == status:
+            return True
+        wkey = (*key, manager)
+        if self.refused_writes.get(wkey) == status:
+            return False
         assert self.kube is not None
         loop = asyncio.get_running_loop()
         try:
             pool = self.api_pool if kind == "CoreDevice" else self.fleet_pool
-            await loop.run_in_executor(pool, self.kube.apply_status, kind,
-                                       namespace or None, name, status)
-        except Exception as exc:  # transient: the next pass writes it again
-            logger.warning("status of %s %s/%s not written: %s", kind, namespace, name, exc)
-            return
-        self.written[key] = status
+            await loop.run_in_executor(pool, functools.partial(
+                self.kube.apply_status, kind, namespace or None, name, status, manager))
+        except Exception as exc:
+            if kube.is_permanent(exc):
+                if wkey not in self.refusals_logged:  # a change of state, not a repeat
+                    self.refusals_logged.add(wkey)
+                    logger.error("status of %s %s/%s refused (not retried until it or the "
+                                 "object changes): %s", kind, namespace, name,
+                                 _api_reason(exc))
+                self.refused_writes[wkey] = status
+                self.write_failures.pop(wkey, None)
+                return False
+            failures = self.write_failures[wkey] = self.write_failures.get(wkey, 0) + 1
+            delay = _retry_delay(failures)
+            if failures == 1:
+                logger.warning("status of %s %s/%s not written, retrying: %s", kind,
+                               namespace, name, _api_reason(exc))
+            loop.call_later(delay, self._retry_write, kind, name)
+            return False
+        self.refused_writes.pop(wkey, None)
+        self.refusals_logged.discard(wkey)
+        if self.write_failures.pop(wkey, None):
+            logger.info("status of %s %s/%s written again", kind, namespace, name)
+        if ours:
+            self.written[key] = status
+        return True
+
+    def _retry_write(self, kind: str, name: str) -> None:
+        """A transient failure's retry: a device's status goes back to its writer; a
+        Deployment's or ThingGroup's is written by the next pass (not marked written)."""
+        if kind == "CoreDevice":
+            self.status_dirty.add(name)
+            self.status_wake.set()
+        else:
+            self.wake.set()
 
     def _post_event(self, d: deployment.Deployment, event: fleet.Event) -> None:
         body: dict[str, Any] = {"apiVersion": base.API_VERSION, "kind": "Deployment",
@@ -495,8 +599,17 @@ class Controller:
 
     async def _write_device(self, thing: str) -> None:
         status = self.devices.get(thing)
-        if status is not None:
-            await self._write_status("CoreDevice", "", thing, status.to_dict())
+        if status is None:
+            return
+        cert = self.signed_certificates.get(thing)
+        if cert is not None and await self._write_status(
+                "CoreDevice", "", thing, {"certificate": cert.to_dict()}, kube.SIGNER):
+            self.signed_certificates.pop(thing, None)
+        body = status.to_dict()
+        # status.certificate belongs to its writers (the signer above, `hedgerow device
+        # register`): leaving it out never removes it, it is not ours.
+        body.pop("certificate", None)
+        await self._write_status("CoreDevice", "", thing, body)
 
 
 def build_registry(controller: Controller) -> kopf.OperatorRegistry:

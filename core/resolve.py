@@ -41,7 +41,7 @@ Semantics, in the order they are applied:
 
 Any problem makes the combination's ``desired`` None. The controller then resolves the
 device again without the deployments at fault, or with their last good generation
-(``hedgerow.controller.fleet``), so one bad Deployment never blocks another.
+(``hedgerow.core.fleet``), so one bad Deployment never blocks another.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Certificates in the controller: the reported expiry becomes CertificateValid, a
-certificate written by `hedgerow device register` survives our whole-status writes, and
+certificate written by `hedgerow device register` is seen, never written back, and
 with the fleet CA the controller signs spec.csr (GitOps)."""
 
 from __future__ import annotations
@@ -40,18 +40,18 @@ def _body(pem: str | None, not_after: str = "2027-01-01T00:00:00Z") -> dict[str,
     return {"metadata": {"name": "gw-1", "generation": 1}, "status": status}
 
 
-def test_a_registered_certificate_is_carried_into_our_status() -> None:
+def test_a_registered_certificate_is_seen_but_never_written_by_us() -> None:
     c = controller()
     pem = "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n"
-    c._carry_certificate("gw-1", _body(pem))
+    c._observe_certificate("gw-1", _body(pem))
+    # The signer decides from it; no write of ours follows (it is the registrar's field).
     assert c.devices["gw-1"].certificate is not None
     assert c.devices["gw-1"].certificate.pem == pem
-    assert "gw-1" in c.status_dirty
-    # The echo of an earlier write of ours (no certificate, or an older one) changes nothing.
-    c._carry_certificate("gw-1", _body(None))
-    c._carry_certificate("gw-1", _body(pem.replace("x", "y"), "2026-06-01T00:00:00Z"))
+    assert "gw-1" not in c.status_dirty
+    # The echo of an older certificate changes nothing.
+    c._observe_certificate("gw-1", _body(None))
+    c._observe_certificate("gw-1", _body(pem.replace("x", "y"), "2026-06-01T00:00:00Z"))
     assert c.devices["gw-1"].certificate.pem == pem
-    assert "certificate" in c.devices["gw-1"].to_dict()
 
 
 def test_the_controller_signs_spec_csr_with_the_fleet_ca(tmp_path: Path) -> None:
@@ -64,9 +64,9 @@ def test_the_controller_signs_spec_csr_with_the_fleet_ca(tmp_path: Path) -> None
     cd = coredevice.CoreDevice(metadata=base.ObjectMeta(name="gw-1", generation=1),
                                spec=coredevice.CoreDeviceSpec(csr=csr))
     now = datetime.datetime.now(datetime.UTC)
-    c._sign(cd, now)
+    c._sign([cd], now)
     cert = c.devices["gw-1"].certificate
     assert cert is not None and cert.pem
     assert pki.load_certificate(cert.pem).public_key() == key.public_key()
-    c._sign(cd, now)  # nothing to do the second time
+    c._sign([cd], now)  # nothing to do the second time
     assert c.devices["gw-1"].certificate == cert

@@ -7,8 +7,8 @@ import datetime
 import json
 from typing import Any
 
-from hedgerow.controller import broker, fleet, operator
-from hedgerow.core import coredevice, documents
+from hedgerow.controller import broker, operator
+from hedgerow.core import coredevice, documents, fleet
 
 NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 

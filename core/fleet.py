@@ -43,15 +43,16 @@ from hedgerow.core import (
     identity,
     limits,
     privilege,
+    readiness,
     resolve,
     rollout,
 )
 from hedgerow.core import thinggroup as thinggroup_
 
 APPLIED: Final = "Applied"
-READY: Final = "Ready"
-PROGRESSING: Final = "Progressing"
-STALLED: Final = "Stalled"  # kstatus (Flux): a permanent failure, not "still working"
+READY: Final = readiness.READY
+PROGRESSING: Final = readiness.PROGRESSING
+STALLED: Final = readiness.STALLED
 DOCUMENT_TOO_LARGE: Final = "DocumentTooLarge"
 
 Key = resolve.Key
@@ -122,6 +123,31 @@ def render_notified(
         "desired_generations": publish.generations,
         "conditions": [*(c for c in status.conditions if c.type != APPLIED), applied],
     })
+
+
+def render_published(
+    status: coredevice.CoreDeviceStatus, publish: Publish,
+    early: documents.StatusReport | None, now: datetime.datetime,
+) -> tuple[coredevice.CoreDeviceStatus, bool]:
+    """A device's status once the broker acknowledged ``publish``, and whether the fleet
+    must be planned again. ``early``: the device's last report, which a fast device may
+    have sent on this revision before its PUBACK reached us; it is folded again now that
+    the revision is ours (and may change the counts, hence the re-plan)."""
+    new = (render_notified(status, publish, now) if publish.revision != status.desired_revision
+           else status.model_copy(update={"desired_generations": publish.generations}))
+    if early is not None and early.deployment is not None and (
+            early.deployment.revision == publish.revision):
+        return render_report(new, early, now), True
+    return new, False
+
+
+def render_group_status(
+    group: thinggroup_.ThingGroup, member_count: int,
+) -> thinggroup_.ThingGroupStatus:
+    """A ThingGroup's status: how many devices it selects, for the generation seen."""
+    old = group.status or thinggroup_.ThingGroupStatus()
+    return old.model_copy(update={"member_count": member_count,
+                                  "observed_generation": group.metadata.generation})
 
 
 def render_report(
@@ -452,49 +478,36 @@ def _render_status(
                                             old.failed, old.timed_out)
     spec = r.d.spec.rollout
     key = resolve.key_of(r.d)
-    t, f = base.ConditionStatus.TRUE, base.ConditionStatus.FALSE
     executed = counts.succeeded + counts.failed + counts.timed_out
     progress = (f"{counts.notified}/{counts.targeted} notified, {counts.succeeded} succeeded, "
                 f"{counts.failed} failed, {counts.timed_out} timed out")
+    situation = readiness.resolve_situation(readiness.Facts(
+        has_problem=bool(problems), aborted=r.aborted, suspended=spec.suspend,
+        targeted=counts.targeted, notified=counts.notified, executed=executed,
+        unsuccessful=counts.failed + counts.timed_out))
     if problems:
         first = problems[0]
         more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-        ready = (f, first.reason, first.message + more)
-        progressing = (f, first.reason, "waiting for the spec to change")
-        stalled = (t, first.reason, first.message)
-    elif r.aborted:
-        ready = (f, "RolloutAborted", f"rollout of generation {r.generation} aborted; "
-                 f"{r.rolled_back} devices rolled back; {progress}")
-        progressing = (f, "RolloutAborted", "the rollout stopped")
-        stalled = (t, "RolloutAborted", ready[2])
-    elif counts.notified < counts.targeted and spec.suspend:
-        ready = (f, "Suspended", progress)
-        progressing = (f, "Suspended", "rollout.suspend is true")
-        stalled = (f, "Suspended", "")
-    elif counts.notified < counts.targeted or executed < counts.targeted:
-        ready = (f, "RollingOut", progress)
-        progressing = (t, "RollingOut", progress)
-        stalled = (f, "RollingOut", "")
-    elif counts.failed or counts.timed_out:
-        ready = (f, "DevicesFailed", progress)
-        progressing = (f, "Complete", progress)
-        stalled = (t, "DevicesFailed", progress)
+        verdicts = readiness.render_conditions(
+            situation, progress=progress, detail=first.message + more, cause=first.message,
+            cause_reason=first.reason)
     else:
-        ready = (t, "Succeeded", progress)
-        progressing = (f, "Complete", progress)
-        stalled = (f, "Succeeded", "")
-
+        verdicts = readiness.render_conditions(
+            situation, progress=progress,
+            detail=f"rollout of generation {r.generation} aborted; {r.rolled_back} devices "
+                   f"rolled back; {progress}")
     conditions = list(old.conditions)
-    for type_, (status, reason, message) in ((READY, ready), (PROGRESSING, progressing),
-                                             (STALLED, stalled)):
-        conditions = render_condition(conditions, type_, status, reason, message, now,
+    for v in verdicts:
+        conditions = render_condition(conditions, v.type, v.status, v.reason, v.message, now,
                                       r.generation)
+    ready = verdicts[0]
+    t = base.ConditionStatus.TRUE
     was = {c.type: c for c in old.conditions}
     if r.fresh and not problems:
         events.append(Event(key, "Normal", "RolloutStarted",
                             f"rolling out generation {r.generation} to {counts.targeted} devices"))
-    if ready[0] is t and (was.get(READY) is None or was[READY].status is not t
-                          or was[READY].observed_generation != r.generation):
+    if ready.status is t and (was.get(READY) is None or was[READY].status is not t
+                              or was[READY].observed_generation != r.generation):
         events.append(Event(key, "Normal", "RolloutFinished", progress))
 
     # Keep the specs devices still run, and the current one (the next rollout's baseline).

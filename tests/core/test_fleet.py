@@ -9,13 +9,13 @@ import json
 import pathlib
 from typing import Any
 
-from hedgerow.controller import fleet
 from hedgerow.core import (
     base,
     component,
     coredevice,
     deployment,
     documents,
+    fleet,
     manifest,
     privilege,
     resolve,
