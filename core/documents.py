@@ -202,7 +202,15 @@ class StatusReport(base.Model):
     platform: PlatformInfo
     health: Health
     desired_revision: _Text | None = None
-    applied_revision: _Text | None = None
+    applied_revision: Annotated[_Text | None, pydantic.Field(
+        description="The revision the device runs, as the controller published it: with "
+                    "local deployments merged over the cloud document, the cloud one's "
+                    "(the merge is in localRevision).",
+    )] = None
+    local_revision: Annotated[_Text | None, pydantic.Field(
+        description="With local deployments merged over the cloud document: the revision "
+                    "of the merged document the device runs (its local additions).",
+    )] = None
     components: Annotated[list[ComponentReport], pydantic.Field(
         max_length=limits.MAX_REPORT_COMPONENTS)] = []
     deployment: DeploymentOutcome | None = None

@@ -20,6 +20,7 @@ import logging
 import os
 import pathlib
 import platform as platform_
+import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -32,7 +33,16 @@ from hedgerow.agent import cgroups as cgroups_
 from hedgerow.agent import process as process_
 from hedgerow.agent import settings as settings_
 from hedgerow.agent.layout import Layout
-from hedgerow.core import component, documents, lifecycle, limits, outcome, privilege, recipe
+from hedgerow.core import (
+    backoff,
+    component,
+    documents,
+    lifecycle,
+    limits,
+    outcome,
+    privilege,
+    recipe,
+)
 from hedgerow.core import plan as plan_
 from hedgerow.core.documents import ComponentState as State
 from hedgerow.core.lifecycle import Event
@@ -284,7 +294,8 @@ class Agent:
                 return good
         # Wanted: a new revision (or a superseded one wanted again) is IN_PROGRESS now.
         self.history = outcome.resolve_started(self.history, reading.desired.revision,
-                                               self.clock(), reading.source)
+                                               self.clock(), reading.source,
+                                               reading.cloud_revision)
         return reading.desired
 
     def observe(self) -> dict[str, plan_.Observed]:
@@ -717,14 +728,23 @@ class Agent:
             self.applied.revision if self.applied else None)
         verdict = None
         text, reason_max = limits.MAX_REPORT_TEXT, limits.MAX_REPORT_REASON
+        # Revisions as the controller published them: a cloud+local merge is reported
+        # under its cloud revision (the controller waits for that one), the merge apart.
+        def published(rev: str | None) -> str | None:
+            return outcome.resolve_published(self.history, rev)
         if reading is not None and reading.problems:
             verdict = documents.DeploymentOutcome(
-                revision=revision or "", outcome=documents.Outcome.REJECTED,
+                revision=reading.cloud_revision or revision or "",
+                outcome=documents.Outcome.REJECTED,
                 reason="; ".join(reading.problems)[:reason_max])
+            revision = reading.cloud_revision or revision
         elif (entry := self.history.outcome_of(revision)) is not None and revision:
             verdict = documents.DeploymentOutcome(
-                revision=revision, outcome=entry.outcome, reason=entry.reason[:reason_max],
-                rolled_back_to=entry.rolled_back_to)
+                revision=published(revision) or revision, outcome=entry.outcome,
+                reason=entry.reason[:reason_max],
+                rolled_back_to=published(entry.rolled_back_to))
+            revision = published(revision)
+        applied = self.applied.revision if self.applied else None
         docker_down = self.containers.available is False
         shown = sorted(self.records.values(), key=lambda r: r.name)
         # Errors first when there are too many to show: they are what an operator needs.
@@ -746,8 +766,8 @@ class Agent:
             time=datetime.datetime.now(datetime.UTC),
             agent_version=AGENT_VERSION[:text], platform=self.platform,
             health=documents.Health.UNHEALTHY if bad else documents.Health.HEALTHY,
-            desired_revision=revision,
-            applied_revision=self.applied.revision if self.applied else None,
+            desired_revision=revision, applied_revision=published(applied),
+            local_revision=applied if published(applied) != applied else None,
             components=components(512), deployment=verdict)
         data, budget = documents.render_bytes(report), 512
         while budget and len(data) > limits.MAX_REPORT_BYTES:
@@ -824,7 +844,7 @@ class Agent:
             failures = 1 if time.monotonic() - began > 60 else failures + 1
             self.trouble(what, f"{what}: {message}")
             self.wake.set()
-            await asyncio.sleep(min(30.0, 0.25 * 2 ** min(failures, 7)))
+            await asyncio.sleep(backoff.resolve_delay(failures, 0.25, 30.0, random.random))
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
         from hedgerow.agent import control
@@ -859,7 +879,8 @@ class Agent:
                         log.exception("%s (retrying)", message)
                     self._troubles["pass"] = message
                     self.wake.set()
-                    await asyncio.sleep(min(self.settings.resync_s, 0.5 * 2 ** min(failures, 6)))
+                    await asyncio.sleep(backoff.resolve_delay(
+                        failures, 0.5, self.settings.resync_s, random.random))
         finally:
             self.containers.stop()
             watcher.cancel()

@@ -28,7 +28,7 @@ from hedgerow.agent import artifacts, settings
 from hedgerow.agent import records as records_
 from hedgerow.agent.dockererrors import ContainerRuntimeError, PermanentError, TransientError
 from hedgerow.agent.layout import Layout
-from hedgerow.core import component, documents, lifecycle, privilege, recipe
+from hedgerow.core import backoff, component, documents, lifecycle, privilege, recipe
 from hedgerow.core import container as container_
 from hedgerow.core import plan as plan_
 from hedgerow.core.documents import ComponentState as State
@@ -212,9 +212,8 @@ class ContainerBridge:
         jittered backoff. Logged on change, not on every retry."""
         self._failures += 1
         conf = self.host.settings
-        ceiling = min(conf.docker_backoff_cap_s,
-                      conf.docker_backoff_base_s * 2 ** (self._failures - 1))
-        delay = ceiling / 2 + random.random() * ceiling / 2  # noqa: S311 - jitter
+        delay = backoff.resolve_delay(self._failures - 1, conf.docker_backoff_base_s,
+                                      conf.docker_backoff_cap_s, random.random)
         self.retry_at = self.host.clock() + delay
         message = f"container runtime unavailable: {exc}"
         if self.available is not False:

@@ -34,6 +34,9 @@ class Reading:
     problems: tuple[str, ...] = ()
     revision: str | None = None  # of a document that was read but refused as a whole
     source: outcome.Source = outcome.Source.CLOUD  # where `desired` came from
+    # CLOUD_AND_LOCAL: the cloud document's revision, the one the controller published
+    # (the merge has a revision of its own, which the controller never sent).
+    cloud_revision: str | None = None
 
 
 def _cloud(path: pathlib.Path) -> tuple[documents.DesiredState | None, list[str]]:
@@ -86,7 +89,8 @@ def fetch_desired(layout: Layout, thing: str, platform: documents.PlatformInfo,
     if reading.desired is None:
         return reading
     refused = resolve_ceiling_violations(reading.desired, ceiling)
-    return Reading(None, refused, revision=reading.desired.revision) if refused else reading
+    return Reading(None, refused, revision=reading.desired.revision,
+                   cloud_revision=reading.cloud_revision) if refused else reading
 
 
 def _fetch(layout: Layout, thing: str, platform: documents.PlatformInfo) -> Reading:
@@ -114,4 +118,5 @@ def _fetch(layout: Layout, thing: str, platform: documents.PlatformInfo) -> Read
     source = (outcome.Source.CLOUD_AND_LOCAL if cloud and deployments else
               outcome.Source.CLOUD if cloud else outcome.Source.LOCAL)
     return Reading(documents.render_desired_state(thing, refs, list(merged.values())),
-                   source=source)
+                   source=source, cloud_revision=cloud.revision if cloud and deployments
+                   else None)
