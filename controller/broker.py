@@ -22,7 +22,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
-from typing import Any, Final
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt import packettypes
@@ -34,21 +34,6 @@ from hedgerow.core import broker as core_broker
 from hedgerow.core import envelope
 
 logger = logging.getLogger(__name__)
-
-DESIRED_TOPIC: Final = "hedgerow/things/{thing}/desired"
-STATUS_TOPIC: Final = "hedgerow/things/+/status"
-
-
-def desired_topic(thing: str) -> str:
-    return DESIRED_TOPIC.format(thing=thing)
-
-
-def thing_of_status_topic(topic: str) -> str | None:
-    parts = topic.split("/")
-    if len(parts) == 4 and parts[:2] == ["hedgerow", "things"] and parts[3] == "status":
-        return parts[2]
-    return None
-
 
 @dataclasses.dataclass(frozen=True)
 class BrokerSettings:
@@ -163,10 +148,15 @@ class Broker:
         whose PUBACK arrived in time."""
         infos = []
         for thing, payload in items:
+            if not core_broker.is_thing_name(thing):
+                # Never a topic level of its own: no document was rendered for it (the
+                # DesiredState schema holds things to the same pattern).
+                logger.error("not publishing for %r: not a thing name", thing)
+                continue
             sealed = self.seal(thing, payload)
             if sealed is not None:
-                infos.append((thing, self.client.publish(desired_topic(thing), sealed,
-                                                         qos=1, retain=True)))
+                infos.append((thing, self.client.publish(
+                    core_broker.desired_topic(thing), sealed, qos=1, retain=True)))
         deadline = time.monotonic() + timeout
         done = []
         for thing, info in infos:
@@ -184,7 +174,7 @@ class Broker:
         if reason.is_failure:
             logger.error("broker refused the connection: %s", reason)
             return
-        client.subscribe(STATUS_TOPIC, qos=1)
+        client.subscribe(core_broker.STATUS_SUBSCRIPTION, qos=1)
         logger.info("connected to the broker at %s:%s", self.settings.host, self.settings.port)
         now = time.monotonic()
         if self._takeovers.quiet_since(now) > 5 * self._takeovers.window:
@@ -218,6 +208,6 @@ class Broker:
 
     def _message_cb(self, client: mqtt.Client, userdata: Any,
                     message: mqtt.MQTTMessage) -> None:
-        thing = thing_of_status_topic(message.topic)
+        thing = core_broker.resolve_thing_of_status_topic(message.topic)
         if thing is not None:
             self._on_report(thing, bytes(message.payload))
