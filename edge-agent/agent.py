@@ -113,6 +113,8 @@ class Agent:
         self._judge_at = 0.0
         self._dirty = False
         self._history_written = b""
+        self._last_good: documents.DesiredState | None = None  # see `last_good`
+        self._last_good_read = False
         self._due: dict[pathlib.Path, bytes] = {}  # state files `persist` writes
         self._retry_spawn_at = 0.0  # the device ran out of fds/space: try again then
         self._troubles: dict[str, str] = {}  # long-lived task -> its last error (logged once)
@@ -289,7 +291,7 @@ class Agent:
             return self.applied  # bad input: keep the last good state, remove nothing
         target = self.history.outcome_of(reading.desired.revision)
         if target is not None and target.rolled_back_to:
-            good = self._last_good()
+            good = self.last_good()
             if good is not None:
                 return good
         # Wanted: a new revision (or a superseded one wanted again) is IN_PROGRESS now.
@@ -375,10 +377,8 @@ class Agent:
         if chains:
             await asyncio.gather(*chains.values())
         if doc is not None and any(a.verb is plan_.Verb.REMOVE for a in actions):
-            keep = list(doc.components)
-            with contextlib.suppress(FileNotFoundError, ValueError):
-                keep += documents.DesiredState.model_validate_json(
-                    self.layout.last_good_file.read_bytes()).components
+            good = self.last_good()
+            keep = [*doc.components, *(good.components if good else [])]
             await asyncio.to_thread(self.store.collect_garbage, keep)
 
     async def _stop_all(self, stops: list[plan_.Action],
@@ -634,14 +634,19 @@ class Agent:
                 rec.name, rec.state, rec.since, rec.install_failed, rec.message))
         return out
 
-    def _last_good(self) -> documents.DesiredState | None:
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            return documents.DesiredState.model_validate_json(
-                self.layout.last_good_file.read_bytes())
-        return None
+    def last_good(self) -> documents.DesiredState | None:
+        """The document to roll back to. The one place that reads state/last-good.json:
+        once, then kept in memory (`_settle_as_good` replaces it as it writes it)."""
+        if not self._last_good_read:
+            self._last_good_read = True
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                self._last_good = documents.DesiredState.model_validate_json(
+                    self.layout.last_good_file.read_bytes())
+        return self._last_good
 
     def _settle_as_good(self, doc: documents.DesiredState) -> None:
         """`doc` is what to roll back to from now on (written at the end of the pass)."""
+        self._last_good, self._last_good_read = doc, True
         self._due[self.layout.last_good_file] = documents.render_bytes(doc)
         self.containers.gc_due = True  # images only the previous good state used may go now
 
@@ -669,9 +674,7 @@ class Agent:
         if entry is None or entry.outcome is not documents.Outcome.IN_PROGRESS:
             return
         log.error("deployment %s failed: %s", doc.revision, reason)
-        due = self._due.get(self.layout.last_good_file)  # settled in this very pass
-        good = (documents.DesiredState.model_validate_json(due) if due is not None
-                else self._last_good())
+        good = self.last_good()  # maybe settled in this very pass
         target = outcome.resolve_rollback_target(doc.failure_handling, doc.revision,
                                                  good.revision if good else None)
         self.history = outcome.resolve_failure(self.history, doc.revision, reason,

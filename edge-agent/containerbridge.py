@@ -12,7 +12,6 @@ touched nor removed (Docker keeps them running) and process components carry on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import pathlib
@@ -55,6 +54,8 @@ class Host(Protocol):
     def transition(self, rec: records_.Record, event: Event, message: str = "") -> None: ...
 
     def save(self, rec: records_.Record) -> None: ...
+
+    def last_good(self) -> documents.DesiredState | None: ...
 
     def stopped(self, rec: records_.Record, remove: bool, hold: bool) -> None: ...
 
@@ -455,9 +456,9 @@ class ContainerBridge:
         self.gc_due = False
         images = {c.container.image for c in (doc.components if doc else [])
                   if c.container is not None}
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            images |= {c.container.image for c in documents.DesiredState.model_validate_json(
-                host.layout.last_good_file.read_bytes()).components if c.container}
+        good = host.last_good()
+        images |= {c.container.image for c in (good.components if good else [])
+                   if c.container is not None}
         try:
             if self._orphans:
                 await asyncio.to_thread(self.runtime.remove_orphans, keep,
