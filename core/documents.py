@@ -195,8 +195,9 @@ class StatusReport(base.Model):
     kind: Literal["StatusReport"] = "StatusReport"
     thing: Annotated[str, pydantic.Field(pattern=base.THING_NAME)]
     sequence: Annotated[int, pydantic.Field(
-        ge=0, description="Grows with every report, so a receiver can drop stale ones.",
-    )]
+        ge=0, description="Grows with every report sent, so a receiver can drop stale "
+                          "ones. Stamped by the sender (the device's connector) alone.",
+    )] = 0
     time: datetime.datetime
     agent_version: _Text
     platform: PlatformInfo

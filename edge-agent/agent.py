@@ -105,8 +105,10 @@ class Agent:
         self.applied: documents.DesiredState | None = None
         self.problems: tuple[str, ...] = ()
         self.history = outcome.History()
-        self.sequence = 0
-        self.passes = 0
+        self.passes = 0  # begun
+        # Passes that wrote their status (the control socket's `status` shows it). Not
+        # the report's `sequence`: that is the connector's, stamped as it sends.
+        self.passes_reported = 0
         self._stopping = False
         self.lock = asyncio.Lock()
         self.pending_local: str | None = None
@@ -278,6 +280,7 @@ class Agent:
             raise
         self.judge(doc, reading)                                                 # 6. judge
         self.write_status(reading)                                               # 7. status
+        self.passes_reported += 1
         reported = time.perf_counter()
         self.persist()  # 8. start times, the batch's log writer, records, outcomes
         if actions:
@@ -724,7 +727,6 @@ class Agent:
         components, and messages shortened further when the whole would pass
         MAX_REPORT_BYTES — whatever a component made its messages (Docker's start errors
         quote the recipe). Rendered once: the bytes are what status.json gets."""
-        self.sequence += 1
         wanted = reading.desired if reading else None
         revision = wanted.revision if wanted else (
             reading.revision if reading is not None and reading.revision else
@@ -765,7 +767,7 @@ class Agent:
         bad = any(r.state in (State.ERRORED, State.BROKEN) for r in self.records.values())
         bad = bad or (docker_down and self.containers.wants(self.applied))
         report = documents.StatusReport(
-            thing=self.thing, sequence=self.sequence,
+            thing=self.thing,
             time=datetime.datetime.now(datetime.UTC),
             agent_version=AGENT_VERSION[:text], platform=self.platform,
             health=documents.Health.UNHEALTHY if bad else documents.Health.HEALTHY,

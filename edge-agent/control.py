@@ -81,7 +81,8 @@ async def _dispatch(agent: Agent, request: dict[str, Any]) -> Any:
     op = request.get("op")
     name = request.get("name", "")
     if op == "status":
-        return {**agent.report().to_dict(), "runtimes": {"container": {
+        return {**agent.report().to_dict(), "passes": agent.passes_reported,
+                "runtimes": {"container": {
             "available": agent.containers.available, "message": agent.containers.message}}}
     if op == "logs.get":
         return await _logs(agent, name, float(request.get("since") or 0))
