@@ -101,11 +101,13 @@ class Agent:
         # The second runtime: containers (created on first use, see containerbridge).
         self.containers = containerbridge.ContainerBridge(self, docker_client)
         self.records: dict[str, records.Record] = {}
+        self.reader = desired.Reader()  # parses and hashes the inputs once per change
         self.wake = asyncio.Event()
         self.applied: documents.DesiredState | None = None
         self.problems: tuple[str, ...] = ()
         self.history = outcome.History()
         self.passes = 0  # begun
+        self._wanted: tuple[documents.DesiredState | None, plan_.Desired] | None = None
         # Passes that wrote their status (the control socket's `status` shows it). Not
         # the report's `sequence`: that is the connector's, stamped as it sends.
         self.passes_reported = 0
@@ -254,8 +256,8 @@ class Agent:
     async def reconcile(self) -> list[plan_.Action]:
         self.passes += 1
         began = time.perf_counter()
-        reading = desired.fetch_desired(self.layout, self.thing, self.platform,  # 1. read
-                                        self.settings.max_privilege)
+        reading = self.reader.fetch(self.layout, self.thing, self.platform,     # 1. read
+                                    self.settings.max_privilege)
         if reading.problems != self.problems and reading.problems:
             for problem in reading.problems:
                 log.error("rejected: %s", problem)
@@ -263,7 +265,7 @@ class Agent:
         doc = self.choose(reading)                                               # 2. pick
         await self.containers.observe(doc)                                       # 3. observe
         observed = self.observe()
-        wanted = plan_.resolve_desired(doc)
+        wanted = self._resolve_wanted(doc)
         if self.containers.seen is None:  # dockerd unknown: containers are left alone
             wanted = dataclasses.replace(wanted, wants=tuple(
                 w for w in wanted.wants if w.runtime != "container"))
@@ -288,6 +290,13 @@ class Agent:
                       self.passes, len(actions), (reported - began) * 1000,
                       (time.perf_counter() - began) * 1000)
         return actions
+
+    def _resolve_wanted(self, doc: documents.DesiredState | None) -> plan_.Desired:
+        """`plan_.resolve_desired` (every component's spec hash) once per document, not
+        once per pass: a pass with nothing new plans from the same hashes."""
+        if self._wanted is None or self._wanted[0] is not doc:
+            self._wanted = (doc, plan_.resolve_desired(doc))
+        return self._wanted[1]
 
     def choose(self, reading: desired.Reading) -> documents.DesiredState | None:
         if reading.desired is None:
