@@ -166,9 +166,12 @@ def list_deployments(agent: Agent) -> list[dict[str, Any]]:
 
 def _outcome_fields(entry: outcome.Entry | None) -> dict[str, Any]:
     if entry is None:
-        return {"outcome": "PENDING", "reason": "", "rolledBackTo": None}
+        return {"outcome": "PENDING", "reason": "", "rolledBackTo": None,
+                "cloudRevision": None}
+    # cloud+local: the controller's revision the merge was made from (what the status
+    # reports as applied).
     return {"outcome": entry.outcome.value, "reason": entry.reason,
-            "rolledBackTo": entry.rolled_back_to}
+            "rolledBackTo": entry.rolled_back_to, "cloudRevision": entry.cloud_revision}
 
 
 def create_local_deployment(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ vain); the merged document it actually runs is reported apart, as its local addi
 from __future__ import annotations
 
 import datetime
+import json
 
 from hedgerow.controller import fleet
 from hedgerow.core import base, coredevice, documents
@@ -53,6 +54,9 @@ def test_cloud_and_local_report_the_published_revision(agent: AgentProcess) -> N
     # The local additions, apart: the merge runs both components, so it is another one.
     merged = report["localRevision"]
     assert merged and merged != cloud.revision
+    listed = json.loads(agent.cli("deployment", "list", "-o", "json").stdout)
+    [row] = [d for d in listed if d["revision"] == merged]
+    assert (row["source"], row["cloudRevision"]) == ("cloud+local", cloud.revision)
     applied = applied_condition(report, cloud.revision)
     assert (applied.status, applied.reason) == (base.ConditionStatus.TRUE, "Succeeded")
 
