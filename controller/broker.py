@@ -17,12 +17,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import pathlib
+import random
 import ssl
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
-from typing import Any, Final
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt import packettypes
@@ -30,25 +31,10 @@ from paho.mqtt import properties as mqtt_properties
 from paho.mqtt.enums import CallbackAPIVersion
 
 from hedgerow.controller import pki
+from hedgerow.core import backoff, envelope
 from hedgerow.core import broker as core_broker
-from hedgerow.core import envelope
 
 logger = logging.getLogger(__name__)
-
-DESIRED_TOPIC: Final = "hedgerow/things/{thing}/desired"
-STATUS_TOPIC: Final = "hedgerow/things/+/status"
-
-
-def desired_topic(thing: str) -> str:
-    return DESIRED_TOPIC.format(thing=thing)
-
-
-def thing_of_status_topic(topic: str) -> str | None:
-    parts = topic.split("/")
-    if len(parts) == 4 and parts[:2] == ["hedgerow", "things"] and parts[3] == "status":
-        return parts[2]
-    return None
-
 
 @dataclasses.dataclass(frozen=True)
 class BrokerSettings:
@@ -96,6 +82,8 @@ class Broker:
         self._too_large: set[tuple[str, int]] = set()  # logged once per thing and size
         self._takeovers = core_broker.TakeoverWatch()
         self._connected_at: float | None = None
+        self._attempt = 0  # reconnects since the last accepted connection
+        self._takeover_loop = False
         self._connected = threading.Event()
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=settings.client_id,
                              protocol=mqtt.MQTTv5)
@@ -104,8 +92,9 @@ class Broker:
                            tls_version=ssl.PROTOCOL_TLS_CLIENT)
         # Many publishes in flight at once: a rollout step may notify thousands of devices.
         client.max_inflight_messages_set(512)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._schedule_reconnect(client)
         client.on_connect = self._connected_cb
+        client.on_connect_fail = lambda client, userdata: self._schedule_reconnect(client)
         client.on_disconnect = self._disconnected_cb
         client.on_message = self._message_cb
         self.client = client
@@ -163,10 +152,15 @@ class Broker:
         whose PUBACK arrived in time."""
         infos = []
         for thing, payload in items:
+            if not core_broker.is_thing_name(thing):
+                # Never a topic level of its own: no document was rendered for it (the
+                # DesiredState schema holds things to the same pattern).
+                logger.error("not publishing for %r: not a thing name", thing)
+                continue
             sealed = self.seal(thing, payload)
             if sealed is not None:
-                infos.append((thing, self.client.publish(desired_topic(thing), sealed,
-                                                         qos=1, retain=True)))
+                infos.append((thing, self.client.publish(
+                    core_broker.desired_topic(thing), sealed, qos=1, retain=True)))
         deadline = time.monotonic() + timeout
         done = []
         for thing, info in infos:
@@ -184,11 +178,12 @@ class Broker:
         if reason.is_failure:
             logger.error("broker refused the connection: %s", reason)
             return
-        client.subscribe(STATUS_TOPIC, qos=1)
+        client.subscribe(core_broker.STATUS_SUBSCRIPTION, qos=1)
         logger.info("connected to the broker at %s:%s", self.settings.host, self.settings.port)
         now = time.monotonic()
         if self._takeovers.quiet_since(now) > 5 * self._takeovers.window:
-            client.reconnect_delay_set(min_delay=1, max_delay=30)
+            self._takeover_loop = False
+        self._attempt = 0
         self._connected_at = now
         self._connected.set()
 
@@ -211,13 +206,29 @@ class Broker:
                 "(docs/identity.md: debugging safely)",
                 len(self._takeovers.times), self._takeovers.window,
                 core_broker.TAKEOVER_BACKOFF_S)
-            client.reconnect_delay_set(min_delay=int(core_broker.TAKEOVER_BACKOFF_S),
-                                       max_delay=int(5 * core_broker.TAKEOVER_BACKOFF_S))
+            self._takeover_loop = True
+            self._schedule_reconnect(client)
             return
         logger.warning("disconnected from the broker (%s); reconnecting", reason)
+        self._schedule_reconnect(client)
+
+    def _schedule_reconnect(self, client: mqtt.Client) -> None:
+        """The wait before paho's next reconnect: the one jittered, capped backoff
+        (1 … 30 s; in a takeover loop 60 … 300 s, never under 60 s). Set before each
+        wait, as one fixed delay: paho's own doubling has no jitter, and a controller
+        restarted with thousands of others behind one broker must not retry in step."""
+        if self._takeover_loop:
+            delay = max(core_broker.TAKEOVER_BACKOFF_S, backoff.resolve_delay(
+                self._attempt, core_broker.TAKEOVER_BACKOFF_S,
+                5 * core_broker.TAKEOVER_BACKOFF_S, random.random))
+        else:
+            delay = backoff.resolve_delay(self._attempt, 1.0, 30.0, random.random)
+        self._attempt += 1
+        # paho annotates int seconds; it computes with floats (time arithmetic).
+        client.reconnect_delay_set(min_delay=delay, max_delay=delay)  # type: ignore[arg-type]
 
     def _message_cb(self, client: mqtt.Client, userdata: Any,
                     message: mqtt.MQTTMessage) -> None:
-        thing = thing_of_status_topic(message.topic)
+        thing = core_broker.resolve_thing_of_status_topic(message.topic)
         if thing is not None:
             self._on_report(thing, bytes(message.payload))

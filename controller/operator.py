@@ -41,6 +41,7 @@ import pydantic
 from hedgerow.controller import broker as broker_
 from hedgerow.controller import kube, pki
 from hedgerow.core import (
+    backoff,
     base,
     component,
     coredevice,
@@ -105,9 +106,8 @@ def _now() -> datetime.datetime:
 
 
 def _retry_delay(failures: int) -> float:
-    """Equal jitter over a capped doubling (the same rule as the agent's connector)."""
-    step = min(_RETRY_CAP_S, _RETRY_BASE_S * 2.0 ** min(failures - 1, 30))
-    return step / 2 + random.random() * step / 2  # noqa: S311 - jitter, not a secret
+    """The shared jittered, capped backoff (hedgerow.core.backoff)."""
+    return backoff.resolve_delay(failures - 1, _RETRY_BASE_S, _RETRY_CAP_S, random.random)
 
 
 def _api_reason(exc: BaseException) -> str:

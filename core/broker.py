@@ -26,6 +26,8 @@ from hedgerow.core import base, limits
 TOPIC_ROOT: Final = "hedgerow/things"
 DESIRED_TOPIC: Final = TOPIC_ROOT + "/{thing}/desired"
 STATUS_TOPIC: Final = TOPIC_ROOT + "/{thing}/status"
+# What the controller subscribes to: every device's status topic.
+STATUS_SUBSCRIPTION: Final = STATUS_TOPIC.format(thing="+")
 CONTROLLER_IDENTITY: Final = "hedgerow_controller"
 
 _THING = re.compile(base.THING_NAME)
@@ -50,6 +52,15 @@ def desired_topic(thing: str) -> str:
 
 def status_topic(thing: str) -> str:
     return STATUS_TOPIC.format(thing=_thing(thing))
+
+
+def resolve_thing_of_status_topic(topic: str) -> str | None:
+    """The thing whose status topic `topic` is; None for any other topic."""
+    parts = topic.split("/")
+    if (len(parts) == 4 and "/".join(parts[:2]) == TOPIC_ROOT and parts[3] == "status"
+            and is_thing_name(parts[2])):
+        return parts[2]
+    return None
 
 
 def check_controller_identity(identity: str) -> str:

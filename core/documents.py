@@ -195,14 +195,23 @@ class StatusReport(base.Model):
     kind: Literal["StatusReport"] = "StatusReport"
     thing: Annotated[str, pydantic.Field(pattern=base.THING_NAME)]
     sequence: Annotated[int, pydantic.Field(
-        ge=0, description="Grows with every report, so a receiver can drop stale ones.",
-    )]
+        ge=0, description="Grows with every report sent, so a receiver can drop stale "
+                          "ones. Stamped by the sender (the device's connector) alone.",
+    )] = 0
     time: datetime.datetime
     agent_version: _Text
     platform: PlatformInfo
     health: Health
     desired_revision: _Text | None = None
-    applied_revision: _Text | None = None
+    applied_revision: Annotated[_Text | None, pydantic.Field(
+        description="The revision the device runs, as the controller published it: with "
+                    "local deployments merged over the cloud document, the cloud one's "
+                    "(the merge is in localRevision).",
+    )] = None
+    local_revision: Annotated[_Text | None, pydantic.Field(
+        description="With local deployments merged over the cloud document: the revision "
+                    "of the merged document the device runs (its local additions).",
+    )] = None
     components: Annotated[list[ComponentReport], pydantic.Field(
         max_length=limits.MAX_REPORT_COMPONENTS)] = []
     deployment: DeploymentOutcome | None = None

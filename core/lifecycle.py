@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from hedgerow.core import base
+from hedgerow.core import backoff, base
 from hedgerow.core.documents import ComponentState as State
 
 __all__ = ["TRANSITIONS", "Event", "LocalTransitionError", "Policy", "State", "Status",
@@ -106,7 +106,7 @@ def resolve_backoff(errors: int, policy: Policy) -> float:
     """Seconds to wait before the n-th retry: doubling from the base, capped."""
     if errors <= 0:
         return 0.0
-    return float(min(policy.backoff_cap_s, policy.backoff_base_s * 2 ** (errors - 1)))
+    return backoff.resolve_step(errors - 1, policy.backoff_base_s, policy.backoff_cap_s)
 
 
 def resolve_transition(status: Status, event: Event, now: float,

@@ -56,6 +56,9 @@ class Entry(_Record):
     reason: Annotated[str, pydantic.Field(max_length=limits.MAX_REPORT_REASON)] = ""
     rolled_back_to: str | None = None
     source: Source = Source.CLOUD
+    # CLOUD_AND_LOCAL: the revision of the cloud document the merge was made from, the
+    # one the controller published and waits for (reported as the applied revision).
+    cloud_revision: str | None = None
 
 
 class LocalEntry(_Record):
@@ -125,22 +128,34 @@ def resolve_judgement(entry: Entry, components: Sequence[Observed | None], now: 
     return Judgement(Verdict.WAIT)
 
 
+def resolve_published(history: History, revision: str | None) -> str | None:
+    """`revision` as the controller knows it: for a cloud+local merge, the cloud
+    revision it was made from; any other revision is its own."""
+    entry = history.outcome_of(revision)
+    return entry.cloud_revision if entry is not None and entry.cloud_revision else revision
+
+
 def _with(history: History, revision: str, entry: Entry) -> History:
     return history.model_copy(update={"outcomes": {**history.outcomes, revision: entry}})
 
 
 def resolve_started(history: History, revision: str, now: float,
-                    source: Source = Source.CLOUD) -> History:
+                    source: Source = Source.CLOUD,
+                    cloud_revision: str | None = None) -> History:
     """The history with `revision` recorded as wanted: a new revision (or one that was
     superseded and is wanted again) starts IN_PROGRESS; the oldest entries beyond the
-    bound go."""
+    bound go. `cloud_revision`: the cloud document a cloud+local merge was made from
+    (the same merge from another cloud revision keeps its outcome, under the new one)."""
     entry = history.outcomes.get(revision)
     if entry is not None and entry.outcome is not Outcome.SUPERSEDED:
-        return history
+        if entry.cloud_revision == cloud_revision:
+            return history
+        return _with(history, revision,
+                     entry.model_copy(update={"cloud_revision": cloud_revision}))
     outcomes = {r: e for r, e in history.outcomes.items() if r != revision}
     while len(outcomes) >= limits.MAX_HISTORY_ENTRIES:
         del outcomes[min(outcomes, key=lambda r: outcomes[r].started)]
-    outcomes[revision] = Entry(started=now, source=source)
+    outcomes[revision] = Entry(started=now, source=source, cloud_revision=cloud_revision)
     return history.model_copy(update={"outcomes": outcomes})
 
 

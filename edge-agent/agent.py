@@ -20,6 +20,7 @@ import logging
 import os
 import pathlib
 import platform as platform_
+import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -32,7 +33,16 @@ from hedgerow.agent import cgroups as cgroups_
 from hedgerow.agent import process as process_
 from hedgerow.agent import settings as settings_
 from hedgerow.agent.layout import Layout
-from hedgerow.core import component, documents, lifecycle, limits, outcome, privilege, recipe
+from hedgerow.core import (
+    backoff,
+    component,
+    documents,
+    lifecycle,
+    limits,
+    outcome,
+    privilege,
+    recipe,
+)
 from hedgerow.core import plan as plan_
 from hedgerow.core.documents import ComponentState as State
 from hedgerow.core.lifecycle import Event
@@ -91,18 +101,24 @@ class Agent:
         # The second runtime: containers (created on first use, see containerbridge).
         self.containers = containerbridge.ContainerBridge(self, docker_client)
         self.records: dict[str, records.Record] = {}
+        self.reader = desired.Reader()  # parses and hashes the inputs once per change
         self.wake = asyncio.Event()
         self.applied: documents.DesiredState | None = None
         self.problems: tuple[str, ...] = ()
         self.history = outcome.History()
-        self.sequence = 0
-        self.passes = 0
+        self.passes = 0  # begun
+        self._wanted: tuple[documents.DesiredState | None, plan_.Desired] | None = None
+        # Passes that wrote their status (the control socket's `status` shows it). Not
+        # the report's `sequence`: that is the connector's, stamped as it sends.
+        self.passes_reported = 0
         self._stopping = False
         self.lock = asyncio.Lock()
         self.pending_local: str | None = None
         self._judge_at = 0.0
         self._dirty = False
         self._history_written = b""
+        self._last_good: documents.DesiredState | None = None  # see `last_good`
+        self._last_good_read = False
         self._due: dict[pathlib.Path, bytes] = {}  # state files `persist` writes
         self._retry_spawn_at = 0.0  # the device ran out of fds/space: try again then
         self._troubles: dict[str, str] = {}  # long-lived task -> its last error (logged once)
@@ -240,8 +256,8 @@ class Agent:
     async def reconcile(self) -> list[plan_.Action]:
         self.passes += 1
         began = time.perf_counter()
-        reading = desired.fetch_desired(self.layout, self.thing, self.platform,  # 1. read
-                                        self.settings.max_privilege)
+        reading = self.reader.fetch(self.layout, self.thing, self.platform,     # 1. read
+                                    self.settings.max_privilege)
         if reading.problems != self.problems and reading.problems:
             for problem in reading.problems:
                 log.error("rejected: %s", problem)
@@ -249,7 +265,7 @@ class Agent:
         doc = self.choose(reading)                                               # 2. pick
         await self.containers.observe(doc)                                       # 3. observe
         observed = self.observe()
-        wanted = plan_.resolve_desired(doc)
+        wanted = self._resolve_wanted(doc)
         if self.containers.seen is None:  # dockerd unknown: containers are left alone
             wanted = dataclasses.replace(wanted, wants=tuple(
                 w for w in wanted.wants if w.runtime != "container"))
@@ -266,6 +282,7 @@ class Agent:
             raise
         self.judge(doc, reading)                                                 # 6. judge
         self.write_status(reading)                                               # 7. status
+        self.passes_reported += 1
         reported = time.perf_counter()
         self.persist()  # 8. start times, the batch's log writer, records, outcomes
         if actions:
@@ -274,17 +291,25 @@ class Agent:
                       (time.perf_counter() - began) * 1000)
         return actions
 
+    def _resolve_wanted(self, doc: documents.DesiredState | None) -> plan_.Desired:
+        """`plan_.resolve_desired` (every component's spec hash) once per document, not
+        once per pass: a pass with nothing new plans from the same hashes."""
+        if self._wanted is None or self._wanted[0] is not doc:
+            self._wanted = (doc, plan_.resolve_desired(doc))
+        return self._wanted[1]
+
     def choose(self, reading: desired.Reading) -> documents.DesiredState | None:
         if reading.desired is None:
             return self.applied  # bad input: keep the last good state, remove nothing
         target = self.history.outcome_of(reading.desired.revision)
         if target is not None and target.rolled_back_to:
-            good = self._last_good()
+            good = self.last_good()
             if good is not None:
                 return good
         # Wanted: a new revision (or a superseded one wanted again) is IN_PROGRESS now.
         self.history = outcome.resolve_started(self.history, reading.desired.revision,
-                                               self.clock(), reading.source)
+                                               self.clock(), reading.source,
+                                               reading.cloud_revision)
         return reading.desired
 
     def observe(self) -> dict[str, plan_.Observed]:
@@ -364,10 +389,8 @@ class Agent:
         if chains:
             await asyncio.gather(*chains.values())
         if doc is not None and any(a.verb is plan_.Verb.REMOVE for a in actions):
-            keep = list(doc.components)
-            with contextlib.suppress(FileNotFoundError, ValueError):
-                keep += documents.DesiredState.model_validate_json(
-                    self.layout.last_good_file.read_bytes()).components
+            good = self.last_good()
+            keep = [*doc.components, *(good.components if good else [])]
             await asyncio.to_thread(self.store.collect_garbage, keep)
 
     async def _stop_all(self, stops: list[plan_.Action],
@@ -623,14 +646,19 @@ class Agent:
                 rec.name, rec.state, rec.since, rec.install_failed, rec.message))
         return out
 
-    def _last_good(self) -> documents.DesiredState | None:
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            return documents.DesiredState.model_validate_json(
-                self.layout.last_good_file.read_bytes())
-        return None
+    def last_good(self) -> documents.DesiredState | None:
+        """The document to roll back to. The one place that reads state/last-good.json:
+        once, then kept in memory (`_settle_as_good` replaces it as it writes it)."""
+        if not self._last_good_read:
+            self._last_good_read = True
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                self._last_good = documents.DesiredState.model_validate_json(
+                    self.layout.last_good_file.read_bytes())
+        return self._last_good
 
     def _settle_as_good(self, doc: documents.DesiredState) -> None:
         """`doc` is what to roll back to from now on (written at the end of the pass)."""
+        self._last_good, self._last_good_read = doc, True
         self._due[self.layout.last_good_file] = documents.render_bytes(doc)
         self.containers.gc_due = True  # images only the previous good state used may go now
 
@@ -658,9 +686,7 @@ class Agent:
         if entry is None or entry.outcome is not documents.Outcome.IN_PROGRESS:
             return
         log.error("deployment %s failed: %s", doc.revision, reason)
-        due = self._due.get(self.layout.last_good_file)  # settled in this very pass
-        good = (documents.DesiredState.model_validate_json(due) if due is not None
-                else self._last_good())
+        good = self.last_good()  # maybe settled in this very pass
         target = outcome.resolve_rollback_target(doc.failure_handling, doc.revision,
                                                  good.revision if good else None)
         self.history = outcome.resolve_failure(self.history, doc.revision, reason,
@@ -710,21 +736,29 @@ class Agent:
         components, and messages shortened further when the whole would pass
         MAX_REPORT_BYTES — whatever a component made its messages (Docker's start errors
         quote the recipe). Rendered once: the bytes are what status.json gets."""
-        self.sequence += 1
         wanted = reading.desired if reading else None
         revision = wanted.revision if wanted else (
             reading.revision if reading is not None and reading.revision else
             self.applied.revision if self.applied else None)
         verdict = None
         text, reason_max = limits.MAX_REPORT_TEXT, limits.MAX_REPORT_REASON
+        # Revisions as the controller published them: a cloud+local merge is reported
+        # under its cloud revision (the controller waits for that one), the merge apart.
+        def published(rev: str | None) -> str | None:
+            return outcome.resolve_published(self.history, rev)
         if reading is not None and reading.problems:
             verdict = documents.DeploymentOutcome(
-                revision=revision or "", outcome=documents.Outcome.REJECTED,
+                revision=reading.cloud_revision or revision or "",
+                outcome=documents.Outcome.REJECTED,
                 reason="; ".join(reading.problems)[:reason_max])
+            revision = reading.cloud_revision or revision
         elif (entry := self.history.outcome_of(revision)) is not None and revision:
             verdict = documents.DeploymentOutcome(
-                revision=revision, outcome=entry.outcome, reason=entry.reason[:reason_max],
-                rolled_back_to=entry.rolled_back_to)
+                revision=published(revision) or revision, outcome=entry.outcome,
+                reason=entry.reason[:reason_max],
+                rolled_back_to=published(entry.rolled_back_to))
+            revision = published(revision)
+        applied = self.applied.revision if self.applied else None
         docker_down = self.containers.available is False
         shown = sorted(self.records.values(), key=lambda r: r.name)
         # Errors first when there are too many to show: they are what an operator needs.
@@ -742,12 +776,12 @@ class Agent:
         bad = any(r.state in (State.ERRORED, State.BROKEN) for r in self.records.values())
         bad = bad or (docker_down and self.containers.wants(self.applied))
         report = documents.StatusReport(
-            thing=self.thing, sequence=self.sequence,
+            thing=self.thing,
             time=datetime.datetime.now(datetime.UTC),
             agent_version=AGENT_VERSION[:text], platform=self.platform,
             health=documents.Health.UNHEALTHY if bad else documents.Health.HEALTHY,
-            desired_revision=revision,
-            applied_revision=self.applied.revision if self.applied else None,
+            desired_revision=revision, applied_revision=published(applied),
+            local_revision=applied if published(applied) != applied else None,
             components=components(512), deployment=verdict)
         data, budget = documents.render_bytes(report), 512
         while budget and len(data) > limits.MAX_REPORT_BYTES:
@@ -824,7 +858,7 @@ class Agent:
             failures = 1 if time.monotonic() - began > 60 else failures + 1
             self.trouble(what, f"{what}: {message}")
             self.wake.set()
-            await asyncio.sleep(min(30.0, 0.25 * 2 ** min(failures, 7)))
+            await asyncio.sleep(backoff.resolve_delay(failures, 0.25, 30.0, random.random))
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
         from hedgerow.agent import control
@@ -859,7 +893,8 @@ class Agent:
                         log.exception("%s (retrying)", message)
                     self._troubles["pass"] = message
                     self.wake.set()
-                    await asyncio.sleep(min(self.settings.resync_s, 0.5 * 2 ** min(failures, 6)))
+                    await asyncio.sleep(backoff.resolve_delay(
+                        failures, 0.5, self.settings.resync_s, random.random))
         finally:
             self.containers.stop()
             watcher.cancel()

@@ -51,7 +51,6 @@ import ssl
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
 from typing import Any, Final
 
 import paho.mqtt.client as mqtt
@@ -67,20 +66,13 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from hedgerow import files
 from hedgerow.agent import identity as identity_
 from hedgerow.agent.layout import Layout
-from hedgerow.core import broker, documents, envelope
+from hedgerow.core import backoff, broker, documents, envelope
 
 log = logging.getLogger("hedgerow.agent.connector")
 
 _WRITE_RETRY_MIN_S: Final = 0.5
 _WRITE_RETRY_MAX_S: Final = 30.0
 _UNSTAMPED: Final = ("sequence", "time", "certificate_days_left")
-
-
-def backoff_delay(attempt: int, base: float, cap: float,
-                  rand: Callable[[], float] = random.random) -> float:
-    """Equal jitter: half of the capped exponential step, plus a random other half."""
-    step: float = min(cap, base * 2.0 ** min(attempt, 30))
-    return step / 2 + rand() * step / 2
 
 
 def _substance(report: documents.StatusReport) -> dict[str, Any]:
@@ -211,7 +203,8 @@ class Connector:
                 attempt = 0
             if self._stop.is_set():
                 break
-            delay = backoff_delay(attempt, self.backoff_min_s, self.backoff_max_s)
+            delay = backoff.resolve_delay(attempt, self.backoff_min_s, self.backoff_max_s,
+                                          random.random)
             if self._takeover_loop:
                 delay = max(delay, self.takeover_backoff_s)
             self._pause(delay)
@@ -466,8 +459,8 @@ class Connector:
         except OSError as exc:
             self.stats.io_errors += 1
             self._io_trouble(f"writing desired revision {revision}", exc)
-            self._write_retry_at = time.monotonic() + backoff_delay(
-                self._write_attempt, _WRITE_RETRY_MIN_S, _WRITE_RETRY_MAX_S)
+            self._write_retry_at = time.monotonic() + backoff.resolve_delay(
+                self._write_attempt, _WRITE_RETRY_MIN_S, _WRITE_RETRY_MAX_S, random.random)
             self._write_attempt += 1
             return False
         self._unwritten = None

@@ -12,7 +12,6 @@ touched nor removed (Docker keeps them running) and process components carry on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import pathlib
@@ -28,7 +27,7 @@ from hedgerow.agent import artifacts, settings
 from hedgerow.agent import records as records_
 from hedgerow.agent.dockererrors import ContainerRuntimeError, PermanentError, TransientError
 from hedgerow.agent.layout import Layout
-from hedgerow.core import component, documents, lifecycle, privilege, recipe
+from hedgerow.core import backoff, component, documents, lifecycle, privilege, recipe
 from hedgerow.core import container as container_
 from hedgerow.core import plan as plan_
 from hedgerow.core.documents import ComponentState as State
@@ -55,6 +54,8 @@ class Host(Protocol):
     def transition(self, rec: records_.Record, event: Event, message: str = "") -> None: ...
 
     def save(self, rec: records_.Record) -> None: ...
+
+    def last_good(self) -> documents.DesiredState | None: ...
 
     def stopped(self, rec: records_.Record, remove: bool, hold: bool) -> None: ...
 
@@ -212,9 +213,8 @@ class ContainerBridge:
         jittered backoff. Logged on change, not on every retry."""
         self._failures += 1
         conf = self.host.settings
-        ceiling = min(conf.docker_backoff_cap_s,
-                      conf.docker_backoff_base_s * 2 ** (self._failures - 1))
-        delay = ceiling / 2 + random.random() * ceiling / 2  # noqa: S311 - jitter
+        delay = backoff.resolve_delay(self._failures - 1, conf.docker_backoff_base_s,
+                                      conf.docker_backoff_cap_s, random.random)
         self.retry_at = self.host.clock() + delay
         message = f"container runtime unavailable: {exc}"
         if self.available is not False:
@@ -456,9 +456,9 @@ class ContainerBridge:
         self.gc_due = False
         images = {c.container.image for c in (doc.components if doc else [])
                   if c.container is not None}
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            images |= {c.container.image for c in documents.DesiredState.model_validate_json(
-                host.layout.last_good_file.read_bytes()).components if c.container}
+        good = host.last_good()
+        images |= {c.container.image for c in (good.components if good else [])
+                   if c.container is not None}
         try:
             if self._orphans:
                 await asyncio.to_thread(self.runtime.remove_orphans, keep,

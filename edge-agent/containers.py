@@ -47,6 +47,7 @@ from hedgerow.agent.dockererrors import (
     translate,
     translated,
 )
+from hedgerow.core import backoff
 from hedgerow.core import container as container_
 from hedgerow.core.container import ContainerConfig, ObservedContainer
 
@@ -81,10 +82,7 @@ class Backoff:
     cap_seconds: float = 30.0
 
     def delay(self, attempt: int, rng: Callable[[], float]) -> float:
-        ceiling = min(self.cap_seconds, self.base_seconds * 2.0 ** attempt)
-        # Half fixed, half random: many devices that lost their network together must
-        # not come back to the registry in lock-step.
-        return ceiling / 2 + rng() * ceiling / 2
+        return backoff.resolve_delay(attempt, self.base_seconds, self.cap_seconds, rng)
 
 
 class ContainerRuntime:
@@ -359,7 +357,7 @@ class ContainerRuntime:
                 log.debug("docker events: %s", exc)
                 self._drop_client(_STREAM_TIMEOUT)
             failures += 1
-            stopping.wait(min(30.0, 0.5 * 2 ** min(failures, 6)))
+            stopping.wait(backoff.resolve_delay(failures, 0.5, 30.0, random.random))
 
     def reset(self) -> None:
         """Forget pooled connections (after dockerd was away, start afresh)."""

@@ -81,9 +81,10 @@ async def _dispatch(agent: Agent, request: dict[str, Any]) -> Any:
     op = request.get("op")
     name = request.get("name", "")
     if op == "status":
-        # passes: how many loop passes ran, so a caller (a test, an operator) can wait for
-        # "two more passes" instead of sleeping to show that nothing happened.
-        return {**agent.report().to_dict(), "passes": agent.passes, "runtimes": {"container": {
+        # passes: how many loop passes have been reported, so a caller (a test, an operator)
+        # can wait for "two more passes" instead of sleeping to show that nothing happened.
+        return {**agent.report().to_dict(), "passes": agent.passes_reported,
+                "runtimes": {"container": {
             "available": agent.containers.available, "message": agent.containers.message}}}
     if op == "logs.get":
         return await _logs(agent, name, float(request.get("since") or 0))
@@ -167,9 +168,12 @@ def list_deployments(agent: Agent) -> list[dict[str, Any]]:
 
 def _outcome_fields(entry: outcome.Entry | None) -> dict[str, Any]:
     if entry is None:
-        return {"outcome": "PENDING", "reason": "", "rolledBackTo": None}
+        return {"outcome": "PENDING", "reason": "", "rolledBackTo": None,
+                "cloudRevision": None}
+    # cloud+local: the controller's revision the merge was made from (what the status
+    # reports as applied).
     return {"outcome": entry.outcome.value, "reason": entry.reason,
-            "rolledBackTo": entry.rolled_back_to}
+            "rolledBackTo": entry.rolled_back_to, "cloudRevision": entry.cloud_revision}
 
 
 def create_local_deployment(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:

@@ -10,8 +10,10 @@ keeps running the last good state and removes nothing.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import pathlib
+import time
 
 import pydantic
 
@@ -34,13 +36,31 @@ class Reading:
     problems: tuple[str, ...] = ()
     revision: str | None = None  # of a document that was read but refused as a whole
     source: outcome.Source = outcome.Source.CLOUD  # where `desired` came from
+    # CLOUD_AND_LOCAL: the cloud document's revision, the one the controller published
+    # (the merge has a revision of its own, which the controller never sent).
+    cloud_revision: str | None = None
 
 
-def _cloud(path: pathlib.Path) -> tuple[documents.DesiredState | None, list[str]]:
+# What a file read gives: its bytes, None (no such file) or the error that kept it.
+_Blob = bytes | None | OSError
+
+
+def _read(path: pathlib.Path) -> _Blob:
     try:
-        data = json.loads(path.read_bytes())
+        return path.read_bytes()
     except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return exc
+
+
+def _cloud(path: pathlib.Path, blob: _Blob) -> tuple[documents.DesiredState | None, list[str]]:
+    if blob is None:
         return None, []
+    try:
+        if isinstance(blob, OSError):
+            raise blob
+        data = json.loads(blob)
     except (OSError, ValueError) as exc:
         return None, [f"{path}: not a JSON document: {exc}"]
     try:
@@ -50,16 +70,26 @@ def _cloud(path: pathlib.Path) -> tuple[documents.DesiredState | None, list[str]
                       for e in exc.errors()]
 
 
-def _local(folder: pathlib.Path) -> tuple[list[manifest.Resource], list[str]]:
+def _local_files(folder: pathlib.Path) -> list[pathlib.Path]:
+    return sorted([*folder.rglob("*.yaml"), *folder.rglob("*.yml")])
+
+
+def _local(blobs: dict[pathlib.Path, _Blob]) -> tuple[list[manifest.Resource], list[str]]:
     resources: list[manifest.Resource] = []
     problems: list[str] = []
-    for path in sorted([*folder.rglob("*.yaml"), *folder.rglob("*.yml")]):
+    for path, blob in blobs.items():
+        if blob is None:
+            continue  # gone since it was listed: as if never there
         try:
-            resources += manifest.parse_documents(path.read_text(), str(path))
+            if isinstance(blob, OSError):
+                raise blob
+            resources += manifest.parse_documents(blob.decode(), str(path))
         except manifest.InvalidDocumentError as exc:
             problems += [str(p) for p in exc.problems]
         except OSError as exc:
             problems.append(f"{path}: cannot read: {exc.strerror}")
+        except UnicodeDecodeError as exc:
+            problems.append(f"{path}: not UTF-8 text: {exc}")
     return resources, problems
 
 
@@ -82,16 +112,78 @@ def fetch_desired(layout: Layout, thing: str, platform: documents.PlatformInfo,
                   ceiling: privilege.Level = privilege.Level.PRIVILEGED) -> Reading:
     """The document the device must run, or the problems that refuse it as a whole
     (bad files, unresolvable local deployments, needs above `ceiling`)."""
-    reading = _fetch(layout, thing, platform)
+    return Reader().fetch(layout, thing, platform, ceiling)
+
+
+def _refuse(reading: Reading, ceiling: privilege.Level) -> Reading:
     if reading.desired is None:
         return reading
     refused = resolve_ceiling_violations(reading.desired, ceiling)
-    return Reading(None, refused, revision=reading.desired.revision) if refused else reading
+    return Reading(None, refused, revision=reading.desired.revision,
+                   cloud_revision=reading.cloud_revision) if refused else reading
 
 
-def _fetch(layout: Layout, thing: str, platform: documents.PlatformInfo) -> Reading:
-    cloud, problems = _cloud(layout.desired_file)
-    resources, local_problems = _local(layout.deployments)
+# A file whose stat is unchanged is taken as unchanged only once its mtime is this much
+# in the past (git's "racily clean" rule): a rewrite within the filesystem's timestamp
+# granularity, with the same size, in place, would otherwise go unseen.
+_RACY_S = 2.0
+_StatKey = tuple[int, int, int, int, int] | None
+
+
+def _stat_key(path: pathlib.Path) -> _StatKey:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class Reader:
+    """`fetch_desired` that parses, validates (the revision's content hash), resolves and
+    checks a document once per change of its files, not on every pass: files whose
+    identity, size and times are unchanged (and not racily recent) are not read again;
+    files read again with the same bytes (a touch, a rewrite of the same content) keep
+    the last reading. The connector replaces desired.json by rename (a new inode), and
+    watchfiles wakes the loop on every change, so nothing is missed."""
+
+    def __init__(self) -> None:
+        self._inputs: tuple[object, ...] | None = None  # parameters and stat keys
+        self._settled = False  # every file's mtime was past the racy window
+        self._content: tuple[object, ...] | None = None  # parameters and bytes digests
+        self._reading: Reading | None = None
+        self.parses = 0  # how many times the inputs were parsed (for tests and logs)
+
+    def fetch(self, layout: Layout, thing: str, platform: documents.PlatformInfo,
+              ceiling: privilege.Level = privilege.Level.PRIVILEGED) -> Reading:
+        params = (thing, platform, ceiling)
+        paths = [layout.desired_file, *_local_files(layout.deployments)]
+        stats = tuple(_stat_key(p) for p in paths)
+        inputs = (params, tuple(paths), stats)
+        if self._reading is not None and self._settled and inputs == self._inputs:
+            return self._reading
+        now = time.time_ns()
+        blobs = {p: _read(p) for p in paths}
+        content = (params, tuple(
+            (p, hashlib.sha256(b).digest() if isinstance(b, bytes) else repr(b))
+            for p, b in blobs.items()))
+        self._inputs = inputs
+        # A missing file is settled too: appearing changes its stat.
+        self._settled = all(s is None or now - s[3] > _RACY_S * 1e9 for s in stats)
+        if any(isinstance(b, OSError) for b in blobs.values()):
+            self._settled = False  # an I/O error is read again at the next pass
+        if self._reading is not None and content == self._content:
+            return self._reading
+        self.parses += 1
+        self._content = content
+        self._reading = _refuse(_fetch(layout, thing, platform, blobs), ceiling)
+        return self._reading
+
+
+def _fetch(layout: Layout, thing: str, platform: documents.PlatformInfo,
+           blobs: dict[pathlib.Path, _Blob]) -> Reading:
+    cloud, problems = _cloud(layout.desired_file, blobs[layout.desired_file])
+    resources, local_problems = _local(
+        {p: b for p, b in blobs.items() if p != layout.desired_file})
     problems += local_problems
     if problems:
         return Reading(None, tuple(problems))
@@ -114,4 +206,5 @@ def _fetch(layout: Layout, thing: str, platform: documents.PlatformInfo) -> Read
     source = (outcome.Source.CLOUD_AND_LOCAL if cloud and deployments else
               outcome.Source.CLOUD if cloud else outcome.Source.LOCAL)
     return Reading(documents.render_desired_state(thing, refs, list(merged.values())),
-                   source=source)
+                   source=source, cloud_revision=cloud.revision if cloud and deployments
+                   else None)

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from hedgerow.agent import control
 from hedgerow.core import component, documents
 from tests.support.wait import wait_for
 
@@ -108,6 +109,20 @@ class AgentProcess:
         data: dict[str, Any] = json.loads(
             (self.root / "state" / "components.json").read_text())[name]
         return data
+
+    def passes_reported(self) -> int:
+        """How many passes have written their status since the agent started (0 while
+        it does not answer)."""
+        try:
+            reply = control.request(self.root / "agent.sock", {"op": "status"}, timeout=10)
+        except (OSError, ValueError):  # CommandError is a ValueError
+            return 0
+        return int(reply.get("passes", 0))
+
+    def passes(self, count: int = 2, timeout: float = 10.0) -> None:
+        """Let `count` more passes run to their status."""
+        start = self.passes_reported()
+        wait_for(lambda: self.passes_reported() >= start + count, timeout, "more passes")
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "hedgerow", *args, "--root",

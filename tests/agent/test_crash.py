@@ -22,7 +22,7 @@ def test_kill9_then_restart_adopts_without_duplicates(agent: AgentProcess) -> No
     assert pids_with_marker(agent.root) == before  # workloads survive the agent
     agent.start()
     agent.wait_states({"a": "RUNNING", "b": "RUNNING"})
-    wait_for(lambda: agent.status().get("sequence", 0) >= 1)
+    wait_for(lambda: agent.passes_reported() >= 1)
     assert agent.record("a")["process"]["pid"] == pid_a
     assert pids_with_marker(agent.root) == before
     # The adopted process is still watched: its exit is noticed and it is restarted.

@@ -25,7 +25,6 @@ import pytest
 
 from hedgerow.core import component, container, documents
 from tests.agent import conftest as agent_conftest
-from tests.support.wait import wait_for
 
 SLEEPER = ["/bin/sh", "-c", "trap 'exit 0' TERM; sleep 1000 & wait"]
 
@@ -62,12 +61,6 @@ class DockerAgent(agent_conftest.AgentProcess):
         if docker_host is not None:
             env["DOCKER_HOST"] = docker_host
         super().start(env=env)
-
-    def passes(self, count: int = 2, timeout: float = 10.0) -> None:
-        """Let `count` more passes run (status.json's sequence grows once per pass)."""
-        start = self.status().get("sequence", 0)
-        wait_for(lambda: self.status().get("sequence", 0) >= start + count, timeout,
-                 "more passes")
 
     def containers(self) -> list[Any]:
         return list(self.client.containers.list(

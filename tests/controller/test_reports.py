@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from hedgerow.controller import broker, operator
+from hedgerow.core import broker as core_broker
 from hedgerow.core import coredevice, documents, fleet
 
 NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
@@ -75,9 +76,11 @@ def test_outcomes_for_other_revisions_do_not_count() -> None:
 
 
 def test_status_topic_parsing() -> None:
-    assert broker.thing_of_status_topic("hedgerow/things/gw-1/status") == "gw-1"
-    assert broker.thing_of_status_topic("hedgerow/things/gw-1/desired") is None
-    assert broker.thing_of_status_topic("hedgerow/things/a/b/status") is None
+    assert core_broker.resolve_thing_of_status_topic("hedgerow/things/gw-1/status") == "gw-1"
+    assert core_broker.resolve_thing_of_status_topic("hedgerow/things/gw-1/desired") is None
+    assert core_broker.resolve_thing_of_status_topic("hedgerow/things/a/b/status") is None
+    assert core_broker.resolve_thing_of_status_topic("hedgerow/things/GW_1/status") is None
+    assert core_broker.resolve_thing_of_status_topic("other/things/gw-1/status") is None
 
 
 def test_reports_over_rate_or_bounds_are_refused_counted_and_shown_once() -> None:

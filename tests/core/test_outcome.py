@@ -128,3 +128,18 @@ def test_history_reads_what_earlier_agents_wrote() -> None:
     assert history.outcomes["r1"].rolled_back_to == "r0"
     assert history.local[0].revision == "r1"
     assert outcome.History.model_validate(history.to_dict()) == history
+
+
+def test_a_merge_is_published_under_the_cloud_revision_it_was_made_from() -> None:
+    cl = outcome.Source.CLOUD_AND_LOCAL
+    h = outcome.resolve_started(outcome.History(), "merged1", NOW, cl, "cloud1")
+    h = outcome.resolve_started(h, "cloudonly", NOW, outcome.Source.CLOUD)
+    assert [outcome.resolve_published(h, r) for r in ("merged1", "cloudonly", "unknown", None)
+            ] == ["cloud1", "cloudonly", "unknown", None]
+    # The same merge made from another cloud revision (the local deployment hides what
+    # changed): its outcome stays, under the new cloud revision.
+    h = outcome.resolve_succeeded(h, "merged1", NOW + 5)
+    again = outcome.resolve_started(h, "merged1", NOW + 9, cl, "cloud2")
+    entry = again.outcomes["merged1"]
+    assert (entry.outcome, entry.cloud_revision) == (Outcome.SUCCEEDED, "cloud2")
+    assert outcome.resolve_started(again, "merged1", NOW + 9, cl, "cloud2") is again
