@@ -23,10 +23,10 @@ import pytest
 from hedgerow.agent import agent as agent_
 from hedgerow.agent import records, runtime
 from hedgerow.agent import settings as settings_
-from hedgerow.core import documents
+from hedgerow.core import deployment, documents
 from hedgerow.core.documents import ComponentState as State
 from hedgerow.core.lifecycle import Event
-from tests.agent.conftest import pids_with_marker, rc
+from tests.agent.conftest import AgentProcess, pids_with_marker, rc
 from tests.support.wait import wait_for
 
 Change = runtime.Change
@@ -180,3 +180,24 @@ def test_a_third_runtime_runs_beside_processes_without_touching_the_loop(
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", old_port), 2).close()
     assert pids_with_marker(running.root)
+
+
+@pytest.mark.parametrize(("posix_user", "named"), [
+    ("hedgerow-no-such-user", "no such user on this device: 'hedgerow-no-such-user'"),
+    ("nobody:hedgerow-no-such-group", "no such group on this device: "
+                                      "'hedgerow-no-such-group'"),
+])
+def test_an_unknown_user_is_a_permanent_failure_that_names_it(
+    agent: AgentProcess, posix_user: str, named: str,
+) -> None:
+    # Users are the device's: a recipe may name one this device does not have. That is
+    # bad input (permanent, named), not a crash of the pass and not a KeyError's "'x'".
+    agent.deploy(rc("com.example.Keep"))
+    agent.wait_states({"com.example.Keep": "RUNNING"})
+    pid = agent.record("com.example.Keep")["process"]["pid"]
+    ghost = agent.deploy(rc("com.example.Keep"), rc(
+        "com.example.Ghost", run_with=deployment.RunWith(posix_user=posix_user)))
+    wait_for(lambda: agent.outcome(ghost) == "ROLLED_BACK", 15, "ROLLED_BACK")
+    assert named in agent.status()["deployment"]["reason"]
+    assert agent.states() == {"com.example.Keep": "RUNNING"}  # the last good keeps running
+    assert agent.record("com.example.Keep")["process"]["pid"] == pid
