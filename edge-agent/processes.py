@@ -174,6 +174,7 @@ class Processes(runtime.Base):
         yield Change(Event.RECOVER, "recovering")
 
     def forget(self, name: str) -> None:
+        self._exits.pop(name, None)
         self.runner.remove(name)
 
     def finish(self) -> None:
