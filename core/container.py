@@ -8,7 +8,9 @@ recipe; it compares the `hedgerow.dev/spec-hash` label with `ContainerConfig.spe
 the container.
 
 `render_component_state` maps what Docker reports about a container to the component
-state machine that process components use, so the plan treats both runtimes alike.
+state machine that process components use, so the plan treats both runtimes alike;
+`resolve_container_event` turns that into the lifecycle event (if any) the agent applies
+to a component in a given state — the only place that reads Docker's view as events.
 
 Nothing here talks to Docker; the shell is `hedgerow.agent.containers`.
 """
@@ -23,7 +25,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal
 
-from hedgerow.core import base, component, documents
+from hedgerow.core import base, component, documents, lifecycle
 
 LABEL_PREFIX: Final = "hedgerow.dev/"
 LABEL_THING: Final = "hedgerow.dev/thing"
@@ -75,10 +77,6 @@ class Bind:
     source: str
     target: str
     read_only: bool
-
-    @property
-    def is_bind(self) -> bool:
-        return self.source.startswith("/")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -499,3 +497,37 @@ def render_component_state(observed: ObservedContainer) -> documents.ComponentSt
         return state.STOPPING
     # paused and dead: not serving and not going to on its own; recover restarts it.
     return state.ERRORED
+
+
+def resolve_container_event(state: documents.ComponentState,
+                            observed: ObservedContainer | None,
+                            ) -> tuple[lifecycle.Event, str] | None:
+    """The lifecycle event Docker's view means for a component in `state`, with its
+    message; None when nothing happened. Only STARTING and RUNNING components are
+    judged by what Docker reports: the others are the agent's own doing (a stop, an
+    install), and the container they left is expected to be as it is."""
+    active = documents.ComponentState
+    if state not in (active.RUNNING, active.STARTING):
+        return None
+    if observed is None:
+        return lifecycle.Event.FAILED, "container disappeared"
+    now = render_component_state(observed)
+    if now is active.RUNNING and state is active.STARTING:
+        return lifecycle.Event.STARTED, "healthy"
+    if now is active.FINISHED:
+        return lifecycle.Event.EXITED_OK, "exited with 0"
+    if now in (active.ERRORED, active.INSTALLED):
+        return lifecycle.Event.FAILED, _render_why(observed)
+    return None
+
+
+def _render_why(observed: ObservedContainer) -> str:
+    if observed.is_running:
+        return "container unhealthy"
+    if observed.error:
+        return f"container failed to start: {observed.error}"
+    if observed.oom_killed:
+        return "container killed: out of memory"
+    if observed.status == "exited":
+        return f"container exited with {observed.exit_code}"
+    return f"container {observed.status}"

@@ -4,8 +4,9 @@ Anything — a change under desired/ or deployments/, a component process exit, 
 command, a backoff deadline, the periodic resync — only sets `wake`. Each pass then runs
 the same flat checklist (`reconcile`): read desired, pick the document to apply (last
 good on bad input, last successful on rollback), observe, plan (pure), apply, judge the
-deployment, write status once, persist. Processes are carried out by process.py;
-containers by containerbridge.py (which loads Docker only when one is wanted).
+deployment, write status once, persist. The loop decides and applies transitions;
+the runtimes (`runtime.Runtime`: processes.py, containerbridge.py, any added later) carry
+out the plan's verbs for the components they claim and report lifecycle events.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
-import errno
 import json
 import logging
 import os
@@ -23,24 +23,20 @@ import platform as platform_
 import random
 import secrets
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import hedgerow
 from hedgerow import files
-from hedgerow.agent import artifacts, containerbridge, desired, records
-from hedgerow.agent import cgroups as cgroups_
-from hedgerow.agent import process as process_
+from hedgerow.agent import artifacts, containerbridge, desired, processes, records, runtime
 from hedgerow.agent import settings as settings_
 from hedgerow.agent.layout import Layout
 from hedgerow.core import (
     backoff,
-    component,
     documents,
     lifecycle,
     limits,
     outcome,
-    privilege,
     recipe,
 )
 from hedgerow.core import plan as plan_
@@ -53,14 +49,9 @@ if TYPE_CHECKING:  # the Docker SDK costs ~15 MB: imported only once a container
 log = logging.getLogger("hedgerow.agent")
 AGENT_VERSION = hedgerow.__version__
 _DONE = frozenset({State.RUNNING, State.FINISHED})
-# What running out of the device's resources looks like: the agent's trouble, not the
-# component's. A spawn that fails with one of these is retried, not charged as an error.
-_AGENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOSPC, errno.EDQUOT,
-                           errno.EIO, errno.ENOMEM, errno.EAGAIN})
-
-
-class PrivilegeError(ValueError):
-    """A step would get more than the device's ceiling allows (a permanent error)."""
+# Builds a runtime for the agent (`Agent(..., runtimes=[...])`): it gets the services
+# the agent offers runtimes, nothing of the loop itself.
+RuntimeFactory = Callable[[runtime.Services], runtime.Runtime]
 
 
 class AnchoredClock:
@@ -87,27 +78,36 @@ def observe_platform() -> documents.PlatformInfo:
 class Agent:
     def __init__(self, root: os.PathLike[str] | str, thing: str,
                  settings: settings_.Settings | None = None,
-                 docker_client: containers_.ClientFactory | None = None) -> None:
+                 docker_client: containers_.ClientFactory | None = None,
+                 runtimes: Sequence[RuntimeFactory] = ()) -> None:
         self.layout = Layout(pathlib.Path(root).resolve())
         self.thing = thing
         self.settings = settings = settings or settings_.Settings()
         self.clock: Callable[[], float] = AnchoredClock()
         self.platform = observe_platform()
-        self.cgroups = cgroups_.Cgroups(group=f"hedgerow/{thing}")
-        self.runtime = process_.ProcessRuntime(
-            self.layout, thing, self.cgroups, settings.default_user,
-            settings.log_max_bytes, settings.log_keep, settings.kill_grace_s)
         self.store = artifacts.Store(self.layout)
-        # The second runtime: containers (created on first use, see containerbridge).
-        self.containers = containerbridge.ContainerBridge(self, docker_client)
         self.records: dict[str, records.Record] = {}
         self.reader = desired.Reader()  # parses and hashes the inputs once per change
         self.wake = asyncio.Event()
+        services = runtime.Services(wake=self.wake.set, checkpoint=self.checkpoint,
+                                    clock=lambda: self.clock(),
+                                    context_of=lambda c: self.context(c, self.applied))
+        self.processes = processes.Processes(self.layout, thing, settings, self.store,
+                                             services)
+        # Containers: Docker is loaded on first use (see containerbridge).
+        self.containers = containerbridge.ContainerBridge(
+            self.layout, thing, settings, self.store, services, docker_client)
+        # Asked in this order which runtime runs a component; processes take the rest.
+        self.runtimes: list[runtime.Runtime] = [
+            *(make(services) for make in runtimes), self.containers, self.processes]
+        self._runtime_of: dict[str, runtime.Runtime] = {}  # by spec hash
+        self._known: set[str] = set()  # kinds whose runtime could look this pass
+        self._settled = False  # a new last good state since the runtimes cleaned up
         self.applied: documents.DesiredState | None = None
         self.problems: tuple[str, ...] = ()
         self.history = outcome.History()
         self.passes = 0  # begun
-        self._wanted: tuple[documents.DesiredState | None, plan_.Desired] | None = None
+        self._desired_cache: tuple[documents.DesiredState | None, plan_.Desired] | None = None
         # Passes that wrote their status (the control socket's `status` shows it). Not
         # the report's `sequence`: that is the connector's, stamped as it sends.
         self.passes_reported = 0
@@ -120,12 +120,11 @@ class Agent:
         self._last_good: documents.DesiredState | None = None  # see `last_good`
         self._last_good_read = False
         self._due: dict[pathlib.Path, bytes] = {}  # state files `persist` writes
-        self._retry_spawn_at = 0.0  # the device ran out of fds/space: try again then
         self._troubles: dict[str, str] = {}  # long-lived task -> its last error (logged once)
 
     # --- records and transitions -------------------------------------------------
 
-    def save(self, rec: records.Record) -> None:
+    def save(self) -> None:
         """Mark the records changed; `flush` makes them durable in one batched write."""
         self._dirty = True
 
@@ -135,7 +134,7 @@ class Agent:
         report, rewritten every pass; what had to be durable before a process was
         spawned was written then (`flush`), and a crash in between only means the
         restart converges from one pass earlier."""
-        self.runtime.finish_spawns()
+        self._finish()
         due = dict(self._due)
         if self._dirty:
             due[self.layout.records] = records.render_all(self.records)
@@ -153,7 +152,7 @@ class Agent:
         """Write every record at once (temp, fsync, rename, fsync dir). Called before the
         agent relies on them: before spawning (the record that owns a process must exist),
         before awaiting a step, after a process exit, at the end of every pass."""
-        self.runtime.finish_spawns()  # a recorded process has its start time
+        self._finish()  # e.g. a recorded process has its start time
         if self._dirty:
             records.save_all(self.layout.records, self.records)
             self._dirty = False
@@ -167,11 +166,11 @@ class Agent:
             rec.message = message
         if rec.state is State.BROKEN:
             rec.hold_revision = self.applied.revision if self.applied else None
-        if event is Event.RESET:
+        if event in (Event.RESET, Event.START):
             rec.hold_revision = None
         if rec.state is not before:
             rec.since = now
-        self.save(rec)
+        self.save()
         if rec.state is not before:  # log changes, not repeats
             log.info("%s: %s -> %s%s", rec.name, before, rec.state,
                      f" ({message})" if message else "")
@@ -189,26 +188,8 @@ class Agent:
             status = lifecycle.resolve_reanchored(rec.status, now, self.settings.policy)
             rec.errors, rec.retry_at = list(status.errors), status.retry_at
             rec.since = min(rec.since, now)
-            if containerbridge.is_container(rec):
-                continue  # Docker kept it running; the first observation adopts it by label
-            ref = rec.process
-            alive = ref is not None and process_.is_same_process(ref)
-            if ref is not None and alive and ref.step == "run" and rec.state is State.RUNNING:
-                self.runtime.watch(rec.name, ref, self._on_exit(rec.name, ref))
-                log.info("%s: adopted pid %d", rec.name, ref.pid)
-                continue
-            # A step cut short by the crash (install, startup, shutdown, recover) is ended
-            # and retried from a known state; nothing runs twice, nothing is orphaned.
-            for pid in self.runtime.members(rec.name, ref if alive else None, rec.instance):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, 9)
-            rec.process = None
-            if rec.state in (State.STARTING, State.RUNNING):
-                self.transition(rec, Event.FAILED, "process ended while the agent was down")
-            elif rec.state is State.STOPPING:
-                self.transition(rec, Event.STOPPED)
-            else:
-                self.save(rec)
+            self.apply_changes(rec, self.runtime_of(rec).adopt(rec))
+            self.save()
         self.save_records("adopting")
         with contextlib.suppress(FileNotFoundError, ValueError):
             self.history = outcome.History.model_validate_json(
@@ -217,21 +198,60 @@ class Agent:
             self.applied = documents.DesiredState.model_validate_json(
                 self.layout.applied_file.read_bytes())
 
-    def _on_exit(self, name: str, ref: records.ProcessRef) -> Any:
-        def handle(code: int | None) -> None:
-            rec = self.records.get(name)
-            if rec is None or rec.process != ref or rec.state not in (State.RUNNING,
-                                                                       State.STARTING):
-                return
-            rec.process = None
-            if code == 0:
-                self.transition(rec, Event.EXITED_OK, "exited with 0")
-            else:
-                what = "exit code unknown (adopted)" if code is None else f"exited with {code}"
-                self.transition(rec, Event.FAILED, what)
-            self.wake.set()  # first: the pass retries what this cannot write now
-            self.save_records(f"{name} exited")
-        return handle
+    # --- runtimes ----------------------------------------------------------------------
+
+    def runtime_for(self, comp: documents.ResolvedComponent) -> runtime.Runtime:
+        for candidate in self.runtimes[:-1]:
+            if candidate.claims(comp):
+                return candidate
+        return self.runtimes[-1]
+
+    def runtime_of(self, rec: records.Record) -> runtime.Runtime:
+        found = self._runtime_of.get(rec.spec_hash)
+        if found is None:
+            if len(self._runtime_of) > 1024:
+                self._runtime_of.clear()
+            found = self._runtime_of[rec.spec_hash] = self.runtime_for(rec.component())
+        return found
+
+    def _mine(self, rt: runtime.Runtime) -> list[records.Record]:
+        return [r for r in self.records.values() if self.runtime_of(r) is rt]
+
+    def _wants(self, rt: runtime.Runtime) -> bool:
+        """`rt` has components, recorded or in the applied document."""
+        return bool(self._mine(rt)) or (self.applied is not None and any(
+            self.runtime_for(c) is rt for c in self.applied.components))
+
+    def apply_changes(self, rec: records.Record, changes: list[runtime.Change]) -> None:
+        for change in changes:
+            self.apply_change(rec, change)
+
+    def apply_change(self, rec: records.Record, change: runtime.Change) -> None:
+        """What a runtime reported, applied: the only way a component changes state."""
+        if change.event is None:
+            rec.message = change.message
+            self.save()
+        else:
+            self.transition(rec, change.event, change.message)
+
+    async def _carry_out(self, rec: records.Record, changes: AsyncIterator[runtime.Change],
+                         ) -> list[Event]:
+        """Apply each event a verb yields as it comes; the events, in order."""
+        seen = []
+        async for change in changes:
+            self.apply_change(rec, change)
+            if change.event is not None:
+                seen.append(change.event)
+        return seen
+
+    def _finish(self) -> None:
+        for rt in self.runtimes:
+            rt.finish()
+
+    def checkpoint(self) -> None:
+        """A runtime's facts in a record must survive a crash now (a long step's pid)."""
+        self._dirty = True
+        self.flush()
 
     def save_records(self, why: str) -> None:
         """`flush` where a failure to write must not stop what comes next: the records
@@ -263,12 +283,8 @@ class Agent:
                 log.error("rejected: %s", problem)
         self.problems = reading.problems
         doc = self.choose(reading)                                               # 2. pick
-        await self.containers.observe(doc)                                       # 3. observe
-        observed = self.observe()
-        wanted = self._resolve_wanted(doc)
-        if self.containers.seen is None:  # dockerd unknown: containers are left alone
-            wanted = dataclasses.replace(wanted, wants=tuple(
-                w for w in wanted.wants if w.runtime != "container"))
+        observed = await self.observe(doc)                                       # 3. observe
+        wanted = self._wanted(doc)
         actions = plan_.plan(wanted, observed)                                  # 4. plan
         if doc is not None and doc != self.applied:
             self.supersede(doc)
@@ -276,7 +292,7 @@ class Agent:
             self._due[self.layout.applied_file] = documents.render_bytes(doc)
         try:
             await self.apply(actions, doc)                                       # 5. apply
-            await self.containers.clean_up(actions, doc)
+            await self.clean_up(actions, doc)
         except BaseException:
             self.persist()
             raise
@@ -294,9 +310,9 @@ class Agent:
     def _resolve_wanted(self, doc: documents.DesiredState | None) -> plan_.Desired:
         """`plan_.resolve_desired` (every component's spec hash) once per document, not
         once per pass: a pass with nothing new plans from the same hashes."""
-        if self._wanted is None or self._wanted[0] is not doc:
-            self._wanted = (doc, plan_.resolve_desired(doc))
-        return self._wanted[1]
+        if self._desired_cache is None or self._desired_cache[0] is not doc:
+            self._desired_cache = (doc, plan_.resolve_desired(doc))
+        return self._desired_cache[1]
 
     def choose(self, reading: desired.Reading) -> documents.DesiredState | None:
         if reading.desired is None:
@@ -312,35 +328,58 @@ class Agent:
                                                reading.cloud_revision)
         return reading.desired
 
-    def observe(self) -> dict[str, plan_.Observed]:
+    async def observe(self, doc: documents.DesiredState | None,
+                      ) -> dict[str, plan_.Observed]:
+        """Every runtime looks once, then says what happened to each of its records. A
+        runtime that cannot look now (dockerd away) has its components left out: they
+        are neither planned nor removed until it answers."""
+        self._known = set()
+        for rt in self.runtimes:
+            if await rt.observe(self._mine(rt), doc):
+                self._known.add(rt.kind)
         now = self.clock()
         out = {}
         for rec in list(self.records.values()):
-            if containerbridge.is_container(rec):
-                if self.containers.seen is None:
-                    continue  # unknown while dockerd is away: planned once it answers
-                out[rec.name] = self.containers.observe_one(rec, now)
+            rt = self.runtime_of(rec)
+            if rt.kind not in self._known:
                 continue
-            if (rec.state is State.RUNNING and rec.process is not None
-                    and not self.runtime.is_running(rec.name, rec.process)):
-                rec.process = None
-                self.transition(rec, Event.FAILED, "process disappeared")
+            spec_hash, changes = rt.observe_one(rec, now)
+            self.apply_changes(rec, changes)
             deps = tuple(d.name for d in rec.component().dependencies)
             out[rec.name] = plan_.Observed(
-                rec.name, rec.spec_hash, rec.state, deps,
+                rec.name, spec_hash, rec.state, deps,
                 retry_due=rec.retry_at is not None and rec.retry_at <= now,
-                hold_revision=rec.hold_revision)
+                hold_revision=rec.hold_revision, runtime=rt.kind)
         return out
+
+    def _wanted(self, doc: documents.DesiredState | None) -> plan_.Desired:
+        """The plan's view of `doc`: each component with the runtime that claims it;
+        those of a runtime that cannot look now are left alone."""
+        wanted = self._resolve_wanted(doc)
+        kinds = {c.name: self.runtime_for(c).kind for c in doc.components} if doc else {}
+        if all(kinds[w.name] == w.runtime and w.runtime in self._known
+               for w in wanted.wants):
+            return wanted  # the usual case: the plan's own split, every runtime looked
+        return dataclasses.replace(wanted, wants=tuple(
+            dataclasses.replace(w, runtime=kinds[w.name])
+            for w in wanted.wants if kinds[w.name] in self._known))
+
+    async def clean_up(self, actions: list[plan_.Action],
+                       doc: documents.DesiredState | None) -> None:
+        settled, self._settled = self._settled, False
+        for rt in self.runtimes:
+            await rt.clean_up(self._mine(rt), actions, doc, settled=settled,
+                              last_good=self.last_good)
 
     def stopped(self, rec: records.Record, remove: bool, hold: bool) -> None:
         """What every runtime does once a component is stopped: hold or forget it."""
         if hold:
             rec.hold_revision = self.applied.revision if self.applied else None
-            self.save(rec)
+            self.save()
         if remove:
-            self.runtime.remove(rec.name)
+            self.runtime_of(rec).forget(rec.name)
             self.records.pop(rec.name, None)
-            self.save(rec)
+            self.save()
             self.flush()
             log.info("%s: removed", rec.name)
 
@@ -350,7 +389,6 @@ class Agent:
                     doc: documents.DesiredState | None) -> None:
         assert doc is not None or not any(a.verb is not plan_.Verb.REMOVE for a in actions)
         by_name = {c.name: c for c in doc.components} if doc else {}
-        self.containers.begin_apply()
         to_prepare = [by_name.get(a.name) for a in actions
                       if a.verb is plan_.Verb.PREPARE]
         comps = [c for c in to_prepare if c is not None]
@@ -358,7 +396,6 @@ class Agent:
             failure = (await asyncio.to_thread(self._prepare, comps)
                        if any(c.artifacts or c.container for c in comps)
                        else self._prepare(comps))
-            self.containers.take_transient()
             if failure:
                 log.error("%s", failure)
                 self.fail(doc, failure)  # nothing stops, nothing starts
@@ -370,7 +407,7 @@ class Agent:
         # each waits only for its own dependencies in this plan.
         ups = [a for a in actions if a.verb in (plan_.Verb.INSTALL, plan_.Verb.START,
                                                   plan_.Verb.RECOVER)
-               and a.name not in self.containers.deferred]
+               and not self.runtime_for_name(a.name, by_name).is_deferred(a.name)]
         for action in ups:
             comp = by_name.get(action.name)
             if action.verb is plan_.Verb.INSTALL and comp is not None:
@@ -412,8 +449,7 @@ class Agent:
                     raise RuntimeError(f"{action.name}: not stopped, a component that "
                                        f"depends on it failed to stop") from result
             await self.stop(action.name, remove=action.verb is plan_.Verb.REMOVE,
-                            soft=action.runtime == "container"
-                            and action.reason == "spec changed")
+                            replacing=action.reason == "spec changed")
 
         needed = {action.name: needs(action.name) for action in stops}
         tasks: dict[str, asyncio.Task[None]] = {}
@@ -424,38 +460,34 @@ class Agent:
             if isinstance(result, BaseException):
                 raise result
 
+    def runtime_for_name(self, name: str, desired: dict[str, documents.ResolvedComponent],
+                         ) -> runtime.Runtime:
+        comp = desired.get(name)
+        if comp is not None:
+            return self.runtime_for(comp)
+        rec = self.records.get(name)
+        return self.runtime_of(rec) if rec is not None else self.processes
+
     def _prepare(self, comps: list[documents.ResolvedComponent]) -> str | None:
-        """Fetch and verify every component's artifacts; the first failure, if any."""
+        """Every component's PREPARE (artifacts, images); the first failure, if any."""
         for comp in comps:
-            if comp.container is not None:
-                failure = self.containers.prepare(comp)
-                if failure:
-                    return failure
-                continue
-            try:
-                identity = self.runtime.identity(
-                    comp.run_with.posix_user if comp.run_with else None, False)
-                self.store.prepare(comp, identity.uid, identity.gid)
-            except (artifacts.ArtifactError, KeyError) as exc:
-                return f"{comp.name}: artifact failure: {exc}"
+            failure = self.runtime_for(comp).prepare(comp)
+            if failure:
+                return failure
         return None
 
     async def _bring_up(self, comp: documents.ResolvedComponent, verbs: list[plan_.Verb],
                         deps: list[asyncio.Task[None]]) -> None:
         if deps:
             await asyncio.gather(*deps, return_exceptions=True)
-            self.runtime.finish_spawns()
-        # The same verbs for both runtimes; only who carries them out differs.
-        steps = ({plan_.Verb.INSTALL: self.containers.install,
-                  plan_.Verb.START: self.containers.start_one,
-                  plan_.Verb.RECOVER: self.containers.recover}
-                 if comp.container is not None else
-                 {plan_.Verb.INSTALL: self.install, plan_.Verb.START: self.start,
-                  plan_.Verb.RECOVER: self.recover})
+            self._finish()
         for verb in verbs:
-            step = steps.get(verb)
-            if step is not None:
-                await step(comp)
+            if verb is plan_.Verb.INSTALL:
+                await self.install(comp)
+            elif verb is plan_.Verb.START:
+                await self.start(comp)
+            elif verb is plan_.Verb.RECOVER:
+                await self.recover(comp)
 
     def context(self, comp: documents.ResolvedComponent,
                  doc: documents.DesiredState | None) -> recipe.Context:
@@ -469,50 +501,6 @@ class Agent:
                 deps[dep.name] = paths(found)
         return recipe.Context(comp.name, paths(comp), str(self.layout.root), self.thing, deps)
 
-    async def _step(self, rec: records.Record, comp: documents.ResolvedComponent,
-                    name: str) -> process_.StepResult | None:
-        """Run a lifecycle step to completion; None when the recipe has no such step."""
-        life = comp.lifecycle
-        assert life is not None
-        step: component.Step | None = getattr(life, name)
-        if step is None:
-            return None
-        context = self.context(comp, self.applied)
-        try:
-            self.check_identity(comp, step)
-            script = recipe.render_text(step.script, context)
-            env = recipe.render_env({**life.setenv, **step.setenv}, context)
-            skip = recipe.render_text(step.skip_if, context) if step.skip_if else None
-        except (recipe.RecipeVariableError, PrivilegeError, KeyError) as exc:
-            return process_.StepResult(ok=False, message=f"{name}: {exc}")
-
-        def remember(ref: records.ProcessRef) -> None:
-            rec.process = ref
-            self.save(rec)
-            self.flush()  # the step may run long: its pid must survive a crash
-
-        result = await self.runtime.run_step(rec, comp, name, step, script, env, skip, remember)
-        rec.process = None
-        return result
-
-    def check_identity(self, comp: documents.ResolvedComponent, step: component.Step) -> None:
-        """Below `privileged`, no step runs as uid or gid 0 — also not through a user
-        *name* that maps to 0 on this device (`toor:x:0:0`), which no check of the recipe
-        can see. Raises PrivilegeError (KeyError: an unknown user)."""
-        ceiling = self.settings.max_privilege
-        if privilege.is_allowed(privilege.Level.PRIVILEGED, ceiling) or os.geteuid() != 0:
-            return
-        user = comp.run_with.posix_user if comp.run_with else None
-        identity = self.runtime.identity(user, step.requires_privilege)
-        if identity.uid == 0 or identity.gid == 0:
-            raise PrivilegeError(
-                f"{comp.name}: runs as {user or self.settings.default_user!r} = uid "
-                f"{identity.uid}, gid {identity.gid} (root); needs privilege level "
-                f"'privileged', granted {ceiling.value!r} ({desired.CEILING_SOURCE})")
-
-    def _fail_event(self, result: process_.StepResult) -> Event:
-        return Event.TIMED_OUT if result.timed_out else Event.FAILED
-
     def ensure_record(self, comp: documents.ResolvedComponent) -> records.Record:
         rec = self.records.get(comp.name)
         spec_hash = comp.spec_hash  # a hash of the whole spec: computed once
@@ -522,22 +510,22 @@ class Agent:
                                  token=secrets.token_urlsafe(24),
                                  instance=secrets.token_hex(8))
             self.records[comp.name] = rec
-            self.save(rec)
+            self.save()
         return rec
+
+    def _job(self, comp: documents.ResolvedComponent, rec: records.Record) -> runtime.Job:
+        return runtime.Job(comp, rec, self.context(comp, self.applied))
 
     async def install(self, comp: documents.ResolvedComponent) -> None:
         rec = self.ensure_record(comp)
-        if rec.state is State.BROKEN:
-            self.transition(rec, Event.RESET, "new desired revision")
         rec.installed_in = self.applied.revision if self.applied else ""
         rec.install_failed = False
-        self.save(rec)
-        result = await self._step(rec, comp, "install")
-        if result is not None and not result.ok:
+        self.save()
+        events = await self._carry_out(rec, self.runtime_for(comp).install(
+            self._job(comp, rec)))
+        if events and events[-1] in (Event.FAILED, Event.TIMED_OUT):
             rec.install_failed = True
-            self.transition(rec, self._fail_event(result), result.message)
-            return
-        self.transition(rec, Event.INSTALLED, result.message if result else "")
+            self.save()
 
     def deps_ready(self, comp: documents.ResolvedComponent) -> bool:
         for dep in comp.dependencies:
@@ -552,84 +540,25 @@ class Agent:
             return
         if not self.deps_ready(comp):
             return  # a later pass starts it once its dependencies run (level-triggered)
-        rec.hold_revision = None
-        self.transition(rec, Event.START)
-        life = comp.lifecycle
-        assert life is not None
-        if life.run is None:
-            result = await self._step(rec, comp, "startup")
-            if result is not None and not result.ok:
-                self.transition(rec, self._fail_event(result), result.message)
-            elif result is None:
-                self.transition(rec, Event.EXITED_OK, "no startup or run step")
-            else:
-                self.transition(rec, Event.STARTED)
-            return
-        context = self.context(comp, self.applied)
-        try:
-            self.check_identity(comp, life.run)
-            script = recipe.render_text(life.run.script, context)
-            env = recipe.render_env({**life.setenv, **life.run.setenv}, context)
-            skip = recipe.render_text(life.run.skip_if, context) if life.run.skip_if else None
-            if self.runtime.is_skipped(life.run, skip):
-                self.transition(rec, Event.EXITED_OK, f"run skipped ({skip})")
-                return
-            _proc, ref = await self.runtime.spawn(rec, comp, "run", life.run, script, env)
-        except OSError as exc:
-            if exc.errno in _AGENT_ERRNOS:
-                # The device is out of fds, memory or space: not the component's fault.
-                # Back to INSTALLED through the table, no error counted; retried soon.
-                self.transition(rec, Event.STOP_REQUESTED)
-                self.transition(rec, Event.STOPPED, f"not started, retrying: {exc}")
-                self._retry_spawn_at = self.clock() + 2.0
-                self.trouble("spawn", f"cannot start components: {exc}")
-                return
-            self.transition(rec, Event.FAILED, f"run could not start: {exc}")
-            return
-        except (recipe.RecipeVariableError, PrivilegeError, KeyError,
-                cgroups_.LimitError) as exc:
-            self.transition(rec, Event.FAILED, f"run: {exc}")
-            return
-        except Exception as exc:  # cannot start (a NUL byte, no such user …): ERRORED
-            self.transition(rec, Event.FAILED, f"run could not start: {exc}")
-            return
-        self.untroubled("spawn")
-        rec.process = ref
-        self.transition(rec, Event.STARTED, f"pid {ref.pid}")
-        self.runtime.watch(comp.name, ref, self._on_exit(comp.name, ref))
+        await self._carry_out(rec, self.runtime_for(comp).start(self._job(comp, rec)))
 
     async def stop(self, name: str, remove: bool = False, hold: bool = False,
-                   soft: bool = False) -> None:
+                   replacing: bool = False) -> None:
         rec = self.records.get(name)
         if rec is None:
             return
-        if containerbridge.is_container(rec):
-            await self.containers.stop_one(rec, remove, hold, soft)
-            return
-        comp = rec.component()
-        self.transition(rec, Event.STOP_REQUESTED)
-        ref, rec.process = rec.process, None
-        self.runtime.unwatch(name)
-        if rec.state is State.STOPPING:
-            result = await self._step(rec, comp, "shutdown") if comp.lifecycle else None
-            await self.runtime.terminate(name, ref)
-            self.transition(rec, Event.STOPPED,
-                            result.message if result and not result.ok else "stopped")
-        else:
-            await self.runtime.terminate(name, ref)
-        self.stopped(rec, remove, hold)
+        events = await self._carry_out(rec, self.runtime_of(rec).stop(
+            rec, remove=remove, replacing=replacing))
+        if Event.STOP_REQUESTED in events:  # else nothing could be done now: next pass
+            self.stopped(rec, remove, hold)
 
     async def recover(self, comp: documents.ResolvedComponent) -> None:
         rec = self.records[comp.name]
-        await self.runtime.terminate(comp.name, rec.process)
-        rec.process = None
-        result = await self._step(rec, comp, "recover")
-        if result is not None and not result.ok:
-            self.transition(rec, self._fail_event(result), result.message)
-            return
-        self.transition(rec, Event.RECOVER, "recovering")
-        await self.install(comp)
-        await self.start(comp)
+        events = await self._carry_out(rec, self.runtime_for(comp).recover(
+            self._job(comp, rec)))
+        if events and events[-1] is Event.RECOVER:
+            await self.install(comp)
+            await self.start(comp)
 
     # --- outcome (the rules: hedgerow.core.outcome) --------------------------------
 
@@ -660,7 +589,7 @@ class Agent:
         """`doc` is what to roll back to from now on (written at the end of the pass)."""
         self._last_good, self._last_good_read = doc, True
         self._due[self.layout.last_good_file] = documents.render_bytes(doc)
-        self.containers.gc_due = True  # images only the previous good state used may go now
+        self._settled = True  # what only the previous good state used may go now
 
     def supersede(self, doc: documents.DesiredState) -> None:
         """`doc` replaces the applied document: judge the one it replaces, as it ran."""
@@ -759,7 +688,8 @@ class Agent:
                 rolled_back_to=published(entry.rolled_back_to))
             revision = published(revision)
         applied = self.applied.revision if self.applied else None
-        docker_down = self.containers.available is False
+        # A runtime that cannot be used now: its reason on its components.
+        down = {rt.kind: why for rt in self.runtimes if (why := rt.unavailable())}
         shown = sorted(self.records.values(), key=lambda r: r.name)
         # Errors first when there are too many to show: they are what an operator needs.
         if len(shown) > limits.MAX_REPORT_COMPONENTS:
@@ -770,11 +700,10 @@ class Agent:
         def components(message_max: int) -> list[documents.ComponentReport]:
             return [documents.ComponentReport(
                 name=r.name[:text], version=r.version[:text], state=r.state,
-                message=(self.containers.message if docker_down
-                         and containerbridge.is_container(r) else r.message)[:message_max])
+                message=down.get(self.runtime_of(r).kind, r.message)[:message_max])
                 for r in shown]
         bad = any(r.state in (State.ERRORED, State.BROKEN) for r in self.records.values())
-        bad = bad or (docker_down and self.containers.wants(self.applied))
+        bad = bad or any(self._wants(rt) for rt in self.runtimes if rt.kind in down)
         report = documents.StatusReport(
             thing=self.thing,
             time=datetime.datetime.now(datetime.UTC),
@@ -818,12 +747,10 @@ class Agent:
         for rec in self.records.values():
             if rec.state is State.ERRORED and rec.retry_at is not None:
                 deadline = min(deadline, rec.retry_at)
-            if rec.state is State.STARTING and containerbridge.is_container(rec):
-                deadline = min(deadline, now + 1.0)  # health checks (events wake us too)
-        if self.containers.available is False:
-            deadline = min(deadline, self.containers.retry_at)
-        if self._retry_spawn_at > now:
-            deadline = min(deadline, self._retry_spawn_at)
+        for rt in self.runtimes:
+            wake = rt.next_wake(self._mine(rt), now)
+            if wake is not None:
+                deadline = min(deadline, wake)
         return max(0.0, deadline - now)
 
     async def _watch_files(self) -> None:
@@ -865,11 +792,12 @@ class Agent:
 
         self.layout.ensure()
         self.adopt()
-        await asyncio.to_thread(self.runtime.warm_up, [
-            r.process.marker for r in self.records.values() if r.process is not None])
+        for rt in self.runtimes:
+            await asyncio.to_thread(rt.warm_up, self._mine(rt))
         server = await control.serve(self)
         watcher = asyncio.create_task(self.supervise("watching files", self._watch_files))
-        self.containers.start(asyncio.get_running_loop())
+        for rt in self.runtimes:
+            rt.attach(asyncio.get_running_loop())
         self.wake.set()
         failures = 0
         try:
@@ -896,7 +824,8 @@ class Agent:
                     await asyncio.sleep(backoff.resolve_delay(
                         failures, 0.5, self.settings.resync_s, random.random))
         finally:
-            self.containers.stop()
+            for rt in self.runtimes:
+                rt.detach()
             watcher.cancel()
             server.close()
             with contextlib.suppress(FileNotFoundError):

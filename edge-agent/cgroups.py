@@ -31,6 +31,7 @@ import os
 import pathlib
 import re
 
+from hedgerow.agent import failures
 from hedgerow.core import deployment
 
 _PERIOD_US = 100_000
@@ -38,8 +39,8 @@ _UNITS = {"": 1, "k": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
           "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4}
 
 
-class LimitError(RuntimeError):
-    pass
+class LimitError(failures.PermanentError):
+    """A resource limit this device cannot set (a bad quantity, no cgroupfs)."""
 
 
 def resolve_bytes(quantity: str) -> int:

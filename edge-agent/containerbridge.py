@@ -1,8 +1,9 @@
 """Container components in the agent loop: Docker's view fed through the same plan and
 the same state table as processes (docs/containers.md "In the agent loop").
 
-The loop (agent.py) owns records, transitions and the outcome; this bridge owns what is
-particular to containers: the Docker runtime — created on first use, so a device that
+A `runtime.Runtime`: the loop (agent.py) owns records, transitions and the outcome and
+applies the lifecycle events this bridge yields; the bridge owns what is particular to
+containers: the Docker runtime — created on first use, so a device that
 only runs processes never imports the Docker SDK (about half the agent's memory) — the
 observation by label, dockerd's availability with capped, jittered backoff, and the
 container side of each verb. While dockerd does not answer, containers are neither
@@ -19,12 +20,14 @@ import posixpath
 import random
 import stat
 import threading
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from hedgerow import files
-from hedgerow.agent import artifacts, settings
+from hedgerow.agent import artifacts, containerlogs, settings
+from hedgerow.agent import process as process_
 from hedgerow.agent import records as records_
+from hedgerow.agent import runtime as runtime_
 from hedgerow.agent.dockererrors import ContainerRuntimeError, PermanentError, TransientError
 from hedgerow.agent.layout import Layout
 from hedgerow.core import backoff, component, documents, lifecycle, privilege, recipe
@@ -39,48 +42,8 @@ if TYPE_CHECKING:  # the Docker SDK costs ~15 MB: imported only once a container
 log = logging.getLogger("hedgerow.agent")
 
 
-class Host(Protocol):
-    """What the bridge uses of the agent loop it belongs to."""
-
-    layout: Layout
-    thing: str
-    settings: settings.Settings
-    store: artifacts.Store
-    records: dict[str, records_.Record]
-    applied: documents.DesiredState | None
-    wake: asyncio.Event
-    clock: Callable[[], float]  # the agent's monotonic clock (wall-clock steps ignored)
-
-    def transition(self, rec: records_.Record, event: Event, message: str = "") -> None: ...
-
-    def save(self, rec: records_.Record) -> None: ...
-
-    def last_good(self) -> documents.DesiredState | None: ...
-
-    def stopped(self, rec: records_.Record, remove: bool, hold: bool) -> None: ...
-
-    def deps_ready(self, comp: documents.ResolvedComponent) -> bool: ...
-
-    def ensure_record(self, comp: documents.ResolvedComponent) -> records_.Record: ...
-
-    def context(self, comp: documents.ResolvedComponent,
-                doc: documents.DesiredState | None) -> recipe.Context: ...
-
-
 def is_container(rec: records_.Record) -> bool:
     return "container" in rec.spec
-
-
-def _why(obs: container_.ObservedContainer) -> str:
-    if obs.is_running:
-        return "container unhealthy"
-    if obs.error:
-        return f"container failed to start: {obs.error}"
-    if obs.oom_killed:
-        return "container killed: out of memory"
-    if obs.status == "exited":
-        return f"container exited with {obs.exit_code}"
-    return f"container {obs.status}"
 
 
 def _is_trusted_folder(info: os.stat_result) -> bool:
@@ -135,15 +98,21 @@ def observe_bind_source(source: str) -> str:
     return resolved
 
 
-class ContainerBridge:
-    def __init__(self, host: Host,
+class ContainerBridge(runtime_.Base):
+    """The container runtime as the loop sees it (`runtime.Runtime`)."""
+
+    kind = "container"
+
+    def __init__(self, layout: Layout, thing: str, conf: settings.Settings,
+                 store: artifacts.Store, services: runtime_.Services,
                  docker_client: containers_.ClientFactory | None = None) -> None:
         # `docker_client` (default: docker.from_env, which honours DOCKER_HOST) is how
         # tests point the agent at a daemon that is not there.
-        self.host = host
+        self.layout, self.thing, self.settings, self.store = layout, thing, conf, store
+        self.services = services
         self._docker_client = docker_client
         self._runtime: containers_.ContainerRuntime | None = None
-        self._logs: containers_.LogMirror | None = None
+        self._logs: containerlogs.LogMirror | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events_stop = threading.Event()
         self.available: bool | None = None  # unknown until first used
@@ -157,8 +126,10 @@ class ContainerBridge:
         self._orphan_scan_at = 0.0
         self._configs: dict[tuple[str, str], container_.ContainerConfig] = {}
         self.deferred: set[str] = set()  # PREPARE could not reach dockerd: not this pass
-        self._transient: ContainerRuntimeError | None = None
-        self.gc_due = False
+        self._gc_due = False  # a new last good state: images only the old one used
+
+    def claims(self, comp: documents.ResolvedComponent) -> bool:
+        return comp.container is not None
 
     # --- the runtime, loaded on demand -------------------------------------------------
 
@@ -171,38 +142,37 @@ class ContainerBridge:
                 import docker
 
                 self._docker_client = docker.from_env
-            layout = self.host.layout
             self._runtime = containers.ContainerRuntime(
-                self._docker_client, thing=self.host.thing, state_dir=layout.state)
-            self._logs = containers.LogMirror(
-                self._runtime, layout.log_of, self.host.settings.log_max_bytes,
-                self.host.settings.log_keep)
-            if not layout.docker_marker.exists():
-                files.write_atomic(layout.docker_marker, b"")
+                self._docker_client, thing=self.thing, state_dir=self.layout.state)
+            self._logs = containerlogs.LogMirror(
+                self._runtime, self.layout.log_of, self.settings.log_max_bytes,
+                self.settings.log_keep)
+            if not self.layout.docker_marker.exists():
+                files.write_atomic(self.layout.docker_marker, b"")
             if self._loop is not None:
                 self._watch_events(self._loop)
         return self._runtime
 
     @property
-    def logs(self) -> containers_.LogMirror:
+    def logs(self) -> containerlogs.LogMirror:
         self.runtime  # noqa: B018 - creates the log mirror with the runtime
         assert self._logs is not None
         return self._logs
 
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """The loop runs: Docker events (once the runtime exists) wake it."""
         self._loop = loop
         self._events_stop.clear()
         if self._runtime is not None:
             self._watch_events(loop)
 
-    def stop(self) -> None:
+    def detach(self) -> None:
         self._events_stop.set()
 
     def _watch_events(self, loop: asyncio.AbstractEventLoop) -> None:
-        wake = self.host.wake
+        wake = self.services.wake
         threading.Thread(target=self.runtime.watch_events, name="docker-events",
-                         args=(lambda: loop.call_soon_threadsafe(wake.set),
+                         args=(lambda: loop.call_soon_threadsafe(wake),
                                self._events_stop), daemon=True).start()
 
     # --- dockerd's availability --------------------------------------------------------
@@ -212,10 +182,10 @@ class ContainerBridge:
         running), process components carry on, and the runtime is retried with capped,
         jittered backoff. Logged on change, not on every retry."""
         self._failures += 1
-        conf = self.host.settings
+        conf = self.settings
         delay = backoff.resolve_delay(self._failures - 1, conf.docker_backoff_base_s,
                                       conf.docker_backoff_cap_s, random.random)
-        self.retry_at = self.host.clock() + delay
+        self.retry_at = self.services.clock() + delay
         message = f"container runtime unavailable: {exc}"
         if self.available is not False:
             log.error("%s (retrying with backoff)", message)
@@ -230,78 +200,75 @@ class ContainerBridge:
         self.available, self.message = True, ""
         self._failures = 0
 
-    def wants(self, doc: documents.DesiredState | None) -> bool:
-        return any(is_container(r) for r in self.host.records.values()) or (
-            doc is not None and any(c.container is not None for c in doc.components))
+    def unavailable(self) -> str:
+        return self.message if self.available is False else ""
+
+    def next_wake(self, recs: Iterable[records_.Record], now: float) -> float | None:
+        wake = self.retry_at if self.available is False else None
+        if any(r.state is State.STARTING for r in recs):
+            wake = min(wake or now + 1.0, now + 1.0)  # health checks (events wake us too)
+        return wake
 
     # --- observe -----------------------------------------------------------------------
 
-    async def observe(self, doc: documents.DesiredState | None) -> None:
+    async def observe(self, recs: Iterable[records_.Record],
+                      doc: documents.DesiredState | None) -> bool:
         """List our labelled containers (one worker-thread trip): the observation the
         container records are judged against, and the orphans to remove."""
-        now = self.host.clock()
-        self._orphans = []
-        wanted = self.wants(doc)
+        now = self.services.clock()
+        self._orphans, self.deferred = [], set()
+        mine = {r.name for r in recs}
+        wanted = bool(mine) or (doc is not None and any(self.claims(c)
+                                                        for c in doc.components))
         if not wanted and (now < self._orphan_scan_at
-                           or not self.host.layout.docker_marker.exists()):
+                           or not self.layout.docker_marker.exists()):
             # Nothing of ours to look at: a periodic scan finds orphans where containers
             # once ran; where none ever did, there can be none of ours.
             self.seen = {}
-            return
+            return True
         if self.available is False and now < self.retry_at:
             self.seen = None
-            return
+            return False
         try:
             found = await asyncio.to_thread(self.runtime.observe)
         except ContainerRuntimeError as exc:
             if wanted:
                 self.down(exc)
-            else:  # a process-only device without Docker is not unhealthy
-                self.seen = {}
-                self._orphan_scan_at = now + self.host.settings.orphan_scan_s
-            return
+                return False
+            # a process-only device without Docker is not unhealthy
+            self.seen = {}
+            self._orphan_scan_at = now + self.settings.orphan_scan_s
+            return True
         self._up()
-        self._orphan_scan_at = now + self.host.settings.orphan_scan_s
-        mine = {r.name for r in self.host.records.values() if is_container(r)}
+        self._orphan_scan_at = now + self.settings.orphan_scan_s
         seen: dict[str, container_.ObservedContainer] = {}
         for obs in found:
-            if obs.name == container_.render_container_name(self.host.thing, obs.component):
+            if obs.name == container_.render_container_name(self.thing, obs.component):
                 seen[obs.component] = obs
             if obs.component not in mine:
                 self._orphans.append(obs.component)
         self.seen = seen
+        return True
 
-    def observe_one(self, rec: records_.Record, now: float) -> plan_.Observed:
-        """Docker's view of one container component, fed through the state table."""
+    def observe_one(self, rec: records_.Record,
+                    now: float) -> tuple[str, list[runtime_.Change]]:
+        """Docker's view of one container component, as lifecycle events."""
         assert self.seen is not None
-        host = self.host
         obs = self.seen.get(rec.name)
-        if rec.state in (State.RUNNING, State.STARTING):
-            if obs is None:
-                host.transition(rec, Event.FAILED, "container disappeared")
-            else:
-                state = container_.render_component_state(obs)
-                if state is State.RUNNING and rec.state is State.STARTING:
-                    host.transition(rec, Event.STARTED, "healthy")
-                elif state is State.FINISHED:
-                    host.transition(rec, Event.EXITED_OK, "exited with 0")
-                elif state in (State.ERRORED, State.INSTALLED):
-                    host.transition(rec, Event.FAILED, _why(obs))
+        change = container_.resolve_container_event(rec.state, obs)
+        changes = [] if change is None else [runtime_.Change(*change)]
         if obs is not None and obs.is_running:
             self.logs.follow(rec.name, obs.container_id)
         spec_hash = rec.spec_hash
-        comp = rec.component()
         if obs is not None:
+            comp = rec.component()
             try:
                 expected = self._config(comp, rec.token).spec_hash
             except (container_.ContainerSpecError, recipe.RecipeVariableError):
                 expected = obs.spec_hash
             if obs.spec_hash != expected:  # not what this record made: replace it
                 spec_hash = f"container:{obs.spec_hash}"
-        return plan_.Observed(
-            rec.name, spec_hash, rec.state, tuple(d.name for d in comp.dependencies),
-            retry_due=rec.retry_at is not None and rec.retry_at <= now,
-            hold_revision=rec.hold_revision, runtime="container")
+        return spec_hash, changes
 
     def _config(self, comp: documents.ResolvedComponent,
                 token: str) -> container_.ContainerConfig:
@@ -310,18 +277,17 @@ class ContainerBridge:
         key = (comp.spec_hash, token)
         config = self._configs.get(key)
         if config is None:
-            host = self.host
-            context = host.context(comp, host.applied)
+            context = self.services.context_of(comp)
             config = container_.render_container(
-                comp, thing=host.thing, root=str(host.layout.root),
-                ipc_socket=str(host.layout.ipc_socket),
+                comp, thing=self.thing, root=str(self.layout.root),
+                ipc_socket=str(self.layout.ipc_socket),
                 render=lambda text: recipe.render_text(text, context),
                 canonical=observe_bind_source,
                 allow_privileged=privilege.is_allowed(privilege.Level.PRIVILEGED,
-                                                      host.settings.max_privilege),
+                                                      self.settings.max_privilege),
                 agent_env={"HEDGEROW_COMPONENT": comp.name,
                            "HEDGEROW_COMPONENT_VERSION": comp.version,
-                           "AWS_IOT_THING_NAME": host.thing,
+                           "AWS_IOT_THING_NAME": self.thing,
                            "HEDGEROW_AUTH_TOKEN": token, "SVCUID": token})
             if len(self._configs) > 512:
                 self._configs.clear()
@@ -333,24 +299,21 @@ class ContainerBridge:
         spec = comp.container
         if spec is None or spec.image_archive is None:
             return None
-        return self.host.store.fetch(component.Artifact(uri=spec.image_archive.uri,
-                                                        sha256=spec.image_archive.sha256))
+        return self.store.fetch(component.Artifact(uri=spec.image_archive.uri,
+                                                   sha256=spec.image_archive.sha256))
 
     # --- the verbs ---------------------------------------------------------------------
 
-    def begin_apply(self) -> None:
-        self.deferred, self._transient = set(), None
-
     def prepare(self, comp: documents.ResolvedComponent) -> str | None:
-        """PREPARE (worker thread): render (bad recipe: permanent) and make the image
-        present — pulled or loaded — before anything old is stopped. The failure, if any;
-        an unreachable dockerd defers the component instead (see `take_transient`)."""
+        """PREPARE (worker thread, while the loop awaits it): render (bad recipe:
+        permanent) and make the image present — pulled or loaded — before anything old
+        is stopped. The failure, if any; an unreachable dockerd defers the component."""
         try:
             config = self._config(comp, "")
             self.runtime.ensure_image(config, self._archive_of(comp))
         except TransientError as exc:
             self.deferred.add(comp.name)
-            self._transient = exc
+            self.down(exc)
             return None
         except (container_.ContainerSpecError, recipe.RecipeVariableError) as exc:
             return f"{comp.name}: refused: {exc}"
@@ -358,111 +321,97 @@ class ContainerBridge:
             return f"{comp.name}: image failure: {exc}"
         return None
 
-    def take_transient(self) -> None:
-        """Back on the loop after PREPARE: an unreachable dockerd is noted once."""
-        transient, self._transient = self._transient, None
-        if transient is not None:
-            self.down(transient)
+    def is_deferred(self, name: str) -> bool:
+        return name in self.deferred
 
-    async def stop_one(self, rec: records_.Record, remove: bool, hold: bool,
-                       soft: bool) -> None:
-        name, host = rec.name, self.host
+    async def stop(self, rec: records_.Record, *, remove: bool,
+                   replacing: bool) -> runtime_.Changes:
+        name = rec.name
         if name in self.deferred:
             return
-        if not soft:  # soft: a spec change; apply swaps new for old with less downtime
+        if not replacing:  # a spec change: apply swaps new for old with less downtime
             try:
                 await asyncio.to_thread(
                     self.runtime.remove if remove else self.runtime.stop, name,
-                    host.settings.container_stop_s)
+                    self.settings.container_stop_s)
             except TransientError as exc:
                 self.down(exc)
                 return  # nothing changed; a later pass (level-triggered) does it again
             except PermanentError as exc:
                 log.warning("%s: %s", name, exc)
-        host.transition(rec, Event.STOP_REQUESTED)
+        yield runtime_.Change(Event.STOP_REQUESTED)
         if rec.state is State.STOPPING:
-            host.transition(rec, Event.STOPPED, "stopped")
-        host.stopped(rec, remove, hold)
+            yield runtime_.Change(Event.STOPPED, "stopped")
 
-    async def install(self, comp: documents.ResolvedComponent) -> None:
-        host = self.host
-        rec = host.ensure_record(comp)
-        if rec.state is not State.NEW and (rec.state, Event.RESET) in lifecycle.TRANSITIONS:
-            host.transition(rec, Event.RESET, "new desired revision"
-                            if rec.state is State.BROKEN else "reinstalling")
-        rec.installed_in = host.applied.revision if host.applied else ""
-        rec.install_failed = False
-        if rec.state is State.NEW:
-            host.transition(rec, Event.INSTALLED)
+    async def install(self, job: runtime_.Job) -> runtime_.Changes:
+        state = job.rec.state
+        if state is not State.NEW and (state, Event.RESET) in lifecycle.TRANSITIONS:
+            yield runtime_.Change(Event.RESET, "new desired revision"
+                                 if state is State.BROKEN else "reinstalling")
+        if job.rec.state is State.NEW:
+            yield runtime_.Change(Event.INSTALLED)
 
-    async def start_one(self, comp: documents.ResolvedComponent) -> None:
-        host = self.host
-        rec = host.records.get(comp.name)
-        if rec is None or rec.state not in (State.INSTALLED, State.FINISHED):
-            return
-        if not host.deps_ready(comp):
-            return
+    async def start(self, job: runtime_.Job) -> runtime_.Changes:
+        comp, rec = job.comp, job.rec
         try:
             config = self._config(comp, rec.token)
             archive = await asyncio.to_thread(self._archive_of, comp)
             result = await asyncio.to_thread(self.runtime.apply, config, archive,
-                                             stop_timeout=host.settings.container_stop_s)
+                                             stop_timeout=self.settings.container_stop_s)
         except TransientError as exc:
             self.down(exc)
             return
         except (PermanentError, artifacts.ArtifactError, container_.ContainerSpecError,
                 recipe.RecipeVariableError) as exc:
-            rec.hold_revision = None
-            host.transition(rec, Event.START)
-            host.transition(rec, Event.FAILED, f"start: {exc}")
+            yield runtime_.Change(Event.START)
+            yield runtime_.Change(Event.FAILED, f"start: {exc}")
             return
-        rec.hold_revision = None
-        host.transition(rec, Event.START)
+        yield runtime_.Change(Event.START)
         what = f"container {result.container_id[:12]} ({result.action})"
         if config.healthcheck is None:  # RUNNING = started and (no check or healthy)
-            host.transition(rec, Event.STARTED, what)
+            yield runtime_.Change(Event.STARTED, what)
         else:
-            rec.message = f"{what}; waiting for the health check"
-            host.save(rec)
+            yield runtime_.Change(None, f"{what}; waiting for the health check")
         self.logs.follow(comp.name, result.container_id)
 
-    async def recover(self, comp: documents.ResolvedComponent) -> None:
-        rec = self.host.records[comp.name]
+    async def recover(self, job: runtime_.Job) -> runtime_.Changes:
         try:  # an unhealthy container still runs: restart means stop first
-            await asyncio.to_thread(self.runtime.stop, comp.name,
-                                    self.host.settings.container_stop_s)
+            await asyncio.to_thread(self.runtime.stop, job.comp.name,
+                                    self.settings.container_stop_s)
         except TransientError as exc:
             self.down(exc)
             return
         except PermanentError as exc:
-            log.warning("%s: %s", comp.name, exc)
-        self.host.transition(rec, Event.RECOVER, "recovering")
-        await self.install(comp)
-        await self.start_one(comp)
+            log.warning("%s: %s", job.comp.name, exc)
+        yield runtime_.Change(Event.RECOVER, "recovering")
 
-    async def clean_up(self, actions: list[plan_.Action],
-                       doc: documents.DesiredState | None) -> None:
+    def forget(self, name: str) -> None:
+        process_.remove_work(self.layout, name)
+
+    async def clean_up(self, recs: Iterable[records_.Record], actions: list[plan_.Action],
+                       doc: documents.DesiredState | None, *, settled: bool,
+                       last_good: Callable[[], documents.DesiredState | None]) -> None:
         """Remove orphans (our labels, no record) and images nothing desired uses."""
+        self._gc_due = self._gc_due or settled  # images only the old good state used
         if self.seen is None or self._runtime is None:
             return  # dockerd unknown, or never used by this agent: nothing of ours there
-        host = self.host
-        keep = [r.name for r in host.records.values() if is_container(r)]
-        self.logs.forget(keep)
-        changed = bool(self._orphans) or self.gc_due or any(
+        names = [r.name for r in recs]
+        self.logs.forget(names)
+        changed = bool(self._orphans) or self._gc_due or any(
             a.runtime == "container" and a.verb in (plan_.Verb.REMOVE, plan_.Verb.INSTALL)
             for a in actions)
         if not changed:
             return
-        self.gc_due = False
+        self._gc_due = False
+        keep = last_good()
         images = {c.container.image for c in (doc.components if doc else [])
                   if c.container is not None}
-        good = host.last_good()
-        images |= {c.container.image for c in (good.components if good else [])
+        images |= {c.container.image for c in (keep.components if keep else [])
                    if c.container is not None}
         try:
             if self._orphans:
-                await asyncio.to_thread(self.runtime.remove_orphans, keep,
-                                        host.settings.container_stop_s)
+                await asyncio.to_thread(self.runtime.remove_orphans, names,
+                                        self.settings.container_stop_s)
             await asyncio.to_thread(self.runtime.gc_images, images)
         except TransientError as exc:
             self.down(exc)

@@ -26,7 +26,6 @@ import datetime
 import hashlib
 import json
 import logging
-import os
 import random
 import tarfile
 import threading
@@ -39,6 +38,7 @@ import docker
 import docker.errors
 from docker.models.containers import Container
 
+from hedgerow import files
 from hedgerow.agent import logsink
 from hedgerow.agent.dockererrors import (
     PermanentError,
@@ -96,7 +96,6 @@ class ContainerRuntime:
         state_dir: Path | None = None,
         api_timeout: int = 20,
         image_timeout: int = 600,
-        probe_timeout: int = 3,
         pull_backoff: Backoff = Backoff(),  # frozen, so one shared default is safe
         sleep: Callable[[float], None] = time.sleep,
         rng: Callable[[], float] = random.random,
@@ -104,29 +103,16 @@ class ContainerRuntime:
         self.thing = thing
         self._client_factory = client_factory
         self._state_dir = state_dir
-        # Three budgets: ordinary calls fail fast so a dead daemon never stalls the loop;
+        # Two budgets: ordinary calls fail fast so a dead daemon never stalls the loop;
         # pulls and loads of big images on slow devices legitimately take minutes.
         self._api_timeout = api_timeout
         self._image_timeout = image_timeout
-        self._probe_timeout = probe_timeout
         self._pull_backoff = pull_backoff
         self._sleep = sleep
         self._rng = rng
         self._clients: dict[int, docker.DockerClient] = {}
         self._lock = threading.Lock()
         self._owned_images: dict[str, str] | None = None  # ref → image id, loaded lazily
-
-    # --- availability ----------------------------------------------------------------
-
-    def is_available(self) -> bool:
-        """Whether dockerd answers a ping within the probe timeout."""
-        try:
-            client = self._client(self._probe_timeout)
-            with translated("ping"):
-                return bool(client.ping())
-        except TransientError as exc:
-            log.debug("docker is unavailable: %s", exc)
-            return False
 
     def close(self) -> None:
         with self._lock:
@@ -201,10 +187,6 @@ class ContainerRuntime:
             removed.append(ref)
             log.info("removed unused image %s", ref)
         return removed
-
-    def owned_images(self) -> dict[str, str]:
-        """The images this runtime pulled or loaded: reference → image id."""
-        return dict(self._images())
 
     # --- containers ------------------------------------------------------------------
 
@@ -520,8 +502,9 @@ class ContainerRuntime:
     def _write_images(self, images: dict[str, str]) -> None:
         if self._state_dir is None:
             return
-        _write_atomically(self._state_dir / _IMAGES_FILE,
-                          json.dumps({"images": images}, sort_keys=True, indent=1).encode())
+        self._state_dir.mkdir(parents=True, exist_ok=True)
+        files.write_atomic(self._state_dir / _IMAGES_FILE,
+                           json.dumps({"images": images}, sort_keys=True, indent=1).encode())
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -634,97 +617,3 @@ def _archive_tags(path: Path) -> list[str]:
         raise PermanentError(f"{path.name}: manifest.json is not a list")
     return [container_.render_image_ref(str(tag)) for entry in manifest
             if isinstance(entry, dict) for tag in entry.get("RepoTags") or []]
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """temp, fsync, rename, fsync dir: a crash leaves the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("wb") as stream:
-        stream.write(data)
-        stream.flush()
-        os.fsync(stream.fileno())
-    temporary.replace(path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
-# --- logs mirrored to <root>/logs/<component>.log ---------------------------------------
-
-class LogMirror:
-    """Copy each running container's output into the component's log file.
-
-    `hedgerow logs get NAME` reads `logs/NAME.log` for every component; for containers a
-    thread per running container follows `docker logs` into that file, in the same
-    format and rotation as the process log writer. Docker keeps the output while the
-    agent is down; after a restart the copy resumes from the last line written (lines in
-    the same millisecond as that line are not copied twice).
-    """
-
-    def __init__(self, runtime: ContainerRuntime, path_of: Callable[[str], Path],
-                 max_bytes: int, keep: int) -> None:
-        self._runtime, self._path_of = runtime, path_of
-        self._max_bytes, self._keep = max_bytes, keep
-        self._threads: dict[str, tuple[str, threading.Thread]] = {}
-
-    def follow(self, component: str, container_id: str) -> None:
-        current = self._threads.get(component)
-        if current is not None and current[0] == container_id and current[1].is_alive():
-            return
-        thread = threading.Thread(target=self._copy, args=(component, container_id),
-                                  name=f"logs:{component}", daemon=True)
-        self._threads[component] = (container_id, thread)
-        thread.start()
-
-    def forget(self, keep: Iterable[str]) -> None:
-        for name in set(self._threads) - set(keep):
-            del self._threads[name]  # the stream ends with its container
-
-    def _copy(self, component: str, container_id: str) -> None:
-        """Follow one container into its log file: bounded lines and rate, and writes
-        that may fail (disk full) like the process log writer's (logsink.Sink). Ends
-        with the stream or on any error; the next pass starts it again (`follow`)."""
-        path = self._path_of(component)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            last = _last_stamp(path)
-            since = None
-            if last:
-                with contextlib.suppress(ValueError):
-                    since = int(datetime.datetime.fromisoformat(last[:19]).replace(
-                        tzinfo=datetime.UTC).timestamp())
-            sink = logsink.Sink(str(path), self._max_bytes, self._keep)
-            try:
-                for line in self._runtime.follow_logs(container_id, since):
-                    stamp, _, text = line.partition(" ")
-                    stamp = _short_stamp(stamp)
-                    if last and stamp <= last:
-                        continue
-                    sink.line(text.encode(errors="replace"), stamp.encode())
-            finally:
-                sink.end()
-        except Exception as exc:  # dockerd went away, the disk is full …: next pass resumes
-            log.debug("%s: log copy ended: %s", component, exc)
-
-
-def _short_stamp(docker_stamp: str) -> str:
-    """2024-05-01T12:00:00.123456789Z -> 2024-05-01T12:00:00.123Z (the process format)."""
-    whole, _, fraction = docker_stamp.rstrip("Z").partition(".")
-    return f"{whole[:19]}.{(fraction + '000')[:3]}Z"
-
-
-def _last_stamp(path: Path) -> str:
-    try:
-        with path.open("rb") as stream:
-            stream.seek(max(0, path.stat().st_size - 4096))
-            tail = stream.read().splitlines()
-    except OSError:
-        return ""
-    for line in reversed(tail):
-        stamp = line[:24].decode(errors="replace")
-        if len(stamp) == 24 and stamp.endswith("Z"):
-            return stamp
-    return ""

@@ -101,14 +101,14 @@ async def _dispatch(agent: Agent, request: dict[str, Any]) -> Any:
                     "hold": rec.hold_revision is not None,
                     "configuration": spec.configuration,
                     "dependencies": [d.to_dict() for d in spec.dependencies],
-                    "limits": agent.cgroups.limit_files(name),
+                    "limits": agent.processes.cgroups.limit_files(name),
                     "log": str(agent.layout.log_of(name))}
         async with agent.lock:
             await agent.stop(name, hold=op == "component.stop")
             if op == "component.restart":  # also lifts an earlier `component stop`
                 rec.hold_revision = None
                 agent.records[name] = rec
-                agent.save(rec)
+                agent.save()
             agent.flush()
         agent.wake.set()
         return _public(rec)

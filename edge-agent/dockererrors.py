@@ -1,9 +1,11 @@
 """Docker SDK failures, translated in one place into the two kinds the agent acts on.
 
-PermanentError: the input is wrong (image does not exist, invalid spec, a name held by a
-container we do not own). Retrying cannot help; the component is ERRORED until the
-desired state changes. TransientError: the daemon or the network is (for now) not there.
-The agent retries with capped, jittered backoff and reports the runtime unavailable.
+The two kinds are the agent's one vocabulary of failures (`failures.py`), shared with
+the process runtime. PermanentError: the input is wrong (image does not exist, invalid
+spec, a name held by a container we do not own). Retrying cannot help; the component is
+ERRORED until the desired state changes. TransientError: the daemon or the network is
+(for now) not there. The agent retries with capped, jittered backoff and reports the
+runtime unavailable.
 
 Every call into docker-py in `containers.py` goes through `translated()`, so no other
 module needs to know docker-py's exception zoo. The agent imports the error classes on
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+
+from hedgerow.agent import failures
 
 # Docker 20.10 answers 500 to some requests that can never succeed as given; their
 # messages are stable enough to recognise (an unmatched 500 stays transient, the safe
@@ -34,16 +38,10 @@ _PERMANENT_500 = (
 _TRANSIENT_409 = ("in progress", "is restarting", "is already in progress")
 
 
-class ContainerRuntimeError(Exception):
-    """Base of the errors the container runtime raises."""
-
-
-class PermanentError(ContainerRuntimeError):
-    """Retrying will not help until the desired state changes."""
-
-
-class TransientError(ContainerRuntimeError):
-    """The daemon or network failed; retry later with backoff."""
+# The one vocabulary of failures (failures.py), under the names docker code uses.
+ContainerRuntimeError = failures.Error
+PermanentError = failures.PermanentError
+TransientError = failures.TransientError
 
 
 def translate(exc: BaseException, action: str) -> ContainerRuntimeError:

@@ -1,88 +1,51 @@
-"""The process runtime: lifecycle steps as real processes (one of the runtimes behind
-plan).
+"""The process runtime's shell: lifecycle steps as real processes, started, watched and
+ended (`processes.py` decides which step runs when; this module runs it).
 
 Each step runs `/bin/sh -c SCRIPT` in its own session (so its process group can be
-signalled as a whole and it survives the agent), as the component's user, with a clean
-environment, stdin from /dev/null and stdout/stderr into a logpipe process, never into
-the agent. Spawning is `os.posix_spawn` (vfork-like: the agent is never copied) of
-`hedgerow-gate` (gate/gate.c), which waits at a gate (a pipe on fd 3), makes the work
-folder, forks, and drops to the component's user to exec the shell; its root half
-stays the step's parent and leaves the step's exit code in state/exits/ (a folder only
-root can write), read back for a process the agent adopted after a restart. The gate
-opens once the process is in its component's own cgroup (see cgroups.py), so not one
-instruction of the step, and nothing it forks, runs outside: that cgroup is how the
-agent finds everything a component started, whatever it does with sessions, process
-groups and environment. The moves are made by a thread of the agent, off its loop
-(the kernel makes an isolated move wait for an RCU grace period, ~7.5 ms, unless
-another move came just before), and the gates of a batch open together once all of
-it is moved, so the steps' own start-up (their mkdir: 0.1-0.6 ms of CPU on ext4 here;
-the shell) does not slow the spawning of the rest. Where hedgerow-gate is not built,
-`setpriv` (util-linux) drops privileges, the agent makes the folder, the shell itself
-waits at the gate (~1.3 ms more CPU per start, plus the mkdir in the pass) and no one
-root writes the exit code: an adopted process's exit then counts as an error.
+signalled as a whole and it survives the agent), as the component's user
+(`userswitch.py`), with a clean environment, stdin from /dev/null and stdout/stderr into
+a logpipe process, never into the agent. Spawning (`spawner.py`, the batcher) is
+`os.posix_spawn` of `hedgerow-gate` (gate/gate.c), which waits at a gate (a pipe on fd
+3), makes the work folder, forks, and drops to the component's user to exec the shell;
+its root half stays the step's parent and leaves the step's exit code in state/exits/
+(a folder only root can write), read back for a process the agent adopted after a
+restart. The gate opens once the process is in its component's own cgroup (see
+cgroups.py), so not one instruction of the step, and nothing it forks, runs outside:
+that cgroup is how the agent finds everything a component started, whatever it does
+with sessions, process groups and environment (`procfs.py` reads the rest). Where
+hedgerow-gate is not built, `setpriv` (util-linux) drops privileges, the agent makes the
+folder, the shell itself waits at the gate (~1.3 ms more CPU per start, plus the mkdir
+in the pass) and no one root writes the exit code: an adopted process's exit then
+counts as an error.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import dataclasses
-import fcntl
-import grp
 import logging
 import os
 import pathlib
-import pwd
-import re
 import shlex
 import shutil
 import signal
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 
 from hedgerow.agent import cgroups as cgroups_
-from hedgerow.agent import fsguard, records
+from hedgerow.agent import failures, fsguard, procfs, records, spawner, userswitch
 from hedgerow.agent.layout import Layout
-from hedgerow.core import component, deployment, documents
+from hedgerow.core import component, documents
 
 log = logging.getLogger("hedgerow.agent")
 DEFAULT_TIMEOUTS: Mapping[str, float | None] = {
     "install": 120.0, "startup": 120.0, "shutdown": 15.0, "recover": 60.0, "run": None}
-_LOGPIPE = str(pathlib.Path(__file__).with_name("logpipe.py"))
 _SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _GATE = pathlib.Path(__file__).with_name("gate") / "hedgerow-gate"
 _SHELL_GATE = "read -r _ <&3 || exit 125\nexec 3<&-\n"
-# Python ignores these; a step must start with the defaults (`yes | head` ends by SIGPIPE).
-_PYTHON_IGNORES = (signal.SIGPIPE, signal.SIGXFSZ)
-# What glibc ignores when it starts a program with privileges (its unsecvars.h), plus
-# every LD_* and MALLOC_*: in the setpriv fallback, setpriv — dynamically linked — runs
-# as root with the step's environment, so a recipe's LD_PRELOAD would run as root. These
-# reach the step through its shell instead (`export`), once it runs as its user.
-_ROOT_UNSAFE = frozenset({
-    "GCONV_PATH", "GETCONF_DIR", "GLIBC_TUNABLES", "HOSTALIASES", "LOCALDOMAIN",
-    "LOCPATH", "NIS_PATH", "NLSPATH", "RESOLV_HOST_CONF", "RES_OPTIONS", "TMPDIR", "TZDIR"})
-_SHELL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def split_root_unsafe(env: Mapping[str, str]) -> tuple[dict[str, str], str]:
-    """(what setpriv may see, the `export` lines that give the step the rest). A name the
-    shell cannot export cannot be among the rest: it is left out, and said so."""
-    safe, held = {}, []
-    for name, value in env.items():
-        if name not in _ROOT_UNSAFE and not name.startswith(("LD_", "MALLOC_")):
-            safe[name] = value
-        elif _SHELL_NAME.fullmatch(name):
-            held.append(f"export {name}={shlex.quote(value)}\n")
-        else:
-            log.warning("%s is not passed to the step: setpriv would see it as root, and "
-                        "the shell cannot export it (build hedgerow-gate)", name)
-    return safe, "".join(held)
-
-
 @dataclasses.dataclass(frozen=True)
 class StepResult:
     ok: bool
@@ -90,35 +53,6 @@ class StepResult:
     code: int | None = None
     skipped: bool = False
     message: str = ""
-
-
-@dataclasses.dataclass(frozen=True)
-class Identity:
-    uid: int
-    gid: int
-    name: str
-    home: str
-
-
-def read_start_time(pid: int) -> int | None:
-    try:
-        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # Field 2 (comm) may hold spaces and parentheses: split after the last ')'.
-    fields = stat[stat.rindex(")") + 2:].split()
-    return None if fields[0] == "Z" else int(fields[19])
-
-
-def is_same_process(ref: records.ProcessRef) -> bool:
-    """Pid, kernel start time and our marker must all match: pids get reused."""
-    if read_start_time(ref.pid) != ref.start_time:
-        return False
-    try:
-        environ = pathlib.Path(f"/proc/{ref.pid}/environ").read_bytes()
-    except OSError:
-        return False
-    return f"HEDGEROW_INSTANCE={ref.marker}".encode() in environ.split(b"\0")
 
 
 def find_gate() -> str | None:
@@ -139,138 +73,6 @@ def is_runnable_gate(path: str) -> bool:
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 127
 
 
-def resolve_identity(posix_user: str | None, default_user: str,
-                     privileged: bool) -> Identity:
-    if os.geteuid() != 0:  # an unprivileged agent can only run things as itself
-        me = pwd.getpwuid(os.geteuid())
-        return Identity(me.pw_uid, me.pw_gid, me.pw_name, me.pw_dir)
-    if privileged:
-        return Identity(0, 0, "root", "/root")
-    user, _, group = (posix_user or default_user).partition(":")
-    entry = pwd.getpwnam(user)  # KeyError: an unknown user is a permanent error
-    gid = grp.getgrnam(group).gr_gid if group else entry.pw_gid
-    return Identity(entry.pw_uid, gid, entry.pw_name, entry.pw_dir)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Launch:
-    """A step ready to start: everything but the posix_spawn itself."""
-
-    argv: list[str]
-    env: dict[str, str]
-    cgroup: str | None
-    limits: deployment.SystemResourceLimits | None
-    gated: bool  # waits for a byte on fd 3 (hedgerow-gate, or the shell when in a cgroup)
-    log_path: str
-    ref: records.ProcessRef  # pid 0 until launched
-
-
-class Child:
-    """A spawned process the agent is the parent of (a tiny Popen for posix_spawn)."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.returncode: int | None = None
-
-    def _reaped(self, status: int) -> int:
-        self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:
-                self.returncode = 255
-                return self.returncode
-            if pid:
-                return self._reaped(status)
-        return self.returncode
-
-    def wait(self) -> int:
-        if self.returncode is None:
-            try:
-                return self._reaped(os.waitpid(self.pid, 0)[1])
-            except ChildProcessError:
-                self.returncode = 255
-        return self.returncode
-
-
-_Done = asyncio.Future[tuple[Child, records.ProcessRef]]  # a launch, answered
-
-
-async def wait_exit(proc: Child, timeout: float | None) -> int | None:
-    """The exit code, or None when `timeout` passed first. A pidfd wakes the loop."""
-    if proc.poll() is not None:
-        return proc.returncode
-    loop = asyncio.get_running_loop()
-    fd = os.pidfd_open(proc.pid)
-    ready: asyncio.Future[None] = loop.create_future()
-
-    def wake() -> None:
-        if not ready.done():
-            ready.set_result(None)
-
-    loop.add_reader(fd, wake)
-    try:
-        await asyncio.wait_for(ready, timeout)
-    except TimeoutError:
-        return None
-    finally:
-        loop.remove_reader(fd)
-        os.close(fd)
-    return proc.wait()
-
-
-def _read_proc(path: str) -> bytes:
-    """A /proc file, os-level: a scan reads hundreds, and pathlib objects add up."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        chunks = [os.read(fd, 65536)]
-        while chunks[-1]:
-            chunks.append(os.read(fd, 65536))
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
-def scan_groups() -> dict[int, set[int]]:
-    """Every live (not zombie) process, by process group: one pass over /proc."""
-    out: dict[int, set[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = _read_proc(f"/proc/{entry.name}/stat")
-        except OSError:
-            continue
-        fields = stat[stat.rindex(b")") + 2:].split()
-        if fields[0] != b"Z":
-            out.setdefault(int(fields[2]), set()).add(int(entry.name))
-    return out
-
-
-def group_members(pgid: int) -> set[int]:
-    return scan_groups().get(pgid, set())
-
-
-def marked(prefix: bytes, among: set[int] | None = None) -> set[int]:
-    """Live processes with an environment entry starting with `prefix` (our marker),
-    looked for `among` these pids, or all of /proc."""
-    pids = among if among is not None else (
-        int(e.name) for e in os.scandir("/proc") if e.name.isdigit())
-    out = set()
-    for pid in pids:
-        try:
-            environ = _read_proc(f"/proc/{pid}/environ")
-        except OSError:
-            continue
-        if any(v.startswith(prefix) for v in environ.split(b"\0")) and \
-                read_start_time(pid) is not None:
-            out.add(pid)
-    return out
-
-
 class ProcessRuntime:
     name = "process"
 
@@ -280,14 +82,11 @@ class ProcessRuntime:
         self.layout, self.thing, self.cgroups = layout, thing, cgroups
         self.default_user, self.kill_grace_s = default_user, kill_grace_s
         self.log_max_bytes, self.log_keep = log_max_bytes, log_keep
-        self.children: dict[int, Child] = {}
+        self.spawner = spawner.Spawner(cgroups, log_max_bytes, log_keep)
+        self.children = self.spawner.children  # the steps this agent is the parent of
         self._watches: dict[str, int] = {}
-        self._pending_logs: list[tuple[int, str]] = []  # pipe read ends, log paths
-        self._pending_refs: list[records.ProcessRef] = []  # start times still to read
-        self._identities: dict[tuple[str | None, bool], tuple[Identity, float]] = {}
-        self._launches: list[tuple[_Launch, _Done]] = []
-        # Moves processes into their cgroups and opens their gates, off the loop.
-        self._mover: concurrent.futures.ThreadPoolExecutor | None = None
+        self._identities: dict[tuple[str | None, bool],
+                               tuple[userswitch.Identity, float]] = {}
         self._doomed: dict[str, int] = {}  # cgroups to remove, tries left
         self._scan: tuple[float, dict[int, set[int]]] | None = None
         self._verified: dict[str, records.ProcessRef] = {}  # by component: is_running
@@ -298,19 +97,20 @@ class ProcessRuntime:
 
     # --- environment ----------------------------------------------------------------
 
-    def identity(self, posix_user: str | None, privileged: bool) -> Identity:
+    def identity(self, posix_user: str | None, privileged: bool) -> userswitch.Identity:
         """`resolve_identity`, remembered for a second: a pass that starts 50 components
         reads /etc/passwd once, and a user added since is seen by the next pass."""
         key = (posix_user, privileged)
         now = time.monotonic()
         known = self._identities.get(key)
         if known is None or known[1] < now:
-            known = (resolve_identity(posix_user, self.default_user, privileged), now + 1.0)
+            known = (userswitch.resolve_identity(posix_user, self.default_user, privileged),
+                     now + 1.0)
             self._identities[key] = known
         return known[0]
 
     def environment(self, record: records.Record, comp: documents.ResolvedComponent,
-                    step_env: Mapping[str, str], identity: Identity,
+                    step_env: Mapping[str, str], identity: userswitch.Identity,
                     marker: str) -> dict[str, str]:
         env = {
             "PATH": _SAFE_PATH, "LANG": "C.UTF-8", "HOME": str(self.layout.work_of(comp.name)),
@@ -325,7 +125,8 @@ class ProcessRuntime:
         env["HEDGEROW_INSTANCE"] = marker  # last: a recipe cannot forge our marker
         return env
 
-    def prepare_work(self, comp: documents.ResolvedComponent, identity: Identity) -> None:
+    def prepare_work(self, comp: documents.ResolvedComponent,
+                     identity: userswitch.Identity) -> None:
         """The work folder, the component's, 0700 (by descriptor: work/ is root's, and a
         link in the folder's place is refused, not followed)."""
         work = self.layout.work_of(comp.name)
@@ -337,8 +138,9 @@ class ProcessRuntime:
 
     async def spawn(self, record: records.Record, comp: documents.ResolvedComponent,
                     step_name: str, step: component.Step, script: str,
-                    env: Mapping[str, str]) -> tuple[Child, records.ProcessRef]:
-        """Start one step; raises OSError/KeyError/LimitError when it cannot start.
+                    env: Mapping[str, str]) -> tuple[spawner.Child, records.ProcessRef]:
+        """Start one step; raises failures.PermanentError (no such user, a limit the
+        cgroups cannot set), OSError or ValueError (the kernel refused) when it cannot.
 
         Steps spawned in the same turn of the event loop (a pass starting 50 components)
         are launched together, after all of them are prepared: the Python work is done
@@ -346,17 +148,12 @@ class ProcessRuntime:
         Its output pipe is queued for the batch's log writer, and the ref's start time
         is read then: call `finish_spawns` before awaiting anything else (a pipe holds
         64 KiB until the writer starts) and before the ref is recorded."""
-        launch = self._prepare_launch(record, comp, step_name, step, script, env)
-        loop = asyncio.get_running_loop()
-        done: _Done = loop.create_future()
-        self._launches.append((launch, done))
-        if len(self._launches) == 1:
-            loop.call_soon(self._launch_all)
-        return await done
+        return await self.spawner.submit(
+            self._prepare_launch(record, comp, step_name, step, script, env))
 
     def _prepare_launch(self, record: records.Record, comp: documents.ResolvedComponent,
                         step_name: str, step: component.Step, script: str,
-                        env: Mapping[str, str]) -> _Launch:
+                        env: Mapping[str, str]) -> spawner.Launch:
         identity = self.identity(comp.run_with.posix_user if comp.run_with else None,
                                  step.requires_privilege)
         drop = os.geteuid() == 0 and identity.uid != 0
@@ -369,7 +166,7 @@ class ProcessRuntime:
         work = self.layout.work_of(comp.name)
         environ, exports = self.environment(record, comp, env, identity, marker), ""
         if drop and gate is None:
-            environ, exports = split_root_unsafe(environ)
+            environ, exports = userswitch.split_root_unsafe(environ)
         gate_in_shell = cgroup is not None and gate is None
         exit_file = str(self.layout.exit_file(marker))
         # The exit code is written by root: hedgerow-gate's parent half, or the step's
@@ -387,23 +184,9 @@ class ProcessRuntime:
                     "--clear-groups", "--", "/bin/sh", "-c", inner]
         else:
             argv = ["/bin/sh", "-c", inner]
-        return _Launch(argv, environ, cgroup, limits, gate_in_shell or gate is not None,
+        return spawner.Launch(argv, environ, cgroup, limits, gate_in_shell or gate is not None,
                        str(self.layout.log_of(comp.name)),
                        records.ProcessRef(pid=0, start_time=0, marker=marker, step=step_name))
-
-    def _launch_all(self) -> None:
-        launches, self._launches = self._launches, []
-        launches = [(la, d) for la, d in launches if not d.cancelled()]  # nobody waits
-        results, placing = self._spawn_batch([la for la, _ in launches])
-        for (launch, done), result in zip(launches, results, strict=True):
-            self._settle(launch, done, result)
-        if any(launch.cgroup for _, launch, _ in placing):
-            if self._mover is None:
-                self._mover = concurrent.futures.ThreadPoolExecutor(
-                    1, thread_name_prefix="cgroup-mover")
-            self._mover.submit(self._place, placing)
-        else:
-            self._place(placing)
 
     def warm_up(self, adopted: Iterable[str] = ()) -> None:
         """At start: check that hedgerow-gate runs here (else setpriv, said once), make
@@ -417,9 +200,7 @@ class ProcessRuntime:
         if self.gate is None and os.geteuid() == 0:
             log.info("hedgerow-gate is not built (make gate, or HEDGEROW_GATE=PATH): steps "
                      "drop privileges with setpriv, ~1.3 ms more CPU per start")
-        if self._mover is None:
-            self._mover = concurrent.futures.ThreadPoolExecutor(
-                1, thread_name_prefix="cgroup-mover")
+        self.spawner.warm_up()
         try:
             swept = self.cgroups.sweep()
         except OSError as exc:
@@ -437,118 +218,9 @@ class ProcessRuntime:
                 threading.Thread(target=shutil.rmtree, args=(trash, True), daemon=True,
                                  name="work-remover").start()
 
-    def _spawn_batch(self, batch: list[_Launch]) -> tuple[
-            list[tuple[int, int] | Exception], list[tuple[int, _Launch, int]]]:
-        """posix_spawn every step; per step (pid, log read end) or what stopped it, and
-        what `_place` must do: (pid, launch, gate write end)."""
-        results: list[tuple[int, int] | Exception] = []
-        placing: list[tuple[int, _Launch, int]] = []
-        for launch in batch:
-            try:
-                pid, log_r, gate_w = self._spawn_process(launch)
-            except Exception as exc:  # OSError, ValueError …: no spawn may wait forever
-                if not isinstance(exc, OSError | ValueError | cgroups_.LimitError):
-                    log.exception("%s: spawning failed", launch.log_path)
-                results.append(exc)
-                continue
-            results.append((pid, log_r))
-            if gate_w >= 0:
-                placing.append((pid, launch, gate_w))
-        return results, placing
-
-    def _place(self, placing: list[tuple[int, _Launch, int]]) -> None:
-        """Move each gated step into its cgroup (made at its first start), then open all
-        their gates together (a step's own start-up does not take the CPU from the moves
-        of the rest). One that cannot be placed has its gate closed: it exits 125 there,
-        having run nothing. System calls and the cgroups' own table only: safe on the
-        mover thread."""
-        opened = []
-        for pid, launch, gate_w in placing:
-            if launch.cgroup is not None:
-                try:
-                    self.cgroups.attach(launch.cgroup, pid, launch.limits)
-                except (OSError, cgroups_.LimitError) as exc:
-                    log.error("%s: pid %d cannot be put into its cgroup, so it does not "
-                              "run: %s", launch.cgroup, pid, exc)
-                    os.close(gate_w)
-                    continue
-            opened.append(gate_w)
-        for fd in opened:
-            with contextlib.suppress(OSError):  # EPIPE: it died; its watch sees it
-                os.write(fd, b"\n")
-            os.close(fd)
-
-    def _spawn_process(self, launch: _Launch) -> tuple[int, int, int]:
-        """The child's pid, its output's read end and its gate's write end (-1: none)."""
-        log_r, log_w = os.pipe()
-        try:
-            gate_r, gate_w = os.pipe() if launch.gated else (-1, -1)
-        except OSError:
-            os.close(log_r)
-            os.close(log_w)
-            raise
-        actions: list[tuple[int, ...] | tuple[int, int, str, int, int]] = [
-            (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_DUP2, log_w, 1), (os.POSIX_SPAWN_DUP2, log_w, 2)]
-        if launch.gated:
-            actions.append((os.POSIX_SPAWN_DUP2, gate_r, 3))
-        try:
-            pid = os.posix_spawn(launch.argv[0], launch.argv, launch.env, setsid=True,
-                                 file_actions=actions, setsigdef=_PYTHON_IGNORES)
-        except BaseException:
-            for fd in (log_r, gate_w):
-                if fd >= 0:
-                    os.close(fd)
-            raise
-        finally:
-            for fd in (log_w, gate_r):
-                if fd >= 0:
-                    os.close(fd)
-        return pid, log_r, gate_w
-
-    def _settle(self, launch: _Launch, done: _Done,
-                result: tuple[int, int] | Exception) -> None:
-        """Back on the loop: account for the spawned process, answer the spawner."""
-        if isinstance(result, Exception):
-            if not done.done():
-                done.set_exception(result)
-            return
-        pid, log_r = result
-        self._pending_logs.append((log_r, launch.log_path))
-        child = Child(pid)
-        self.children[pid] = child
-        ref = launch.ref.model_copy(update={"pid": pid})
-        self._pending_refs.append(ref)
-        if not done.done():
-            done.set_result((child, ref))
-
     def finish_spawns(self) -> None:
-        """Complete the steps spawned since the last call: their start times (read now,
-        not at each spawn: reading /proc/PID/stat waits while PID is still in exec) and
-        one log writer for all of them."""
-        refs, self._pending_refs = self._pending_refs, []
-        for ref in refs:
-            ref.start_time = read_start_time(ref.pid) or 0
-        pending, self._pending_logs = self._pending_logs, []
-        if not pending:
-            return
-        actions: list[tuple[int, ...] | tuple[int, int, str, int, int]] = [
-            (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
-                   (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0),
-                   (os.POSIX_SPAWN_OPEN, 2, "/dev/null", os.O_WRONLY, 0)]
-        args = [sys.executable, "-I", "-S", _LOGPIPE, str(self.log_max_bytes),
-                str(self.log_keep)]
-        # Our read ends may sit where the writer wants fds 3..: move them above first.
-        high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3 + len(pending)) for fd, _ in pending]
-        for i, (fd, (_, path)) in enumerate(zip(high, pending, strict=True)):
-            actions.append((os.POSIX_SPAWN_DUP2, fd, 3 + i))
-            args.append(f"{3 + i}={path}")
-        try:
-            pid = os.posix_spawn(sys.executable, args, {}, setsid=True, file_actions=actions)
-            self.children[pid] = Child(pid)
-        finally:
-            for fd in [*high, *(fd for fd, _ in pending)]:
-                os.close(fd)
+        """`Spawner.finish`: start times and one log writer for the steps just spawned."""
+        self.spawner.finish()
 
     def exit_code_of(self, ref: records.ProcessRef) -> int | None:
         """An adopted process's exit code, from the file root wrote when it ended
@@ -563,7 +235,7 @@ class ProcessRuntime:
                 path.unlink()
         return int(text) if text.isdigit() else None
 
-    def is_skipped(self, step: component.Step, skip_if: str | None) -> bool:
+    def is_skipped(self, skip_if: str | None) -> bool:
         if not skip_if:
             return False
         kind, _, arg = skip_if.partition(" ")
@@ -576,16 +248,16 @@ class ProcessRuntime:
                        env: Mapping[str, str], skip_if: str | None,
                        on_spawn: Callable[[records.ProcessRef], None]) -> StepResult:
         """Run a step to completion (install, startup, shutdown, recover)."""
-        if self.is_skipped(step, skip_if):
+        if self.is_skipped(skip_if):
             return StepResult(ok=True, skipped=True, message=f"{step_name} skipped ({skip_if})")
         timeout = step.timeout_seconds or DEFAULT_TIMEOUTS[step_name]
         try:
             proc, ref = await self.spawn(record, comp, step_name, step, script, env)
-        except Exception as exc:  # whatever it is, the component fails, not the pass
+        except (failures.Error, OSError, ValueError) as exc:  # the component fails
             return StepResult(ok=False, message=f"{step_name} could not start: {exc}")
         self.finish_spawns()
         on_spawn(ref)
-        code = await wait_exit(proc, timeout)
+        code = await spawner.wait_exit(proc, timeout)
         if code is None:
             await self.terminate(comp.name, ref)
             return StepResult(ok=False, timed_out=True,
@@ -635,7 +307,7 @@ class ProcessRuntime:
         if leader is not None:
             found |= self._group(leader)
         if instance:  # after a crash: processes spawned but never recorded by pid
-            found |= marked(f"HEDGEROW_INSTANCE={instance}.".encode())
+            found |= procfs.marked(f"HEDGEROW_INSTANCE={instance}.".encode())
         return found
 
     def is_running(self, name: str, ref: records.ProcessRef) -> bool:
@@ -643,9 +315,10 @@ class ProcessRuntime:
         time already tell two processes apart; the marker (a read of the whole
         environment) proves, once, that the pid in a record is ours. Every pass asks this
         for every running component."""
-        if self._verified.get(name) == ref and read_start_time(ref.pid) == ref.start_time:
+        if (self._verified.get(name) == ref
+                and procfs.read_start_time(ref.pid) == ref.start_time):
             return True
-        if is_same_process(ref):
+        if procfs.is_same_process(ref):
             self._verified[name] = ref.model_copy()
             return True
         self._verified.pop(name, None)
@@ -659,15 +332,15 @@ class ProcessRuntime:
         leader was spawned, which is why the leader is added (then killed, then polled)."""
         now = time.monotonic()
         if self._scan is None or now - self._scan[0] > 0.005:
-            self._scan = (now, scan_groups())
+            self._scan = (now, procfs.scan_groups())
         found = set(self._scan[1].get(leader.pid, ()))
-        if read_start_time(leader.pid) == leader.start_time:  # not a reused pid
+        if procfs.read_start_time(leader.pid) == leader.start_time:  # not a reused pid
             found.add(leader.pid)
         return found
 
     async def kill_leftovers(self, pgid: int) -> None:
         """A finished step's background processes in its group are not left behind."""
-        for pid in group_members(pgid):
+        for pid in procfs.group_members(pgid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
@@ -677,7 +350,7 @@ class ProcessRuntime:
         only without a cgroupfs (an unprivileged agent) are escaped processes looked
         for by the marker they inherited."""
         self.unwatch(name)
-        leader = ref if ref is not None and is_same_process(ref) else None
+        leader = ref if ref is not None and procfs.is_same_process(ref) else None
         escaped = (f"HEDGEROW_INSTANCE={ref.marker}".encode()
                    if ref is not None and self.cgroups.version is None else None)
         deadline = time.monotonic() + self.kill_grace_s
@@ -686,7 +359,7 @@ class ProcessRuntime:
             self._reap()
             pids = self.members(name, leader)
             if not pids and escaped is not None:
-                pids = marked(escaped)
+                pids = procfs.marked(escaped)
             if not pids:
                 break
             if time.monotonic() > deadline:
@@ -707,23 +380,20 @@ class ProcessRuntime:
                 self.children.pop(pid, None)
 
     def remove(self, name: str) -> None:
-        """The component's work folder and its cgroup, once the kernel lets it go. The
-        folder is renamed out of the way at once (work/ is root's: the name is the
-        agent's) and deleted by a thread: a component may have left a million files,
-        and the loop must not wait for them (rmtree walks by descriptor and never
-        follows a link). What a crash interrupts, the next start finishes."""
-        trash = self.layout.work / f".removed-{uuid.uuid4().hex[:12]}"
-        try:
-            self.layout.work_of(name).rename(trash)
-        except FileNotFoundError:
-            pass
-        else:
-            threading.Thread(target=shutil.rmtree, args=(trash, True), daemon=True,
-                             name="work-remover").start()
+        """The component's work folder (`remove_work`) and its cgroup, once the kernel
+        lets it go."""
+        remove_work(self.layout, name)
         self._verified.pop(name, None)
         if not self.cgroups.remove(name):
             self._doomed[name] = 50
             asyncio.get_running_loop().call_later(0.1, self._remove_cgroup, name)
+
+    def kill(self, name: str, leader: records.ProcessRef | None, instance: str) -> None:
+        """SIGKILL whatever of the component still runs, at once (a step a crash of the
+        agent cut short: it is retried from a known state)."""
+        for pid in self.members(name, leader, instance):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def _remove_cgroup(self, name: str) -> None:
         """Try again (every 0.1 s, 5 s in all; the next start's sweep after that)."""
@@ -731,3 +401,18 @@ class ProcessRuntime:
         if tries and not self.cgroups.remove(name) and tries > 1:
             self._doomed[name] = tries - 1
             asyncio.get_running_loop().call_later(0.1, self._remove_cgroup, name)
+
+
+def remove_work(layout: Layout, name: str) -> None:
+    """A removed component's work folder, whatever ran it. Renamed out of the way at
+    once (work/ is root's: the name is the agent's) and deleted by a thread: a component
+    may have left a million files, and the loop must not wait for them (rmtree walks by
+    descriptor and never follows a link). What a crash interrupts, the next start
+    finishes."""
+    trash = layout.work / f".removed-{uuid.uuid4().hex[:12]}"
+    try:
+        layout.work_of(name).rename(trash)
+    except FileNotFoundError:
+        return
+    threading.Thread(target=shutil.rmtree, args=(trash, True), daemon=True,
+                     name="work-remover").start()

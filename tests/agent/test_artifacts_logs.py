@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from hedgerow.agent import artifacts, layout, process
+from hedgerow.agent import artifacts, layout, spawner
 from hedgerow.core import component, documents
 
 
@@ -86,7 +86,7 @@ def test_tar_link_escape_is_refused(tmp_path: pathlib.Path) -> None:
 def test_logpipe_timestamps_and_rotates_with_a_cap(tmp_path: pathlib.Path) -> None:
     log = tmp_path / "c.log"
     lines = "".join(f"line {i:04d} " + "x" * 80 + "\n" for i in range(200)).encode()
-    subprocess.run([sys.executable, "-I", "-S", process._LOGPIPE, "4000", "2", f"0={log}"],
+    subprocess.run([sys.executable, "-I", "-S", spawner.LOGPIPE, "4000", "2", f"0={log}"],
                    input=lines, check=True)
     files = sorted(tmp_path.glob("c.log*"))
     assert [f.name for f in files] == ["c.log", "c.log.1", "c.log.2"]

@@ -8,6 +8,7 @@ and image a test made is removed afterwards, even when the test failed.
 from __future__ import annotations
 
 import contextlib
+import json
 import pathlib
 import uuid
 from collections.abc import Callable, Iterator
@@ -57,8 +58,17 @@ def runtime(thing: str, tmp_path: pathlib.Path, made: Made,
             test_image: str) -> Iterator[ContainerRuntime]:
     runtime = ContainerRuntime(docker.from_env, thing=thing, state_dir=tmp_path / "state")
     yield runtime
-    made.images.extend(runtime.owned_images())
+    made.images.extend(owned_images(runtime))
     runtime.close()
+
+
+def owned_images(runtime: ContainerRuntime) -> dict[str, str]:
+    """The images `runtime` pulled or loaded (reference -> id), as its record in the
+    state folder says: what image GC may remove, and what survives a restart."""
+    state = runtime._state_dir  # where the fixture told it to keep its records
+    assert state is not None
+    path = state / "images.json"
+    return dict(json.loads(path.read_text())["images"]) if path.exists() else {}
 
 
 ConfigMaker = Callable[..., container.ContainerConfig]

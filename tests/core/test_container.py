@@ -11,6 +11,7 @@ import pytest
 from hedgerow.core import component, container, deployment, documents
 from hedgerow.core.container import ContainerSpecError, ObservedContainer
 from hedgerow.core.documents import ComponentState
+from hedgerow.core.lifecycle import Event
 
 ROOT = "/var/lib/hedgerow"
 SOCKET = "/var/lib/hedgerow/ipc/ipc.sock"
@@ -299,3 +300,43 @@ def _observed(**changes: Any) -> ObservedContainer:
 ])
 def test_component_state_of_a_container(changes: dict[str, Any], state: ComponentState) -> None:
     assert container.render_component_state(_observed(**changes)) is state
+
+
+_GONE = object()  # no container of the component was found
+
+
+@pytest.mark.parametrize(("state", "changes", "event"), [
+    # What Docker reports is judged only while the component should be running.
+    (ComponentState.STARTING, {}, (Event.STARTED, "healthy")),
+    (ComponentState.STARTING, {"health": "healthy"}, (Event.STARTED, "healthy")),
+    (ComponentState.STARTING, {"health": "starting"}, None),
+    (ComponentState.RUNNING, {}, None),
+    (ComponentState.RUNNING, {"health": "starting"}, None),
+    (ComponentState.RUNNING, {"health": "unhealthy"}, (Event.FAILED, "container unhealthy")),
+    (ComponentState.RUNNING, {"status": "exited", "exit_code": 0},
+     (Event.EXITED_OK, "exited with 0")),
+    (ComponentState.STARTING, {"status": "exited", "exit_code": 0},
+     (Event.EXITED_OK, "exited with 0")),
+    (ComponentState.RUNNING, {"status": "exited", "exit_code": 3},
+     (Event.FAILED, "container exited with 3")),
+    (ComponentState.RUNNING, {"status": "exited", "exit_code": 137, "oom_killed": True},
+     (Event.FAILED, "container killed: out of memory")),
+    (ComponentState.STARTING, {"status": "created", "error": "exec: not found"},
+     (Event.FAILED, "container failed to start: exec: not found")),
+    (ComponentState.RUNNING, {"status": "created"}, (Event.FAILED, "container created")),
+    (ComponentState.RUNNING, {"status": "paused"}, (Event.FAILED, "container paused")),
+    (ComponentState.RUNNING, {"status": "restarting"}, None),
+    (ComponentState.RUNNING, {"status": "removing"}, None),
+    (ComponentState.RUNNING, _GONE, (Event.FAILED, "container disappeared")),
+    (ComponentState.STARTING, _GONE, (Event.FAILED, "container disappeared")),
+    # The agent's own doing (stopped, installed, errored): the container is as expected.
+    (ComponentState.INSTALLED, {"status": "exited", "exit_code": 3}, None),
+    (ComponentState.STOPPING, _GONE, None),
+    (ComponentState.ERRORED, {"health": "unhealthy"}, None),
+    (ComponentState.FINISHED, {"status": "exited", "exit_code": 0}, None),
+    (ComponentState.BROKEN, _GONE, None),
+])
+def test_event_docker_reports(state: ComponentState, changes: Any,
+                              event: tuple[Event, str] | None) -> None:
+    observed = None if changes is _GONE else _observed(**changes)
+    assert container.resolve_container_event(state, observed) == event
