@@ -81,11 +81,16 @@ async def _dispatch(agent: Agent, request: dict[str, Any]) -> Any:
     op = request.get("op")
     name = request.get("name", "")
     if op == "status":
-        # passes: how many loop passes have been reported, so a caller (a test, an operator)
-        # can wait for "two more passes" instead of sleeping to show that nothing happened.
-        return {**agent.report().to_dict(), "passes": agent.passes_reported,
+        # passes (begun) and passesReported (that also wrote their status): a caller (a
+        # test, an operator) waits for "two more passes" instead of sleeping to show that
+        # nothing happened.
+        return {**agent.report().to_dict(), "passes": agent.passes,
+                "passesReported": agent.passes_reported,
                 "runtimes": {"container": {
             "available": agent.containers.available, "message": agent.containers.message}}}
+    if op == "wake":  # look again now (a test proving "nothing changed", an operator)
+        agent.wake.set()
+        return {"passes": agent.passes}
     if op == "logs.get":
         return await _logs(agent, name, float(request.get("since") or 0))
     if op == "component.list":

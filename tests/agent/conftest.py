@@ -117,7 +117,7 @@ class AgentProcess:
             reply = control.request(self.root / "agent.sock", {"op": "status"}, timeout=10)
         except (OSError, ValueError):  # CommandError is a ValueError
             return 0
-        return int(reply.get("passes", 0))
+        return int(reply.get("passesReported", 0))
 
     def passes(self, count: int = 2, timeout: float = 10.0) -> None:
         """Let `count` more passes run to their status."""

@@ -23,5 +23,11 @@ def wait_passes(root: pathlib.Path, more: int = 2, timeout: float = 30.0) -> Non
     """Until the agent on ``root`` has begun ``more`` passes after this call (two: the
     one running now may have read its inputs before the caller's change)."""
     start = passes(root)
-    wait_for(lambda: passes(root) >= start + more, timeout,
+
+    def looked() -> bool:
+        # An idle agent passes only when woken: ask it to look again each time.
+        count = int(control.request(root / "agent.sock", {"op": "wake"}, timeout=10)["passes"])
+        return count >= start + more
+
+    wait_for(looked, timeout,
              f"{more} more passes of the agent on {root} (from {start})")
