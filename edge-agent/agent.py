@@ -33,6 +33,7 @@ from hedgerow.agent import settings as settings_
 from hedgerow.agent.layout import Layout
 from hedgerow.core import (
     backoff,
+    devicereport,
     documents,
     lifecycle,
     limits,
@@ -660,64 +661,25 @@ class Agent:
 
     def render_report(self, reading: desired.Reading | None = None,
                       ) -> tuple[documents.StatusReport, bytes]:
-        """The status and its bytes, within the bounds the controller accepts
-        (core/limits.py): every text cut to its bound, at most MAX_REPORT_COMPONENTS
-        components, and messages shortened further when the whole would pass
-        MAX_REPORT_BYTES — whatever a component made its messages (Docker's start errors
-        quote the recipe). Rendered once: the bytes are what status.json gets."""
+        """The status and its bytes (what status.json gets): the facts observed here,
+        the report decided by hedgerow.core.devicereport."""
         wanted = reading.desired if reading else None
         revision = wanted.revision if wanted else (
             reading.revision if reading is not None and reading.revision else
             self.applied.revision if self.applied else None)
-        verdict = None
-        text, reason_max = limits.MAX_REPORT_TEXT, limits.MAX_REPORT_REASON
-        # Revisions as the controller published them: a cloud+local merge is reported
-        # under its cloud revision (the controller waits for that one), the merge apart.
-        def published(rev: str | None) -> str | None:
-            return outcome.resolve_published(self.history, rev)
-        if reading is not None and reading.problems:
-            verdict = documents.DeploymentOutcome(
-                revision=reading.cloud_revision or revision or "",
-                outcome=documents.Outcome.REJECTED,
-                reason="; ".join(reading.problems)[:reason_max])
-            revision = reading.cloud_revision or revision
-        elif (entry := self.history.outcome_of(revision)) is not None and revision:
-            verdict = documents.DeploymentOutcome(
-                revision=published(revision) or revision, outcome=entry.outcome,
-                reason=entry.reason[:reason_max],
-                rolled_back_to=published(entry.rolled_back_to))
-            revision = published(revision)
-        applied = self.applied.revision if self.applied else None
         # A runtime that cannot be used now: its reason on its components.
         down = {rt.kind: why for rt in self.runtimes if (why := rt.unavailable())}
-        shown = sorted(self.records.values(), key=lambda r: r.name)
-        # Errors first when there are too many to show: they are what an operator needs.
-        if len(shown) > limits.MAX_REPORT_COMPONENTS:
-            shown = sorted(shown, key=lambda r: r.state not in (State.ERRORED, State.BROKEN)
-                           )[:limits.MAX_REPORT_COMPONENTS]
-            shown.sort(key=lambda r: r.name)
-
-        def components(message_max: int) -> list[documents.ComponentReport]:
-            return [documents.ComponentReport(
-                name=r.name[:text], version=r.version[:text], state=r.state,
-                message=down.get(self.runtime_of(r).kind, r.message)[:message_max])
-                for r in shown]
-        bad = any(r.state in (State.ERRORED, State.BROKEN) for r in self.records.values())
-        bad = bad or any(self._wants(rt) for rt in self.runtimes if rt.kind in down)
-        report = documents.StatusReport(
-            thing=self.thing,
-            time=datetime.datetime.now(datetime.UTC),
-            agent_version=AGENT_VERSION[:text], platform=self.platform,
-            health=documents.Health.UNHEALTHY if bad else documents.Health.HEALTHY,
-            desired_revision=revision, applied_revision=published(applied),
-            local_revision=applied if published(applied) != applied else None,
-            components=components(512), deployment=verdict)
-        data, budget = documents.render_bytes(report), 512
-        while budget and len(data) > limits.MAX_REPORT_BYTES:
-            budget //= 2  # rare: many components with long messages
-            report = report.model_copy(update={"components": components(budget)})
-            data = documents.render_bytes(report)
-        return report, data
+        return devicereport.render_report(devicereport.Facts(
+            thing=self.thing, time=datetime.datetime.now(datetime.UTC),
+            agent_version=AGENT_VERSION, platform=self.platform, history=self.history,
+            components=[devicereport.Seen(
+                r.name, r.version, r.state, down.get(self.runtime_of(r).kind, r.message))
+                for r in self.records.values()],
+            desired_revision=revision,
+            cloud_revision=reading.cloud_revision if reading is not None else None,
+            problems=reading.problems if reading is not None else (),
+            applied_revision=self.applied.revision if self.applied else None,
+            runtime_down=any(self._wants(rt) for rt in self.runtimes if rt.kind in down)))
 
     def write_status(self, reading: desired.Reading) -> None:
         # A report, regenerated every pass, not a record the agent relies on: atomic
