@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
@@ -179,7 +180,7 @@ def render_refusal(component: str, service: str, operation: str, resource: str) 
     kind = {PUBSUB: "pubsub", MQTTPROXY: "mqttproxy"}.get(service, short.lower())
     quoted = _yaml_scalar(resource)
     return (
-        f"{component} is not authorized to call {operation} on resource {quoted}: no "
+        f"{component} is not authorized to call {operation} on resource {json.dumps(resource)}: no "
         f"accessControl policy of {service} in its configuration allows it (default "
         f"deny). To allow it, add to the component's configuration:\n"
         f"accessControl:\n"
