@@ -18,8 +18,7 @@ import sys
 import time
 import zlib
 
-from awsiot.greengrasscoreipc import connect
-from awsiot.greengrasscoreipc import model
+from awsiot.greengrasscoreipc import connect, model
 from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
 
 HOME = pathlib.Path(os.environ.get("IPC_TEST_HOME") or os.environ["HOME"])

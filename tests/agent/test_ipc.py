@@ -21,10 +21,11 @@ from typing import Any
 import awscrt
 import awsiot
 import pytest
+import yaml
 
 from hedgerow.core import accesscontrol, documents
 
-from .conftest import AgentProcess, rc, wait_for
+from .conftest import THING, AgentProcess, rc, wait_for
 
 HERE = pathlib.Path(__file__).resolve().parent
 PYTHON = shutil.which("python3", path="/usr/bin:/bin")  # one `nobody` may run
@@ -155,7 +156,7 @@ def test_unauthorized_publish_is_refused_with_the_policy_to_write(
     c.command("subscribe", id="s", topic="factory/#")
     c.command("publish", topic="public/notice", json={"x": 1}, tag="ok")
     c.wait(lambda e: e.get("tag") == "ok", "the allowed publish")
-    refused = [e for e in c.events("failed")]
+    refused = list(c.events("failed"))
     assert [e["error"] for e in refused] == ["UnauthorizedError", "UnauthorizedError"]
     message = refused[0]["message"]
     assert "ipc.nosy is not authorized to call aws.greengrass#PublishToTopic on resource " \
@@ -226,7 +227,7 @@ def test_forged_missing_and_stale_tokens_cannot_connect(agent: AgentProcess,
     mallory.wait(lambda e: e["event"] == "connected" and
                  len(mallory.events("connected")) >= 2, "the new process connected")
     mallory.command("connect", token=own)
-    events = wait_for(lambda: [e for e in mallory.events("connect")][1:], 30, "stale")
+    events = wait_for(lambda: list(mallory.events("connect"))[1:], 30, "stale")
     assert not events[0]["ok"]
     assert "connect refused" in agent.log.read_text()
 
@@ -280,7 +281,7 @@ def test_slow_subscriber_never_blocks_the_publisher_and_its_drops_are_counted(
     done = pub.wait(lambda e: e["event"] in ("published_many", "failed"), "published",
                     timeout=120)
     assert done["event"] == "published_many", done
-    fast.wait(lambda e: e.get("size") and len(fast.messages()) >= 1024, "all 1024",
+    fast.wait(lambda e: len(fast.messages()) >= 1024, "all 1024",
               timeout=60)
 
     def dropped() -> int:
@@ -291,3 +292,22 @@ def test_slow_subscriber_never_blocks_the_publisher_and_its_drops_are_counted(
     wait_for(lambda: "slow subscriber" in agent.log.read_text(), 60,
              "the slow subscriber disconnected")
     assert len(slow.messages()) < 1024
+
+
+def test_the_example_pubsub_pair_runs(agent: AgentProcess, sdk: pathlib.Path) -> None:
+    """examples/ipc-pubsub.yaml through its local deployment: the listener prints what
+    the publisher sends (only the SDK's location is added, as a device would)."""
+    examples = HERE.parents[1] / "examples"
+    deployments = agent.root / "deployments"
+    shutil.copy(examples / "ipc-pubsub.yaml", deployments)
+    local = yaml.safe_load((examples / "local" / "ipc-pubsub.yaml").read_text())
+    local["spec"]["target"]["thing"] = THING
+    for comp in local["spec"]["components"]:
+        update = comp.setdefault("configurationUpdate", {}).setdefault("merge", {})
+        update["pythonPath"] = str(sdk)
+    (deployments / "local.yaml").write_text(yaml.safe_dump(local))
+    agent.wait_states({"com.example.SensorListener": "RUNNING",
+                       "com.example.SensorPublisher": "RUNNING"}, timeout=30)
+    listener = agent.root / "logs" / "com.example.SensorListener.log"
+    wait_for(lambda: listener.exists() and
+             f"on example/sensors/{THING}" in listener.read_text(), 30, "a reading")
