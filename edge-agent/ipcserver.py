@@ -227,6 +227,13 @@ class Connection(asyncio.Protocol):
             limits.IPC_CONNECT_TIMEOUT_SECONDS, self._connect_timeout)
 
     def data_received(self, data: bytes) -> None:
+        try:
+            self._received(data)
+        except Exception:  # a bug must cost this connection, and be seen
+            log.exception("IPC: handling %s's data failed", self.caller or self.peer)
+            self.close("internal error", level=logging.ERROR)
+
+    def _received(self, data: bytes) -> None:
         for item in self.decoder.feed(data):
             if self.phase is Phase.CLOSED:
                 return
@@ -388,7 +395,7 @@ class Connection(asyncio.Protocol):
             return
         try:
             request = json.loads(message.payload or b"{}")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: [[[[… nested too deep
             request = None
         if not isinstance(request, dict):
             self.reply_error(sid, RefusalError(INVALID_ARGUMENTS,
@@ -458,7 +465,7 @@ def _token_of(payload: bytes) -> str | None:
         return None
     try:
         body = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     token = body.get("authToken") if isinstance(body, dict) else None
     return token if isinstance(token, str) and 0 < len(token) <= _MAX_TOKEN else None

@@ -160,3 +160,15 @@ def test_streams_per_connection_are_bounded(tmp_path: pathlib.Path) -> None:
             ipcserver.SERVICE_ERROR
         assert server.details_of("c")["streams"] == bound
     serve(test, tmp_path)
+
+
+def test_json_nested_too_deep_is_invalid_arguments(tmp_path: pathlib.Path) -> None:
+    async def test(server: ipcserver.Server, peer: Callable[[], Awaitable[Peer]]) -> None:
+        p = await peer()
+        await p.connect()
+        p.send(es.RpcMessage(es.MessageType.APPLICATION_MESSAGE, stream_id=1, headers=(
+            es.Header.string(es.OPERATION, pubsub.PUBLISH),), payload=b"[" * 500_000))
+        answer = await p.receive()
+        assert answer is not None
+        assert answer.header(es.SERVICE_MODEL_TYPE) == ipcserver.INVALID_ARGUMENTS
+    serve(test, tmp_path)
