@@ -48,3 +48,12 @@ MAX_HISTORY_ENTRIES: Final = 20
 # a burst of a MiB (a quarter of what rotation keeps), then 64 KiB/s on average.
 LOG_BYTES_PER_SECOND: Final = 64 * KIB
 LOG_BURST_BYTES: Final = 1 * MIB
+
+# Components' cloud publishes waiting for the broker (state/cloud-spool/, one file each):
+# the spool's bounds in messages and bytes. 16 MiB lets an outage of an hour keep a
+# 4 KiB reading every second; 4096 files stay quick to list at start.
+CLOUD_SPOOL_MAX_MESSAGES: Final = 4096
+CLOUD_SPOOL_MAX_BYTES: Final = 16 * MIB
+# QoS 1 cloud publishes of components in flight at once (sent, PUBACK not yet back):
+# enough to keep a slow link busy, few enough that a reconnect resends little.
+CLOUD_MAX_INFLIGHT: Final = 32

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from hedgerow.core import lifecycle, privilege
+from hedgerow.core import cloudmessage, lifecycle, privilege
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,3 +27,8 @@ class Settings:
     docker_backoff_base_s: float = 1.0  # retrying an unreachable dockerd
     docker_backoff_cap_s: float = 30.0
     orphan_scan_s: float = 60.0        # look for our labels even with no container wanted
+    # A full cloud spool (components' publishes waiting for the broker, bounded by
+    # core.limits.CLOUD_SPOOL_*): refuse-new by default — a message once accepted (and
+    # answered with success) is never thrown away, the component whose publish does not
+    # fit is told; drop-oldest suits telemetry where the newest reading matters most.
+    cloud_spool_policy: cloudmessage.SpoolPolicy = cloudmessage.DEFAULT_SPOOL_POLICY

@@ -50,7 +50,9 @@ class Acks:
     def publish(self, topic: str, payload: bytes = b"x") -> int:
         """The broker's PUBACK reason code for one QoS 1 publish."""
         mid = self.client.client.publish(topic, payload, qos=1).mid
-        return wait_for(lambda: self._code(mid), what=f"PUBACK for {topic}") - 1
+        code = wait_for(lambda: self._code(mid), what=f"PUBACK for {topic}")
+        assert code is not None
+        return code - 1
 
     def _code(self, mid: int) -> int | None:
         with self.lock:
@@ -73,12 +75,13 @@ def test_devices_get_their_namespace_and_their_labels_rules_only(fleet: Fleet,
                                                                   tmp_path: Path) -> None:
     a, b = fleet.client(fleet.device("acl-a")), fleet.client(fleet.device("acl-b"))
     acks_a, acks_b = Acks(a), Acks(b)
-    # Before: Hedgerow's own topics only (the fixture's ACL), so refused.
-    assert acks_a.publish("devices/acl-a/t") == NOT_AUTHORIZED
+    # Before: the default rules only, so the label rule's topic is refused.
+    assert acks_a.publish("sites/berlin/acl-a/alarms") == NOT_AUTHORIZED
     code, out = apply_rules(fleet, tmp_path, "write sites/berlin/%u/alarms site=berlin")
     assert code == 0, out
-    # The reload is real once acl-a's own namespace is open (no fixed sleep).
-    wait_for(lambda: acks_a.publish("devices/acl-a/t") in ACCEPTED, what="the reloaded ACL")
+    # The reload is real once the label rule is in force (no fixed sleep).
+    wait_for(lambda: acks_a.publish("sites/berlin/acl-a/alarms") in ACCEPTED,
+             what="the reloaded ACL")
 
     a.subscribe("devices/acl-a/#")
     b.subscribe("devices/acl-b/#")
