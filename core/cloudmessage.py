@@ -14,7 +14,7 @@ from typing import Annotated, Final
 
 import pydantic
 
-from hedgerow.core import base, limits
+from hedgerow.core import base, limits, mqtttopic
 
 # MQTT 5 bounds a property string to 65,535 bytes; a component gets far less, so one
 # message (topic, properties and all) always fits the broker's packet limit.
@@ -70,21 +70,11 @@ class CloudMessage(base.Model):
 
 def resolve_topic_problem(topic: str, *, wildcards: bool) -> str | None:
     """Why ``topic`` cannot be published to (``wildcards`` False) or subscribed to (True)."""
-    if not topic:
-        return "the topic is empty"
     if len(topic.encode()) > MAX_TOPIC_BYTES:
         return f"the topic is longer than {MAX_TOPIC_BYTES} bytes"
-    if "\0" in topic:
-        return "the topic contains NUL"
-    levels = topic.split("/")
-    for i, level in enumerate(levels):
-        if not wildcards and ("+" in level or "#" in level):
-            return f"{topic!r}: a topic to publish to has no wildcards ('+', '#')"
-        if "#" in level and (level != "#" or i != len(levels) - 1):
-            return f"{topic!r}: '#' must be a whole level, and the last one"
-        if "+" in level and level != "+":
-            return f"{topic!r}: '+' must be a whole level"
-    return None
+    problem = (mqtttopic.resolve_filter_problem if wildcards
+               else mqtttopic.resolve_topic_problem)(topic)
+    return None if problem is None else f"{topic!r}: {problem}"
 
 
 def resolve_message_problem(message: CloudMessage) -> str | None:

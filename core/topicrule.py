@@ -29,7 +29,7 @@ from typing import Annotated, Any, Final
 import pydantic
 import yaml
 
-from hedgerow.core import base, broker, manifest, thinggroup
+from hedgerow.core import base, broker, manifest, mqtttopic, thinggroup
 
 THING: Final = "%u"
 MAX_TOPIC_CHARS: Final = 512  # far above any real filter; keeps one ACL line bounded
@@ -61,12 +61,11 @@ def check_topic(topic: str) -> str:
         raise ValueError(f"the topic is longer than {MAX_TOPIC_CHARS} characters")
     if not _TOPIC_CHARS.fullmatch(topic):
         raise ValueError(f"{topic!r} has whitespace or control characters")
+    problem = mqtttopic.resolve_filter_problem(topic)
+    if problem is not None:
+        raise ValueError(f"{topic!r}: {problem}")
     levels = topic.split("/")
-    for i, level in enumerate(levels):
-        if "#" in level and (level != "#" or i != len(levels) - 1):
-            raise ValueError(f"{topic!r}: '#' must be a whole level, and the last one")
-        if "+" in level and level != "+":
-            raise ValueError(f"{topic!r}: '+' must be a whole level")
+    for level in levels:
         if "%" in level and level != THING:
             raise ValueError(f"{topic!r}: '%' may only appear as a whole level {THING} "
                              "(the device's thing name)")

@@ -30,6 +30,8 @@ import hedgerow
 from hedgerow import files
 from hedgerow.agent import (
     artifacts,
+    cloudipc,
+    cloudproxy,
     containerbridge,
     desired,
     ipcserver,
@@ -136,6 +138,11 @@ class Agent:
         self.ipc = ipcserver.Server(self.layout.ipc_socket,
                                     ipcserver.records_lookup(lambda: self.records, thing),
                                     pubsub.operations(self.bus))
+        # Components' cloud messages: the connector (cli.py) carries them on its session.
+        self.cloud = cloudproxy.CloudProxy(self.layout.cloud_spool,
+                                           policy=settings.cloud_spool_policy)
+        for operation in cloudipc.operations(self.cloud):
+            self.ipc.register(operation)
 
     # --- records and transitions -------------------------------------------------
 

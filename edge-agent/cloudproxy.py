@@ -57,7 +57,7 @@ from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from hedgerow.agent import cloudspool
-from hedgerow.core import cloudmessage, limits
+from hedgerow.core import cloudmessage, limits, mqtttopic
 
 log = logging.getLogger("hedgerow.agent.cloudproxy")
 
@@ -371,7 +371,8 @@ class CloudProxy:
         with self._lock:
             filters = ([self._by_id[i] for i in ids if i in self._by_id] if ids
                        else list(self._filters.values()))
-            targets = [sub for flt in filters if _matches(flt.topic_filter, received.topic)
+            targets = [sub for flt in filters
+                       if mqtttopic.is_match(flt.topic_filter, received.topic)
                        for sub in flt.subscribers]
             if not targets:
                 self.stats.unmatched += 1
@@ -483,19 +484,3 @@ def _received(message: mqtt.MQTTMessage) -> cloudmessage.CloudMessage:
         content_type=getattr(props, "ContentType", None),
         correlation_data=getattr(props, "CorrelationData", None),
         response_topic=getattr(props, "ResponseTopic", None))
-
-
-def _matches(topic_filter: str, topic: str) -> bool:
-    """MQTT filter matching (`+` one level, `#` the rest; `$` topics match no leading
-    wildcard)."""
-    if topic_filter == topic:
-        return True
-    if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
-        return False
-    f_levels, t_levels = topic_filter.split("/"), topic.split("/")
-    for i, level in enumerate(f_levels):
-        if level == "#":
-            return True
-        if i >= len(t_levels) or (level != "+" and level != t_levels[i]):
-            return False
-    return len(f_levels) == len(t_levels)

@@ -113,9 +113,11 @@ class Fleet:
         assert sealed is not None
         return sealed
 
-    def device(self, thing: str, ca: pki.FleetCA | None = None) -> identity.DeviceIdentity:
-        """init on the device → CSR → signed by the CA → bundle installed on the device."""
-        root = self.dir / "devices" / thing
+    def device(self, thing: str, ca: pki.FleetCA | None = None, root: Path | None = None,
+               ) -> identity.DeviceIdentity:
+        """init on the device → CSR → signed by the CA → bundle installed on the device
+        (in ``root``, an agent's root, if given)."""
+        root = root or self.dir / "devices" / thing
         csr = identity.init(root, thing)
         cert = (ca or self.ca).sign_device_csr(csr.read_bytes(), thing)
         signer, _ = pki.signing_key_of(self.dir / "ca")
