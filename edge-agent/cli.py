@@ -78,7 +78,9 @@ def _agent_run(args: argparse.Namespace) -> int:
                                max_privilege=privilege.Level(args.max_privilege),
                                aws_region=args.region or settings_.DEFAULT_REGION,
                                cloud_spool_policy=cloudmessage.SpoolPolicy(
-                                   args.cloud_spool_policy))
+                                   args.cloud_spool_policy),
+                               cloud_spool_max_messages=args.cloud_spool_max_messages,
+                               cloud_spool_max_bytes=args.cloud_spool_max_bytes)
     the_agent = agent_.Agent(args.root, args.thing, settings)
     cloud = _connector(args, the_agent.cloud)
 
@@ -216,7 +218,18 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
 
 
+def _spool_bound(most: int) -> Any:
+    def parse(text: str) -> int:
+        value = int(text)
+        if not 1 <= value <= most:
+            raise argparse.ArgumentTypeError(f"must be 1 to {most} (got {value})")
+        return value
+    return parse
+
+
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    from hedgerow.core import limits  # constants only: the CLI still starts fast
+
     agent = subparsers.add_parser("agent", help="run the edge agent on this device")
     agent_sub = agent.add_subparsers(dest="action", metavar="ACTION", required=True)
     run = agent_sub.add_parser(
@@ -251,6 +264,14 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
                      help="when the spool of components' cloud publishes made offline is "
                           "full: refuse the new one (the component is told; default) or "
                           "drop the oldest queued ones")
+    run.add_argument("--cloud-spool-max-messages", type=_spool_bound(
+        limits.CLOUD_SPOOL_MAX_MESSAGES), default=limits.CLOUD_SPOOL_MAX_MESSAGES,
+        metavar="N", help="at most N spooled cloud messages (default and most: "
+                          "%(default)s)")
+    run.add_argument("--cloud-spool-max-bytes", type=_spool_bound(
+        limits.CLOUD_SPOOL_MAX_BYTES), default=limits.CLOUD_SPOOL_MAX_BYTES,
+        metavar="BYTES", help="at most BYTES of spooled cloud messages (default and "
+                              "most: %(default)s)")
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                      default="info", help="debug adds each pass's actions and timings "
                      "(default: %(default)s)")

@@ -43,7 +43,8 @@ class SpoolFiles:
     def load(self) -> list[Record]:
         """What a previous run left, oldest first. An unreadable file (a bug, or a disk
         that corrupted it) is logged and removed: it would otherwise block the queue."""
-        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.folder.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # state/: 0700
+        self.folder.mkdir(mode=0o700, exist_ok=True)
         self.folder.chmod(0o700)
         records = []
         for path in sorted(self.folder.iterdir()):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from hedgerow.core import cloudmessage, lifecycle, privilege
+from hedgerow.core import cloudmessage, lifecycle, limits, privilege
 
 DEFAULT_REGION = "us-east-1"
 
@@ -38,3 +38,6 @@ class Settings:
     # answered with success) is never thrown away, the component whose publish does not
     # fit is told; drop-oldest suits telemetry where the newest reading matters most.
     cloud_spool_policy: cloudmessage.SpoolPolicy = cloudmessage.DEFAULT_SPOOL_POLICY
+    # A smaller spool for a small device (never above the limits).
+    cloud_spool_max_messages: int = limits.CLOUD_SPOOL_MAX_MESSAGES
+    cloud_spool_max_bytes: int = limits.CLOUD_SPOOL_MAX_BYTES

@@ -11,7 +11,7 @@ import os
 import pathlib
 import shutil
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -31,22 +31,35 @@ MINE = f"devices/{THING}"  # the device's own namespace, by the default topic ru
 
 
 @pytest.fixture
-def cloud_agent(agent_home: pathlib.Path, fleet: Fleet,  # noqa: F811
-                ) -> Iterator[AgentProcess]:
+def make_cloud_agent(agent_home: pathlib.Path, fleet: Fleet,  # noqa: F811
+                     ) -> Iterator[Callable[..., AgentProcess]]:
     """A real agent whose identity the fleet CA signed: its connector reaches mosquitto."""
-    root = agent_home / "root"
-    (root / "desired").mkdir(parents=True)
-    (root / "deployments").mkdir()
-    fleet.device(THING, root=root)
-    agent = AgentProcess(root)
-    agent.start()
-    yield agent
-    agent.stop()
-    for pid in pids_with_marker(root):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    started: list[AgentProcess] = []
+
+    def make(*extra: str) -> AgentProcess:
+        root = agent_home / "root"
+        (root / "desired").mkdir(parents=True)
+        (root / "deployments").mkdir()
+        fleet.device(THING, root=root)
+        agent = AgentProcess(root)
+        agent.start(*extra)
+        started.append(agent)
+        return agent
+
+    yield make
+    for agent in started:
+        agent.stop()
+        for pid in pids_with_marker(agent.root):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     remove_cgroups(THING)
-    print((agent_home / "agent.log").read_text()[-4000:])
+    if started:
+        print(started[0].log.read_text()[-4000:])
+
+
+@pytest.fixture
+def cloud_agent(make_cloud_agent: Callable[..., AgentProcess]) -> AgentProcess:
+    return make_cloud_agent()
 
 
 def cloud_component(sdk: pathlib.Path, name: str, resources: list[str],
@@ -178,3 +191,34 @@ def test_messages_published_while_the_broker_is_down_arrive_in_order(
     app.publish(f"{MINE}/back", b"welcome back")
     event = c.wait(lambda e: e["event"] == "iot_message", "a message after the reconnect")
     assert event["payload"] == b64(b"welcome back")
+
+
+@pytest.mark.parametrize("policy", ["refuse-new", "drop-oldest"])
+def test_a_full_spool_follows_the_agents_policy(
+        make_cloud_agent: Callable[..., AgentProcess], sdk: pathlib.Path,
+        fleet: Fleet, policy: str) -> None:  # noqa: F811
+    agent = make_cloud_agent("--cloud-spool-max-messages", "3",
+                             "--cloud-spool-policy", policy)
+    app = fleet.cloud_app()
+    app.subscribe(f"{MINE}/#")
+    connected(agent)
+    (c,) = start(agent, cloud_component(sdk, "cloud.full", [f"{MINE}/*"]))
+    port = fleet.broker.port
+    fleet.broker.stop()
+    wait_for(lambda: "disconnected from the cloud broker" in agent.log.read_text(),
+             30, "the agent to notice")
+    for i in range(5):
+        c.command("iot_publish", topic=f"{MINE}/n", payload=b64(b"%d" % i), tag=f"n{i}")
+    c.wait(lambda e: e.get("tag") == "n4", "the last publish answered")
+    failed = {e["tag"]: e for e in c.events("failed")}
+    if policy == "refuse-new":
+        assert set(failed) == {"n3", "n4"}  # the component is told; nothing accepted is lost
+        assert failed["n3"]["error"] == "ServiceError"
+        assert "the cloud spool is full" in failed["n3"]["message"]
+        assert "policy is refuse-new" in failed["n3"]["message"]
+        expected = [b"0", b"1", b"2"]
+    else:
+        assert failed == {}
+        expected = [b"2", b"3", b"4"]  # the oldest made room
+    fleet.broker.start(port=port)
+    wait_for(lambda: app.on(f"{MINE}/n") == expected, 90, f"{expected} in order")
