@@ -160,8 +160,9 @@ def test_a_flood_of_malformed_frames_disturbs_no_one(agent: AgentProcess,
     for i in range(20):
         b.command("publish", topic=f"t/{i}", json={"i": i})
     # the agent converges meanwhile: a new component comes up
-    agent.deploy(*[sdk_component(sdk, n, policy(n, ops, ["t/#"])) for n in
-                   ("ipc.evil", "ipc.a", "ipc.b")], rc("plain", "sleep 60"))
+    agent.deploy(sdk_component(sdk, "ipc.evil"),
+                 *[sdk_component(sdk, n, policy(n, ops, ["t/#"])) for n in ("ipc.a", "ipc.b")],
+                 rc("plain", "sleep 60"))
     agent.wait_states({"ipc.evil": "RUNNING", "ipc.a": "RUNNING", "ipc.b": "RUNNING",
                        "plain": "RUNNING"}, timeout=30)
     a.wait(lambda e: e.get("topic") == "t/19", "every message during the flood")
@@ -174,6 +175,8 @@ def test_a_flood_of_malformed_frames_disturbs_no_one(agent: AgentProcess,
     assert "bad prelude CRC" in log or "bad message CRC" in log
     assert "frame over the size bound" in log
     assert "expected a connect message" in log
+    # and what it made the agent log is bounded (a burst, then about one line a second)
+    assert log.count("IPC connection of") < 60 < flooded["connections"], flooded
 
 
 def test_slow_subscriber_never_blocks_the_publisher_and_its_drops_are_counted(
