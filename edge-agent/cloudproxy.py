@@ -178,6 +178,15 @@ class CloudProxy:
         with self._lock:
             return len(self._queue) + len(self._inflight)
 
+    def summary(self) -> dict[str, Any]:
+        """For the control socket's status (camelCase, as the rest of it)."""
+        with self._lock:
+            counts = dataclasses.asdict(self.stats)
+            queued = len(self._queue) + len(self._inflight)
+            subscriptions = len(self._filters)
+        return {"online": self.online, "queued": queued, "filters": subscriptions,
+                **{_camel(k): v for k, v in counts.items()}}
+
     def publish(self, message: cloudmessage.CloudMessage) -> concurrent.futures.Future[Outcome]:
         """Queue ``message``; the future says what became of it (see the module doc).
         May write a file (offline): call it from a worker thread, not the event loop."""
@@ -484,3 +493,8 @@ def _received(message: mqtt.MQTTMessage) -> cloudmessage.CloudMessage:
         content_type=getattr(props, "ContentType", None),
         correlation_data=getattr(props, "CorrelationData", None),
         response_topic=getattr(props, "ResponseTopic", None))
+
+
+def _camel(name: str) -> str:
+    first, *rest = name.split("_")
+    return first + "".join(part.title() for part in rest)

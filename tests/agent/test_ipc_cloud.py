@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from hedgerow.agent import control
 from hedgerow.core import accesscontrol, documents
 from tests.identity.conftest import Fleet, fleet  # noqa: F401 (fixture)
 
@@ -220,5 +221,8 @@ def test_a_full_spool_follows_the_agents_policy(
     else:
         assert failed == {}
         expected = [b"2", b"3", b"4"]  # the oldest made room
+    cloud = control.request(agent.root / "agent.sock", {"op": "status"})["cloud"]
+    assert (cloud["online"], cloud["queued"], cloud["rejectedFull"], cloud["dropped"]) == (
+        False, 3, 2 if policy == "refuse-new" else 0, 0 if policy == "refuse-new" else 2)
     fleet.broker.start(port=port)
     wait_for(lambda: app.on(f"{MINE}/n") == expected, 90, f"{expected} in order")
