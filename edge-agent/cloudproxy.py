@@ -43,6 +43,7 @@ import contextlib
 import dataclasses
 import enum
 import itertools
+import json
 import logging
 import pathlib
 import threading
@@ -56,6 +57,7 @@ from paho.mqtt import properties as mqtt_properties
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from hedgerow import files
 from hedgerow.agent import cloudspool
 from hedgerow.core import cloudmessage, limits, mqtttopic
 
@@ -158,6 +160,10 @@ class CloudProxy:
         self._unsubscribe: set[str] = set()
         self._client: mqtt.Client | None = None
         self._seq = 0
+        # The filters this agent holds on the broker (persistent session), recorded so a
+        # new run can drop those nobody wants any more (MQTT cannot list them).
+        self._filters_file = spool_dir.parent / "cloud-subscriptions.json"
+        self._recorded = self._load_recorded()
         for record in self._files.load():
             self._seq = max(self._seq, record.seq)
             done: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
@@ -265,6 +271,7 @@ class CloudProxy:
         """A session is up (CONNACK): subscribe every filter again and send the queue."""
         with self._lock:
             self._client = client
+            self._unsubscribe |= self._recorded - set(self._filters)  # a previous run's
             for flt in self._filters.values():
                 flt.granted, flt.send = None, True
                 # Resumed or not: a subscription the broker kept is not re-created, so
@@ -302,6 +309,8 @@ class CloudProxy:
             for flt in self._filters.values():
                 if flt.send:
                     self._send_subscribe(client, flt)
+            if self._recorded != set(self._filters):
+                self._record_filters()
             while self._queue and len(self._inflight) < self.max_inflight:
                 entry = self._queue[0]
                 waited = time.time() - entry.queued_at
@@ -424,6 +433,26 @@ class CloudProxy:
         if rc is MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
             flt.send = False
             self._subacks[mid] = flt
+
+    def _load_recorded(self) -> set[str]:
+        try:
+            value = json.loads(self._filters_file.read_bytes())
+        except FileNotFoundError:
+            return set()
+        except (OSError, ValueError) as exc:
+            log.warning("%s unreadable (%s): a previous run's cloud subscriptions stay",
+                        self._filters_file, exc)
+            return set()
+        return {f for f in value if isinstance(f, str)} if isinstance(value, list) else set()
+
+    def _record_filters(self) -> None:
+        wanted = set(self._filters)
+        try:
+            files.write_json(self._filters_file, sorted(wanted))
+        except OSError as exc:  # tried again on the next turn that sees a difference
+            log.warning("could not record the cloud subscriptions: %s", exc)
+            return
+        self._recorded = wanted
 
     def _persist(self, entries: list[_Entry]) -> None:
         if not entries:

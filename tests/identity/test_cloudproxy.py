@@ -247,6 +247,28 @@ def test_subscriptions_are_restored_when_the_broker_forgot_the_session(fleet: Fl
     wait_for(delivered, what="a message on the restored subscription", interval=0.2)
 
 
+def test_a_previous_runs_subscriptions_are_dropped(fleet: Fleet) -> None:
+    """The session is persistent: what the last agent run subscribed stays on the broker
+    until someone unsubscribes. The next run does, for what nobody wants any more."""
+    app = fleet.cloud_app()
+    conn, proxy = online(fleet, "cp-a")
+    old = Inbox()
+    proxy.subscribe("devices/cp-a/old", 1, old).ready.result(timeout=20)
+    wait_for(lambda: (fleet.root("cp-a") / "state" / "cloud-subscriptions.json").exists(),
+             what="the recorded filters")
+    conn.stop()  # DISCONNECT: the broker keeps the session and its subscription
+    proxy2 = proxy_for(fleet, "cp-a")
+    marker = Inbox()
+    proxy2.subscribe("devices/cp-a/marker", 1, marker)
+    online(fleet, "cp-a", proxy2)
+    marker_sub = proxy2.subscribe("devices/cp-a/marker2", 1, marker)
+    marker_sub.ready.result(timeout=20)  # after the UNSUBSCRIBE (sent first, same turn)
+    app.publish("devices/cp-a/old", b"stale")
+    app.publish("devices/cp-a/marker2", b"m")
+    wait_for(lambda: marker.payloads() == [b"m"], what="the marker")
+    assert proxy2.stats.unmatched == 0  # the broker sent nothing for the old filter
+
+
 @pytest.mark.parametrize("policy", list(cloudmessage.SpoolPolicy))
 def test_a_full_spool_follows_its_policy(fleet: Fleet, tmp_path: Path,
                                          policy: cloudmessage.SpoolPolicy) -> None:
