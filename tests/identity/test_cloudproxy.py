@@ -213,6 +213,9 @@ def test_offline_publishes_are_spooled_and_arrive_in_order_after_the_broker_retu
     more = [proxy2.publish(Message(topic=f"devices/cp-a/seq/{i}", payload=str(i).encode(),
                                    qos=1)) for i in range(10, 15)]
     assert {sent(f) for f in more} == {cloudproxy.Outcome.QUEUED}
+    # One the broker will refuse: answered QUEUED now, it cannot fail its caller later.
+    assert sent(proxy2.publish(Message(topic="devices/cp-b/x", payload=b"no", qos=1))) \
+        is cloudproxy.Outcome.QUEUED
     fleet.connector(_ident(fleet, "cp-a"), proxy=proxy2)
     fleet.broker.start(port=port)
     expected = [str(i).encode() for i in range(15)]
@@ -224,7 +227,9 @@ def test_offline_publishes_are_spooled_and_arrive_in_order_after_the_broker_retu
 
     wait_for(lambda: arrived() == expected, timeout=60, what="15 messages in order")
     wait_for(lambda: proxy2.queued() == 0 and not list(spool.iterdir()),
-             what="the spool to empty")
+             what="the spool to empty")  # QoS 1: each file went with its PUBACK
+    assert proxy2.stats.refused == 1  # logged and counted, and off the spool
+    assert "devices/cp-b/x" in proxy2.stats.last_refusal
 
 
 def test_subscriptions_are_restored_when_the_broker_forgot_the_session(fleet: Fleet) -> None:
