@@ -86,7 +86,9 @@ def test_component_and_cloud_exchange_messages_with_mqtt5_properties(
     app = fleet.cloud_app()
     app.subscribe(f"{MINE}/#")
     connected(cloud_agent)
-    (c,) = start(cloud_agent, cloud_component(sdk, "cloud.a", [f"{MINE}/*"]))
+    # Greengrass's thing-name variable: a migrated recipe's policy works as written.
+    (c,) = start(cloud_agent, cloud_component(sdk, "cloud.a",
+                                              ["devices/{iot:thingName}/*"]))
     c.command("iot_publish", topic=f"{MINE}/telemetry", payload=b64(b'{"t": 21}'),
               props=True, tag="t1")
     c.wait(lambda e: e["event"] in ("iot_published", "failed"), "the publish answer")
