@@ -192,6 +192,13 @@ def operations(proxy: cloudproxy.CloudProxy) -> list[ipcserver.Operation]:
             raise _service_error(exc) from None
         except TimeoutError:
             pass  # subscribed as soon as the broker answers
+        except asyncio.CancelledError:
+            if not sub.ready.cancelled():
+                raise  # the agent is stopping
+            # The client closed the stream (or went away) before the broker answered.
+            raise ipcserver.RefusalError(ipcserver.SERVICE_ERROR, (
+                f"{SUBSCRIBE}: the stream to {topic!r} was closed before the broker "
+                "answered")) from None
         return {}
 
     return [ipcserver.Operation(PUBLISH, "aws.greengrass#PublishToIoTCoreResponse",
