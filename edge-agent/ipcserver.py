@@ -100,6 +100,7 @@ class Stream:
         self.connection, self.stream_id, self.event_model = connection, stream_id, event_model
         self.closed = False
         self.dropped = 0
+        self._headers = es.render_application_headers(stream_id, event_model)  # once
         self._early: list[bytes] | None = []  # events before the response went out
         self._on_close: list[Callable[[], None]] = []
 
@@ -112,10 +113,7 @@ class Stream:
         in `dropped`)."""
         if self.closed:
             return False
-        frame = es.render_rpc(es.RpcMessage(
-            es.MessageType.APPLICATION_MESSAGE, es.Flag.NONE, self.stream_id,
-            (_JSON_HEADER, es.Header.string(es.SERVICE_MODEL_TYPE, self.event_model)),
-            payload))
+        frame = es.render_frame(self._headers, payload)
         if self._early is not None:
             self._early.append(frame)
             return True
@@ -186,9 +184,6 @@ class Operation:
     response: str                   # "aws.greengrass#PublishToTopicResponse"
     handler: Handler
     stream_event: str | None = None  # a streaming operation: its event shape
-
-
-_JSON_HEADER: Final = es.Header.string(es.CONTENT_TYPE, es.JSON)
 
 
 class Phase(enum.Enum):
