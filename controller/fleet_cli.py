@@ -239,15 +239,59 @@ def _fetch_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _topic_acl(args: argparse.Namespace) -> str:
+    """The ACL with components' topic rules (hedgerow.core.topicrule); a bad rule is an
+    error naming the flag or file and the field, and nothing is written."""
+    from hedgerow.core import topicrule
+
+    rules = [] if args.no_device_namespace else list(topicrule.DEFAULT_RULES)
+    for text in args.topic_rule:
+        try:
+            rules.append(topicrule.parse_flag(text))
+        except topicrule.RuleError as exc:
+            raise _FailedError(f"--topic-rule {text!r}: {exc}") from None
+    sources = [("--topic-rules", args.topic_rules, topicrule.parse_rules),
+               ("--devices", args.devices, topicrule.parse_devices)]
+    parsed: dict[str, Any] = {}
+    for flag, path, parse in sources:
+        if path is None:
+            continue
+        try:
+            parsed[flag] = parse(pathlib.Path(path).read_text())
+        except OSError as exc:
+            raise _FailedError(f"{flag} {path}: {exc.strerror}") from None
+        except topicrule.RuleError as exc:
+            raise _FailedError(f"{flag} {path}: {exc}") from None
+    rules += parsed.get("--topic-rules", ())
+    devices = parsed.get("--devices")
+    try:
+        acl = topicrule.render_acl(args.controller_identity, rules, devices)
+    except topicrule.RuleError as exc:
+        raise _FailedError(f"topic rules: {exc}; pass --devices FILE") from None
+    except ValueError as exc:
+        raise _FailedError(str(exc)) from None
+    for rule in topicrule.resolve_unmatched(rules, devices or {}):
+        print(f"warning: no device in {args.devices} carries the labels of the rule "
+              f"'{rule.access} {rule.topic}'", file=sys.stderr)
+    return acl
+
+
 def _broker_config(args: argparse.Namespace) -> int:
     from hedgerow.core import broker
 
+    acl = _topic_acl(args)  # before any write: a bad rule changes nothing
     out = pathlib.Path(args.out)
+    if args.acl_only:
+        if not (out / "mosquitto.conf").is_file():
+            raise _FailedError(f"--acl-only: {out} holds no broker configuration yet; run "
+                               "`hedgerow broker config` without --acl-only first")
+        files.write_atomic(out / "acl", acl.encode(), 0o644)
+        print(f"wrote {out / 'acl'}; reload the broker (SIGHUP to mosquitto) to apply it")
+        return 0
     out.mkdir(parents=True, exist_ok=True, mode=0o755)
     seen_as = args.config_dir or str(out.resolve())
     ca = _ca(args, create=True)
     try:
-        acl = broker.render_acl(args.controller_identity)
         config = broker.render_mosquitto_config(broker.MosquittoSettings(
             cafile=f"{seen_as}/ca.pem", certfile=f"{seen_as}/server.pem",
             keyfile=f"{seen_as}/server.key", acl_file=f"{seen_as}/acl", port=args.port,
@@ -592,6 +636,22 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     conf.add_argument("--controller-identity", default="hedgerow_controller",
                       help="the controller certificate's CN (default: %(default)s)")
     conf.add_argument("--no-controller-cert", action="store_true")
+    conf.add_argument("--topic-rule", action="append", default=[],
+                      metavar="'ACCESS TOPIC [KEY=VALUE,...]'",
+                      help="let devices use a cloud topic: ACCESS is read, write or "
+                           "readwrite, %%u in TOPIC is the device's thing name, labels "
+                           "limit the rule to the devices carrying them (repeatable; see "
+                           "docs/cloud-messaging.md)")
+    conf.add_argument("--topic-rules", metavar="FILE",
+                      help="YAML file of topic rules (rules: [{access, topic, selector}])")
+    conf.add_argument("--devices", metavar="FILE",
+                      help="the fleet for label rules: `kubectl get coredevices -o yaml`")
+    conf.add_argument("--no-device-namespace", action="store_true",
+                      help="do not grant each device readwrite on devices/%%u/# (its own "
+                           "namespace, granted by default)")
+    conf.add_argument("--acl-only", action="store_true",
+                      help="write only OUT/acl (after devices joined or labels changed); "
+                           "certificates and mosquitto.conf stay as they are")
     _ca_args(conf, create=True)
     conf.set_defaults(handler=_guard(_with_hosts(_broker_config)))
 

@@ -68,3 +68,12 @@ IPC_SUBSCRIBER_STUCK_SECONDS: Final = 10.0
 IPC_WRITE_BUFFER_BYTES: Final = 4 * MIB
 # A connection must send its connect message within this many seconds.
 IPC_CONNECT_TIMEOUT_SECONDS: Final = 10.0
+
+# Components' cloud publishes waiting for the broker (state/cloud-spool/, one file each):
+# the spool's bounds in messages and bytes. 16 MiB lets an outage of an hour keep a
+# 4 KiB reading every second; 4096 files stay quick to list at start.
+CLOUD_SPOOL_MAX_MESSAGES: Final = 4096
+CLOUD_SPOOL_MAX_BYTES: Final = 16 * MIB
+# QoS 1 cloud publishes of components in flight at once (sent, PUBACK not yet back):
+# enough to keep a slow link busy, few enough that a reconnect resends little.
+CLOUD_MAX_INFLIGHT: Final = 32

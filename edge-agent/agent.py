@@ -30,6 +30,8 @@ import hedgerow
 from hedgerow import files
 from hedgerow.agent import (
     artifacts,
+    cloudipc,
+    cloudproxy,
     containerbridge,
     desired,
     ipcserver,
@@ -137,6 +139,14 @@ class Agent:
         self.ipc = ipcserver.Server(self.layout.ipc_socket,
                                     ipcserver.records_lookup(lambda: self.records, thing),
                                     pubsub.operations(self.bus))
+        # Components' cloud messages: the connector (cli.py) carries them on its session.
+        self.cloud = cloudproxy.CloudProxy(
+            self.layout.cloud_spool, policy=settings.cloud_spool_policy,
+            max_messages=min(settings.cloud_spool_max_messages,
+                             limits.CLOUD_SPOOL_MAX_MESSAGES),
+            max_bytes=min(settings.cloud_spool_max_bytes, limits.CLOUD_SPOOL_MAX_BYTES))
+        for operation in cloudipc.operations(self.cloud):
+            self.ipc.register(operation)
 
     # --- records and transitions -------------------------------------------------
 

@@ -71,14 +71,18 @@ def _agent_run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("watchfiles").setLevel(logging.WARNING)
-    from hedgerow.core import privilege
+    from hedgerow.core import cloudmessage, privilege
     settings = settings_.Settings(resync_s=args.resync, default_user=args.default_user,
                                deployment_timeout_s=args.deployment_timeout,
                                settle_s=args.settle,
                                max_privilege=privilege.Level(args.max_privilege),
-                               aws_region=args.region or settings_.DEFAULT_REGION)
+                               aws_region=args.region or settings_.DEFAULT_REGION,
+                               cloud_spool_policy=cloudmessage.SpoolPolicy(
+                                   args.cloud_spool_policy),
+                               cloud_spool_max_messages=args.cloud_spool_max_messages,
+                               cloud_spool_max_bytes=args.cloud_spool_max_bytes)
     the_agent = agent_.Agent(args.root, args.thing, settings)
-    cloud = _connector(args)
+    cloud = _connector(args, the_agent.cloud)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -96,7 +100,7 @@ def _agent_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _connector(args: argparse.Namespace) -> Any:
+def _connector(args: argparse.Namespace, proxy: Any = None) -> Any:
     """The cloud connector, when an identity is installed (`hedgerow agent install-bundle`).
 
     Without one, or with one that cannot be used, the agent still runs: it converges on
@@ -110,7 +114,7 @@ def _connector(args: argparse.Namespace) -> Any:
 
     try:
         return connector.Connector.from_root(_root(args), args.thing,
-                                             heartbeat_s=args.heartbeat)
+                                             heartbeat_s=args.heartbeat, proxy=proxy)
     except (identity.IdentityError, OSError, ValueError) as exc:
         logging.error("cloud connector not started: %s; running on the last desired "
                       "state on disk", exc)
@@ -214,7 +218,18 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
 
 
+def _spool_bound(most: int) -> Any:
+    def parse(text: str) -> int:
+        value = int(text)
+        if not 1 <= value <= most:
+            raise argparse.ArgumentTypeError(f"must be 1 to {most} (got {value})")
+        return value
+    return parse
+
+
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    from hedgerow.core import limits  # constants only: the CLI still starts fast
+
     agent = subparsers.add_parser("agent", help="run the edge agent on this device")
     agent_sub = agent.add_subparsers(dest="action", metavar="ACTION", required=True)
     run = agent_sub.add_parser(
@@ -244,6 +259,19 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
                           "counts as succeeded (default: %(default)s)")
     run.add_argument("--region", default=None,
                      help="AWS_REGION given to components (default: us-east-1)")
+    run.add_argument("--cloud-spool-policy", choices=["refuse-new", "drop-oldest"],
+                     default="refuse-new",
+                     help="when the spool of components' cloud publishes made offline is "
+                          "full: refuse the new one (the component is told; default) or "
+                          "drop the oldest queued ones")
+    run.add_argument("--cloud-spool-max-messages", type=_spool_bound(
+        limits.CLOUD_SPOOL_MAX_MESSAGES), default=limits.CLOUD_SPOOL_MAX_MESSAGES,
+        metavar="N", help="at most N spooled cloud messages (default and most: "
+                          "%(default)s)")
+    run.add_argument("--cloud-spool-max-bytes", type=_spool_bound(
+        limits.CLOUD_SPOOL_MAX_BYTES), default=limits.CLOUD_SPOOL_MAX_BYTES,
+        metavar="BYTES", help="at most BYTES of spooled cloud messages (default and "
+                              "most: %(default)s)")
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                      default="info", help="debug adds each pass's actions and timings "
                      "(default: %(default)s)")

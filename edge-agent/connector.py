@@ -29,6 +29,10 @@ One thread of its own (never the agent's asyncio loop), one state machine:
   written again with capped backoff, and a catch-all around each session restarts it.
 - A session taken over again and again (another client with this device's certificate:
   see docs/identity.md, "Debugging a device safely") is logged loudly and backed off.
+- Components' cloud messages (PublishToIoTCore, SubscribeToIoTCore) share this session
+  through a CloudProxy (cloudproxy.py): the connector attaches it on each CONNACK, lets
+  it send on each turn of its loop, detaches it on loss, and hands it every PUBACK,
+  SUBACK and message that is not the connector's own.
 - Status: the agent loop writes ``state/status.json`` each pass. The connector publishes
   it (QoS 1, not retained) when it changes in substance (anything but ``sequence`` and
   ``time``) and otherwise as a heartbeat every ``heartbeat_s``. Offline it keeps only the
@@ -64,6 +68,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from hedgerow import files
+from hedgerow.agent import cloudproxy
 from hedgerow.agent import identity as identity_
 from hedgerow.agent.layout import Layout
 from hedgerow.core import backoff, broker, documents, envelope
@@ -103,7 +108,8 @@ class Connector:
                  backoff_max_s: float = 60.0, poll_s: float = 0.2,
                  connect_timeout_s: float = 10.0,
                  signing_key: pathlib.Path | str | None = None,
-                 takeover_backoff_s: float = broker.TAKEOVER_BACKOFF_S) -> None:
+                 takeover_backoff_s: float = broker.TAKEOVER_BACKOFF_S,
+                 proxy: cloudproxy.CloudProxy | None = None) -> None:
         parts = urllib.parse.urlsplit(broker_url)
         if parts.scheme != "mqtts" or not parts.hostname:
             raise ValueError(f"broker URL must be mqtts://HOST[:PORT] (got {broker_url!r}): "
@@ -119,6 +125,8 @@ class Connector:
         self.backoff_min_s, self.backoff_max_s = backoff_min_s, backoff_max_s
         self.poll_s, self.connect_timeout_s = poll_s, connect_timeout_s
         self.stats = Stats()
+        # Components' cloud messages on this session (cloudproxy.py), if the agent has any.
+        self.proxy = proxy
         # The pinned key desired documents must be signed with (None: refuse them all).
         self._verifier: ed25519.Ed25519PublicKey | None = None
         self.key_id: str | None = None
@@ -281,6 +289,8 @@ class Connector:
                 self._follow_status()
                 self._retry_unwritten()
                 self._send(client)
+                if self.proxy is not None:
+                    self.proxy.pump(client)
         finally:
             if self._stop.is_set() and self.connected:
                 client.disconnect()  # DISCONNECT keeps the session (expiry > 0)
@@ -292,6 +302,8 @@ class Connector:
         return reached
 
     def _lost(self) -> None:
+        if self.proxy is not None:
+            self.proxy.detach()
         if self._online.is_set():
             self._online.clear()
             log.warning("disconnected from the cloud broker; reconnecting with backoff")
@@ -308,6 +320,8 @@ class Connector:
             self._failed(f"broker refused the connection: {reason}")
             return
         client.subscribe(self.desired_topic, options=SubscribeOptions(qos=1))
+        if self.proxy is not None:
+            self.proxy.attach(client)
         self.stats.connects += 1
         self._quiet_failures = False
         if self._takeover_loop and self._takeovers.quiet_since(time.monotonic()) > (
@@ -341,12 +355,17 @@ class Connector:
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int,
                       reasons: list[Any], properties: Any) -> None:
+        if self.proxy is not None and self.proxy.on_suback(mid, reasons):
+            return
         for reason in reasons:
             if reason.is_failure:
                 log.error("subscription to %s refused: %s", self.desired_topic, reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any,
                     message: mqtt.MQTTMessage) -> None:
+        if message.topic != self.desired_topic and self.proxy is not None:
+            self.proxy.on_message(message)
+            return
         if message.topic != self.desired_topic:
             log.warning("ignoring a message on %s (not this device's desired topic)",
                         message.topic)
@@ -356,6 +375,8 @@ class Connector:
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any,
                     properties: Any) -> None:
         if self._inflight is None or self._inflight[0] != mid:
+            if self.proxy is not None:
+                self.proxy.on_puback(mid, reason, properties)
             return
         self._inflight = None
         if reason.is_failure:

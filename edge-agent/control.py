@@ -87,7 +87,8 @@ async def _dispatch(agent: Agent, request: dict[str, Any]) -> Any:
         return {**agent.report().to_dict(), "passes": agent.passes,
                 "passesReported": agent.passes_reported,
                 "runtimes": {"container": {
-            "available": agent.containers.available, "message": agent.containers.message}}}
+            "available": agent.containers.available, "message": agent.containers.message}},
+                "cloud": agent.cloud.summary()}
     if op == "wake":  # look again now (a test proving "nothing changed", an operator)
         agent.wake.set()
         return {"passes": agent.passes}

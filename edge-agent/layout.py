@@ -3,7 +3,8 @@
     desired/        cloud desired-state document (desired.json), written atomically
     deployments/    local Component/Deployment YAML (`hedgerow deployment create`)
     state/          the agent's own records: components.json, status.json, deployments.json,
-                    applied.json, last-good.json, docker-used — crash-safe writes only;
+                    applied.json, last-good.json, docker-used, cloud-spool/,
+                    cloud-subscriptions.json — crash-safe writes only;
                     exits/<marker>: steps' exit codes, written by root
     artifacts/      sha256/<digest> content-addressed cache; <name>/<version>/ views
     artifacts-unarchived/<name>/<version>/   unpacked archives
@@ -59,6 +60,11 @@ class Layout:
     @property
     def last_good_file(self) -> pathlib.Path:
         return self.state / "last-good.json"
+
+    @property
+    def cloud_spool(self) -> pathlib.Path:
+        """Components' cloud publishes waiting for the broker (cloudspool.py)."""
+        return self.state / "cloud-spool"
 
     @property
     def docker_marker(self) -> pathlib.Path:

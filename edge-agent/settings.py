@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from hedgerow.core import lifecycle, privilege
+from hedgerow.core import cloudmessage, lifecycle, limits, privilege
 
 DEFAULT_REGION = "us-east-1"
 
@@ -33,3 +33,11 @@ class Settings:
     # no AWS region; the SDKs components use need *some* region to start, and us-east-1
     # is what they assume elsewhere: set the real one when components call AWS services.
     aws_region: str = DEFAULT_REGION
+    # A full cloud spool (components' publishes waiting for the broker, bounded by
+    # core.limits.CLOUD_SPOOL_*): refuse-new by default — a message once accepted (and
+    # answered with success) is never thrown away, the component whose publish does not
+    # fit is told; drop-oldest suits telemetry where the newest reading matters most.
+    cloud_spool_policy: cloudmessage.SpoolPolicy = cloudmessage.DEFAULT_SPOOL_POLICY
+    # A smaller spool for a small device (never above the limits).
+    cloud_spool_max_messages: int = limits.CLOUD_SPOOL_MAX_MESSAGES
+    cloud_spool_max_bytes: int = limits.CLOUD_SPOOL_MAX_BYTES

@@ -25,10 +25,12 @@ from hedgerow.agent import identity
 from hedgerow.controller import broker as controller_broker
 from hedgerow.controller import pki
 from hedgerow.core import broker as broker_
-from hedgerow.core import documents
+from hedgerow.core import documents, topicrule
 from hedgerow.core import identity as core_identity
 from tests.support.mosquitto import LOOPBACK, Mosquitto
 from tests.support.wait import wait_for
+
+CLOUD_APP = "cloud_app"  # a CN no device can have ('_')
 
 
 class MqttClient:
@@ -111,9 +113,11 @@ class Fleet:
         assert sealed is not None
         return sealed
 
-    def device(self, thing: str, ca: pki.FleetCA | None = None) -> identity.DeviceIdentity:
-        """init on the device → CSR → signed by the CA → bundle installed on the device."""
-        root = self.dir / "devices" / thing
+    def device(self, thing: str, ca: pki.FleetCA | None = None, root: Path | None = None,
+               ) -> identity.DeviceIdentity:
+        """init on the device → CSR → signed by the CA → bundle installed on the device
+        (in ``root``, an agent's root, if given)."""
+        root = root or self.dir / "devices" / thing
         csr = identity.init(root, thing)
         cert = (ca or self.ca).sign_device_csr(csr.read_bytes(), thing)
         signer, _ = pki.signing_key_of(self.dir / "ca")
@@ -150,6 +154,16 @@ class Fleet:
         self.cleanups.append(c.close)
         return c
 
+    def cloud_app(self) -> MqttClient:
+        """A cloud-side client (persistent session) that may use every devices/… topic."""
+        issued = self.ca.issue_client(CLOUD_APP)
+        cert, key = self.dir / "cloud_app.pem", self.dir / "cloud_app.key"
+        issued.write(cert, key)
+        c = MqttClient(self.broker.url, self.ca_path, cert, key, CLOUD_APP,
+                       persistent=True).connect()
+        self.cleanups.append(c.close)
+        return c
+
     @property
     def ca_path(self) -> Path:
         return self.dir / "ca" / pki.CA_CERT
@@ -166,7 +180,11 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
     controller = ca.issue_controller()
     controller.write(tmp_path / "controller" / "controller.pem",
                      tmp_path / "controller" / "controller.key")
-    (etc / "acl").write_text(broker_.render_acl())
+    # What `hedgerow broker config` writes by default (each device also gets its own
+    # devices/<thing>/# namespace), plus a cloud-side application that reads and writes
+    # every device's namespace, as an operator would add for their backend.
+    (etc / "acl").write_text(topicrule.render_acl() + f"\nuser {CLOUD_APP}\n"
+                             "topic readwrite devices/#\n")
     (etc / "crl.pem").write_bytes(ca.render_crl())  # empty until a test revokes
     (etc / "data").mkdir()
     user = pwd.getpwuid(os.geteuid()).pw_name if os.geteuid() == 0 else None
