@@ -21,7 +21,7 @@ import yaml
 
 from hedgerow import files
 from hedgerow.agent import desired
-from hedgerow.core import deployment, manifest, outcome
+from hedgerow.core import deployment, greengrass, manifest, outcome
 
 if TYPE_CHECKING:
     from hedgerow.agent.agent import Agent
@@ -184,15 +184,20 @@ def _outcome_fields(entry: outcome.Entry | None) -> dict[str, Any]:
 def create_local_deployment(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
     """Merge the request into the one cumulative local Deployment (as Greengrass does)."""
     folder = agent.layout.deployments
-    recipes = folder / "recipes"
+    recipes = folder / desired.RECIPES
     for filename, text in request.get("recipes", {}).items():
-        for resource in manifest.parse_documents(text, filename):
+        try:  # a Greengrass recipe as it is, or Component manifests
+            resources = desired.parse_local(recipes / pathlib.Path(filename).name, text,
+                                            agent.layout)
+        except greengrass.RecipeError as exc:
+            raise CommandError(str(exc)) from None
+        for resource in resources:
             if resource.kind != "Component":
                 raise CommandError(f"{filename}: only Component documents are recipes")
         recipes.mkdir(exist_ok=True, mode=0o700)
         files.write_atomic(recipes / pathlib.Path(filename).name, text.encode())
     if request.get("artifacts"):
-        target = agent.layout.root / "local-artifacts"
+        target = agent.layout.root / desired.LOCAL_ARTIFACTS
         shutil.copytree(request["artifacts"], target, dirs_exist_ok=True)
     local = folder / f"{LOCAL_DEPLOYMENT}.yaml"
     previous = local.read_bytes() if local.exists() else None
