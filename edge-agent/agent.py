@@ -311,7 +311,9 @@ class Agent:
         """`plan_.resolve_desired` (every component's spec hash) once per document, not
         once per pass: a pass with nothing new plans from the same hashes."""
         if self._desired_cache is None or self._desired_cache[0] is not doc:
-            self._desired_cache = (doc, plan_.resolve_desired(doc))
+            restart = {c.name: self.restart_hash(c, doc) for c in doc.components} if doc \
+                else {}
+            self._desired_cache = (doc, plan_.resolve_desired(doc, restart))
         return self._desired_cache[1]
 
     def choose(self, reading: desired.Reading) -> documents.DesiredState | None:
@@ -349,7 +351,9 @@ class Agent:
             out[rec.name] = plan_.Observed(
                 rec.name, spec_hash, rec.state, deps,
                 retry_due=rec.retry_at is not None and rec.retry_at <= now,
-                hold_revision=rec.hold_revision, runtime=rt.kind)
+                hold_revision=rec.hold_revision, runtime=rt.kind,
+                # What runs is not what the record made (a replaced container): unknown.
+                restart_hash=rec.restart_hash if spec_hash == rec.spec_hash else "")
         return out
 
     def _wanted(self, doc: documents.DesiredState | None) -> plan_.Desired:
@@ -400,6 +404,9 @@ class Agent:
                 log.error("%s", failure)
                 self.fail(doc, failure)  # nothing stops, nothing starts
                 return
+        for action in actions:
+            if action.verb is plan_.Verb.UPDATE and action.name in by_name:
+                self.update(by_name[action.name], doc)
         await self._stop_all([a for a in actions
                               if a.verb in (plan_.Verb.STOP, plan_.Verb.REMOVE)], by_name)
         # Install/start/recover: every record that may own a process exists durably before
@@ -501,17 +508,35 @@ class Agent:
                 deps[dep.name] = paths(found)
         return recipe.Context(comp.name, paths(comp), str(self.layout.root), self.thing, deps)
 
+    def restart_hash(self, comp: documents.ResolvedComponent,
+                     doc: documents.DesiredState | None) -> str:
+        return recipe.render_restart_hash(comp, self.context(comp, doc))
+
     def ensure_record(self, comp: documents.ResolvedComponent) -> records.Record:
         rec = self.records.get(comp.name)
         spec_hash = comp.spec_hash  # a hash of the whole spec: computed once
-        if rec is None or rec.spec_hash != spec_hash:
+        restart_hash = self.restart_hash(comp, self.applied)
+        if rec is None or rec.spec_hash != spec_hash or (
+                restart_hash and rec.restart_hash and restart_hash != rec.restart_hash):
             rec = records.Record(name=comp.name, version=comp.version,
                                  spec_hash=spec_hash, spec=comp.to_dict(),
+                                 restart_hash=restart_hash,
                                  token=secrets.token_urlsafe(24),
                                  instance=secrets.token_hex(8))
             self.records[comp.name] = rec
             self.save()
         return rec
+
+    def update(self, comp: documents.ResolvedComponent,
+               doc: documents.DesiredState | None) -> None:
+        """A configuration change its rendered lifecycle does not use: the record takes
+        the new spec, and what runs keeps running (plan.Verb.UPDATE)."""
+        rec = self.records[comp.name]
+        rec.spec, rec.spec_hash = comp.to_dict(), comp.spec_hash
+        rec.restart_hash = self.restart_hash(comp, doc)
+        self.save()
+        log.info("%s: configuration changed; keeps running (its rendered lifecycle and "
+                 "runWith are the same)", comp.name)
 
     def _job(self, comp: documents.ResolvedComponent, rec: records.Record) -> runtime.Job:
         return runtime.Job(comp, rec, self.context(comp, self.applied))
