@@ -48,3 +48,23 @@ MAX_HISTORY_ENTRIES: Final = 20
 # a burst of a MiB (a quarter of what rotation keeps), then 64 KiB/s on average.
 LOG_BYTES_PER_SECOND: Final = 64 * KIB
 LOG_BURST_BYTES: Final = 1 * MIB
+
+# Component IPC (AWS event-stream RPC on ipc/ipc.sock). awscrt caps a message at 16 MiB and
+# its headers at 128 KiB; a component is hostile to the agent, and each connection may
+# hold one partial frame in the agent's memory, so the agent accepts less: 2 MiB fits the
+# largest message a component legitimately sends — a 1 MiB binary pub/sub message
+# (BROKER_MAX_PACKET_BYTES: nothing larger could reach the cloud either) base64-encoded
+# in its JSON (4/3) plus headers — while 10 clients mid-frame cost at most 20 MiB, not 160.
+MAX_IPC_MESSAGE_BYTES: Final = 2 * MIB
+MAX_IPC_HEADERS_BYTES: Final = 128 * KIB
+# Connections the IPC server holds at once, and streams (subscriptions) per connection.
+MAX_IPC_CONNECTIONS: Final = 256
+MAX_IPC_STREAMS_PER_CONNECTION: Final = 512
+# Messages queued for one subscriber before new ones are dropped (and counted), and how
+# long a subscriber may stay full before it is disconnected.
+IPC_SUBSCRIBER_QUEUE: Final = 1024
+IPC_SUBSCRIBER_STUCK_SECONDS: Final = 10.0
+# Bytes queued towards one connection (the socket's write buffer) before it counts as full.
+IPC_WRITE_BUFFER_BYTES: Final = 4 * MIB
+# A connection must send its connect message within this many seconds.
+IPC_CONNECT_TIMEOUT_SECONDS: Final = 10.0

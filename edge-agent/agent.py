@@ -28,7 +28,16 @@ from typing import TYPE_CHECKING
 
 import hedgerow
 from hedgerow import files
-from hedgerow.agent import artifacts, containerbridge, desired, processes, records, runtime
+from hedgerow.agent import (
+    artifacts,
+    containerbridge,
+    desired,
+    ipcserver,
+    processes,
+    pubsub,
+    records,
+    runtime,
+)
 from hedgerow.agent import settings as settings_
 from hedgerow.agent.layout import Layout
 from hedgerow.core import (
@@ -121,6 +130,12 @@ class Agent:
         self._last_good_read = False
         self._due: dict[pathlib.Path, bytes] = {}  # state files `persist` writes
         self._troubles: dict[str, str] = {}  # long-lived task -> its last error (logged once)
+        # Component IPC (Greengrass event-stream RPC): it sees the records through one
+        # lookup (token -> component), nothing else of the loop.
+        self.bus = pubsub.Bus()
+        self.ipc = ipcserver.Server(self.layout.ipc_socket,
+                                    ipcserver.records_lookup(lambda: self.records, thing),
+                                    pubsub.operations(self.bus))
 
     # --- records and transitions -------------------------------------------------
 
@@ -820,6 +835,11 @@ class Agent:
         for rt in self.runtimes:
             await asyncio.to_thread(rt.warm_up, self._mine(rt))
         server = await control.serve(self)
+        try:  # before the first pass: a component started by it finds the socket
+            await self.ipc.start()
+        except OSError as exc:  # components cannot use IPC; everything else goes on
+            self.trouble("ipc", f"cannot serve component IPC on {self.layout.ipc_socket}: "
+                                f"{exc}")
         watcher = asyncio.create_task(self.supervise("watching files", self._watch_files))
         for rt in self.runtimes:
             rt.attach(asyncio.get_running_loop())
@@ -835,6 +855,7 @@ class Agent:
                 try:
                     async with self.lock:
                         await self.reconcile()
+                    self.ipc.refresh()  # connections of removed/reinstalled components
                     failures = 0
                     self.untroubled("pass")
                 except Exception as exc:  # a bug must not take the device's workloads down
@@ -853,6 +874,7 @@ class Agent:
                 rt.detach()
             watcher.cancel()
             server.close()
+            self.ipc.close()
             with contextlib.suppress(FileNotFoundError):
                 self.layout.control_socket.unlink()
 

@@ -75,7 +75,8 @@ def _agent_run(args: argparse.Namespace) -> int:
     settings = settings_.Settings(resync_s=args.resync, default_user=args.default_user,
                                deployment_timeout_s=args.deployment_timeout,
                                settle_s=args.settle,
-                               max_privilege=privilege.Level(args.max_privilege))
+                               max_privilege=privilege.Level(args.max_privilege),
+                               aws_region=args.region or settings_.DEFAULT_REGION)
     the_agent = agent_.Agent(args.root, args.thing, settings)
     cloud = _connector(args)
 
@@ -242,6 +243,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     run.add_argument("--settle", type=float, default=2.0,
                      help="seconds every component must stay RUNNING before a revision "
                           "counts as succeeded (default: %(default)s)")
+    run.add_argument("--region", default=None,
+                     help="AWS_REGION given to components (default: us-east-1)")
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                      default="info", help="debug adds each pass's actions and timings "
                      "(default: %(default)s)")

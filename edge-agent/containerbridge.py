@@ -30,7 +30,7 @@ from hedgerow.agent import records as records_
 from hedgerow.agent import runtime as runtime_
 from hedgerow.agent.dockererrors import ContainerRuntimeError, PermanentError, TransientError
 from hedgerow.agent.layout import Layout
-from hedgerow.core import backoff, component, documents, lifecycle, privilege, recipe
+from hedgerow.core import backoff, component, documents, environment, lifecycle, privilege, recipe
 from hedgerow.core import container as container_
 from hedgerow.core import plan as plan_
 from hedgerow.core.documents import ComponentState as State
@@ -285,10 +285,12 @@ class ContainerBridge(runtime_.Base):
                 canonical=observe_bind_source,
                 allow_privileged=privilege.is_allowed(privilege.Level.PRIVILEGED,
                                                       self.settings.max_privilege),
-                agent_env={"HEDGEROW_COMPONENT": comp.name,
-                           "HEDGEROW_COMPONENT_VERSION": comp.version,
-                           "AWS_IOT_THING_NAME": self.thing,
-                           "HEDGEROW_AUTH_TOKEN": token, "SVCUID": token})
+                agent_env=environment.render_component_env(
+                    comp.name, comp.version, token, environment.AgentFacts(
+                        thing=self.thing, region=self.settings.aws_region,
+                        ipc_socket=(container_.IPC_SOCKET_TARGET if comp.container and
+                                    comp.container.mount_ipc_socket else None),
+                        root_ca=str(self.layout.root_ca))))
             if len(self._configs) > 512:
                 self._configs.clear()
             self._configs[key] = config

@@ -107,7 +107,8 @@ async def _dispatch(agent: Agent, request: dict[str, Any]) -> Any:
                     "configuration": spec.configuration,
                     "dependencies": [d.to_dict() for d in spec.dependencies],
                     "limits": agent.processes.cgroups.limit_files(name),
-                    "log": str(agent.layout.log_of(name))}
+                    "log": str(agent.layout.log_of(name)),
+                    "ipc": agent.ipc.details_of(name)}
         async with agent.lock:
             await agent.stop(name, hold=op == "component.stop")
             if op == "component.restart":  # also lifts an earlier `component stop`

@@ -10,8 +10,8 @@
     work/<name>/    each component's working folder, owned by its user
     logs/<name>.log each component's log, rotated
     agent.sock      control socket for the CLI (0660, root:root)
-    ipc/ipc.sock    component IPC socket path (served by the IPC issue); in its own folder
-                    so containers bind the folder and see a re-created socket
+    ipc/ipc.sock    component IPC socket (ipcserver.py, 0666: the token decides), in its own
+                    folder (0711) so containers bind the folder and see a re-created socket
 """
 
 from __future__ import annotations
@@ -93,6 +93,11 @@ class Layout:
     def ipc_socket(self) -> pathlib.Path:
         return self.ipc_dir / "ipc.sock"
 
+    @property
+    def root_ca(self) -> pathlib.Path:
+        """The fleet CA (identity.Paths.ca): what components get as GG_ROOT_CA_PATH."""
+        return self.root / "identity" / "ca.pem"
+
     def work_of(self, name: str) -> pathlib.Path:
         return self.work / name
 
@@ -117,6 +122,6 @@ class Layout:
                            (self.state, 0o700), (self.exits, 0o700),
                            (self.artifacts, 0o711), (self.unarchived, 0o711),
                            (self.work, 0o711), (self.logs, 0o750),
-                           (self.ipc_dir, 0o755)):
+                           (self.ipc_dir, 0o711)):
             path.mkdir(exist_ok=True)
             path.chmod(mode)

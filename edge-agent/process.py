@@ -36,9 +36,9 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 
 from hedgerow.agent import cgroups as cgroups_
-from hedgerow.agent import failures, fsguard, procfs, records, spawner, userswitch
+from hedgerow.agent import failures, fsguard, procfs, records, settings, spawner, userswitch
 from hedgerow.agent.layout import Layout
-from hedgerow.core import component, documents
+from hedgerow.core import component, documents, environment
 
 log = logging.getLogger("hedgerow.agent")
 DEFAULT_TIMEOUTS: Mapping[str, float | None] = {
@@ -78,8 +78,12 @@ class ProcessRuntime:
 
     def __init__(self, layout: Layout, thing: str, cgroups: cgroups_.Cgroups,
                  default_user: str = "nobody", log_max_bytes: int = 1 << 20,
-                 log_keep: int = 3, kill_grace_s: float = 5.0) -> None:
+                 log_keep: int = 3, kill_grace_s: float = 5.0,
+                 region: str = settings.DEFAULT_REGION) -> None:
         self.layout, self.thing, self.cgroups = layout, thing, cgroups
+        self.facts = environment.AgentFacts(
+            thing=thing, region=region, ipc_socket=str(layout.ipc_socket),
+            root_ca=str(layout.root_ca), root=str(layout.root))
         self.default_user, self.kill_grace_s = default_user, kill_grace_s
         self.log_max_bytes, self.log_keep = log_max_bytes, log_keep
         self.spawner = spawner.Spawner(cgroups, log_max_bytes, log_keep)
@@ -115,11 +119,8 @@ class ProcessRuntime:
         env = {
             "PATH": _SAFE_PATH, "LANG": "C.UTF-8", "HOME": str(self.layout.work_of(comp.name)),
             "USER": identity.name,
-            "HEDGEROW_THING_NAME": self.thing, "AWS_IOT_THING_NAME": self.thing,
-            "HEDGEROW_ROOT": str(self.layout.root),
-            "HEDGEROW_COMPONENT": comp.name, "HEDGEROW_COMPONENT_VERSION": comp.version,
-            "HEDGEROW_IPC_SOCKET": str(self.layout.ipc_socket),
-            "HEDGEROW_AUTH_TOKEN": record.token, "SVCUID": record.token,
+            **environment.render_component_env(comp.name, comp.version, record.token,
+                                               self.facts),
         }
         env.update(step_env)
         env["HEDGEROW_INSTANCE"] = marker  # last: a recipe cannot forge our marker

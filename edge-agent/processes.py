@@ -46,7 +46,8 @@ class Processes(runtime.Base):
         self.cgroups = cgroups_.Cgroups(group=f"hedgerow/{thing}")
         self.runner = process_.ProcessRuntime(
             layout, thing, self.cgroups, settings.default_user,
-            settings.log_max_bytes, settings.log_keep, settings.kill_grace_s)
+            settings.log_max_bytes, settings.log_keep, settings.kill_grace_s,
+            settings.aws_region)
         self._exits: dict[str, _Exit] = {}  # run processes that ended since the last look
         self._retry_at = 0.0  # the device ran out of fds/space: try again then
         self._trouble = ""

@@ -6,6 +6,8 @@ import dataclasses
 
 from hedgerow.core import lifecycle, privilege
 
+DEFAULT_REGION = "us-east-1"
+
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
@@ -27,3 +29,7 @@ class Settings:
     docker_backoff_base_s: float = 1.0  # retrying an unreachable dockerd
     docker_backoff_cap_s: float = 30.0
     orphan_scan_s: float = 60.0        # look for our labels even with no container wanted
+    # AWS_REGION for components (Greengrass gives the core's region). Hedgerow's cloud is
+    # no AWS region; the SDKs components use need *some* region to start, and us-east-1
+    # is what they assume elsewhere: set the real one when components call AWS services.
+    aws_region: str = DEFAULT_REGION

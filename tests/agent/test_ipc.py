@@ -1,0 +1,293 @@
+"""Component IPC through the OFFICIAL client: components started by a real agent, as
+`nobody`, written with `awsiot.greengrasscoreipc.clientv2` (tests/agent/ipc_component.py),
+exchange messages on the agent's socket — and hostile ones (forged tokens, floods of
+malformed frames, a subscriber that never reads) disturb nobody else."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import itertools
+import json
+import pathlib
+import shutil
+import socket
+import struct
+import tempfile
+import zlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import awscrt
+import awsiot
+import pytest
+
+from hedgerow.core import accesscontrol, documents
+
+from .conftest import AgentProcess, rc, wait_for
+
+HERE = pathlib.Path(__file__).resolve().parent
+PYTHON = shutil.which("python3", path="/usr/bin:/bin")  # one `nobody` may run
+
+
+@pytest.fixture(scope="module")
+def sdk() -> Iterator[pathlib.Path]:
+    """The SDK (awsiot + awscrt, as installed for the tests) and the component script in
+    a folder `nobody` can read: what a device would have installed for its components."""
+    assert PYTHON is not None, "python3 in /usr/bin (Debian's) runs the test components"
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="hedgerow-ipc-sdk-"))
+    folder.chmod(0o755)
+    for package in (awsiot, awscrt):
+        source = pathlib.Path(package.__file__).parent
+        shutil.copytree(source, folder / source.name,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    for native in pathlib.Path(awscrt.__file__).parent.parent.glob("_awscrt*.so"):
+        shutil.copy(native, folder)
+    shutil.copy(HERE / "ipc_component.py", folder)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def policy(component: str, operations: list[str], resources: list[str],
+           service: str = accesscontrol.PUBSUB) -> dict[str, Any]:
+    return {"accessControl": {service: {f"{component}:pubsub:1": {
+        "policyDescription": "test", "operations": operations, "resources": resources}}}}
+
+
+def sdk_component(sdk: pathlib.Path, name: str, configuration: dict[str, Any] | None = None,
+                  slow: float = 0, version: str = "1.0.0") -> documents.ResolvedComponent:
+    env = f"PYTHONPATH={sdk} IPC_TEST_SLOW={slow}"
+    return rc(name, f"exec env {env} {PYTHON} -u {sdk}/ipc_component.py", version=version,
+              configuration=configuration or {})
+
+
+class Client:
+    """Drives one test component: commands in, events out (through its work folder)."""
+
+    _seq = itertools.count()
+
+    def __init__(self, agent: AgentProcess, name: str) -> None:
+        self.agent, self.name = agent, name
+        self.home = agent.root / "work" / name
+
+    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        try:
+            lines = (self.home / "events.jsonl").read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        found = [json.loads(line) for line in lines if line.endswith("}")]
+        return [e for e in found if kind is None or e["event"] == kind]
+
+    def wait(self, predicate: Callable[[dict[str, Any]], bool], what: str,
+             timeout: float = 30.0) -> dict[str, Any]:
+        def look() -> dict[str, Any] | None:
+            return next((e for e in self.events() if predicate(e)), None)
+        found: dict[str, Any] = wait_for(look, timeout, f"{self.name}: {what} "
+                                         f"(events: {self.events()[-5:]})")
+        return found
+
+    def connected(self) -> None:
+        event = self.wait(lambda e: e["event"] == "connected", "connected")
+        assert event["ok"], event
+
+    def command(self, op: str, **fields: Any) -> None:
+        (self.home / "commands").mkdir(exist_ok=True)
+        path = self.home / "commands" / f"{next(self._seq):06d}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"op": op, **fields}))
+        tmp.replace(path)
+
+    def messages(self, sub: str | None = None) -> list[dict[str, Any]]:
+        return [e for e in self.events("message") if sub is None or e["sub"] == sub]
+
+
+def start(agent: AgentProcess, *components: documents.ResolvedComponent) -> list[Client]:
+    agent.deploy(*components)
+    agent.wait_states({c.name: "RUNNING" for c in components}, timeout=30)
+    clients = [Client(agent, c.name) for c in components]
+    for client in clients:
+        client.connected()
+    return clients
+
+
+def test_components_exchange_messages_with_wildcards_and_receive_mode(
+        agent: AgentProcess, sdk: pathlib.Path) -> None:
+    ops = [f"aws.greengrass#{o}" for o in ("PublishToTopic", "SubscribeToTopic")]
+    a, b = start(agent,
+                 sdk_component(sdk, "ipc.a", policy("ipc.a", ops, ["sensors/#", "chat/*"])),
+                 sdk_component(sdk, "ipc.b", policy("ipc.b", ["*"], ["sensors/+/temp",
+                                                                    "chat/#"])))
+    a.command("subscribe", id="temps", topic="sensors/+/temp")
+    a.command("subscribe", id="chat", topic="chat/#")
+    b.command("subscribe", id="chat", topic="chat/#", mode="RECEIVE_MESSAGES_FROM_OTHERS")
+    for c, n in ((a, 2), (b, 1)):
+        c.wait(lambda e, n=n, c=c: len(c.events("subscribed")) == n, "subscribed")
+    b.command("publish", topic="sensors/kitchen/temp", json={"celsius": 21.5})
+    b.command("publish", topic="sensors/kitchen/temp", binary=base64.b64encode(
+        b"\x00\xffraw").decode())
+    b.command("publish", topic="chat/b", json={"from": "b"})  # b must not hear itself
+    b.command("publish", topic="sensors/kitchen/humidity", json={"ignored": True},
+              tag="refused")  # b's policy does not cover it
+    a.command("publish", topic="chat/a", json={"from": "a"})
+    a.wait(lambda e: e["event"] == "published", "a published")
+    a.command("publish", topic="chat/a2", json={"from": "a", "last": True})
+    b.wait(lambda e: e.get("topic") == "chat/a2", "the last chat message")
+    a.wait(lambda e: e.get("topic") == "chat/a2", "a hears itself (RECEIVE_ALL_MESSAGES)")
+
+    assert [(m["topic"], m.get("json"), m.get("binary")) for m in a.messages("temps")] == [
+        ("sensors/kitchen/temp", {"celsius": 21.5}, None),
+        ("sensors/kitchen/temp", None, base64.b64encode(b"\x00\xffraw").decode())]
+    # two publishers: the order between them is theirs; a's own two arrive in order
+    assert sorted(m["topic"] for m in a.messages("chat")) == ["chat/a", "chat/a2", "chat/b"]
+    # RECEIVE_MESSAGES_FROM_OTHERS: b's own chat/b never reached it, a's did.
+    assert [m["topic"] for m in b.messages("chat")] == ["chat/a", "chat/a2"]
+
+
+def test_unauthorized_publish_is_refused_with_the_policy_to_write(
+        agent: AgentProcess, sdk: pathlib.Path) -> None:
+    """Default deny: a component without a policy for a topic gets the SDK's
+    UnauthorizedError, whose message names it, the operation, the topic, and the YAML
+    that would allow it; a subscription it may not make is refused too, and the topics
+    it may use keep working."""
+    (c,) = start(agent, sdk_component(sdk, "ipc.nosy", policy(
+        "ipc.nosy", ["aws.greengrass#PublishToTopic"], ["public/*"])))
+    c.command("publish", topic="factory/secrets", json={"x": 1}, tag="pub")
+    c.command("subscribe", id="s", topic="factory/#")
+    c.command("publish", topic="public/notice", json={"x": 1}, tag="ok")
+    c.wait(lambda e: e.get("tag") == "ok", "the allowed publish")
+    refused = [e for e in c.events("failed")]
+    assert [e["error"] for e in refused] == ["UnauthorizedError", "UnauthorizedError"]
+    message = refused[0]["message"]
+    assert "ipc.nosy is not authorized to call aws.greengrass#PublishToTopic on resource " \
+           '"factory/secrets"' in message
+    assert ("accessControl:\n  aws.greengrass.ipc.pubsub:\n    ipc.nosy:pubsub:1:\n"
+            in message and "- aws.greengrass#PublishToTopic\n" in message
+            and "- factory/secrets" in message)
+    assert 'aws.greengrass#SubscribeToTopic on resource "factory/#"' in refused[1]["message"]
+
+
+def test_operation_not_served_answers_service_error(agent: AgentProcess,
+                                                    sdk: pathlib.Path) -> None:
+    (c,) = start(agent, sdk_component(sdk, "ipc.curious"))
+    c.command("call", method="get_configuration", args={"key_path": ["x"]})
+    c.command("publish", topic="t", json={}, tag="after")
+    event = c.wait(lambda e: e["event"] == "failed" and e["op"] == "call", "the refusal")
+    assert event["error"] == "ServiceError"
+    assert "aws.greengrass#GetConfiguration is not served" in event["message"]
+    # the connection is fine: the next call is answered (here: refused, no policy)
+    assert c.wait(lambda e: e.get("tag") == "after", "the next call")["error"] == \
+        "UnauthorizedError"
+
+
+def _raw_connect(path: pathlib.Path, payload: bytes) -> int:
+    """A connect message by hand (no SDK can send one without a token); the flags of
+    the connect-ack, -1 when the server closed without one."""
+    def header(name: str, kind: int, value: bytes) -> bytes:
+        return bytes((len(name),)) + name.encode() + bytes((kind,)) + value
+    headers = (header(":message-type", 4, struct.pack(">i", 4))
+               + header(":message-flags", 4, struct.pack(">i", 0))
+               + header(":stream-id", 4, struct.pack(">i", 0))
+               + header(":version", 7, struct.pack(">H", 5) + b"0.1.0"))
+    prelude = struct.pack(">II", 16 + len(headers) + len(payload), len(headers))
+    head = prelude + struct.pack(">I", zlib.crc32(prelude))
+    body = head + headers + payload
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(path))
+        sock.sendall(body + struct.pack(">I", zlib.crc32(body)))
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    if len(answer) < 16:
+        return -1
+    flags_at = answer.index(b":message-flags") + len(":message-flags") + 1
+    return int(struct.unpack_from(">i", answer, flags_at)[0])
+
+
+def test_forged_missing_and_stale_tokens_cannot_connect(agent: AgentProcess,
+                                                        sdk: pathlib.Path) -> None:
+    """An attacker component (as nobody) with a token of the right shape but not its
+    own cannot connect; a connect without a token gets a refusal; and a component
+    reinstalled gets a new token: the old one (leaked, say) is dead, and the new process
+    connects with its new one."""
+    (mallory,) = start(agent, sdk_component(sdk, "ipc.mallory"))
+    own = agent.record("ipc.mallory")["token"]
+    forged = base64.urlsafe_b64encode(hashlib.sha256(own.encode()).digest()[:24]).decode()
+    assert len(forged) == len(own) and forged != own
+    mallory.command("connect", token=forged)
+    event = mallory.wait(lambda e: e["event"] == "connect", "the forged connect")
+    assert not event["ok"]
+    assert _raw_connect(agent.root / "ipc" / "ipc.sock", b"{}") == 0  # no accepted flag
+    assert _raw_connect(agent.root / "ipc" / "ipc.sock", b"") == 0
+    # Reinstalled (its configuration changed): a new token, the old one refused.
+    agent.deploy(sdk_component(sdk, "ipc.mallory", {"v": 2}))
+    wait_for(lambda: agent.record("ipc.mallory")["token"] != own, 30, "a new token")
+    agent.wait_states({"ipc.mallory": "RUNNING"}, timeout=30)
+    mallory.wait(lambda e: e["event"] == "connected" and
+                 len(mallory.events("connected")) >= 2, "the new process connected")
+    mallory.command("connect", token=own)
+    events = wait_for(lambda: [e for e in mallory.events("connect")][1:], 30, "stale")
+    assert not events[0]["ok"]
+    assert "connect refused" in agent.log.read_text()
+
+
+def test_a_flood_of_malformed_frames_disturbs_no_one(agent: AgentProcess,
+                                                     sdk: pathlib.Path) -> None:
+    """A component floods the socket with garbage, bad CRCs, frames announcing 16 MiB
+    and requests before connecting, connection after connection; meanwhile two other
+    components keep exchanging messages and the agent keeps converging."""
+    ops = ["*"]
+    evil, a, b = start(agent, sdk_component(sdk, "ipc.evil"),
+                       sdk_component(sdk, "ipc.a", policy("ipc.a", ops, ["t/#"])),
+                       sdk_component(sdk, "ipc.b", policy("ipc.b", ops, ["t/#"])))
+    a.command("subscribe", id="t", topic="t/#")
+    a.wait(lambda e: e["event"] == "subscribed", "subscribed")
+    evil.command("flood", seconds=8)
+    for i in range(20):
+        b.command("publish", topic=f"t/{i}", json={"i": i})
+    # the agent converges meanwhile: a new component comes up
+    agent.deploy(*[sdk_component(sdk, n, policy(n, ops, ["t/#"])) for n in
+                   ("ipc.evil", "ipc.a", "ipc.b")], rc("plain", "sleep 60"))
+    agent.wait_states({"ipc.evil": "RUNNING", "ipc.a": "RUNNING", "ipc.b": "RUNNING",
+                       "plain": "RUNNING"}, timeout=30)
+    a.wait(lambda e: e.get("topic") == "t/19", "every message during the flood")
+    assert [m["json"]["i"] for m in a.messages("t")] == list(range(20))
+    flooded = evil.wait(lambda e: e["event"] == "flooded", "the flood's end", timeout=60)
+    assert flooded["connections"] >= 10
+    b.command("publish", topic="t/after", json={"i": -1})
+    a.wait(lambda e: e.get("topic") == "t/after", "a message after the flood")
+    log = agent.log.read_text()
+    assert "bad prelude CRC" in log or "bad message CRC" in log
+    assert "frame over the size bound" in log
+    assert "expected a connect message" in log
+
+
+def test_slow_subscriber_never_blocks_the_publisher_and_its_drops_are_counted(
+        agent: AgentProcess, sdk: pathlib.Path) -> None:
+    """A subscriber whose handler takes 1 s per message stops reading; the publisher's
+    16 MiB go out at full speed, a fast subscriber gets every message, the slow one's
+    drops are counted (`hedgerow component details`), and once it has been stuck past
+    the bound it is disconnected with a logged reason."""
+    ops = ["*"]
+    pub, fast, slow = start(
+        agent, sdk_component(sdk, "ipc.pub", policy("ipc.pub", ops, ["bulk"])),
+        sdk_component(sdk, "ipc.fast", policy("ipc.fast", ops, ["bulk"])),
+        sdk_component(sdk, "ipc.slow", policy("ipc.slow", ops, ["bulk"]), slow=1.0))
+    for c in (fast, slow):
+        c.command("subscribe", id="bulk", topic="bulk")
+        c.wait(lambda e: e["event"] == "subscribed", "subscribed")
+    pub.command("publish_many", topic="bulk", count=1024, size=16 * 1024)
+    done = pub.wait(lambda e: e["event"] in ("published_many", "failed"), "published",
+                    timeout=120)
+    assert done["event"] == "published_many", done
+    fast.wait(lambda e: e.get("size") and len(fast.messages()) >= 1024, "all 1024",
+              timeout=60)
+
+    def dropped() -> int:
+        shown = agent.cli("component", "details", "ipc.slow", "-o", "json")
+        assert shown.returncode == 0, shown.stderr
+        return int(json.loads(shown.stdout)["ipc"]["dropped"])
+    assert wait_for(dropped, 30, "drops counted") > 0
+    wait_for(lambda: "slow subscriber" in agent.log.read_text(), 60,
+             "the slow subscriber disconnected")
+    assert len(slow.messages()) < 1024
