@@ -68,3 +68,9 @@ IPC_SUBSCRIBER_STUCK_SECONDS: Final = 10.0
 IPC_WRITE_BUFFER_BYTES: Final = 4 * MIB
 # A connection must send its connect message within this many seconds.
 IPC_CONNECT_TIMEOUT_SECONDS: Final = 10.0
+# What one component may change of its own configuration over IPC (UpdateConfiguration),
+# kept in the agent's state and rewritten with every update: the configuration the
+# deployment gives it is bounded by the desired document, this by itself.
+MAX_OWN_CONFIGURATION_BYTES: Final = 64 * KIB
+# Keys of its own configuration change a component's report lists (the rest is cut).
+MAX_REPORT_OWN_KEYS: Final = 16

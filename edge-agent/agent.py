@@ -24,12 +24,13 @@ import random
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import hedgerow
 from hedgerow import files
 from hedgerow.agent import (
     artifacts,
+    configipc,
     containerbridge,
     desired,
     ipcserver,
@@ -136,6 +137,13 @@ class Agent:
         self.ipc = ipcserver.Server(self.layout.ipc_socket,
                                     ipcserver.records_lookup(lambda: self.records, thing),
                                     pubsub.operations(self.bus))
+        # Configuration and state over IPC: what each component changed of its own
+        # configuration lives in state/configuration.json (configipc).
+        self.config = configipc.Store(self.layout.state / "configuration.json",
+                                      self._deployed_configuration, self.report_errored)
+        for operation in self.config.operations():
+            self.ipc.register(operation)
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # --- records and transitions -------------------------------------------------
 
@@ -195,6 +203,7 @@ class Agent:
     def adopt(self) -> None:
         """After a crash: keep run processes whose identity matches, end stale steps."""
         self.records = records.load_all(self.layout.records)
+        self.config.load()
         now = self.clock()
         for rec in self.records.values():
             # Deadlines and error times written by an earlier run, maybe under a wall
@@ -311,6 +320,7 @@ class Agent:
         except BaseException:
             self.persist()
             raise
+        self.config.sync(list(self.records))  # components' own config; tell subscribers
         self.judge(doc, reading)                                                 # 6. judge
         self.write_status(reading)                                               # 7. status
         self.passes_reported += 1
@@ -527,6 +537,31 @@ class Agent:
                      doc: documents.DesiredState | None) -> str:
         return recipe.render_restart_hash(comp, self.context(comp, doc))
 
+    def _deployed_configuration(self, name: str) -> dict[str, Any] | None:
+        rec = self.records.get(name)
+        return None if rec is None else dict(rec.spec.get("configuration") or {})
+
+    def report_errored(self, name: str, message: str) -> None:
+        """UpdateState ERRORED (once the call is answered): the component is stopped and
+        counts as failed, so the state table's ERRORED -> recover -> BROKEN applies as to
+        a crash."""
+        task = asyncio.get_running_loop().create_task(self._errored(name, message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _errored(self, name: str, message: str) -> None:
+        async with self.lock:
+            rec = self.records.get(name)
+            if rec is None or rec.state not in (State.RUNNING, State.STARTING):
+                return
+            async for change in self.runtime_of(rec).stop(rec, remove=False,
+                                                          replacing=False):
+                if change.event is Event.STOPPED:  # STOPPING -> ERRORED, not INSTALLED
+                    change = runtime.Change(Event.FAILED, message)
+                self.apply_change(rec, change)
+            self.save_records("a component reported ERRORED")
+        self.wake.set()
+
     def ensure_record(self, comp: documents.ResolvedComponent) -> records.Record:
         rec = self.records.get(comp.name)
         spec_hash = comp.spec_hash  # a hash of the whole spec: computed once
@@ -740,7 +775,9 @@ class Agent:
         def components(message_max: int) -> list[documents.ComponentReport]:
             return [documents.ComponentReport(
                 name=r.name[:text], version=r.version[:text], state=r.state,
-                message=down.get(self.runtime_of(r).kind, r.message)[:message_max])
+                message=down.get(self.runtime_of(r).kind, r.message)[:message_max],
+                own_configuration=[k[:text] for k in self.config.own_keys(r.name)[
+                    :limits.MAX_REPORT_OWN_KEYS]] or None)
                 for r in shown]
         bad = any(r.state in (State.ERRORED, State.BROKEN) for r in self.records.values())
         bad = bad or any(self._wants(rt) for rt in self.runtimes if rt.kind in down)

@@ -169,11 +169,11 @@ def test_unauthorized_publish_is_refused_with_the_policy_to_write(
 def test_operation_not_served_answers_service_error(agent: AgentProcess,
                                                     sdk: pathlib.Path) -> None:
     (c,) = start(agent, sdk_component(sdk, "ipc.curious"))
-    c.command("call", method="get_configuration", args={"key_path": ["x"]})
+    c.command("call", method="create_debug_password", args={})
     c.command("publish", topic="t", json={}, tag="after")
     event = c.wait(lambda e: e["event"] == "failed" and e["op"] == "call", "the refusal")
     assert event["error"] == "ServiceError"
-    assert "aws.greengrass#GetConfiguration is not served" in event["message"]
+    assert "aws.greengrass#CreateDebugPassword is not served" in event["message"]
     # the connection is fine: the next call is answered (here: refused, no policy)
     assert c.wait(lambda e: e.get("tag") == "after", "the next call")["error"] == \
         "UnauthorizedError"

@@ -1,0 +1,73 @@
+"""A component that uses the official Greengrass IPC SDK for its configuration and state
+(GetConfiguration, UpdateConfiguration, SubscribeToConfigurationUpdate, UpdateState), as
+a user writes one. Driven like ipc_component.py: commands from $HOME/commands/*.json,
+what happened to $HOME/events.jsonl. Stdlib + awsiotsdk."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import pathlib
+import time
+
+from awsiot.greengrasscoreipc import model
+from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
+
+HOME = pathlib.Path(os.environ["HOME"])
+COMMANDS = HOME / "commands"
+EVENTS = HOME / "events.jsonl"
+
+
+def note(**fields: object) -> None:
+    with EVENTS.open("a") as out:
+        out.write(json.dumps(fields) + "\n")
+
+
+def run(ipc: GreengrassCoreIPCClientV2, command: dict[str, object]) -> None:
+    op, tag = command["op"], command.get("tag")
+    try:
+        if op == "get":
+            response = ipc.get_configuration(component_name=command.get("component"),
+                                             key_path=command.get("keyPath"))
+            note(event="got", tag=tag, component=response.component_name,
+                 value=response.value)
+        elif op == "update":
+            stamp = datetime.datetime.fromtimestamp(
+                float(command.get("timestamp") or time.time()))  # type: ignore[arg-type]
+            ipc.update_configuration(key_path=command.get("keyPath"), timestamp=stamp,
+                                     value_to_merge=command["value"])
+            note(event="updated", tag=tag)
+        elif op == "subscribe":
+            def changed(event: model.ConfigurationUpdateEvents) -> None:
+                update = event.configuration_update_event
+                note(event="changed", component=update.component_name,
+                     keyPath=update.key_path)
+            ipc.subscribe_to_configuration_update(
+                component_name=command.get("component"), key_path=command.get("keyPath"),
+                on_stream_event=changed)
+            note(event="subscribed", tag=tag)
+        elif op == "state":
+            ipc.update_state(state=str(command["state"]))
+            note(event="state", tag=tag)
+    except Exception as exc:
+        note(event="failed", op=op, tag=tag, error=type(exc).__name__,
+             message=str(getattr(exc, "message", "") or exc))
+
+
+def main() -> None:
+    COMMANDS.mkdir(exist_ok=True)
+    ipc = GreengrassCoreIPCClientV2()
+    # Commands of an earlier run of this component (same work folder) are not replayed.
+    done = {p.name for p in COMMANDS.glob("*.json")}
+    note(event="connected", ok=True, pid=os.getpid())
+    while True:
+        for path in sorted(COMMANDS.glob("*.json")):
+            if path.name not in done:
+                done.add(path.name)
+                run(ipc, json.loads(path.read_text()))
+        time.sleep(0.05)
+
+
+if __name__ == "__main__":
+    main()
