@@ -7,7 +7,7 @@ import pathlib
 
 from hedgerow.core import manifest
 from tests.core.test_greengrass import HELLO
-from tests.test_cli import hedgerow
+from tests.test_cli import ROOT, hedgerow
 
 NAMED = HELLO.replace("  - Platform:", "  - Name: Linux\n    Platform:")
 
@@ -55,3 +55,20 @@ def test_one_bad_recipe_writes_nothing(tmp_path: pathlib.Path) -> None:
     assert f"error: {tmp_path / 'bad.yaml'}: Manifests[0].Artifacts[0].URI" in result.stderr
     assert "docker artifacts are not imported" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_the_greengrass_example_imports_naming_only_the_nucleus(tmp_path: pathlib.Path,
+                                                                ) -> None:
+    recipe = ROOT / "examples" / "greengrass" / "recipes" / \
+        "com.example.PubSubConfig-1.0.0.yaml"
+    result = hedgerow("component", "import", str(recipe), "--artifact-base",
+                      "https://artifacts.example.com", "-o", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("not carried over") == 1
+    assert "ComponentDependencies.aws.greengrass.Nucleus" in result.stderr
+    [doc] = manifest.parse_documents(
+        (tmp_path / "com.example.pubsubconfig-1.0.0.yaml").read_text(), "out")
+    assert doc.kind == "Component"
+    assert doc.spec.manifests[0].artifacts[0].uri == (
+        "https://artifacts.example.com/DOC-EXAMPLE-BUCKET/artifacts/"
+        "com.example.PubSubConfig/1.0.0/pubsub_config.py")
