@@ -61,8 +61,15 @@ def test_the_greengrass_example_imports_naming_only_the_nucleus(tmp_path: pathli
                                                                 ) -> None:
     recipe = ROOT / "examples" / "greengrass" / "recipes" / \
         "com.example.PubSubConfig-1.0.0.yaml"
+    # No Digest in the recipe (the Greengrass cloud adds it when a version is created):
+    # fine for a file:// location, refused for http(s) — the device must verify those.
+    https = hedgerow("component", "import", str(recipe), "--artifact-base",
+                     "https://artifacts.example.com", "-o", str(tmp_path))
+    assert https.returncode == 1
+    assert "Manifests[0].Artifacts[0]: an http(s) artifact needs a sha256 digest" in \
+        https.stderr
     result = hedgerow("component", "import", str(recipe), "--artifact-base",
-                      "https://artifacts.example.com", "-o", str(tmp_path))
+                      "file:///srv/mirror", "-o", str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("not carried over") == 1
     assert "ComponentDependencies.aws.greengrass.Nucleus" in result.stderr
@@ -70,5 +77,5 @@ def test_the_greengrass_example_imports_naming_only_the_nucleus(tmp_path: pathli
         (tmp_path / "com.example.pubsubconfig-1.0.0.yaml").read_text(), "out")
     assert doc.kind == "Component"
     assert doc.spec.manifests[0].artifacts[0].uri == (
-        "https://artifacts.example.com/DOC-EXAMPLE-BUCKET/artifacts/"
+        "file:///srv/mirror/DOC-EXAMPLE-BUCKET/artifacts/"
         "com.example.PubSubConfig/1.0.0/pubsub_config.py")
