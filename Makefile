@@ -40,8 +40,9 @@ gate: $(GATE)
 $(GATE): edge-agent/gate/gate.c edge-agent/gatebuild.py | venv
 	@$(VENV)/bin/hedgerow agent build-gate --out $@ >/dev/null
 
-image: system
+image: system venv
 	@scripts/build-test-image.sh
+	@scripts/build-ipc-test-image.sh hedgerow/ipc-python:latest $(VENV)
 
 apiserver:
 	@tests/apiserver/build.sh >/dev/null

@@ -76,6 +76,7 @@ def _plan(args: argparse.Namespace) -> int:
 
     from hedgerow.controller import kube
     from hedgerow.core import (
+        accesscontrol,
         component,
         coredevice,
         deployment,
@@ -169,9 +170,18 @@ def _plan(args: argparse.Namespace) -> int:
             rows.append({"thing": thing, "keeps": new.problems[0].reason, "changes": []})
             continue
         changes = fleet.plan_changes(old.components, new.combination.components)
+        # Each added or changed component's effective IPC permissions (its merged
+        # accessControl); a policy that cannot work is a problem of these files.
+        policies = {c.name: accesscontrol.resolve_policies(c.name, c.configuration)
+                    for c in new.combination.components}
+        for change in changes:
+            for wrong in policies.get(change.name, accesscontrol.Policies("")).problems:
+                blocking[f"{thing}: {wrong}"] = None
         rows.append({"thing": thing, "changes": [
             {"op": _WORDS[c.op], "name": c.name, "before": c.before, "after": c.after,
-             "what": c.what} for c in changes]})
+             "what": c.what, "permissions": accesscontrol.render_permissions(
+                 policies.get(c.name, accesscontrol.Policies(c.name)))}
+            for c in changes]})
     for p in after.empty_targets(everyone):
         if p.deployment in planned or key(p) not in context:
             blocking[key(p)] = None
@@ -195,6 +205,8 @@ def _plan(args: argparse.Namespace) -> int:
             print(f"{row['thing']}:")
             for c in row["changes"]:
                 print(f"  {_SYMBOLS[c['op']]} {c['name']} " + _describe(c))
+                for line in c["permissions"] if c["op"] != "removed" else ():
+                    print(f"      may call {line}")
     for text in blocking:
         print(f"problem: {text}", file=sys.stderr)
     for text in others:

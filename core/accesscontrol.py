@@ -29,7 +29,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
-from hedgerow.core import mqtttopic
+from hedgerow.core import component as component_
+from hedgerow.core import deployment, mqtttopic
 
 PUBSUB: Final = "aws.greengrass.ipc.pubsub"
 MQTTPROXY: Final = "aws.greengrass.ipc.mqttproxy"
@@ -113,7 +114,7 @@ def resolve_policies(component: str, configuration: Mapping[str, Any]) -> Polici
             if unknown:
                 problems.append(f"{here}: unknown field(s) {unknown} (allowed: "
                                 "policyDescription, operations, resources)")
-            if len(fields) < 2:
+            if len(fields) < 2 or unknown:
                 continue
             if known is not None:
                 bad = [op for op in fields["operations"]
@@ -186,7 +187,7 @@ def render_refusal(component: str, service: str, operation: str, resource: str) 
         f"accessControl:\n"
         f"  {service}:\n"
         f"    {component}:{kind}:1:\n"
-        f"      policyDescription: Allows {short} on {resource}\n"
+        f"      policyDescription: {_yaml_scalar(f'Allows {short} on {resource}')}\n"
         f"      operations:\n"
         f"        - {operation}\n"
         f"      resources:\n"
@@ -194,11 +195,12 @@ def render_refusal(component: str, service: str, operation: str, resource: str) 
 
 
 def _yaml_scalar(text: str) -> str:
-    """`text` as a YAML scalar: quoted when it would not read back as the same string."""
-    if text and re.fullmatch(r"[A-Za-z0-9_./${}:-][A-Za-z0-9_./${}:+ -]*", text) and \
+    """`text` as a YAML scalar: plain when it surely reads back as the same string, else
+    double-quoted (a JSON string is a valid YAML double-quoted scalar)."""
+    if re.fullmatch(r"[A-Za-z0-9_./][A-Za-z0-9_.$/{}:+ -]*", text) and \
             not text.endswith((":", " ")) and ": " not in text:
         return text
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return json.dumps(text)
 
 
 def render_permissions(policies: Policies) -> list[str]:
@@ -214,3 +216,19 @@ def render_permissions(policies: Policies) -> list[str]:
     for (service, op), resources in sorted(by_op.items()):
         lines.append(f"{service} {op}: {', '.join(dict.fromkeys(resources))}")
     return lines
+
+
+def resolve_manifest_problems(resource: object) -> list[str]:
+    """The policy problems of a Component's default configuration or of what a
+    Deployment merges into its components' (`hedgerow validate`): each part as written;
+    what a device gets once merged is checked again where it is used."""
+    if isinstance(resource, component_.Component):
+        return list(resolve_policies(resource.spec.name,
+                                     resource.spec.default_configuration).problems)
+    problems: list[str] = []
+    if isinstance(resource, deployment.Deployment):
+        for comp in resource.spec.components:
+            if comp.configuration_update is not None:
+                problems += resolve_policies(comp.name,
+                                             comp.configuration_update.merge).problems
+    return problems

@@ -49,3 +49,19 @@ def test_crds_check_detects_drift(tmp_path: pathlib.Path) -> None:
     result = hedgerow("crds", "--check", "--dir", str(tmp_path))
     assert result.returncode == 1
     assert "components.hedgerow.dev.yaml: differs from the models" in result.stderr
+
+
+def test_validate_refuses_a_policy_with_an_unknown_operation(tmp_path: pathlib.Path) -> None:
+    """A typo in an accessControl operation would grant nothing and fail only on the
+    device, at run time: validate names the file, the component, the service, the
+    policy and the field."""
+    good = (ROOT / "examples" / "ipc-pubsub.yaml").read_text()
+    assert hedgerow("validate", str(ROOT / "examples" / "ipc-pubsub.yaml")).returncode == 0
+    bad = good.replace("- aws.greengrass#PublishToTopic", "- aws.greengrass#PublishTopic", 1)
+    (tmp_path / "bad.yaml").write_text(bad)
+    result = hedgerow("validate", str(tmp_path / "bad.yaml"))
+    assert result.returncode == 1
+    assert ("bad.yaml: Component/com.example.sensorpublisher-1.0.0: "
+            "com.example.SensorPublisher: configuration.accessControl."
+            "aws.greengrass.ipc.pubsub.com.example.SensorPublisher:pubsub:1.operations: "
+            "unknown operation(s) ['aws.greengrass#PublishTopic']") in result.stderr

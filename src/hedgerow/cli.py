@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import yaml
 
 import hedgerow
-from hedgerow.core import crd, manifest
+from hedgerow.core import accesscontrol, crd, manifest
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -45,6 +45,12 @@ def _validate(args: argparse.Namespace) -> int:
         except manifest.InvalidDocumentError as exc:
             for problem in exc.problems:
                 print(problem, file=sys.stderr)
+            return 1
+        problems = [f"{file}: {resource.kind}/{resource.metadata.name}: {problem}"
+                    for resource in resources
+                    for problem in accesscontrol.resolve_manifest_problems(resource)]
+        if problems:
+            print("\n".join(problems), file=sys.stderr)
             return 1
         for resource in resources:
             total += 1

@@ -18,8 +18,7 @@ import sys
 import time
 import zlib
 
-from awsiot.greengrasscoreipc import connect
-from awsiot.greengrasscoreipc import model
+from awsiot.greengrasscoreipc import connect, model
 from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
 
 HOME = pathlib.Path(os.environ.get("IPC_TEST_HOME") or os.environ["HOME"])
@@ -29,8 +28,10 @@ SLOW = float(os.environ.get("IPC_TEST_SLOW", "0"))
 
 
 def note(**fields: object) -> None:
+    line = json.dumps(fields)
     with EVENTS.open("a") as out:
-        out.write(json.dumps(fields) + "\n")
+        out.write(line + "\n")
+    print(line, flush=True)  # the component's log too (what a container test reads)
 
 
 def error_of(exc: BaseException) -> dict[str, str]:
@@ -151,6 +152,8 @@ def main() -> None:
         ipc = None
     else:
         note(event="connected", ok=True)
+    for command in json.loads(os.environ.get("IPC_TEST_COMMANDS") or "[]"):
+        run(ipc, command)  # type: ignore[arg-type]
     done: set[str] = set()
     while True:
         for path in sorted(COMMANDS.glob("*.json")):

@@ -7,107 +7,21 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import itertools
 import json
 import pathlib
 import shutil
 import socket
 import struct
-import tempfile
 import zlib
-from collections.abc import Callable, Iterator
-from typing import Any
 
-import awscrt
-import awsiot
-import pytest
+import yaml
 
-from hedgerow.core import accesscontrol, documents
-
-from .conftest import AgentProcess, rc, wait_for
+from . import ipc_support
+from .conftest import THING, AgentProcess, rc, wait_for
+from .ipc_support import policy, sdk_component, start
 
 HERE = pathlib.Path(__file__).resolve().parent
-PYTHON = shutil.which("python3", path="/usr/bin:/bin")  # one `nobody` may run
-
-
-@pytest.fixture(scope="module")
-def sdk() -> Iterator[pathlib.Path]:
-    """The SDK (awsiot + awscrt, as installed for the tests) and the component script in
-    a folder `nobody` can read: what a device would have installed for its components."""
-    assert PYTHON is not None, "python3 in /usr/bin (Debian's) runs the test components"
-    folder = pathlib.Path(tempfile.mkdtemp(prefix="hedgerow-ipc-sdk-"))
-    folder.chmod(0o755)
-    for package in (awsiot, awscrt):
-        source = pathlib.Path(package.__file__).parent
-        shutil.copytree(source, folder / source.name,
-                        ignore=shutil.ignore_patterns("__pycache__"))
-    for native in pathlib.Path(awscrt.__file__).parent.parent.glob("_awscrt*.so"):
-        shutil.copy(native, folder)
-    shutil.copy(HERE / "ipc_component.py", folder)
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-def policy(component: str, operations: list[str], resources: list[str],
-           service: str = accesscontrol.PUBSUB) -> dict[str, Any]:
-    return {"accessControl": {service: {f"{component}:pubsub:1": {
-        "policyDescription": "test", "operations": operations, "resources": resources}}}}
-
-
-def sdk_component(sdk: pathlib.Path, name: str, configuration: dict[str, Any] | None = None,
-                  slow: float = 0, version: str = "1.0.0") -> documents.ResolvedComponent:
-    env = f"PYTHONPATH={sdk} IPC_TEST_SLOW={slow}"
-    return rc(name, f"exec env {env} {PYTHON} -u {sdk}/ipc_component.py", version=version,
-              configuration=configuration or {})
-
-
-class Client:
-    """Drives one test component: commands in, events out (through its work folder)."""
-
-    _seq = itertools.count()
-
-    def __init__(self, agent: AgentProcess, name: str) -> None:
-        self.agent, self.name = agent, name
-        self.home = agent.root / "work" / name
-
-    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
-        try:
-            lines = (self.home / "events.jsonl").read_text().splitlines()
-        except FileNotFoundError:
-            return []
-        found = [json.loads(line) for line in lines if line.endswith("}")]
-        return [e for e in found if kind is None or e["event"] == kind]
-
-    def wait(self, predicate: Callable[[dict[str, Any]], bool], what: str,
-             timeout: float = 30.0) -> dict[str, Any]:
-        def look() -> dict[str, Any] | None:
-            return next((e for e in self.events() if predicate(e)), None)
-        found: dict[str, Any] = wait_for(look, timeout, f"{self.name}: {what} "
-                                         f"(events: {self.events()[-5:]})")
-        return found
-
-    def connected(self) -> None:
-        event = self.wait(lambda e: e["event"] == "connected", "connected")
-        assert event["ok"], event
-
-    def command(self, op: str, **fields: Any) -> None:
-        (self.home / "commands").mkdir(exist_ok=True)
-        path = self.home / "commands" / f"{next(self._seq):06d}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"op": op, **fields}))
-        tmp.replace(path)
-
-    def messages(self, sub: str | None = None) -> list[dict[str, Any]]:
-        return [e for e in self.events("message") if sub is None or e["sub"] == sub]
-
-
-def start(agent: AgentProcess, *components: documents.ResolvedComponent) -> list[Client]:
-    agent.deploy(*components)
-    agent.wait_states({c.name: "RUNNING" for c in components}, timeout=30)
-    clients = [Client(agent, c.name) for c in components]
-    for client in clients:
-        client.connected()
-    return clients
+sdk = ipc_support.sdk  # the fixture
 
 
 def test_components_exchange_messages_with_wildcards_and_receive_mode(
@@ -155,7 +69,7 @@ def test_unauthorized_publish_is_refused_with_the_policy_to_write(
     c.command("subscribe", id="s", topic="factory/#")
     c.command("publish", topic="public/notice", json={"x": 1}, tag="ok")
     c.wait(lambda e: e.get("tag") == "ok", "the allowed publish")
-    refused = [e for e in c.events("failed")]
+    refused = list(c.events("failed"))
     assert [e["error"] for e in refused] == ["UnauthorizedError", "UnauthorizedError"]
     message = refused[0]["message"]
     assert "ipc.nosy is not authorized to call aws.greengrass#PublishToTopic on resource " \
@@ -226,7 +140,7 @@ def test_forged_missing_and_stale_tokens_cannot_connect(agent: AgentProcess,
     mallory.wait(lambda e: e["event"] == "connected" and
                  len(mallory.events("connected")) >= 2, "the new process connected")
     mallory.command("connect", token=own)
-    events = wait_for(lambda: [e for e in mallory.events("connect")][1:], 30, "stale")
+    events = wait_for(lambda: list(mallory.events("connect"))[1:], 30, "stale")
     assert not events[0]["ok"]
     assert "connect refused" in agent.log.read_text()
 
@@ -280,7 +194,7 @@ def test_slow_subscriber_never_blocks_the_publisher_and_its_drops_are_counted(
     done = pub.wait(lambda e: e["event"] in ("published_many", "failed"), "published",
                     timeout=120)
     assert done["event"] == "published_many", done
-    fast.wait(lambda e: e.get("size") and len(fast.messages()) >= 1024, "all 1024",
+    fast.wait(lambda e: len(fast.messages()) >= 1024, "all 1024",
               timeout=60)
 
     def dropped() -> int:
@@ -291,3 +205,22 @@ def test_slow_subscriber_never_blocks_the_publisher_and_its_drops_are_counted(
     wait_for(lambda: "slow subscriber" in agent.log.read_text(), 60,
              "the slow subscriber disconnected")
     assert len(slow.messages()) < 1024
+
+
+def test_the_example_pubsub_pair_runs(agent: AgentProcess, sdk: pathlib.Path) -> None:
+    """examples/ipc-pubsub.yaml through its local deployment: the listener prints what
+    the publisher sends (only the SDK's location is added, as a device would)."""
+    examples = HERE.parents[1] / "examples"
+    deployments = agent.root / "deployments"
+    shutil.copy(examples / "ipc-pubsub.yaml", deployments)
+    local = yaml.safe_load((examples / "local" / "ipc-pubsub.yaml").read_text())
+    local["spec"]["target"]["thing"] = THING
+    for comp in local["spec"]["components"]:
+        update = comp.setdefault("configurationUpdate", {}).setdefault("merge", {})
+        update["pythonPath"] = str(sdk)
+    (deployments / "local.yaml").write_text(yaml.safe_dump(local))
+    agent.wait_states({"com.example.SensorListener": "RUNNING",
+                       "com.example.SensorPublisher": "RUNNING"}, timeout=30)
+    listener = agent.root / "logs" / "com.example.SensorListener.log"
+    wait_for(lambda: listener.exists() and
+             f"on example/sensors/{THING}" in listener.read_text(), 30, "a reading")

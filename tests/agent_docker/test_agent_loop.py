@@ -61,8 +61,10 @@ def test_create_noop_update_limits_ipc_logs_orphans_and_removal(
     assert mounts["/run/hedgerow"]["Source"] == str(dagent.root / "ipc")
     assert mounts["/run/hedgerow"]["RW"] is False
     assert len(dagent.containers()) == 1
-    # a socket made after the container started is visible inside (folder bind)
+    # a socket made after the container started is visible inside (folder bind): as
+    # when the agent restarts, the served socket is replaced by a new one
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    (dagent.root / "ipc" / "ipc.sock").unlink()
     server.bind(str(dagent.root / "ipc" / "ipc.sock"))
     try:
         code, _ = second.exec_run(["/bin/sh", "-c", 'test -S "$HEDGEROW_IPC_SOCKET"'])

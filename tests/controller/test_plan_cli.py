@@ -66,3 +66,39 @@ def test_plan_reports_problems_with_exit_1(cluster: Cluster, tmp_path: Path) -> 
     assert result.returncode == 1
     assert "gateway-3: would keep its current state (UnknownComponent)" in result.stdout
     assert "default/bad: UnknownComponent" in result.stderr
+
+
+def test_plan_shows_effective_ipc_permissions_and_refuses_unknown_operations(
+        cluster: Cluster, tmp_path: Path) -> None:
+    """Each added component's IPC permissions as the device will enforce them (defaults
+    merged with the deployment's accessControl); a merged policy naming an operation
+    that does not exist is a problem of these files."""
+    cluster.kubectl("apply", "-n", "default", "-f", str(ROOT / "examples"))
+    extra = {"accessControl": {"aws.greengrass.ipc.pubsub": {"more": {
+        "operations": ["aws.greengrass#PublishToTopic"], "resources": ["alerts/#"]}}}}
+    ipc = {"apiVersion": "hedgerow.dev/v1alpha1", "kind": "Deployment",
+           "metadata": {"name": "ipc"},
+           "spec": {"target": {"thing": "gateway-3"}, "components": [
+               {"name": "com.example.SensorListener", "version": "1.0.0"},
+               {"name": "com.example.SensorPublisher", "version": "1.0.0",
+                "configurationUpdate": {"merge": extra}}]}}
+    path = tmp_path / "ipc.yaml"
+    path.write_text(yaml.safe_dump(ipc))
+    result = plan(cluster, path)
+    assert result.returncode == 0, result.stderr
+    pubsub = "aws.greengrass.ipc.pubsub aws.greengrass#"
+    assert result.stdout.splitlines()[-6:-1] == [
+        "gateway-3:",
+        "  + com.example.SensorListener 1.0.0",
+        f"      may call {pubsub}SubscribeToTopic: example/sensors/+",
+        "  + com.example.SensorPublisher 1.0.0",
+        f"      may call {pubsub}PublishToTopic: example/sensors/{{iot:thingName}}, alerts/#",
+    ]
+    extra["accessControl"]["aws.greengrass.ipc.pubsub"]["more"]["operations"] = [
+        "aws.greengrass#Publish"]
+    path.write_text(yaml.safe_dump(ipc))
+    result = plan(cluster, path)
+    assert result.returncode == 1
+    assert ("gateway-3: com.example.SensorPublisher: configuration.accessControl."
+            "aws.greengrass.ipc.pubsub.more.operations: unknown operation(s) "
+            "['aws.greengrass#Publish']") in result.stderr
