@@ -59,6 +59,9 @@ if TYPE_CHECKING:  # the Docker SDK costs ~15 MB: imported only once a container
 log = logging.getLogger("hedgerow.agent")
 AGENT_VERSION = hedgerow.__version__
 _DONE = frozenset({State.RUNNING, State.FINISHED})
+# In a deployment's reason: a component's validation refused it (never applied, even
+# with DO_NOTHING and after a restart).
+_REJECTED = " rejected its new configuration: "
 # Builds a runtime for the agent (`Agent(..., runtimes=[...])`): it gets the services
 # the agent offers runtimes, nothing of the loop itself.
 RuntimeFactory = Callable[[runtime.Services], runtime.Runtime]
@@ -144,6 +147,7 @@ class Agent:
         for operation in self.config.operations():
             self.ipc.register(operation)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._rejected: set[str] = set()  # revisions a component's validation refused
 
     # --- records and transitions -------------------------------------------------
 
@@ -307,6 +311,7 @@ class Agent:
                 log.error("rejected: %s", problem)
         self.problems = reading.problems
         doc = self.choose(reading)                                               # 2. pick
+        doc = await self.validate(doc, reading)  # components may veto their new config
         observed = await self.observe(doc)                                       # 3. observe
         wanted = self._wanted(doc)
         actions = plan_.plan(wanted, observed)                                  # 4. plan
@@ -340,6 +345,41 @@ class Agent:
                 else {}
             self._desired_cache = (doc, plan_.resolve_desired(doc, restart))
         return self._desired_cache[1]
+
+    async def validate(self, doc: documents.DesiredState | None, reading: desired.Reading,
+                       ) -> documents.DesiredState | None:
+        """A new revision that changes a running component's configuration is first put
+        to that component when it subscribes (SubscribeToValidateConfigurationUpdates),
+        waiting up to the deployments' configurationValidation.timeoutSeconds. A
+        rejection fails the revision with the component's message (then ROLLBACK or
+        DO_NOTHING applies); meanwhile, and after, the component keeps its configuration:
+        this pass goes on with the document already applied."""
+        if doc is None or doc is not reading.desired or doc == self.applied:
+            return doc
+        entry = self.history.outcome_of(doc.revision)
+        if doc.revision in self._rejected or (  # refused before the agent restarted
+                entry is not None and entry.outcome is documents.Outcome.FAILED
+                and _REJECTED in entry.reason):
+            return self.applied
+        if entry is None or entry.outcome is not documents.Outcome.IN_PROGRESS:
+            return doc
+        changes = {}
+        for comp in doc.components:
+            rec = self.records.get(comp.name)
+            if rec is not None and rec.state in (State.STARTING, State.RUNNING,
+                                                 State.FINISHED) and (
+                    rec.spec.get("configuration") or {}) != comp.configuration:
+                changes[comp.name] = comp.configuration
+        if not changes:
+            return doc
+        timeout = max((d.policies.configuration_validation.timeout_seconds
+                       for d in doc.deployments), default=30)
+        rejected = await self.config.validate(changes, doc.revision, timeout)
+        if rejected is None:
+            return doc
+        self._rejected.add(doc.revision)
+        self.fail(doc, f"{rejected[0]}{_REJECTED}{rejected[1]}")
+        return self.applied
 
     def choose(self, reading: desired.Reading) -> documents.DesiredState | None:
         if reading.desired is None:

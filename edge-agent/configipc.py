@@ -18,6 +18,7 @@ may be updated.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -36,6 +37,9 @@ UPDATE: Final = "aws.greengrass#UpdateConfiguration"
 SUBSCRIBE: Final = "aws.greengrass#SubscribeToConfigurationUpdate"
 EVENT: Final = "aws.greengrass#ConfigurationUpdateEvents"
 UPDATE_STATE: Final = "aws.greengrass#UpdateState"
+VALIDATE: Final = "aws.greengrass#SubscribeToValidateConfigurationUpdates"
+VALIDATE_EVENT: Final = "aws.greengrass#ValidateConfigurationUpdateEvents"
+REPORT: Final = "aws.greengrass#SendConfigurationValidityReport"
 FAILED_CONDITION: Final = "aws.greengrass#FailedUpdateConditionCheckError"
 STATES: Final = ("RUNNING", "ERRORED")
 
@@ -57,6 +61,9 @@ class Store:
         self.overlays: dict[str, configstore.Overlay] = {}
         self.seen: dict[str, dict[str, Any]] = {}  # what subscribers were last told of
         self.subscriptions: list[Subscription] = []
+        self.validators: list[Subscription] = []  # SubscribeToValidateConfigurationUpdates
+        # (component, deployment id) -> its report, while the agent waits for it
+        self.pending: dict[tuple[str, str], asyncio.Future[tuple[str, str]]] = {}
         self._written = b""
 
     # --- state ------------------------------------------------------------------------
@@ -220,6 +227,68 @@ class Store:
                             "reported ERRORED over IPC (UpdateState)")
         return {}
 
+    # --- validation before a deployment changes configuration ------------------------
+
+    async def validate(self, changes: Mapping[str, Mapping[str, Any]], deployment_id: str,
+                       timeout: float) -> tuple[str, str] | None:
+        """Ask each component in `changes` (component -> its new configuration) that
+        subscribes to validation whether it accepts; wait up to `timeout` seconds for all.
+        The first rejection as (component, its message); None when all accepted or did
+        not answer in time (as Greengrass: silence is not a veto)."""
+        waiting: dict[str, asyncio.Future[tuple[str, str]]] = {}
+        loop = asyncio.get_running_loop()
+        for name, configuration in sorted(changes.items()):
+            subs = [s for s in self.validators if s.component == name]
+            if not subs:
+                continue
+            overlay = self.overlays.get(name)
+            seen = configstore.resolve_effective(configuration, None if overlay is None else
+                                                 configstore.resolve_rebased(overlay,
+                                                                             configuration))
+            future = self.pending[(name, deployment_id)] = loop.create_future()
+            waiting[name] = future
+            for sub in subs:
+                sub.stream.send({"validateConfigurationUpdateEvent": {
+                    "configuration": seen, "deploymentId": deployment_id}})
+            log.info("asked %s to validate its configuration for %s", name, deployment_id)
+        if not waiting:
+            return None
+        try:
+            await asyncio.wait(waiting.values(), timeout=timeout)
+        finally:
+            for name in waiting:
+                self.pending.pop((name, deployment_id), None)
+        for name, future in sorted(waiting.items()):
+            if not future.done():
+                log.warning("%s did not validate its configuration for %s within %gs: "
+                            "going on", name, deployment_id, timeout)
+            elif future.result()[0] == "REJECTED":
+                return name, future.result()[1]
+        return None
+
+    def subscribe_validate(self, call: ipcserver.Call) -> dict[str, Any]:
+        assert call.stream is not None
+        sub = Subscription(call.caller.component, (), call.stream)
+        self.validators.append(sub)
+        call.stream.on_close(lambda: self.validators.remove(sub))
+        return {}
+
+    def report(self, call: ipcserver.Call) -> dict[str, Any]:
+        body = call.require("configurationValidityReport", dict)
+        status, deployment_id = body.get("status"), body.get("deploymentId")
+        if status not in ("ACCEPTED", "REJECTED") or not isinstance(deployment_id, str):
+            raise ipcserver.RefusalError(ipcserver.INVALID_ARGUMENTS, (
+                f"{REPORT}: the report needs status ACCEPTED or REJECTED and the "
+                "deploymentId of the validation event"))
+        future = self.pending.get((call.caller.component, deployment_id))
+        if future is None or future.done():
+            raise ipcserver.RefusalError(ipcserver.INVALID_ARGUMENTS, (
+                f"{REPORT}: no validation of {call.caller.component}'s configuration for "
+                f"{deployment_id} is waiting (it timed out, or was never asked)"))
+        message = body.get("message")
+        future.set_result((status, message if isinstance(message, str) else ""))
+        return {}
+
     def operations(self) -> list[ipcserver.Operation]:
         return [
             ipcserver.Operation(GET, "aws.greengrass#GetConfigurationResponse", self.get),
@@ -230,4 +299,9 @@ class Store:
                                 self.subscribe, stream_event=EVENT),
             ipcserver.Operation(UPDATE_STATE, "aws.greengrass#UpdateStateResponse",
                                 self.update_state),
+            ipcserver.Operation(VALIDATE,
+                                "aws.greengrass#SubscribeToValidateConfigurationUpdatesResponse",
+                                self.subscribe_validate, stream_event=VALIDATE_EVENT),
+            ipcserver.Operation(REPORT, "aws.greengrass#SendConfigurationValidityReportResponse",
+                                self.report),
         ]

@@ -47,6 +47,21 @@ def run(ipc: GreengrassCoreIPCClientV2, command: dict[str, object]) -> None:
                 component_name=command.get("component"), key_path=command.get("keyPath"),
                 on_stream_event=changed)
             note(event="subscribed", tag=tag)
+        elif op == "validate":  # reject a configuration whose `key` is `reject`
+            key, bad = str(command["key"]), command["reject"]
+
+            def check(event: model.ValidateConfigurationUpdateEvents) -> None:
+                asked = event.validate_configuration_update_event
+                ok = asked.configuration.get(key) != bad
+                note(event="validating", deployment=asked.deployment_id,
+                     value=asked.configuration.get(key), ok=ok)
+                ipc.send_configuration_validity_report(
+                    configuration_validity_report=model.ConfigurationValidityReport(
+                        status="ACCEPTED" if ok else "REJECTED",
+                        deployment_id=asked.deployment_id,
+                        message="" if ok else f"{key} may not be {bad!r}"))
+            ipc.subscribe_to_validate_configuration_updates(on_stream_event=check)
+            note(event="subscribed", tag=tag)
         elif op == "state":
             ipc.update_state(state=str(command["state"]))
             note(event="state", tag=tag)

@@ -133,8 +133,9 @@ def test_forged_missing_and_stale_tokens_cannot_connect(agent: AgentProcess,
     assert not event["ok"]
     assert _raw_connect(agent.root / "ipc" / "ipc.sock", b"{}") == 0  # no accepted flag
     assert _raw_connect(agent.root / "ipc" / "ipc.sock", b"") == 0
-    # Reinstalled (its configuration changed): a new token, the old one refused.
-    agent.deploy(sdk_component(sdk, "ipc.mallory", {"v": 2}))
+    # Reinstalled (a new version; a configuration change alone keeps it running, as in
+    # Greengrass): a new token, the old one refused.
+    agent.deploy(sdk_component(sdk, "ipc.mallory", version="1.0.1"))
     wait_for(lambda: agent.record("ipc.mallory")["token"] != own, 30, "a new token")
     agent.wait_states({"ipc.mallory": "RUNNING"}, timeout=30)
     mallory.wait(lambda e: e["event"] == "connected" and

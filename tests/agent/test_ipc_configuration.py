@@ -21,10 +21,10 @@ import pytest
 from hedgerow.core import documents
 
 from .conftest import AgentProcess, rc, wait_for
-from .test_ipc import PYTHON, Client, sdk
+from .ipc_support import PYTHON, Client, sdk
 
 HERE = pathlib.Path(__file__).resolve().parent
-__all__ = ["sdk"]  # the fixture, shared with test_ipc
+__all__ = ["sdk"]  # the fixture (ipc_support)
 
 
 @pytest.fixture(scope="module")
@@ -184,3 +184,59 @@ def test_update_state_errored_is_handled_as_a_crash(agent: AgentProcess,
              and (agent.record("cfg.e").get("process") or {}).get("pid") not in (None, first),
              30, f"recovered (last: {agent.states()})")
     wait_for(lambda: len(e.events("connected")) == 2, 30, "connected again")
+
+
+def test_a_component_rejects_its_new_configuration_and_the_deployment_rolls_back(
+        agent: AgentProcess, config_sdk: pathlib.Path) -> None:
+    good = agent.deploy(component(config_sdk, "cfg.v", {"mode": "fast"}))
+    agent.wait_states({"cfg.v": "RUNNING"}, 30)
+    wait_for(lambda: agent.outcome(good) == "SUCCEEDED", 30, "the first revision")
+    v = Client(agent, "cfg.v")
+    v.connected()
+    pid = agent.record("cfg.v")["process"]["pid"]
+    v.command("validate", key="mode", reject="broken", tag="validate")
+    v.wait(lambda e: e["event"] == "subscribed", "subscribed to validation")
+
+    # Accepted: applied without a restart.
+    slow = agent.deploy(component(config_sdk, "cfg.v", {"mode": "slow"}))
+    v.wait(lambda e: e["event"] == "validating" and e["value"] == "slow", "asked (slow)")
+    wait_for(lambda: agent.outcome(slow) == "SUCCEEDED", 30, "the accepted revision")
+    assert agent.record("cfg.v")["spec"]["configuration"] == {"mode": "slow"}
+
+    # Rejected: the deployment fails with the component's own reason and rolls back; the
+    # component never saw the rejected configuration and was not restarted.
+    bad = agent.deploy(component(config_sdk, "cfg.v", {"mode": "broken"}))
+    asked = v.wait(lambda e: e["event"] == "validating" and e["value"] == "broken",
+                   "asked (broken)")
+    assert asked["deployment"] == bad.revision and not asked["ok"]
+    wait_for(lambda: agent.outcome(bad) == "ROLLED_BACK", 30, "rolled back")
+    report = agent.status()["deployment"]
+    assert "cfg.v rejected its new configuration: mode may not be 'broken'" in \
+        report["reason"]
+    assert report["rolledBackTo"] == slow.revision
+    agent.passes(2)
+    assert agent.record("cfg.v")["spec"]["configuration"] == {"mode": "slow"}
+    assert agent.record("cfg.v")["process"]["pid"] == pid
+    v.command("get", keyPath=["mode"], tag="mode")
+    assert tagged(v, "mode")["value"] == {"mode": "slow"}
+
+
+def test_a_rejected_configuration_is_never_applied_with_do_nothing(
+        agent: AgentProcess, config_sdk: pathlib.Path) -> None:
+    agent.deploy(component(config_sdk, "cfg.d", {"mode": "fast"}),
+                 failure_handling="DO_NOTHING")
+    agent.wait_states({"cfg.d": "RUNNING"}, 30)
+    d = Client(agent, "cfg.d")
+    d.connected()
+    d.command("validate", key="mode", reject="broken", tag="validate")
+    d.wait(lambda e: e["event"] == "subscribed", "subscribed to validation")
+    bad = agent.deploy(component(config_sdk, "cfg.d", {"mode": "broken"}),
+                       failure_handling="DO_NOTHING")
+    wait_for(lambda: agent.outcome(bad) == "FAILED", 30, "failed")
+    # Not applied now, nor after the agent restarts (the component cannot be asked:
+    # its connection died with the agent; the refusal stands).
+    agent.kill9()
+    agent.start()
+    agent.passes(3)
+    assert agent.outcome(bad) == "FAILED"
+    assert agent.record("cfg.d")["spec"]["configuration"] == {"mode": "fast"}
