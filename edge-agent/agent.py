@@ -30,6 +30,7 @@ import hedgerow
 from hedgerow import files
 from hedgerow.agent import (
     artifacts,
+    cliipc,
     configipc,
     containerbridge,
     desired,
@@ -144,7 +145,7 @@ class Agent:
         # configuration lives in state/configuration.json (configipc).
         self.config = configipc.Store(self.layout.state / "configuration.json",
                                       self._deployed_configuration, self.report_errored)
-        for operation in self.config.operations():
+        for operation in [*self.config.operations(), *cliipc.Service(self).operations()]:
             self.ipc.register(operation)
         self._tasks: set[asyncio.Task[None]] = set()
         self._rejected: set[str] = set()  # revisions a component's validation refused

@@ -55,7 +55,7 @@ async def _handle(agent: Agent, reader: asyncio.StreamReader,
     try:
         try:
             request = json.loads(await reader.readline())
-            answer = {"ok": True, "result": await _dispatch(agent, request)}
+            answer = {"ok": True, "result": await dispatch(agent, request)}
         except (CommandError, manifest.InvalidDocumentError, ValueError, KeyError) as exc:
             answer = {"ok": False, "error": str(exc)}
         except OSError as exc:  # ENOSPC, EIO, EMFILE: the operator is told, nothing else
@@ -77,7 +77,7 @@ def _public(rec: Any) -> dict[str, Any]:
             "message": rec.message, "pid": rec.process.pid if rec.process else None}
 
 
-async def _dispatch(agent: Agent, request: dict[str, Any]) -> Any:
+async def dispatch(agent: Agent, request: dict[str, Any]) -> Any:
     op = request.get("op")
     name = request.get("name", "")
     if op == "status":

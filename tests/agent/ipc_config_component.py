@@ -62,6 +62,9 @@ def run(ipc: GreengrassCoreIPCClientV2, command: dict[str, object]) -> None:
                         message="" if ok else f"{key} may not be {bad!r}"))
             ipc.subscribe_to_validate_configuration_updates(on_stream_event=check)
             note(event="subscribed", tag=tag)
+        elif op == "call":  # any operation by its SDK method, the response noted
+            response = getattr(ipc, str(command["method"]))(**dict(command.get("args", {})))
+            note(event="called", tag=tag, response=response._to_payload())
         elif op == "state":
             ipc.update_state(state=str(command["state"]))
             note(event="state", tag=tag)
