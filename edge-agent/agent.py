@@ -39,6 +39,7 @@ from hedgerow.agent import (
     pubsub,
     records,
     runtime,
+    updateipc,
 )
 from hedgerow.agent import settings as settings_
 from hedgerow.agent.layout import Layout
@@ -50,6 +51,7 @@ from hedgerow.core import (
     outcome,
     recipe,
 )
+from hedgerow.core import deployment as deployment_
 from hedgerow.core import plan as plan_
 from hedgerow.core.documents import ComponentState as State
 from hedgerow.core.lifecycle import Event
@@ -145,8 +147,15 @@ class Agent:
         # configuration lives in state/configuration.json (configipc).
         self.config = configipc.Store(self.layout.state / "configuration.json",
                                       self._deployed_configuration, self.report_errored)
-        for operation in [*self.config.operations(), *cliipc.Service(self).operations()]:
+        self.updates = updateipc.Updates(lambda: self.clock(), self.wake.set)
+        for operation in [*self.config.operations(), *cliipc.Service(self).operations(),
+                          *self.updates.operations()]:
             self.ipc.register(operation)
+        self._validated: set[str] = set()  # revisions components' validation accepted
+        # A revision waiting for components to allow its update: (revision, why), and
+        # when to look again.
+        self._deferral: tuple[str, str] | None = None
+        self._update_at = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._rejected: set[str] = set()  # revisions a component's validation refused
 
@@ -313,6 +322,7 @@ class Agent:
         self.problems = reading.problems
         doc = self.choose(reading)                                               # 2. pick
         doc = await self.validate(doc, reading)  # components may veto their new config
+        doc = self.hold_for_update(doc, reading)  # ... or defer their update a while
         observed = await self.observe(doc)                                       # 3. observe
         wanted = self._wanted(doc)
         actions = plan_.plan(wanted, observed)                                  # 4. plan
@@ -326,6 +336,8 @@ class Agent:
         except BaseException:
             self.persist()
             raise
+        if doc is not None:
+            self.updates.finished(doc.revision)  # postUpdateEvent, if it was announced
         self.config.sync(list(self.records))  # components' own config; tell subscribers
         self.judge(doc, reading)                                                 # 6. judge
         self.write_status(reading)                                               # 7. status
@@ -358,6 +370,8 @@ class Agent:
         if doc is None or doc is not reading.desired or doc == self.applied:
             return doc
         entry = self.history.outcome_of(doc.revision)
+        if doc.revision in self._validated:
+            return doc
         if doc.revision in self._rejected or (  # refused before the agent restarted
                 entry is not None and entry.outcome is documents.Outcome.FAILED
                 and _REJECTED in entry.reason):
@@ -377,10 +391,53 @@ class Agent:
                        for d in doc.deployments), default=30)
         rejected = await self.config.validate(changes, doc.revision, timeout)
         if rejected is None:
+            self._validated.add(doc.revision)
             return doc
         self._rejected.add(doc.revision)
         self.fail(doc, f"{rejected[0]}{_REJECTED}{rejected[1]}")
         return self.applied
+
+    def hold_for_update(self, doc: documents.DesiredState | None, reading: desired.Reading,
+                        ) -> documents.DesiredState | None:
+        """A new revision that would stop, replace or remove a running component waits
+        for the components that subscribe to updates (SubscribeToComponentUpdates) to
+        allow it or for their deferrals to run out, up to the deployments'
+        componentUpdate.timeoutSeconds (updateipc). Meanwhile the applied document keeps
+        running and the status says who defers."""
+        self._deferral = None
+        if doc is None or doc is not reading.desired or self.applied is None \
+                or not self.updates.subscribers or doc == self.applied:
+            return doc
+        entry = self.history.outcome_of(doc.revision)
+        if entry is None or entry.outcome is not documents.Outcome.IN_PROGRESS:
+            return doc
+        notify = [d.policies.component_update for d in doc.deployments
+                  if d.policies.component_update.action
+                  is not deployment_.UpdateAction.SKIP_NOTIFY_COMPONENTS]
+        if (doc.deployments and not notify) or not self._disrupts(doc):
+            return doc
+        verdict = self.updates.resolve(doc.revision, max(
+            (p.timeout_seconds for p in notify), default=60))
+        if verdict.go:
+            return doc
+        self._deferral, self._update_at = (doc.revision, verdict.reason), verdict.until
+        return self.applied
+
+    def _disrupts(self, doc: documents.DesiredState) -> bool:
+        """`doc` would stop, replace or remove a component that runs now."""
+        for name, rec in self.records.items():
+            if rec.state not in (State.STARTING, State.RUNNING, State.FINISHED):
+                continue
+            comp = doc.component(name)
+            if comp is None:
+                return True
+            want = plan_.Want(name, comp.spec_hash,
+                              restart_hash=self.restart_hash(comp, doc))
+            seen = plan_.Observed(name, rec.spec_hash, rec.state,
+                                  restart_hash=rec.restart_hash)
+            if plan_.is_restart_needed(want, seen):
+                return True
+        return False
 
     def choose(self, reading: desired.Reading) -> documents.DesiredState | None:
         if reading.desired is None:
@@ -798,9 +855,11 @@ class Agent:
                 reason="; ".join(reading.problems)[:reason_max])
             revision = reading.cloud_revision or revision
         elif (entry := self.history.outcome_of(revision)) is not None and revision:
+            deferred = self._deferral[1] if self._deferral is not None and \
+                self._deferral[0] == revision else ""
             verdict = documents.DeploymentOutcome(
                 revision=published(revision) or revision, outcome=entry.outcome,
-                reason=entry.reason[:reason_max],
+                reason=(entry.reason or deferred)[:reason_max],
                 rolled_back_to=published(entry.rolled_back_to))
             revision = published(revision)
         applied = self.applied.revision if self.applied else None
@@ -862,6 +921,8 @@ class Agent:
         deadline = now + self.settings.resync_s
         if self._judge_at > now:
             deadline = min(deadline, self._judge_at)
+        if self._deferral is not None:
+            deadline = min(deadline, max(self._update_at, now))
         for rec in self.records.values():
             if rec.state is State.ERRORED and rec.retry_at is not None:
                 deadline = min(deadline, rec.retry_at)

@@ -65,6 +65,23 @@ def run(ipc: GreengrassCoreIPCClientV2, command: dict[str, object]) -> None:
         elif op == "call":  # any operation by its SDK method, the response noted
             response = getattr(ipc, str(command["method"]))(**dict(command.get("args", {})))
             note(event="called", tag=tag, response=response._to_payload())
+        elif op == "updates":  # defer each update `times` times by `ms`, then allow it
+            times, ms = int(command["times"]), int(command["ms"])  # type: ignore[call-overload]
+            asked: dict[str, int] = {}
+
+            def on_update(event: model.ComponentUpdatePolicyEvents) -> None:
+                if event.post_update_event is not None:
+                    note(event="post", deployment=event.post_update_event.deployment_id)
+                    return
+                revision = event.pre_update_event.deployment_id
+                asked[revision] = asked.get(revision, 0) + 1
+                later = asked[revision] <= times
+                note(event="pre", deployment=revision, deferring=later)
+                ipc.defer_component_update(deployment_id=revision,
+                                           message="finishing a batch" if later else "",
+                                           recheck_after_ms=ms if later else 0)
+            ipc.subscribe_to_component_updates(on_stream_event=on_update)
+            note(event="subscribed", tag=tag)
         elif op == "state":
             ipc.update_state(state=str(command["state"]))
             note(event="state", tag=tag)
