@@ -104,7 +104,9 @@ async def dispatch(agent: Agent, request: dict[str, Any]) -> Any:
             return {**_public(rec), "specHash": rec.spec_hash,
                     "errors": len(rec.errors), "retryAt": rec.retry_at,
                     "hold": rec.hold_revision is not None,
-                    "configuration": spec.configuration,
+                    # What the component sees: its own IPC changes on top.
+                    "configuration": agent.config.effective(name) or spec.configuration,
+                    "ownConfiguration": agent.config.own_keys(name),
                     "dependencies": [d.to_dict() for d in spec.dependencies],
                     "limits": agent.processes.cgroups.limit_files(name),
                     "log": str(agent.layout.log_of(name)),

@@ -117,6 +117,9 @@ def test_get_update_subscribe_and_the_timestamp_rule(agent: AgentProcess,
     assert own("cfg.b") == ["/batch/x"]
     report = documents.StatusReport.model_validate(agent.status())
     assert report.components[0].own_configuration == ["/nested/x", "/nested/z"]
+    details = json.loads(agent.cli("component", "details", "cfg.a", "-o", "json").stdout)
+    assert details["ownConfiguration"] == ["/nested/x", "/nested/z"]
+    assert details["configuration"]["nested"] == {"x": 2, "y": "keep", "z": [1, 2]}
 
 
 def test_own_changes_survive_a_kill_9_and_a_deployment_applies_on_top(
