@@ -124,6 +124,9 @@ class Store:
         self.save()
 
     def notify(self, name: str) -> None:
+        if not any(s.component == name for s in self.subscriptions):
+            self.seen.pop(name, None)  # nobody to tell: nothing to compare (subscribe sets it)
+            return
         now = self.effective(name)
         if now is None:
             return

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import pathlib
 import time
 
@@ -29,6 +30,8 @@ from hedgerow.core import (
     resolve,
     thinggroup,
 )
+
+log = logging.getLogger("hedgerow.agent")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +95,10 @@ def parse_local(path: pathlib.Path, text: str, layout: Layout) -> list[manifest.
     if path.is_relative_to(layout.deployments / RECIPES) and greengrass.is_recipe_text(text):
         artifacts = greengrass.ArtifactMap(f"file://{layout.root / LOCAL_ARTIFACTS}",
                                            per_component=True)
-        return [greengrass.resolve_text(text, str(path), artifacts).component]
+        imported = greengrass.resolve_text(text, str(path), artifacts)
+        for loss in imported.losses:  # read once per change of the file (Reader)
+            log.warning("%s: %s: not carried over: %s", path, loss.path, loss.reason)
+        return [imported.component]
     return manifest.parse_documents(text, str(path))
 
 

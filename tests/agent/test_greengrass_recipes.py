@@ -60,6 +60,9 @@ def test_a_greengrass_recipe_deploys_locally_as_it_is(agent: AgentProcess,
     # The artifact came from the Greengrass layout and the configuration was filled in.
     wait_for(lambda: "Hello, world!" in log_of(agent, "com.example.GgHello"), 15,
              "the component's greeting")
+    # What the recipe could not carry over is named, not dropped silently.
+    assert ("ComponentDependencies.aws.greengrass.Nucleus: not carried over: the Hedgerow "
+            "agent stands in for the Greengrass nucleus") in agent.log.read_text()
 
     # A broken recipe by hand: refused naming file and field; what runs keeps running.
     pid = agent.record("com.example.GgHello")["process"]["pid"]
