@@ -1,4 +1,5 @@
-"""Agent PSS with 10 running process components (target <= 40 MB), beside `python -c pass`."""
+"""Agent PSS with 10 running process components, and with 10 IPC clients connected
+(targets <= 40 MB), beside `python -c pass`."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 import pathlib
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 from bench import _agent, harness
 
@@ -24,12 +25,20 @@ def run() -> Iterator[harness.Figure]:
     # `python -c pass` exits at once; the same interpreter blocked on stdin is its PSS.
     idle = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
                             stdin=subprocess.PIPE)
+    try:
+        baseline = yield from _with_processes(idle.pid)
+        yield from _with_ipc_clients(baseline)
+    finally:
+        idle.communicate(b"")
+
+
+def _with_processes(idle: int) -> Generator[harness.Figure, None, float]:
     agent = _agent.BenchAgent()
     try:
         names = [f"c{i}" for i in range(10)]
         agent.deploy(_agent.processes(names))
         _agent.wait(lambda: agent.running(names))
-        baseline = _pss_mb(idle.pid)
+        baseline = _pss_mb(idle)
         yield harness.Figure("agent_pss_mb", _pss_mb(agent.proc.pid), "MB", baseline,
                              "<= 40 MB")
         shims = [int(p) for p in subprocess.run(
@@ -43,7 +52,39 @@ def run() -> Iterator[harness.Figure]:
                              f"of each step ({len(gates)} of them)")
     finally:
         agent.close()
-        idle.communicate(b"")
+    return baseline
+
+
+def _with_ipc_clients(baseline: float) -> Iterator[harness.Figure]:
+    """10 components connected over IPC with the official SDK, each subscribed, after
+    1,000 messages have been fanned out to them: agent PSS (target <= 40 MB)."""
+    from awsiot.greengrasscoreipc import model
+
+    from bench import _ipc
+
+    agent = _agent.BenchAgent()
+    clients = []
+    try:
+        names = [f"c{i}" for i in range(10)]
+        _ipc.start(agent, names)
+        got = [0] * len(names)
+        for i, name in enumerate(names):
+            ipc = _ipc.client(agent, name)
+
+            def count(_event: object, i: int = i) -> None:
+                got[i] += 1
+            ipc.subscribe_to_topic(topic="bench/#", on_stream_event=count)
+            clients.append(ipc)
+        message = model.PublishMessage(binary_message=model.BinaryMessage(message=b"x" * 256))
+        for _ in range(1000):
+            clients[0].publish_to_topic(topic="bench/memory", publish_message=message)
+        _agent.wait(lambda: min(got) >= 1000)
+        yield harness.Figure("agent_pss_mb_ipc10", _pss_mb(agent.proc.pid), "MB", baseline,
+                             "<= 40 MB")
+    finally:
+        for ipc in clients:
+            ipc.close()
+        agent.close()
 
 
 def _pids() -> list[int]:

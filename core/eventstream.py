@@ -23,9 +23,11 @@ from __future__ import annotations
 import binascii
 import dataclasses
 import enum
+import functools
 import json
 import struct
 import uuid
+from collections.abc import Iterable
 from typing import Final
 
 from hedgerow.core import limits
@@ -139,14 +141,23 @@ def _render_header(header: Header) -> bytes:
     return head + struct.pack(">H", len(data)) + data
 
 
+def render_headers(headers: Iterable[Header]) -> bytes:
+    """The headers section's bytes (a sender that repeats headers renders them once)."""
+    return b"".join(_render_header(h) for h in headers)
+
+
+def render_frame(headers: bytes, payload: bytes) -> bytes:
+    """One message from its rendered headers (`render_headers`) and payload."""
+    total = PRELUDE_BYTES + len(headers) + len(payload) + 4
+    head = _U32x2.pack(total, len(headers))
+    head += _U32.pack(binascii.crc32(head))
+    crc = binascii.crc32(payload, binascii.crc32(headers, binascii.crc32(head)))
+    return b"".join((head, headers, payload, _U32.pack(crc)))
+
+
 def render(message: Message) -> bytes:
     """One message's bytes; raises EncodeError for what the format cannot carry."""
-    headers = b"".join(_render_header(h) for h in message.headers)
-    total = PRELUDE_BYTES + len(headers) + len(message.payload) + 4
-    prelude = _U32x2.pack(total, len(headers))
-    head = prelude + _U32.pack(binascii.crc32(prelude))
-    crc = binascii.crc32(message.payload, binascii.crc32(headers, binascii.crc32(head)))
-    return b"".join((head, headers, message.payload, _U32.pack(crc)))
+    return render_frame(render_headers(message.headers), message.payload)
 
 
 # --- decoding -------------------------------------------------------------------------
@@ -335,12 +346,21 @@ class RpcMessage:
         return None
 
 
+# The three headers every RPC message starts with, as one struct (names and types fixed).
+_RPC_PREFIX = struct.Struct(">B13sBiB14sBiB10sBi")
+
+
+def render_rpc_headers(kind: MessageType, flags: Flag, stream_id: int,
+                       headers: Iterable[Header] = ()) -> bytes:
+    return _RPC_PREFIX.pack(
+        13, b":message-type", HeaderType.INT32, kind,
+        14, b":message-flags", HeaderType.INT32, int(flags),
+        10, b":stream-id", HeaderType.INT32, stream_id) + render_headers(headers)
+
+
 def render_rpc(message: RpcMessage) -> bytes:
-    return render(Message((
-        Header.int32(MESSAGE_TYPE, message.type),
-        Header.int32(MESSAGE_FLAGS, int(message.flags)),
-        Header.int32(STREAM_ID, message.stream_id),
-        *message.headers), message.payload))
+    return render_frame(render_rpc_headers(message.type, message.flags, message.stream_id,
+                                           message.headers), message.payload)
 
 
 def resolve_rpc(message: Message) -> RpcMessage | FrameError:
@@ -369,13 +389,25 @@ def resolve_rpc(message: Message) -> RpcMessage | FrameError:
                       stream_id, tuple(rest), message.payload)
 
 
+@functools.lru_cache(maxsize=256)
+def _json_model_headers(model: str) -> bytes:
+    return render_headers((Header.string(CONTENT_TYPE, JSON),
+                           Header.string(SERVICE_MODEL_TYPE, model)))
+
+
+def render_application_headers(stream_id: int, model: str, *, error: bool = False,
+                               terminate: bool = False) -> bytes:
+    """The headers of a JSON application message (or modelled error) of the Greengrass
+    service model: `model` is its shape, e.g. ``aws.greengrass#PublishToTopicResponse``."""
+    return render_rpc_headers(
+        MessageType.APPLICATION_ERROR if error else MessageType.APPLICATION_MESSAGE,
+        Flag.TERMINATE_STREAM if terminate else Flag.NONE, stream_id
+    ) + _json_model_headers(model)
+
+
 def render_application(stream_id: int, model: str, body: object, *,
                        error: bool = False, terminate: bool = False) -> bytes:
-    """A JSON application message (or modelled error) of the Greengrass service model:
-    `model` is its shape name, e.g. ``aws.greengrass#PublishToTopicResponse``."""
-    return render_rpc(RpcMessage(
-        MessageType.APPLICATION_ERROR if error else MessageType.APPLICATION_MESSAGE,
-        Flag.TERMINATE_STREAM if terminate else Flag.NONE, stream_id,
-        (Header.string(CONTENT_TYPE, JSON), Header.string(SERVICE_MODEL_TYPE, model)),
-        json.dumps(body, separators=(",", ":")).encode()))
+    return render_frame(
+        render_application_headers(stream_id, model, error=error, terminate=terminate),
+        json.dumps(body, separators=(",", ":")).encode())
 

@@ -50,11 +50,12 @@ import os
 import pathlib
 import socket
 import struct
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Final
 
 from hedgerow.agent import records as records_
-from hedgerow.core import accesscontrol, limits
+from hedgerow.core import accesscontrol, limits, ratelimit
 from hedgerow.core import eventstream as es
 
 log = logging.getLogger("hedgerow.agent.ipc")
@@ -66,6 +67,7 @@ SERVICE_ERROR: Final = "aws.greengrass#ServiceError"
 # Before a client has connected it may only send its connect message: a small one.
 _CONNECT_MAX_BYTES: Final = 16 * limits.KIB
 _MAX_TOKEN: Final = 512
+_LOG_BURST: Final = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +100,7 @@ class Stream:
         self.connection, self.stream_id, self.event_model = connection, stream_id, event_model
         self.closed = False
         self.dropped = 0
+        self._headers = es.render_application_headers(stream_id, event_model)  # once
         self._early: list[bytes] | None = []  # events before the response went out
         self._on_close: list[Callable[[], None]] = []
 
@@ -110,10 +113,7 @@ class Stream:
         in `dropped`)."""
         if self.closed:
             return False
-        frame = es.render_rpc(es.RpcMessage(
-            es.MessageType.APPLICATION_MESSAGE, es.Flag.NONE, self.stream_id,
-            (_JSON_HEADER, es.Header.string(es.SERVICE_MODEL_TYPE, self.event_model)),
-            payload))
+        frame = es.render_frame(self._headers, payload)
         if self._early is not None:
             self._early.append(frame)
             return True
@@ -165,7 +165,6 @@ class Call:
                                         resource, self.caller.thing):
             message = accesscontrol.render_refusal(self.caller.component, service,
                                                    self.operation, resource)
-            log.info("IPC refused: %s", message.split(":", 1)[0])
             raise RefusalError(UNAUTHORIZED, message)
 
     def require(self, field: str, kind: type | tuple[type, ...] = str) -> Any:
@@ -185,9 +184,6 @@ class Operation:
     response: str                   # "aws.greengrass#PublishToTopicResponse"
     handler: Handler
     stream_event: str | None = None  # a streaming operation: its event shape
-
-
-_JSON_HEADER: Final = es.Header.string(es.CONTENT_TYPE, es.JSON)
 
 
 class Phase(enum.Enum):
@@ -231,6 +227,13 @@ class Connection(asyncio.Protocol):
             limits.IPC_CONNECT_TIMEOUT_SECONDS, self._connect_timeout)
 
     def data_received(self, data: bytes) -> None:
+        try:
+            self._received(data)
+        except Exception:  # a bug must cost this connection, and be seen
+            log.exception("IPC: handling %s's data failed", self.caller or self.peer)
+            self.close("internal error", level=logging.ERROR)
+
+    def _received(self, data: bytes) -> None:
         for item in self.decoder.feed(data):
             if self.phase is Phase.CLOSED:
                 return
@@ -294,7 +297,7 @@ class Connection(asyncio.Protocol):
         if self.phase is Phase.CLOSED:
             return
         who = self.caller.component if self.caller else self.peer
-        log.log(level, "IPC connection of %s closed: %s", who, reason)
+        self.server.note(level, f"IPC connection of {who} closed: {reason}")
         self.phase = Phase.CLOSED
         if self.transport is not None:
             self.transport.close()  # what is buffered (a refusal, an error) goes first
@@ -392,7 +395,7 @@ class Connection(asyncio.Protocol):
             return
         try:
             request = json.loads(message.payload or b"{}")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: [[[[… nested too deep
             request = None
         if not isinstance(request, dict):
             self.reply_error(sid, RefusalError(INVALID_ARGUMENTS,
@@ -451,6 +454,8 @@ class Connection(asyncio.Protocol):
             stream.opened()
 
     def reply_error(self, sid: int, refusal: RefusalError) -> None:
+        if refusal.model == UNAUTHORIZED:
+            self.server.note(logging.INFO, "IPC refused: " + refusal.message.split(": no ")[0])
         self.send(es.render_application(sid, refusal.model, refusal.body(), error=True,
                                         terminate=True), droppable=False)
 
@@ -460,7 +465,7 @@ def _token_of(payload: bytes) -> str | None:
         return None
     try:
         body = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     token = body.get("authToken") if isinstance(body, dict) else None
     return token if isinstance(token, str) and 0 < len(token) <= _MAX_TOKEN else None
@@ -477,6 +482,10 @@ class Server:
         self.connections: set[Connection] = set()
         self.stats: dict[str, dict[str, int]] = {}
         self._server: asyncio.AbstractServer | None = None
+        # What clients make the agent log is rate-limited: a component reconnecting with
+        # garbage in a loop must not fill root's disk with the agent's log.
+        self._log_bucket: ratelimit.Bucket | None = None
+        self._suppressed = 0
         for op in operations:
             self.register(op)
 
@@ -518,6 +527,20 @@ class Server:
             caller = conn.caller
             if caller is not None and self.lookup(caller.token) != caller:
                 conn.close("its component was removed or reinstalled")
+
+    def note(self, level: int, message: str) -> None:
+        """Log what a client caused, at most _LOG_BURST lines at once and one a second."""
+        if not log.isEnabledFor(level):
+            return
+        ok, self._log_bucket = ratelimit.plan_take(self._log_bucket, time.monotonic(),
+                                                   _LOG_BURST, 1.0)
+        if not ok:
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            message += f" ({self._suppressed} similar message(s) suppressed before this)"
+            self._suppressed = 0
+        log.log(level, "%s", message)
 
     def count_drop(self, component: str, stream: Stream) -> None:
         stats = self.stats.setdefault(component, {})

@@ -9,6 +9,7 @@ taken in name order), writing what happened to $HOME/events.jsonl. Stdlib + awsi
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import json
 import os
 import pathlib
@@ -146,7 +147,11 @@ SUBSCRIPTIONS: dict[str, object] = {}
 def main() -> None:
     COMMANDS.mkdir(exist_ok=True)
     try:
-        ipc = GreengrassCoreIPCClientV2(executor=None if SLOW else True)
+        # One handler thread: events are handled in the order they arrive (the SDK's
+        # default pool may run two handlers at once); a slow one runs on the SDK's own
+        # thread, so that it stops reading the socket.
+        ipc = GreengrassCoreIPCClientV2(
+            executor=None if SLOW else concurrent.futures.ThreadPoolExecutor(1))
     except Exception as exc:
         note(event="connected", ok=False, **error_of(exc))
         ipc = None

@@ -93,9 +93,8 @@ def test_operation_not_served_answers_service_error(agent: AgentProcess,
         "UnauthorizedError"
 
 
-def _raw_connect(path: pathlib.Path, payload: bytes) -> int:
-    """A connect message by hand (no SDK can send one without a token); the flags of
-    the connect-ack, -1 when the server closed without one."""
+def _connect_message(payload: bytes) -> bytes:
+    """A connect message by hand (no SDK can send one without a token)."""
     def header(name: str, kind: int, value: bytes) -> bytes:
         return bytes((len(name),)) + name.encode() + bytes((kind,)) + value
     headers = (header(":message-type", 4, struct.pack(">i", 4))
@@ -105,17 +104,24 @@ def _raw_connect(path: pathlib.Path, payload: bytes) -> int:
     prelude = struct.pack(">II", 16 + len(headers) + len(payload), len(headers))
     head = prelude + struct.pack(">I", zlib.crc32(prelude))
     body = head + headers + payload
+    return body + struct.pack(">I", zlib.crc32(body))
+
+
+def _connect_ack_flags(answer: bytes) -> int:
+    flags_at = answer.index(b":message-flags") + len(":message-flags") + 1
+    return int(struct.unpack_from(">i", answer, flags_at)[0])
+
+
+def _raw_connect(path: pathlib.Path, payload: bytes) -> int:
+    """The flags of the connect-ack to a hand-made connect (the server then closes)."""
     with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(10)
         sock.connect(str(path))
-        sock.sendall(body + struct.pack(">I", zlib.crc32(body)))
+        sock.sendall(_connect_message(payload))
         answer = b""
         while chunk := sock.recv(4096):
             answer += chunk
-    if len(answer) < 16:
-        return -1
-    flags_at = answer.index(b":message-flags") + len(":message-flags") + 1
-    return int(struct.unpack_from(">i", answer, flags_at)[0])
+    return _connect_ack_flags(answer) if len(answer) >= 16 else -1
 
 
 def test_forged_missing_and_stale_tokens_cannot_connect(agent: AgentProcess,
@@ -133,8 +139,15 @@ def test_forged_missing_and_stale_tokens_cannot_connect(agent: AgentProcess,
     assert not event["ok"]
     assert _raw_connect(agent.root / "ipc" / "ipc.sock", b"{}") == 0  # no accepted flag
     assert _raw_connect(agent.root / "ipc" / "ipc.sock", b"") == 0
+    # A connection made with the token while it was valid (a leaked token, say)...
+    leaked = socket.socket(socket.AF_UNIX)
+    leaked.settimeout(30)
+    leaked.connect(str(agent.root / "ipc" / "ipc.sock"))
+    leaked.sendall(_connect_message(json.dumps({"authToken": own}).encode()))
+    assert _connect_ack_flags(leaked.recv(4096)) == 1  # accepted
     # Reinstalled (a new version; a configuration change alone keeps it running, as in
-    # Greengrass): a new token, the old one refused.
+    # Greengrass): a new token, the old one refused, and the connection made with it
+    # closed by the agent.
     agent.deploy(sdk_component(sdk, "ipc.mallory", version="1.0.1"))
     wait_for(lambda: agent.record("ipc.mallory")["token"] != own, 30, "a new token")
     agent.wait_states({"ipc.mallory": "RUNNING"}, timeout=30)
@@ -144,6 +157,8 @@ def test_forged_missing_and_stale_tokens_cannot_connect(agent: AgentProcess,
     events = wait_for(lambda: list(mallory.events("connect"))[1:], 30, "stale")
     assert not events[0]["ok"]
     assert "connect refused" in agent.log.read_text()
+    with leaked:
+        assert leaked.recv(4096) == b""  # closed: its component was reinstalled
 
 
 def test_a_flood_of_malformed_frames_disturbs_no_one(agent: AgentProcess,
@@ -161,8 +176,9 @@ def test_a_flood_of_malformed_frames_disturbs_no_one(agent: AgentProcess,
     for i in range(20):
         b.command("publish", topic=f"t/{i}", json={"i": i})
     # the agent converges meanwhile: a new component comes up
-    agent.deploy(*[sdk_component(sdk, n, policy(n, ops, ["t/#"])) for n in
-                   ("ipc.evil", "ipc.a", "ipc.b")], rc("plain", "sleep 60"))
+    agent.deploy(sdk_component(sdk, "ipc.evil"),
+                 *[sdk_component(sdk, n, policy(n, ops, ["t/#"])) for n in ("ipc.a", "ipc.b")],
+                 rc("plain", "sleep 60"))
     agent.wait_states({"ipc.evil": "RUNNING", "ipc.a": "RUNNING", "ipc.b": "RUNNING",
                        "plain": "RUNNING"}, timeout=30)
     a.wait(lambda e: e.get("topic") == "t/19", "every message during the flood")
@@ -175,6 +191,8 @@ def test_a_flood_of_malformed_frames_disturbs_no_one(agent: AgentProcess,
     assert "bad prelude CRC" in log or "bad message CRC" in log
     assert "frame over the size bound" in log
     assert "expected a connect message" in log
+    # and what it made the agent log is bounded (a burst, then about one line a second)
+    assert log.count("IPC connection of") < 60 < flooded["connections"], flooded
 
 
 def test_slow_subscriber_never_blocks_the_publisher_and_its_drops_are_counted(
@@ -225,3 +243,27 @@ def test_the_example_pubsub_pair_runs(agent: AgentProcess, sdk: pathlib.Path) ->
     listener = agent.root / "logs" / "com.example.SensorListener.log"
     wait_for(lambda: listener.exists() and
              f"on example/sensors/{THING}" in listener.read_text(), 30, "a reading")
+
+
+def test_closing_a_stream_ends_its_subscription(agent: AgentProcess,
+                                                 sdk: pathlib.Path) -> None:
+    """`operation.close()` (a terminate-stream message) ends that subscription and no
+    other; the agent's count of open streams follows."""
+    (c,) = start(agent, sdk_component(sdk, "ipc.closer", policy("ipc.closer", ["*"], ["*"])))
+
+    def streams() -> int:
+        shown = agent.cli("component", "details", "ipc.closer", "-o", "json")
+        assert shown.returncode == 0, shown.stderr
+        return int(json.loads(shown.stdout)["ipc"]["streams"])
+    c.command("subscribe", id="one", topic="x/#")
+    c.command("subscribe", id="two", topic="x/+")
+    c.wait(lambda e: len(c.events("subscribed")) == 2, "two subscriptions")
+    assert streams() == 2
+    c.command("unsubscribe", id="one")
+    c.wait(lambda e: e["event"] == "unsubscribed", "closed")
+    wait_for(lambda: streams() == 1, 10, "one stream left")
+    c.command("publish", topic="x/y", json={"after": "close"})
+    c.wait(lambda e: e["event"] == "message", "the message on the open stream")
+    c.command("publish", topic="x/z", json={"last": True})
+    c.wait(lambda e: e.get("topic") == "x/z", "the last message")
+    assert [(m["sub"], m["topic"]) for m in c.messages()] == [("two", "x/y"), ("two", "x/z")]

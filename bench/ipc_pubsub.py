@@ -1,0 +1,246 @@
+"""Local pub/sub: Hedgerow IPC + the official SDK vs mosquitto + paho (QoS 1), same run.
+
+1 publisher -> 1 and -> 10 subscribers, 256-byte messages, every publish acknowledged
+on both sides (IPC: the PublishToTopic response; MQTT: QoS 1 PUBACK, and QoS 1 to the
+subscribers), asynchronous publishing with a window of WINDOW in flight on both sides.
+Throughput is messages published per second until every subscriber has every message;
+latency is publish-to-delivery at a fixed 2,000 msg/s to 10 subscribers. The publisher
+runs in this process, each subscriber in a process of its own (one GIL for all would
+measure the GIL): the same layout on both sides.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import multiprocessing
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection
+from typing import Protocol
+
+import paho.mqtt.client as mqtt
+from awsiot.greengrasscoreipc import connect, model
+from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
+from paho.mqtt.enums import CallbackAPIVersion
+
+from bench import _agent, _ipc, harness
+from tests.support.mosquitto import Mosquitto
+
+SIZE = 256
+COUNT = 5000
+WINDOW = 64
+RATE = 2000
+LATENCY_SECONDS = 3.0
+TOPIC = "bench/pubsub"
+
+
+class Publisher(Protocol):
+    def publish(self, payload: bytes) -> Callable[[], None]:
+        """Send; the returned call waits for the acknowledgement."""
+
+    def close(self) -> None: ...
+
+
+# --- subscribers: one process each (the bench measures the servers, not one GIL) ---------
+
+def _subscriber(kind: str, where: str, token: str, pipe: Connection) -> None:
+    """Subscribe, say "ready", then per round: count `want` messages (with their
+    latencies when timing) and answer when the last arrived, on CLOCK_MONOTONIC (one
+    clock for every process of the machine)."""
+    state = {"count": 0, "want": 0, "timing": False, "done": 0.0}
+    latencies: list[float] = []
+    finished = threading.Event()
+
+    def got(payload: bytes | bytearray) -> None:
+        now = time.monotonic()
+        if state["timing"]:
+            latencies.append(now - struct.unpack_from(">d", payload)[0])
+        state["count"] += 1
+        if state["count"] == state["want"]:
+            state["done"] = now
+            finished.set()
+
+    if kind == "ipc":
+        ipc = GreengrassCoreIPCClientV2(client=connect(ipc_socket=where, authtoken=token),
+                                        executor=None)
+        ipc.subscribe_to_topic(topic=TOPIC, on_stream_event=lambda e: got(
+            e.binary_message.message))
+    else:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{token}")
+        client.on_message = lambda _c, _u, m: got(m.payload)
+        subscribed = threading.Event()
+        client.on_subscribe = lambda *_a: subscribed.set()
+        client.connect("127.0.0.1", int(where))
+        client.loop_start()
+        client.subscribe(TOPIC, qos=1)
+        subscribed.wait(30)
+    pipe.send("ready")
+    while (order := pipe.recv()) is not None:
+        latencies.clear()
+        finished.clear()
+        state.update(count=0, want=order[0], timing=order[1], done=0.0)
+        pipe.send("armed")
+        finished.wait(300)
+        pipe.send((state["done"], state["count"], list(latencies)))
+
+
+class Subscribers:
+    def __init__(self, kind: str, where: str, tokens: list[str]) -> None:
+        ctx = multiprocessing.get_context("spawn")  # never fork a process holding awscrt
+        self.pipes, self.procs = [], []
+        for token in tokens:
+            mine, theirs = ctx.Pipe()
+            proc = ctx.Process(target=_subscriber, args=(kind, where, token, theirs),
+                               daemon=True)
+            proc.start()
+            self.pipes.append(mine)
+            self.procs.append(proc)
+        for pipe in self.pipes:
+            if not pipe.poll(60) or pipe.recv() != "ready":
+                raise TimeoutError("a subscriber did not subscribe")
+
+    def arm(self, want: int, timing: bool) -> None:
+        for pipe in self.pipes:
+            pipe.send((want, timing))
+        for pipe in self.pipes:
+            pipe.recv()
+
+    def results(self) -> tuple[float, list[float]]:
+        """When the last subscriber had everything; every latency."""
+        done, latencies = 0.0, []
+        for pipe in self.pipes:
+            if not pipe.poll(300):
+                raise TimeoutError("a subscriber did not get every message")
+            at, count, mine = pipe.recv()
+            if not at:
+                raise TimeoutError(f"a subscriber got {count} messages")
+            done = max(done, at)
+            latencies += mine
+        return done, latencies
+
+    def close(self) -> None:
+        for pipe in self.pipes:
+            with contextlib.suppress(OSError):
+                pipe.send(None)
+        for proc in self.procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+
+
+# --- publishers (in this process) -------------------------------------------------------
+
+class IpcPublisher:
+    def __init__(self, agent: _agent.BenchAgent) -> None:
+        self.ipc = _ipc.client(agent, "pub")
+
+    def publish(self, payload: bytes) -> Callable[[], None]:
+        future = self.ipc.publish_to_topic_async(
+            topic=TOPIC, publish_message=model.PublishMessage(
+                binary_message=model.BinaryMessage(message=payload)))
+        return lambda: future.result(30)
+
+    def close(self) -> None:
+        self.ipc.close()
+
+
+class MqttPublisher:
+    def __init__(self, port: int) -> None:
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-pub")
+        self.client.max_inflight_messages_set(WINDOW)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def publish(self, payload: bytes) -> Callable[[], None]:
+        info = self.client.publish(TOPIC, payload, qos=1)
+        return lambda: info.wait_for_publish(30)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _send(publisher: Publisher, count: int, rate: float | None) -> float:
+    """Publish `count` messages (at `rate` per second, or as fast as acknowledged with
+    WINDOW in flight), each stamped with its send time; when the first went out."""
+    filler = b"x" * (SIZE - 8)
+    began = time.monotonic()
+    pending: collections.deque[Callable[[], None]] = collections.deque()
+    for i in range(count):
+        if rate is not None:
+            due = began + i / rate
+            while (now := time.monotonic()) < due:
+                time.sleep(min(0.0005, due - now))
+        pending.append(publisher.publish(struct.pack(">d", time.monotonic()) + filler))
+        if len(pending) >= WINDOW:
+            pending.popleft()()
+    for wait in pending:
+        wait()
+    return began
+
+
+def _measure(publisher: Publisher, subs: Subscribers, latency: bool) -> dict[str, float]:
+    subs.arm(COUNT, timing=False)  # warm-up round
+    _send(publisher, COUNT, None)
+    subs.results()
+    best = 0.0
+    for _ in range(2):
+        subs.arm(COUNT, timing=False)
+        began = _send(publisher, COUNT, None)
+        done, _ = subs.results()
+        best = max(best, COUNT / (done - began))
+    out = {"throughput": best}
+    if latency:
+        count = int(RATE * LATENCY_SECONDS)
+        subs.arm(count, timing=True)
+        _send(publisher, count, RATE)
+        _, latencies = subs.results()
+        ms = [s * 1000 for s in latencies]
+        out["p50"], out["p99"] = harness.percentile(ms, 50), harness.percentile(ms, 99)
+    return out
+
+
+def _run_side(kind: str, where: str, tokens: list[str],
+              make: Callable[[], Publisher]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for n in (1, 10):
+        subs = Subscribers(kind, where, tokens[:n])
+        publisher = make()
+        try:
+            found = _measure(publisher, subs, latency=n == 10)
+        finally:
+            publisher.close()
+            subs.close()
+        out[f"throughput_{n}"] = found.pop("throughput")
+        out.update(found)
+    return out
+
+
+def run() -> Iterator[harness.Figure]:
+    agent = _agent.BenchAgent()
+    try:
+        subs = [f"sub{i}" for i in range(10)]
+        _ipc.start(agent, ["pub", *subs])
+        records = json.loads((agent.root / "state" / "components.json").read_text())
+        ipc = _run_side("ipc", str(agent.root / "ipc" / "ipc.sock"),
+                        [records[n]["token"] for n in subs], lambda: IpcPublisher(agent))
+    finally:
+        agent.close()
+    with Mosquitto() as broker:
+        mq = _run_side("mqtt", str(broker.port), subs, lambda: MqttPublisher(broker.port))
+    for n in (1, 10):
+        yield harness.Figure(f"throughput_ratio_{n}", ipc[f"throughput_{n}"], "msg/s",
+                             mq[f"throughput_{n}"], ">= 1.0x mosquitto+paho (QoS 1)")
+    yield harness.Figure("p99_ms_2000", ipc["p99"], "ms", mq["p99"],
+                         "<= 5 ms (10 subscribers at 2,000 msg/s; baseline: mosquitto)")
+    yield harness.Figure("p50_ms_2000", ipc["p50"], "ms", mq["p50"],
+                         "report only (baseline: mosquitto+paho)")
+
+
+if __name__ == "__main__":
+    for figure in run():
+        print(json.dumps(figure.to_json()))
