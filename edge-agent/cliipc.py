@@ -18,7 +18,7 @@ import hmac
 import logging
 from typing import TYPE_CHECKING, Any, Final
 
-from hedgerow.agent import control, ipcserver
+from hedgerow.agent import control, failures, ipcserver
 from hedgerow.core import documents
 
 if TYPE_CHECKING:
@@ -97,31 +97,40 @@ class Service:
         self._later("stop", {"op": "component.stop", "name": name})
         return {"stopStatus": "SUCCEEDED", "message": f"{name} is stopping"}
 
-    def _pause(self, call: ipcserver.Call, frozen: bool) -> dict[str, Any]:
+    async def _pause(self, call: ipcserver.Call, frozen: bool) -> dict[str, Any]:
+        """Processes: the cgroup freezer; containers: Docker's pause. Recorded on the
+        component (`paused`): a paused container is not taken for a failed one, and a
+        paused component that is stopped or recovered is resumed first."""
         name = self._component(call)
         rec = self.agent.records[name]
-        if self.agent.runtime_of(rec) is not self.agent.processes:
-            raise ipcserver.RefusalError(ipcserver.SERVICE_ERROR, (
-                f"{call.operation}: {name} is not a process component (pausing a container "
-                "is not served yet)"))
         if rec.state not in (documents.ComponentState.RUNNING,
                              documents.ComponentState.STARTING):
             raise ipcserver.RefusalError(ipcserver.INVALID_ARGUMENTS, (
                 f"{call.operation}: {name} is {rec.state.value}, not running"))
         try:
-            self.agent.processes.cgroups.freeze(name, frozen)
-        except OSError as exc:
-            raise ipcserver.RefusalError(ipcserver.SERVICE_ERROR,
+            if self.agent.runtime_of(rec) is self.agent.containers:
+                rec.paused = frozen  # before Docker says "paused": never taken for a failure
+                await asyncio.to_thread(self.agent.containers.runtime.pause, name, frozen)
+            elif self.agent.runtime_of(rec) is self.agent.processes:
+                self.agent.processes.cgroups.freeze(name, frozen)
+                rec.paused = frozen
+            else:
+                raise ipcserver.RefusalError(ipcserver.SERVICE_ERROR, (
+                    f"{call.operation}: {name} runs in a runtime that cannot pause"))
+        except (OSError, failures.PermanentError, failures.TransientError) as exc:
+            raise ipcserver.RefusalError(ipcserver.SERVICE_ERROR,  # dockerd's, the kernel's
                                          f"{call.operation}: {name}: {exc}") from None
+        finally:
+            self.agent.save()
         log.info("%s: %s over IPC by %s", name, "paused" if frozen else "resumed",
                  call.caller.component)
         return {}
 
-    def pause(self, call: ipcserver.Call) -> dict[str, Any]:
-        return self._pause(call, True)
+    async def pause(self, call: ipcserver.Call) -> dict[str, Any]:
+        return await self._pause(call, True)
 
-    def resume(self, call: ipcserver.Call) -> dict[str, Any]:
-        return self._pause(call, False)
+    async def resume(self, call: ipcserver.Call) -> dict[str, Any]:
+        return await self._pause(call, False)
 
     async def create_local_deployment(self, call: ipcserver.Call) -> dict[str, Any]:
         call.authorize(CLI, "*")

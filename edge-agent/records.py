@@ -48,6 +48,7 @@ class Record(pydantic.BaseModel):
     message: str = ""
     installed_in: str = ""                    # desired revision that installed it
     install_failed: bool = False
+    paused: bool = False                      # IPC PauseComponent (until resumed/stopped)
     since: float = 0.0                        # when it entered its current state
 
     @property
