@@ -146,7 +146,8 @@ class Agent:
         # Configuration and state over IPC: what each component changed of its own
         # configuration lives in state/configuration.json (configipc).
         self.config = configipc.Store(self.layout.state / "configuration.json",
-                                      self._deployed_configuration, self.report_errored)
+                                      self._deployed_configuration, self.report_errored,
+                                      lambda: self.clock(), self.wake.set)
         self.updates = updateipc.Updates(lambda: self.clock(), self.wake.set)
         for operation in [*self.config.operations(), *cliipc.Service(self).operations(),
                           *self.updates.operations()]:
@@ -321,7 +322,7 @@ class Agent:
                 log.error("rejected: %s", problem)
         self.problems = reading.problems
         doc = self.choose(reading)                                               # 2. pick
-        doc = await self.validate(doc, reading)  # components may veto their new config
+        doc = self.validate(doc, reading)  # components may veto their new config
         doc = self.hold_for_update(doc, reading)  # ... or defer their update a while
         observed = await self.observe(doc)                                       # 3. observe
         wanted = self._wanted(doc)
@@ -359,14 +360,16 @@ class Agent:
             self._desired_cache = (doc, plan_.resolve_desired(doc, restart))
         return self._desired_cache[1]
 
-    async def validate(self, doc: documents.DesiredState | None, reading: desired.Reading,
-                       ) -> documents.DesiredState | None:
+    def validate(self, doc: documents.DesiredState | None, reading: desired.Reading,
+                 ) -> documents.DesiredState | None:
         """A new revision that changes a running component's configuration is first put
         to that component when it subscribes (SubscribeToValidateConfigurationUpdates),
-        waiting up to the deployments' configurationValidation.timeoutSeconds. A
-        rejection fails the revision with the component's message (then ROLLBACK or
-        DO_NOTHING applies); meanwhile, and after, the component keeps its configuration:
-        this pass goes on with the document already applied."""
+        for up to the deployments' configurationValidation.timeoutSeconds. Until all
+        answered, the pass goes on with the document already applied (the loop wakes at
+        a report or the deadline; the status says who is asked). A rejection fails the
+        revision with the component's message (then ROLLBACK or DO_NOTHING applies); the
+        component keeps its configuration."""
+        self._deferral = None
         if doc is None or doc is not reading.desired or doc == self.applied:
             return doc
         entry = self.history.outcome_of(doc.revision)
@@ -389,13 +392,16 @@ class Agent:
             return doc
         timeout = max((d.policies.configuration_validation.timeout_seconds
                        for d in doc.deployments), default=30)
-        rejected = await self.config.validate(changes, doc.revision, timeout)
-        if rejected is None:
-            self._validated.add(doc.revision)
-            return doc
-        self._rejected.add(doc.revision)
-        self.fail(doc, f"{rejected[0]}{_REJECTED}{rejected[1]}")
-        return self.applied
+        verdict = self.config.resolve_validation(changes, doc.revision, timeout)
+        if verdict.rejected is not None:
+            self._rejected.add(doc.revision)
+            self.fail(doc, f"{verdict.rejected[0]}{_REJECTED}{verdict.rejected[1]}")
+            return self.applied
+        if not verdict.go:
+            self._deferral, self._update_at = (doc.revision, verdict.reason), verdict.until
+            return self.applied
+        self._validated.add(doc.revision)
+        return doc
 
     def hold_for_update(self, doc: documents.DesiredState | None, reading: desired.Reading,
                         ) -> documents.DesiredState | None:
@@ -404,7 +410,6 @@ class Agent:
         allow it or for their deferrals to run out, up to the deployments'
         componentUpdate.timeoutSeconds (updateipc). Meanwhile the applied document keeps
         running and the status says who defers."""
-        self._deferral = None
         if doc is None or doc is not reading.desired or self.applied is None \
                 or not self.updates.subscribers or doc == self.applied:
             return doc

@@ -18,7 +18,6 @@ may be updated.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import logging
@@ -54,16 +53,33 @@ class Subscription:
     stream: ipcserver.Stream
 
 
+@dataclasses.dataclass
+class Validation:
+    """One revision's question to the components whose configuration it changes."""
+    deadline: float
+    asked: set[str] = dataclasses.field(default_factory=set)
+    answers: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Validity:
+    go: bool = True
+    until: float = 0.0                        # not yet: look again then
+    reason: str = ""                          # not yet: for the status
+    rejected: tuple[str, str] | None = None   # (component, its message)
+
+
 class Store:
     def __init__(self, path: pathlib.Path, configuration_of: ConfigurationOf,
-                 on_errored: Callable[[str, str], None]) -> None:
+                 on_errored: Callable[[str, str], None],
+                 clock: Callable[[], float], wake: Callable[[], None]) -> None:
         self.path, self.configuration_of, self.on_errored = path, configuration_of, on_errored
+        self.clock, self.wake = clock, wake
         self.overlays: dict[str, configstore.Overlay] = {}
         self.seen: dict[str, dict[str, Any]] = {}  # what subscribers were last told of
         self.subscriptions: list[Subscription] = []
         self.validators: list[Subscription] = []  # SubscribeToValidateConfigurationUpdates
-        # (component, deployment id) -> its report, while the agent waits for it
-        self.pending: dict[tuple[str, str], asyncio.Future[tuple[str, str]]] = {}
+        self.validations: dict[str, Validation] = {}  # by deployment id (revision)
         self._written = b""
 
     # --- state ------------------------------------------------------------------------
@@ -232,42 +248,48 @@ class Store:
 
     # --- validation before a deployment changes configuration ------------------------
 
-    async def validate(self, changes: Mapping[str, Mapping[str, Any]], deployment_id: str,
-                       timeout: float) -> tuple[str, str] | None:
-        """Ask each component in `changes` (component -> its new configuration) that
-        subscribes to validation whether it accepts; wait up to `timeout` seconds for all.
-        The first rejection as (component, its message); None when all accepted or did
-        not answer in time (as Greengrass: silence is not a veto)."""
-        waiting: dict[str, asyncio.Future[tuple[str, str]]] = {}
-        loop = asyncio.get_running_loop()
-        for name, configuration in sorted(changes.items()):
-            subs = [s for s in self.validators if s.component == name]
-            if not subs:
-                continue
-            overlay = self.overlays.get(name)
-            seen = configstore.resolve_effective(configuration, None if overlay is None else
-                                                 configstore.resolve_rebased(overlay,
+    def resolve_validation(self, changes: Mapping[str, Mapping[str, Any]],
+                           deployment_id: str, timeout: float) -> Validity:
+        """May the revision `deployment_id` change these components' configuration
+        (component -> its new configuration)? Each one that subscribes to validation is
+        asked once; the answer is "go" once all accepted (or did not answer within
+        `timeout` seconds of being asked: silence is not a veto, as in Greengrass),
+        "rejected" at the first REJECTED, else "wait until". Level-triggered: asked once
+        per pass, never waited on (a report wakes the loop)."""
+        now = self.clock()
+        for other in [d for d in self.validations if d != deployment_id]:
+            del self.validations[other]  # superseded while it waited
+        validation = self.validations.get(deployment_id)
+        if validation is None:
+            validation = self.validations[deployment_id] = Validation(now + timeout)
+            for name, configuration in sorted(changes.items()):
+                subs = [s for s in self.validators if s.component == name]
+                if not subs:
+                    continue
+                overlay = self.overlays.get(name)
+                seen = configstore.resolve_effective(
+                    configuration,
+                    None if overlay is None else configstore.resolve_rebased(overlay,
                                                                              configuration))
-            future = self.pending[(name, deployment_id)] = loop.create_future()
-            waiting[name] = future
-            for sub in subs:
-                sub.stream.send({"validateConfigurationUpdateEvent": {
-                    "configuration": seen, "deploymentId": deployment_id}})
-            log.info("asked %s to validate its configuration for %s", name, deployment_id)
-        if not waiting:
-            return None
-        try:
-            await asyncio.wait(waiting.values(), timeout=timeout)
-        finally:
-            for name in waiting:
-                self.pending.pop((name, deployment_id), None)
-        for name, future in sorted(waiting.items()):
-            if not future.done():
-                log.warning("%s did not validate its configuration for %s within %gs: "
-                            "going on", name, deployment_id, timeout)
-            elif future.result()[0] == "REJECTED":
-                return name, future.result()[1]
-        return None
+                validation.asked.add(name)
+                for sub in subs:
+                    sub.stream.send({"validateConfigurationUpdateEvent": {
+                        "configuration": seen, "deploymentId": deployment_id}})
+                log.info("asked %s to validate its configuration for %s", name,
+                         deployment_id)
+        for name in sorted(validation.answers):
+            status, message = validation.answers[name]
+            if status == "REJECTED":
+                return Validity(rejected=(name, message))
+        silent = sorted(validation.asked - set(validation.answers))
+        if silent and now < validation.deadline:
+            return Validity(go=False, until=validation.deadline,
+                            reason=f"waiting for {', '.join(silent)} to validate its "
+                                   "new configuration")
+        if silent:
+            log.warning("%s did not validate its configuration for %s within %gs: going "
+                        "on", ", ".join(silent), deployment_id, timeout)
+        return Validity()
 
     def subscribe_validate(self, call: ipcserver.Call) -> dict[str, Any]:
         assert call.stream is not None
@@ -283,13 +305,17 @@ class Store:
             raise ipcserver.RefusalError(ipcserver.INVALID_ARGUMENTS, (
                 f"{REPORT}: the report needs status ACCEPTED or REJECTED and the "
                 "deploymentId of the validation event"))
-        future = self.pending.get((call.caller.component, deployment_id))
-        if future is None or future.done():
+        validation = self.validations.get(deployment_id)
+        name = call.caller.component
+        if validation is None or name not in validation.asked or name in \
+                validation.answers or self.clock() >= validation.deadline:
             raise ipcserver.RefusalError(ipcserver.INVALID_ARGUMENTS, (
-                f"{REPORT}: no validation of {call.caller.component}'s configuration for "
-                f"{deployment_id} is waiting (it timed out, or was never asked)"))
+                f"{REPORT}: no validation of {name}'s configuration for "
+                f"{deployment_id} is waiting (it timed out, was answered, or was never "
+                "asked)"))
         message = body.get("message")
-        future.set_result((status, message if isinstance(message, str) else ""))
+        validation.answers[name] = (status, message if isinstance(message, str) else "")
+        self.wake()
         return {}
 
     def operations(self) -> list[ipcserver.Operation]:

@@ -55,6 +55,8 @@ def run(ipc: GreengrassCoreIPCClientV2, command: dict[str, object]) -> None:
                 ok = asked.configuration.get(key) != bad
                 note(event="validating", deployment=asked.deployment_id,
                      value=asked.configuration.get(key), ok=ok)
+                if command.get("silent"):
+                    return  # asked, never answers
                 ipc.send_configuration_validity_report(
                     configuration_validity_report=model.ConfigurationValidityReport(
                         status="ACCEPTED" if ok else "REJECTED",

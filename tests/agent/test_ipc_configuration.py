@@ -243,3 +243,31 @@ def test_a_rejected_configuration_is_never_applied_with_do_nothing(
     agent.passes(3)
     assert agent.outcome(bad) == "FAILED"
     assert agent.record("cfg.d")["spec"]["configuration"] == {"mode": "fast"}
+
+
+def test_a_silent_validator_holds_a_revision_only_for_the_timeout(
+        agent: AgentProcess, config_sdk: pathlib.Path) -> None:
+    agent.deploy(component(config_sdk, "cfg.s", {"mode": "fast"}))
+    agent.wait_states({"cfg.s": "RUNNING"}, 30)
+    s = Client(agent, "cfg.s")
+    s.connected()
+    s.command("validate", key="mode", reject="never", silent=True, tag="validate")
+    s.wait(lambda e: e["event"] == "subscribed", "subscribed to validation")
+    pid = agent.record("cfg.s")["process"]["pid"]
+    ref = documents.DeploymentRef.model_validate(
+        {"name": "cloud", "policies": {"configurationValidation": {"timeoutSeconds": 3}}})
+    doc = documents.render_desired_state(agent.thing, [ref], [
+        component(config_sdk, "cfg.s", {"mode": "slow"})])
+    target = agent.root / "desired" / "desired.json"
+    target.with_suffix(".tmp").write_bytes(documents.render_bytes(doc))
+    target.with_suffix(".tmp").replace(target)
+    s.wait(lambda e: e["event"] == "validating", "asked")
+    # Meanwhile the status says what the revision waits for, and nothing changed.
+    wait_for(lambda: (agent.status().get("deployment") or {}).get("reason") ==
+             "waiting for cfg.s to validate its new configuration", 10, "the wait shown")
+    assert agent.record("cfg.s")["spec"]["configuration"] == {"mode": "fast"}
+    # Silence is not a veto: applied once the 3 s are over, without a restart.
+    wait_for(lambda: agent.outcome(doc) == "SUCCEEDED", 30, "applied after the timeout")
+    assert agent.record("cfg.s")["spec"]["configuration"] == {"mode": "slow"}
+    assert agent.record("cfg.s")["process"]["pid"] == pid
+    assert "did not validate its configuration" in agent.log.read_text()
