@@ -60,7 +60,8 @@ SERVICES: Final[dict[str, Service]] = {
     "aws.greengrass.Cli": Service(_ops(
         "CreateLocalDeployment", "ListLocalDeployments", "GetLocalDeploymentStatus",
         "ListComponents", "GetComponentDetails", "RestartComponent", "StopComponent",
-        "CreateDebugPassword")),
+        "CreateDebugPassword", "PauseComponent", "ResumeComponent",
+        "ValidateAuthorizationToken")),
 }
 
 

@@ -33,6 +33,8 @@ class Seen:
     version: str
     state: State
     message: str = ""
+    # Keys of its configuration the component changed itself (UpdateConfiguration).
+    own_configuration: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +55,9 @@ class Facts:
     applied_revision: str | None = None
     # A runtime that components want cannot be used now (dockerd gone, say).
     runtime_down: bool = False
+    # A revision held back, and why (components deferring its update, or validating
+    # its configuration): the reason shown while its outcome has none of its own.
+    waiting: tuple[str, str] | None = None
 
 
 def _verdict(facts: Facts) -> tuple[str | None, documents.DeploymentOutcome | None]:
@@ -67,9 +72,10 @@ def _verdict(facts: Facts) -> tuple[str | None, documents.DeploymentOutcome | No
     if entry is None:
         return revision, None
     published = outcome.resolve_published(facts.history, revision)
+    waiting = facts.waiting[1] if facts.waiting and facts.waiting[0] == revision else ""
     return published, documents.DeploymentOutcome(
         revision=published or revision or "", outcome=entry.outcome,
-        reason=entry.reason[:reason_max],
+        reason=(entry.reason or waiting)[:reason_max],
         rolled_back_to=outcome.resolve_published(facts.history, entry.rolled_back_to))
 
 
@@ -91,7 +97,9 @@ def render_report(facts: Facts) -> tuple[documents.StatusReport, bytes]:
     def components(message_max: int) -> list[documents.ComponentReport]:
         return [documents.ComponentReport(
             name=c.name[:text], version=c.version[:text], state=c.state,
-            message=c.message[:message_max]) for c in shown]
+            message=c.message[:message_max],
+            own_configuration=[k[:text] for k in c.own_configuration[
+                :limits.MAX_REPORT_OWN_KEYS]] or None) for c in shown]
 
     bad = facts.runtime_down or any(c.state in _TROUBLED for c in facts.components)
     applied = outcome.resolve_published(facts.history, facts.applied_revision)

@@ -177,6 +177,11 @@ class ComponentReport(base.Model):
     version: _Text
     state: ComponentState
     message: Annotated[str, pydantic.Field(max_length=512)] = ""
+    own_configuration: Annotated[list[_Text] | None, pydantic.Field(
+        max_length=limits.MAX_REPORT_OWN_KEYS,
+        description="Keys (JSON pointers) the component changed in its own configuration "
+                    "over IPC (UpdateConfiguration); a deployment's change of a key wins.",
+    )] = None
 
 
 class DeploymentOutcome(base.Model):

@@ -50,6 +50,9 @@ from hedgerow.core import (
 from hedgerow.core import thinggroup as thinggroup_
 
 APPLIED: Final = "Applied"
+# How a device's report says a component defers its update (edge-agent updateipc): the
+# Applied condition's reason is then Deferred, its message who and why.
+DEFERRED: Final = "deferred by "
 READY: Final = readiness.READY
 PROGRESSING: Final = readiness.PROGRESSING
 STALLED: Final = readiness.STALLED
@@ -162,7 +165,9 @@ def render_report(
         if outcome is not None and outcome.revision == status.desired_revision:
             verdict = {
                 documents.Outcome.SUCCEEDED: (base.ConditionStatus.TRUE, "Succeeded"),
-                documents.Outcome.IN_PROGRESS: (base.ConditionStatus.UNKNOWN, "InProgress"),
+                documents.Outcome.IN_PROGRESS: (base.ConditionStatus.UNKNOWN, "Deferred"
+                                                if outcome.reason.startswith(DEFERRED)
+                                                else "InProgress"),
             }.get(outcome.outcome, (base.ConditionStatus.FALSE, outcome.outcome.value.title()
                                     .replace("_", "")))
         elif (report.applied_revision == status.desired_revision

@@ -77,3 +77,9 @@ CLOUD_SPOOL_MAX_BYTES: Final = 16 * MIB
 # QoS 1 cloud publishes of components in flight at once (sent, PUBACK not yet back):
 # enough to keep a slow link busy, few enough that a reconnect resends little.
 CLOUD_MAX_INFLIGHT: Final = 32
+# What one component may change of its own configuration over IPC (UpdateConfiguration),
+# kept in the agent's state and rewritten with every update: the configuration the
+# deployment gives it is bounded by the desired document, this by itself.
+MAX_OWN_CONFIGURATION_BYTES: Final = 64 * KIB
+# Keys of its own configuration change a component's report lists (the rest is cut).
+MAX_REPORT_OWN_KEYS: Final = 16

@@ -11,6 +11,10 @@ nothing. The order is the whole dependency story:
    HARD dependency's restart restarts its dependents" falls out of ordering alone.
 3. INSTALL / START / RECOVER, dependencies before their dependents.
 
+A component whose spec changed only in what its rendered lifecycle does not use (its
+configuration, as Greengrass decides it) is not restarted: UPDATE gives its record the
+new spec and it keeps running (restart hashes: recipe.render_restart_hash).
+
 Runtimes (processes today, Docker containers later) only ever see these verbs.
 """
 
@@ -33,6 +37,7 @@ class Verb(base.StrEnum):
     INSTALL = "install"   # (re)create the record for this spec and run the install step
     START = "start"       # startup or run step
     RECOVER = "recover"   # recover step, then install and start again
+    UPDATE = "update"     # the record takes the new spec; nothing stops (config only)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +49,8 @@ class Want:
     hard: tuple[str, ...] = ()   # HARD dependencies (restart with them)
     soft: tuple[str, ...] = ()   # SOFT dependencies (ordering only)
     runtime: str = "process"
+    # The spec without configuration, lifecycle rendered ('' unknown: compare spec_hash).
+    restart_hash: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +70,7 @@ class Observed:
     retry_due: bool = False            # ERRORED and its backoff has elapsed
     hold_revision: str | None = None   # BROKEN or operator-stopped in this revision
     runtime: str = "process"
+    restart_hash: str = ""             # what the record's spec rendered to ('' unknown)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,8 +82,10 @@ class Action:
     reason: str = ""
 
 
-def resolve_desired(state: documents.DesiredState | None) -> Desired:
-    """Hash every component once per document (hashing costs more than planning)."""
+def resolve_desired(state: documents.DesiredState | None,
+                    restart_hashes: Mapping[str, str] | None = None) -> Desired:
+    """Hash every component once per document (hashing costs more than planning).
+    `restart_hashes`: each component's recipe.render_restart_hash, by name."""
     if state is None:
         return Desired(revision="", wants=())
     wants = []
@@ -83,7 +93,8 @@ def resolve_desired(state: documents.DesiredState | None) -> Desired:
         hard = tuple(d.name for d in c.dependencies if d.type.value == "HARD")
         soft = tuple(d.name for d in c.dependencies if d.type.value != "HARD")
         wants.append(Want(c.name, c.spec_hash, hard, soft,
-                          "process" if c.lifecycle is not None else "container"))
+                          "process" if c.lifecycle is not None else "container",
+                          (restart_hashes or {}).get(c.name, "")))
     return Desired(revision=state.revision, wants=tuple(wants))
 
 
@@ -114,6 +125,25 @@ def _order(names: Iterable[str], edges: Mapping[str, Iterable[str]]) -> list[str
 
 _RUNNING_LIKE = frozenset({State.STARTING, State.RUNNING, State.FINISHED})
 _LIVE = frozenset({State.STARTING, State.RUNNING, State.FINISHED, State.STOPPING})
+# States in which a configuration-only change just updates the record (a component
+# that failed, or never installed, is installed again with the new spec instead).
+_KEEPS = frozenset({State.STARTING, State.RUNNING, State.FINISHED, State.INSTALLED})
+
+
+def is_restart_needed(want: Want, seen: Observed) -> bool:
+    """Greengrass's rule: a changed spec restarts a component only when its rendered
+    lifecycle (or container), runWith, version, artifacts or dependencies changed — not
+    when only configuration no step uses did. A rendered lifecycle can change with the
+    spec unchanged too (a dependency's configuration it interpolates)."""
+    if not want.restart_hash or not seen.restart_hash:
+        return seen.spec_hash != want.spec_hash  # unknown: any change restarts
+    return seen.restart_hash != want.restart_hash
+
+
+def is_update_only(want: Want, seen: Observed) -> bool:
+    """The spec changed, but nothing the component runs with: update the record."""
+    return (seen.spec_hash != want.spec_hash and seen.state in _KEEPS
+            and not is_restart_needed(want, seen))
 
 
 def plan(desired: Desired, observed: Mapping[str, Observed]) -> list[Action]:
@@ -122,6 +152,7 @@ def plan(desired: Desired, observed: Mapping[str, Observed]) -> list[Action]:
     install: dict[str, str] = {}
     start: dict[str, str] = {}
     recover: set[str] = set()
+    update: list[str] = []
 
     remove = {name for name in observed if name not in wants}
     for want in desired.wants:
@@ -130,7 +161,10 @@ def plan(desired: Desired, observed: Mapping[str, Observed]) -> list[Action]:
             install[want.name] = "new"
             start[want.name] = "new"
             continue
-        if seen.spec_hash != want.spec_hash:
+        if is_update_only(want, seen):
+            update.append(want.name)
+            continue
+        if seen.spec_hash != want.spec_hash or is_restart_needed(want, seen):
             if seen.state in _LIVE:
                 stop[want.name] = "spec changed"
             install[want.name] = start[want.name] = "spec changed"
@@ -166,6 +200,9 @@ def plan(desired: Desired, observed: Mapping[str, Observed]) -> list[Action]:
     for want in desired.wants:
         edges[want.name] = want.hard + want.soft
     actions: list[Action] = []
+    for name in sorted(update):
+        actions.append(Action(Verb.UPDATE, name, wants[name].spec_hash, wants[name].runtime,
+                              "configuration changed; its rendered lifecycle did not"))
     for name in sorted(install):
         actions.append(Action(Verb.PREPARE, name, wants[name].spec_hash, wants[name].runtime))
     for name in reversed(_order(set(stop) | remove, edges)):

@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from hedgerow.core import configuration
+from hedgerow.core import configuration, documents
 
 _PLACEHOLDER = re.compile(r"(?<!\$)\{([A-Za-z][A-Za-z0-9._-]*):([^{}\s,]*)\}")
 _BUILTIN = frozenset({"artifacts", "work", "configuration", "kernel", "iot"})
@@ -114,3 +114,32 @@ def render_env(env: Mapping[str, str], context: Context) -> dict[str, str]:
         except RecipeVariableError as exc:
             raise RecipeVariableError(f"setenv {name}: {exc}") from None
     return out
+
+
+def _render_all(value: Any, context: Context) -> Any:
+    if isinstance(value, str):
+        return render_text(value, context)
+    if isinstance(value, dict):
+        return {k: _render_all(v, context) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_render_all(v, context) for v in value]
+    return value
+
+
+def render_restart_hash(comp: documents.ResolvedComponent, context: Context) -> str:
+    """What decides whether a changed component must restart, as in Greengrass: the
+    component without its configuration, with its lifecycle (or container) as rendered —
+    every variable filled in. A configuration change that no rendered step, setenv or
+    container field uses leaves this unchanged, and the component keeps running (it
+    learns of the change over IPC); one that a step uses, or a runWith change, changes
+    it. '' when a variable cannot be rendered: the caller then restarts, and the start
+    reports the variable."""
+    body = comp.to_dict()
+    body.pop("configuration", None)
+    try:
+        for field in ("lifecycle", "container"):
+            if field in body:
+                body[field] = _render_all(body[field], context)
+    except RecipeVariableError:
+        return ""
+    return documents.content_hash(body)

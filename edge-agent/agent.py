@@ -24,14 +24,16 @@ import random
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import hedgerow
 from hedgerow import files
 from hedgerow.agent import (
     artifacts,
+    cliipc,
     cloudipc,
     cloudproxy,
+    configipc,
     containerbridge,
     desired,
     ipcserver,
@@ -39,6 +41,7 @@ from hedgerow.agent import (
     pubsub,
     records,
     runtime,
+    updateipc,
 )
 from hedgerow.agent import settings as settings_
 from hedgerow.agent.layout import Layout
@@ -51,6 +54,7 @@ from hedgerow.core import (
     outcome,
     recipe,
 )
+from hedgerow.core import deployment as deployment_
 from hedgerow.core import plan as plan_
 from hedgerow.core.documents import ComponentState as State
 from hedgerow.core.lifecycle import Event
@@ -61,6 +65,9 @@ if TYPE_CHECKING:  # the Docker SDK costs ~15 MB: imported only once a container
 log = logging.getLogger("hedgerow.agent")
 AGENT_VERSION = hedgerow.__version__
 _DONE = frozenset({State.RUNNING, State.FINISHED})
+# In a deployment's reason: a component's validation refused it (never applied, even
+# with DO_NOTHING and after a restart).
+_REJECTED = " rejected its new configuration: "
 # Builds a runtime for the agent (`Agent(..., runtimes=[...])`): it gets the services
 # the agent offers runtimes, nothing of the loop itself.
 RuntimeFactory = Callable[[runtime.Services], runtime.Runtime]
@@ -147,6 +154,22 @@ class Agent:
             max_bytes=min(settings.cloud_spool_max_bytes, limits.CLOUD_SPOOL_MAX_BYTES))
         for operation in cloudipc.operations(self.cloud):
             self.ipc.register(operation)
+        # Configuration and state over IPC: what each component changed of its own
+        # configuration lives in state/configuration.json (configipc).
+        self.config = configipc.Store(self.layout.state / "configuration.json",
+                                      self._deployed_configuration, self.report_errored,
+                                      lambda: self.clock(), self.wake.set)
+        self.updates = updateipc.Updates(lambda: self.clock(), self.wake.set)
+        for operation in [*self.config.operations(), *cliipc.Service(self).operations(),
+                          *self.updates.operations()]:
+            self.ipc.register(operation)
+        self._validated: set[str] = set()  # revisions components' validation accepted
+        # A revision waiting for components to allow its update: (revision, why), and
+        # when to look again.
+        self._deferral: tuple[str, str] | None = None
+        self._update_at = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._rejected: set[str] = set()  # revisions a component's validation refused
 
     # --- records and transitions -------------------------------------------------
 
@@ -206,6 +229,7 @@ class Agent:
     def adopt(self) -> None:
         """After a crash: keep run processes whose identity matches, end stale steps."""
         self.records = records.load_all(self.layout.records)
+        self.config.load()
         now = self.clock()
         for rec in self.records.values():
             # Deadlines and error times written by an earlier run, maybe under a wall
@@ -309,6 +333,8 @@ class Agent:
                 log.error("rejected: %s", problem)
         self.problems = reading.problems
         doc = self.choose(reading)                                               # 2. pick
+        doc = self.validate(doc, reading)  # components may veto their new config
+        doc = self.hold_for_update(doc, reading)  # ... or defer their update a while
         observed = await self.observe(doc)                                       # 3. observe
         wanted = self._wanted(doc)
         actions = plan_.plan(wanted, observed)                                  # 4. plan
@@ -322,6 +348,9 @@ class Agent:
         except BaseException:
             self.persist()
             raise
+        if doc is not None:
+            self.updates.finished(doc.revision)  # postUpdateEvent, if it was announced
+        self.config.sync(list(self.records))  # components' own config; tell subscribers
         self.judge(doc, reading)                                                 # 6. judge
         self.write_status(reading)                                               # 7. status
         self.passes_reported += 1
@@ -337,8 +366,94 @@ class Agent:
         """`plan_.resolve_desired` (every component's spec hash) once per document, not
         once per pass: a pass with nothing new plans from the same hashes."""
         if self._desired_cache is None or self._desired_cache[0] is not doc:
-            self._desired_cache = (doc, plan_.resolve_desired(doc))
+            restart = {c.name: self.restart_hash(c, doc) for c in doc.components} if doc \
+                else {}
+            self._desired_cache = (doc, plan_.resolve_desired(doc, restart))
         return self._desired_cache[1]
+
+    def validate(self, doc: documents.DesiredState | None, reading: desired.Reading,
+                 ) -> documents.DesiredState | None:
+        """A new revision that changes a running component's configuration is first put
+        to that component when it subscribes (SubscribeToValidateConfigurationUpdates),
+        for up to the deployments' configurationValidation.timeoutSeconds. Until all
+        answered, the pass goes on with the document already applied (the loop wakes at
+        a report or the deadline; the status says who is asked). A rejection fails the
+        revision with the component's message (then ROLLBACK or DO_NOTHING applies); the
+        component keeps its configuration."""
+        self._deferral = None
+        if doc is None or doc is not reading.desired or doc == self.applied:
+            return doc
+        entry = self.history.outcome_of(doc.revision)
+        if doc.revision in self._validated:
+            return doc
+        if doc.revision in self._rejected or (  # refused before the agent restarted
+                entry is not None and entry.outcome is documents.Outcome.FAILED
+                and _REJECTED in entry.reason):
+            return self.applied
+        if entry is None or entry.outcome is not documents.Outcome.IN_PROGRESS:
+            return doc
+        changes = {}
+        for comp in doc.components:
+            rec = self.records.get(comp.name)
+            if rec is not None and rec.state in (State.STARTING, State.RUNNING,
+                                                 State.FINISHED) and (
+                    rec.spec.get("configuration") or {}) != comp.configuration:
+                changes[comp.name] = comp.configuration
+        if not changes:
+            return doc
+        timeout = max((d.policies.configuration_validation.timeout_seconds
+                       for d in doc.deployments), default=30)
+        verdict = self.config.resolve_validation(changes, doc.revision, timeout)
+        if verdict.rejected is not None:
+            self._rejected.add(doc.revision)
+            self.fail(doc, f"{verdict.rejected[0]}{_REJECTED}{verdict.rejected[1]}")
+            return self.applied
+        if not verdict.go:
+            self._deferral, self._update_at = (doc.revision, verdict.reason), verdict.until
+            return self.applied
+        self._validated.add(doc.revision)
+        return doc
+
+    def hold_for_update(self, doc: documents.DesiredState | None, reading: desired.Reading,
+                        ) -> documents.DesiredState | None:
+        """A new revision that would stop, replace or remove a running component waits
+        for the components that subscribe to updates (SubscribeToComponentUpdates) to
+        allow it or for their deferrals to run out, up to the deployments'
+        componentUpdate.timeoutSeconds (updateipc). Meanwhile the applied document keeps
+        running and the status says who defers."""
+        if doc is None or doc is not reading.desired or self.applied is None \
+                or not self.updates.subscribers or doc == self.applied:
+            return doc
+        entry = self.history.outcome_of(doc.revision)
+        if entry is None or entry.outcome is not documents.Outcome.IN_PROGRESS:
+            return doc
+        notify = [d.policies.component_update for d in doc.deployments
+                  if d.policies.component_update.action
+                  is not deployment_.UpdateAction.SKIP_NOTIFY_COMPONENTS]
+        if (doc.deployments and not notify) or not self._disrupts(doc):
+            return doc
+        verdict = self.updates.resolve(doc.revision, max(
+            (p.timeout_seconds for p in notify), default=60))
+        if verdict.go:
+            return doc
+        self._deferral, self._update_at = (doc.revision, verdict.reason), verdict.until
+        return self.applied
+
+    def _disrupts(self, doc: documents.DesiredState) -> bool:
+        """`doc` would stop, replace or remove a component that runs now."""
+        for name, rec in self.records.items():
+            if rec.state not in (State.STARTING, State.RUNNING, State.FINISHED):
+                continue
+            comp = doc.component(name)
+            if comp is None:
+                return True
+            want = plan_.Want(name, comp.spec_hash,
+                              restart_hash=self.restart_hash(comp, doc))
+            seen = plan_.Observed(name, rec.spec_hash, rec.state,
+                                  restart_hash=rec.restart_hash)
+            if plan_.is_restart_needed(want, seen):
+                return True
+        return False
 
     def choose(self, reading: desired.Reading) -> documents.DesiredState | None:
         if reading.desired is None:
@@ -375,7 +490,9 @@ class Agent:
             out[rec.name] = plan_.Observed(
                 rec.name, spec_hash, rec.state, deps,
                 retry_due=rec.retry_at is not None and rec.retry_at <= now,
-                hold_revision=rec.hold_revision, runtime=rt.kind)
+                hold_revision=rec.hold_revision, runtime=rt.kind,
+                # What runs is not what the record made (a replaced container): unknown.
+                restart_hash=rec.restart_hash if spec_hash == rec.spec_hash else "")
         return out
 
     def _wanted(self, doc: documents.DesiredState | None) -> plan_.Desired:
@@ -426,6 +543,9 @@ class Agent:
                 log.error("%s", failure)
                 self.fail(doc, failure)  # nothing stops, nothing starts
                 return
+        for action in actions:
+            if action.verb is plan_.Verb.UPDATE and action.name in by_name:
+                self.update(by_name[action.name], doc)
         await self._stop_all([a for a in actions
                               if a.verb in (plan_.Verb.STOP, plan_.Verb.REMOVE)], by_name)
         # Install/start/recover: every record that may own a process exists durably before
@@ -527,17 +647,60 @@ class Agent:
                 deps[dep.name] = paths(found)
         return recipe.Context(comp.name, paths(comp), str(self.layout.root), self.thing, deps)
 
+    def restart_hash(self, comp: documents.ResolvedComponent,
+                     doc: documents.DesiredState | None) -> str:
+        return recipe.render_restart_hash(comp, self.context(comp, doc))
+
+    def _deployed_configuration(self, name: str) -> dict[str, Any] | None:
+        rec = self.records.get(name)
+        return None if rec is None else dict(rec.spec.get("configuration") or {})
+
+    def report_errored(self, name: str, message: str) -> None:
+        """UpdateState ERRORED (once the call is answered): the component is stopped and
+        counts as failed, so the state table's ERRORED -> recover -> BROKEN applies as to
+        a crash."""
+        task = asyncio.get_running_loop().create_task(self._errored(name, message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _errored(self, name: str, message: str) -> None:
+        async with self.lock:
+            rec = self.records.get(name)
+            if rec is None or rec.state not in (State.RUNNING, State.STARTING):
+                return
+            async for change in self.runtime_of(rec).stop(rec, remove=False,
+                                                          replacing=False):
+                if change.event is Event.STOPPED:  # STOPPING -> ERRORED, not INSTALLED
+                    change = runtime.Change(Event.FAILED, message)
+                self.apply_change(rec, change)
+            self.save_records("a component reported ERRORED")
+        self.wake.set()
+
     def ensure_record(self, comp: documents.ResolvedComponent) -> records.Record:
         rec = self.records.get(comp.name)
         spec_hash = comp.spec_hash  # a hash of the whole spec: computed once
-        if rec is None or rec.spec_hash != spec_hash:
+        restart_hash = self.restart_hash(comp, self.applied)
+        if rec is None or rec.spec_hash != spec_hash or (
+                restart_hash and rec.restart_hash and restart_hash != rec.restart_hash):
             rec = records.Record(name=comp.name, version=comp.version,
                                  spec_hash=spec_hash, spec=comp.to_dict(),
+                                 restart_hash=restart_hash,
                                  token=secrets.token_urlsafe(24),
                                  instance=secrets.token_hex(8))
             self.records[comp.name] = rec
             self.save()
         return rec
+
+    def update(self, comp: documents.ResolvedComponent,
+               doc: documents.DesiredState | None) -> None:
+        """A configuration change its rendered lifecycle does not use: the record takes
+        the new spec, and what runs keeps running (plan.Verb.UPDATE)."""
+        rec = self.records[comp.name]
+        rec.spec, rec.spec_hash = comp.to_dict(), comp.spec_hash
+        rec.restart_hash = self.restart_hash(comp, doc)
+        self.save()
+        log.info("%s: configuration changed; keeps running (its rendered lifecycle and "
+                 "runWith are the same)", comp.name)
 
     def _job(self, comp: documents.ResolvedComponent, rec: records.Record) -> runtime.Job:
         return runtime.Job(comp, rec, self.context(comp, self.applied))
@@ -698,12 +861,14 @@ class Agent:
             thing=self.thing, time=datetime.datetime.now(datetime.UTC),
             agent_version=AGENT_VERSION, platform=self.platform, history=self.history,
             components=[devicereport.Seen(
-                r.name, r.version, r.state, down.get(self.runtime_of(r).kind, r.message))
+                r.name, r.version, r.state, down.get(self.runtime_of(r).kind, r.message),
+                own_configuration=tuple(self.config.own_keys(r.name)))
                 for r in self.records.values()],
             desired_revision=revision,
             cloud_revision=reading.cloud_revision if reading is not None else None,
             problems=reading.problems if reading is not None else (),
             applied_revision=self.applied.revision if self.applied else None,
+            waiting=self._deferral,
             runtime_down=any(self._wants(rt) for rt in self.runtimes if rt.kind in down)))
 
     def write_status(self, reading: desired.Reading) -> None:
@@ -731,6 +896,8 @@ class Agent:
         deadline = now + self.settings.resync_s
         if self._judge_at > now:
             deadline = min(deadline, self._judge_at)
+        if self._deferral is not None:
+            deadline = min(deadline, max(self._update_at, now))
         for rec in self.records.values():
             if rec.state is State.ERRORED and rec.retry_at is not None:
                 deadline = min(deadline, rec.retry_at)

@@ -145,7 +145,8 @@ def _deployment(args: argparse.Namespace) -> int:
     if args.action == "create":
         recipes = {}
         if args.recipes:
-            for path in sorted(pathlib.Path(args.recipes).glob("*.y*ml")):
+            folder = pathlib.Path(args.recipes)  # Greengrass recipes may be JSON
+            for path in sorted([*folder.glob("*.y*ml"), *folder.glob("*.json")]):
                 recipes[path.name] = path.read_text()
         merge = dict(item.split("=", 1) for item in args.merge)
         update = json.loads(args.update_config) if args.update_config else {}
@@ -310,7 +311,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "create", help="merge components into the local deployment",
         description="Add, update or remove components in this device's local deployment.")
     _common(create)
-    create.add_argument("--recipes", metavar="DIR", help="folder of Component YAML files")
+    create.add_argument("--recipes", metavar="DIR",
+                        help="folder of Component YAML files or Greengrass recipes")
     create.add_argument("--artifacts", metavar="DIR",
                         help="folder copied to ROOT/local-artifacts (for file:// URIs)")
     create.add_argument("--merge", action="append", default=[], metavar="NAME=VERSION")

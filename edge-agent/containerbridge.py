@@ -255,7 +255,9 @@ class ContainerBridge(runtime_.Base):
         """Docker's view of one container component, as lifecycle events."""
         assert self.seen is not None
         obs = self.seen.get(rec.name)
-        change = container_.resolve_container_event(rec.state, obs)
+        # Paused on purpose (IPC PauseComponent) is not a failure; paused otherwise is.
+        change = None if rec.paused and obs is not None and obs.status == "paused" else \
+            container_.resolve_container_event(rec.state, obs)
         changes = [] if change is None else [runtime_.Change(*change)]
         if obs is not None and obs.is_running:
             self.logs.follow(rec.name, obs.container_id)
@@ -333,6 +335,9 @@ class ContainerBridge(runtime_.Base):
             return
         if not replacing:  # a spec change: apply swaps new for old with less downtime
             try:
+                if rec.paused:  # paused by IPC: resumed, so that it can stop cleanly
+                    await asyncio.to_thread(self.runtime.pause, name, False)
+                    rec.paused = False
                 await asyncio.to_thread(
                     self.runtime.remove if remove else self.runtime.stop, name,
                     self.settings.container_stop_s)
@@ -378,6 +383,9 @@ class ContainerBridge(runtime_.Base):
 
     async def recover(self, job: runtime_.Job) -> runtime_.Changes:
         try:  # an unhealthy container still runs: restart means stop first
+            if job.rec.paused:
+                await asyncio.to_thread(self.runtime.pause, job.comp.name, False)
+                job.rec.paused = False
             await asyncio.to_thread(self.runtime.stop, job.comp.name,
                                     self.settings.container_stop_s)
         except TransientError as exc:

@@ -257,6 +257,19 @@ class ContainerRuntime:
             log.info("%s: stopped", component)
         return bool(found)
 
+    def pause(self, component: str, paused: bool) -> bool:
+        """Docker's pause (the cgroup freezer) or unpause of the component's containers;
+        True when there was one. Already (un)paused is fine."""
+        found = self._list(component=component)
+        for container in found:
+            container.reload()
+            if (container.status == "paused") == paused:
+                continue
+            with translated(f"{'pause' if paused else 'unpause'} {_name(container)}"), \
+                    _unless_gone():
+                container.pause() if paused else container.unpause()
+        return bool(found)
+
     def remove(self, component: str, timeout: int = 10) -> bool:
         """Stop and remove the component's containers; True when there was one."""
         found = self._list(component=component)

@@ -21,7 +21,7 @@ import yaml
 
 from hedgerow import files
 from hedgerow.agent import desired
-from hedgerow.core import deployment, manifest, outcome
+from hedgerow.core import deployment, greengrass, manifest, outcome
 
 if TYPE_CHECKING:
     from hedgerow.agent.agent import Agent
@@ -55,7 +55,7 @@ async def _handle(agent: Agent, reader: asyncio.StreamReader,
     try:
         try:
             request = json.loads(await reader.readline())
-            answer = {"ok": True, "result": await _dispatch(agent, request)}
+            answer = {"ok": True, "result": await dispatch(agent, request)}
         except (CommandError, manifest.InvalidDocumentError, ValueError, KeyError) as exc:
             answer = {"ok": False, "error": str(exc)}
         except OSError as exc:  # ENOSPC, EIO, EMFILE: the operator is told, nothing else
@@ -77,7 +77,7 @@ def _public(rec: Any) -> dict[str, Any]:
             "message": rec.message, "pid": rec.process.pid if rec.process else None}
 
 
-async def _dispatch(agent: Agent, request: dict[str, Any]) -> Any:
+async def dispatch(agent: Agent, request: dict[str, Any]) -> Any:
     op = request.get("op")
     name = request.get("name", "")
     if op == "status":
@@ -105,7 +105,9 @@ async def _dispatch(agent: Agent, request: dict[str, Any]) -> Any:
             return {**_public(rec), "specHash": rec.spec_hash,
                     "errors": len(rec.errors), "retryAt": rec.retry_at,
                     "hold": rec.hold_revision is not None,
-                    "configuration": spec.configuration,
+                    # What the component sees: its own IPC changes on top.
+                    "configuration": agent.config.effective(name) or spec.configuration,
+                    "ownConfiguration": agent.config.own_keys(name),
                     "dependencies": [d.to_dict() for d in spec.dependencies],
                     "limits": agent.processes.cgroups.limit_files(name),
                     "log": str(agent.layout.log_of(name)),
@@ -186,15 +188,20 @@ def _outcome_fields(entry: outcome.Entry | None) -> dict[str, Any]:
 def create_local_deployment(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
     """Merge the request into the one cumulative local Deployment (as Greengrass does)."""
     folder = agent.layout.deployments
-    recipes = folder / "recipes"
+    recipes = folder / desired.RECIPES
     for filename, text in request.get("recipes", {}).items():
-        for resource in manifest.parse_documents(text, filename):
+        try:  # a Greengrass recipe as it is, or Component manifests
+            resources = desired.parse_local(recipes / pathlib.Path(filename).name, text,
+                                            agent.layout)
+        except greengrass.RecipeError as exc:
+            raise CommandError(str(exc)) from None
+        for resource in resources:
             if resource.kind != "Component":
                 raise CommandError(f"{filename}: only Component documents are recipes")
         recipes.mkdir(exist_ok=True, mode=0o700)
         files.write_atomic(recipes / pathlib.Path(filename).name, text.encode())
     if request.get("artifacts"):
-        target = agent.layout.root / "local-artifacts"
+        target = agent.layout.root / desired.LOCAL_ARTIFACTS
         shutil.copytree(request["artifacts"], target, dirs_exist_ok=True)
     local = folder / f"{LOCAL_DEPLOYMENT}.yaml"
     previous = local.read_bytes() if local.exists() else None

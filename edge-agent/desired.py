@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import pathlib
 import time
 
@@ -22,12 +23,15 @@ from hedgerow.core import (
     component,
     deployment,
     documents,
+    greengrass,
     manifest,
     outcome,
     privilege,
     resolve,
     thinggroup,
 )
+
+log = logging.getLogger("hedgerow.agent")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,10 +75,35 @@ def _cloud(path: pathlib.Path, blob: _Blob) -> tuple[documents.DesiredState | No
 
 
 def _local_files(folder: pathlib.Path) -> list[pathlib.Path]:
-    return sorted([*folder.rglob("*.yaml"), *folder.rglob("*.yml")])
+    # Greengrass recipes may be JSON: read as such in recipes/ (see _local).
+    return sorted([*folder.rglob("*.yaml"), *folder.rglob("*.yml"),
+                   *(folder / RECIPES).rglob("*.json")])
 
 
-def _local(blobs: dict[pathlib.Path, _Blob]) -> tuple[list[manifest.Resource], list[str]]:
+# deployments/recipes/: Component manifests, or Greengrass recipes as they are.
+RECIPES = "recipes"
+# Where a local Greengrass recipe's s3:// artifacts are, under the root: the layout of
+# `greengrass-cli deployment create --artifactDir` (NAME/VERSION/FILE), which
+# `hedgerow deployment create --artifacts DIR` copies there.
+LOCAL_ARTIFACTS = "local-artifacts"
+
+
+def parse_local(path: pathlib.Path, text: str, layout: Layout) -> list[manifest.Resource]:
+    """One file of deployments/: Hedgerow manifests, or under recipes/ a Greengrass
+    recipe read as the Component it stands for (fields it cannot carry over are named
+    in the annotation hedgerow.dev/not-carried-over)."""
+    if path.is_relative_to(layout.deployments / RECIPES) and greengrass.is_recipe_text(text):
+        artifacts = greengrass.ArtifactMap(f"file://{layout.root / LOCAL_ARTIFACTS}",
+                                           per_component=True)
+        imported = greengrass.resolve_text(text, str(path), artifacts)
+        for loss in imported.losses:  # read once per change of the file (Reader)
+            log.warning("%s: %s: not carried over: %s", path, loss.path, loss.reason)
+        return [imported.component]
+    return manifest.parse_documents(text, str(path))
+
+
+def _local(blobs: dict[pathlib.Path, _Blob],
+           layout: Layout) -> tuple[list[manifest.Resource], list[str]]:
     resources: list[manifest.Resource] = []
     problems: list[str] = []
     for path, blob in blobs.items():
@@ -83,7 +112,9 @@ def _local(blobs: dict[pathlib.Path, _Blob]) -> tuple[list[manifest.Resource], l
         try:
             if isinstance(blob, OSError):
                 raise blob
-            resources += manifest.parse_documents(blob.decode(), str(path))
+            resources += parse_local(path, blob.decode(), layout)
+        except greengrass.RecipeError as exc:
+            problems.append(str(exc))
         except manifest.InvalidDocumentError as exc:
             problems += [str(p) for p in exc.problems]
         except OSError as exc:
@@ -183,7 +214,7 @@ def _fetch(layout: Layout, thing: str, platform: documents.PlatformInfo,
            blobs: dict[pathlib.Path, _Blob]) -> Reading:
     cloud, problems = _cloud(layout.desired_file, blobs[layout.desired_file])
     resources, local_problems = _local(
-        {p: b for p, b in blobs.items() if p != layout.desired_file})
+        {p: b for p, b in blobs.items() if p != layout.desired_file}, layout)
     problems += local_problems
     if problems:
         return Reading(None, tuple(problems))

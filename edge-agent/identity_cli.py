@@ -20,11 +20,14 @@ import hedgerow
 DEFAULT_ROOT = os.environ.get("HEDGEROW_ROOT", "/var/lib/hedgerow")
 
 
-def _agent_actions(subparsers: argparse._SubParsersAction[Any],
+def subcommands_of(subparsers: argparse._SubParsersAction[Any], command: str = "agent",
+                   text: str = "run the edge agent on this device",
                    ) -> argparse._SubParsersAction[Any]:
-    parser: argparse.ArgumentParser | None = subparsers.choices.get("agent")
+    """The actions of `hedgerow COMMAND`, created by another plugin (or here, alone), so
+    a plugin can add actions to a command it does not own."""
+    parser: argparse.ArgumentParser | None = subparsers.choices.get(command)
     if parser is None:
-        parser = subparsers.add_parser("agent", help="run the edge agent on this device")
+        parser = subparsers.add_parser(command, help=text)
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             found: argparse._SubParsersAction[Any] = action
@@ -102,7 +105,7 @@ def _key_id(path: pathlib.Path | None) -> str:
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
-    actions = _agent_actions(subparsers)
+    actions = subcommands_of(subparsers)
     root_help = f"the agent's root folder (default: {DEFAULT_ROOT}, or $HEDGEROW_ROOT)"
 
     init = actions.add_parser(

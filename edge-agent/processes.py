@@ -152,6 +152,7 @@ class Processes(runtime.Base):
     async def stop(self, rec: records.Record, *, remove: bool,
                    replacing: bool) -> runtime.Changes:
         ref, rec.process = rec.process, None
+        self._thaw(rec)
         self.runner.unwatch(rec.name)
         self._exits.pop(rec.name, None)
         yield Change(Event.STOP_REQUESTED)
@@ -165,7 +166,15 @@ class Processes(runtime.Base):
         else:
             await self.runner.terminate(rec.name, ref)
 
+    def _thaw(self, rec: records.Record) -> None:
+        """A paused component (IPC PauseComponent) is thawed before it is stopped: a
+        frozen process cannot run its shutdown nor even die of SIGKILL."""
+        rec.paused = False
+        if self.cgroups.is_frozen(rec.name):
+            self.cgroups.freeze(rec.name, False)
+
     async def recover(self, job: runtime.Job) -> runtime.Changes:
+        self._thaw(job.rec)
         await self.runner.terminate(job.comp.name, job.rec.process)
         job.rec.process = None
         result = await self._step(job, "recover")

@@ -33,6 +33,9 @@ class Record(pydantic.BaseModel):
     version: str
     spec_hash: str
     spec: dict[str, Any]                      # the ResolvedComponent, for shutdown/removal
+    # recipe.render_restart_hash of the spec: a configuration change that leaves it the
+    # same does not restart the component ('' in records of older agents: it does).
+    restart_hash: str = ""
     state: documents.ComponentState = documents.ComponentState.NEW
     errors: list[tuple[documents.ComponentState, float]] = []
     retry_at: float | None = None
@@ -45,6 +48,7 @@ class Record(pydantic.BaseModel):
     message: str = ""
     installed_in: str = ""                    # desired revision that installed it
     install_failed: bool = False
+    paused: bool = False                      # IPC PauseComponent (until resumed/stopped)
     since: float = 0.0                        # when it entered its current state
 
     @property

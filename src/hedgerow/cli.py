@@ -25,6 +25,7 @@ Handler = Callable[[argparse.Namespace], int]
 _PLUGINS = (
     "hedgerow.agent.cli",
     "hedgerow.agent.identity_cli",
+    "hedgerow.agent.recipe_cli",
     "hedgerow.controller.cli",
     "hedgerow.controller.fleet_cli",
 )

@@ -118,13 +118,14 @@ def test_links_planted_in_the_artifact_view_are_never_followed(
     assert (copy.stat().st_uid, copy.stat().st_mode & 0o777) == (NOBODY.pw_uid, 0o400)
 
     # A view an older agent gave to the component, with the links in it: the agent
-    # prepares it again (a new configuration, the same version) and makes it anew.
+    # prepares it again (a new run step, the same version) and makes it anew.
     for entry in view.iterdir():
         entry.unlink()
     os.chown(view, NOBODY.pw_uid, NOBODY.pw_gid)
     (view / ".tool.txt.tmp").symlink_to(victim.file)
     (view / "payload.txt").symlink_to(victim.secret)
-    agent.deploy(rc("c", attack, artifacts=[tool, payload], configuration={"n": 2}))
+    agent.deploy(rc("c", attack.replace("sleep 60", "sleep 61"), artifacts=[tool, payload],
+                    configuration={"n": 2}))
     wait_for(lambda: (agent.record("c")["spec"].get("configuration") or {}).get("n") == 2)
     agent.wait_states({"c": "RUNNING"})
     victim.assert_untouched()

@@ -83,11 +83,11 @@ def test_unauthorized_publish_is_refused_with_the_policy_to_write(
 def test_operation_not_served_answers_service_error(agent: AgentProcess,
                                                     sdk: pathlib.Path) -> None:
     (c,) = start(agent, sdk_component(sdk, "ipc.curious"))
-    c.command("call", method="get_configuration", args={"key_path": ["x"]})
+    c.command("call", method="create_debug_password", args={})
     c.command("publish", topic="t", json={}, tag="after")
     event = c.wait(lambda e: e["event"] == "failed" and e["op"] == "call", "the refusal")
     assert event["error"] == "ServiceError"
-    assert "aws.greengrass#GetConfiguration is not served" in event["message"]
+    assert "aws.greengrass#CreateDebugPassword is not served" in event["message"]
     # the connection is fine: the next call is answered (here: refused, no policy)
     assert c.wait(lambda e: e.get("tag") == "after", "the next call")["error"] == \
         "UnauthorizedError"
@@ -145,9 +145,10 @@ def test_forged_missing_and_stale_tokens_cannot_connect(agent: AgentProcess,
     leaked.connect(str(agent.root / "ipc" / "ipc.sock"))
     leaked.sendall(_connect_message(json.dumps({"authToken": own}).encode()))
     assert _connect_ack_flags(leaked.recv(4096)) == 1  # accepted
-    # Reinstalled (its configuration changed): a new token, the old one refused, and
-    # the connection made with it closed by the agent.
-    agent.deploy(sdk_component(sdk, "ipc.mallory", {"v": 2}))
+    # Reinstalled (a new version; a configuration change alone keeps it running, as in
+    # Greengrass): a new token, the old one refused, and the connection made with it
+    # closed by the agent.
+    agent.deploy(sdk_component(sdk, "ipc.mallory", version="1.0.1"))
     wait_for(lambda: agent.record("ipc.mallory")["token"] != own, 30, "a new token")
     agent.wait_states({"ipc.mallory": "RUNNING"}, timeout=30)
     mallory.wait(lambda e: e["event"] == "connected" and

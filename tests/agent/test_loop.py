@@ -23,7 +23,9 @@ def test_update_restarts_only_what_changed_and_removal_cleans_up(agent: AgentPro
     agent.deploy(rc("a"), rc("b"))
     agent.wait_states({"a": "RUNNING", "b": "RUNNING"})
     pid_a, pid_b = agent.record("a")["process"]["pid"], agent.record("b")["process"]["pid"]
-    agent.deploy(rc("a"), rc("b", configuration={"x": 1}))
+    # A new run step (a configuration change no step uses would keep b running:
+    # tests/agent/test_config_restart.py).
+    agent.deploy(rc("a"), rc("b", run="sleep 61"))
     wait_for(lambda: (agent.record("b").get("process") or {}).get("pid") not in (None, pid_b))
     assert agent.record("a")["process"]["pid"] == pid_a
     assert pid_b not in pids_with_marker(agent.root, "b")  # the old b is gone, not doubled
@@ -55,8 +57,8 @@ def test_dependencies_start_first_and_hard_restart_restarts_dependents(
     agent.wait_states({"base": "RUNNING", "user": "RUNNING"})
     user_pid = agent.record("user")["process"]["pid"]
     wait_for(lambda: len((agent.root / "order").read_text().splitlines()) == 2)
-    agent.deploy(rc("base", order.format(name="base", root=agent.root, delay=""),
-                    configuration={"v": 2}),
+    # base's step changes (a configuration change its step renders would do the same).
+    agent.deploy(rc("base", order.format(name="base", root=agent.root, delay=": v2; ")),
                  rc("user", order.format(name="user", root=agent.root,
                                      delay="sleep 0.2; "), dependencies=[dep]))
     wait_for(lambda: (agent.record("user").get("process") or {}).get("pid")

@@ -87,3 +87,21 @@ def test_long_messages_are_shortened_to_fit_the_report_bound() -> None:
     assert report.deployment is not None
     assert len(report.deployment.reason) == limits.MAX_REPORT_REASON
     assert len(report.agent_version) == limits.MAX_REPORT_TEXT
+
+
+def test_a_held_back_revision_says_why_and_own_configuration_is_listed() -> None:
+    held = outcome.resolve_started(outcome.History(), CLOUD, 1.0)
+    keys = tuple(f"/k{i}" for i in range(limits.MAX_REPORT_OWN_KEYS + 3))
+    report, _ = devicereport.render_report(facts(
+        history=held, desired_revision=CLOUD, waiting=(CLOUD, "deferred by c0: batch"),
+        components=[devicereport.Seen("c0", "1.0.0", State.RUNNING,
+                                      own_configuration=keys),
+                    devicereport.Seen("c1", "1.0.0", State.RUNNING)]))
+    assert report.deployment is not None
+    assert report.deployment.reason == "deferred by c0: batch"
+    assert report.components[0].own_configuration == list(
+        keys[:limits.MAX_REPORT_OWN_KEYS])
+    assert report.components[1].own_configuration is None
+    other, _ = devicereport.render_report(facts(
+        history=held, desired_revision=CLOUD, waiting=("x" * 64, "not this one")))
+    assert other.deployment is not None and other.deployment.reason == ""
