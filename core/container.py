@@ -37,6 +37,7 @@ LABEL_SPEC_HASH: Final = "hedgerow.dev/spec-hash"
 # so images can hard-code it; the variable tells components that read the environment.
 IPC_SOCKET_DIR: Final = "/run/hedgerow"
 IPC_SOCKET_TARGET: Final = "/run/hedgerow/ipc.sock"
+ROOT_CA_TARGET: Final = "/run/hedgerow/ca.pem"  # the agent's copy, beside the socket
 IPC_SOCKET_ENV: Final = "HEDGEROW_IPC_SOCKET"
 THING_ENV: Final = "HEDGEROW_THING_NAME"
 

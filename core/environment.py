@@ -21,8 +21,10 @@ class AgentFacts:
     container sees the IPC socket at its mount path, not the host's)."""
     thing: str
     region: str
-    ipc_socket: str | None  # None: the component cannot reach it (a container without
-    root_ca: str             # mountIpcSocket), so no variable points at nothing
+    # None: the component cannot reach it (a container without mountIpcSocket), so no
+    # variable points at nothing.
+    ipc_socket: str | None
+    root_ca: str | None
     root: str | None = None  # the agent's root folder: only processes see the host's
 
 
@@ -33,8 +35,9 @@ def render_component_env(name: str, version: str, token: str,
         "HEDGEROW_COMPONENT": name, "HEDGEROW_COMPONENT_VERSION": version,
         "AWS_REGION": facts.region, "AWS_DEFAULT_REGION": facts.region,
         "HEDGEROW_AUTH_TOKEN": token, TOKEN_ENV: token,
-        "GG_ROOT_CA_PATH": facts.root_ca,
     }
+    if facts.root_ca is not None:
+        env["GG_ROOT_CA_PATH"] = facts.root_ca
     if facts.ipc_socket is not None:
         env["HEDGEROW_IPC_SOCKET"] = env[SOCKET_ENV] = facts.ipc_socket
     if facts.root is not None:

@@ -170,6 +170,7 @@ class Agent:
         self._update_at = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._rejected: set[str] = set()  # revisions a component's validation refused
+        self._root_ca_stamp: tuple[int, int, int] | None = None
 
     # --- records and transitions -------------------------------------------------
 
@@ -941,6 +942,27 @@ class Agent:
             self.wake.set()
             await asyncio.sleep(backoff.resolve_delay(failures, 0.25, 30.0, random.random))
 
+    def publish_root_ca(self) -> None:
+        """Copy the fleet CA where components can read it (GG_ROOT_CA_PATH): the
+        identity folder is root's alone. A certificate is public; the copy follows a
+        replaced trust bundle within a pass (one stat a pass when nothing changed)."""
+        try:
+            seen = self.layout.identity_ca.stat()
+        except FileNotFoundError:
+            return  # no identity installed: the variable points at nothing yet
+        stamp = (seen.st_mtime_ns, seen.st_size, seen.st_ino)
+        if stamp != self._root_ca_stamp:
+            try:
+                files.write_atomic(self.layout.root_ca,
+                                   self.layout.identity_ca.read_bytes(), mode=0o644,
+                                   durable=False)
+            except OSError as exc:
+                self.trouble("root-ca", f"cannot copy the fleet CA for components to "
+                                        f"{self.layout.root_ca}: {exc}")
+                return
+            self.untroubled("root-ca")
+            self._root_ca_stamp = stamp
+
     async def run(self, ready: asyncio.Event | None = None) -> None:
         from hedgerow.agent import control
 
@@ -949,6 +971,7 @@ class Agent:
         for rt in self.runtimes:
             await asyncio.to_thread(rt.warm_up, self._mine(rt))
         server = await control.serve(self)
+        self.publish_root_ca()
         try:  # before the first pass: a component started by it finds the socket
             await self.ipc.start()
         except OSError as exc:  # components cannot use IPC; everything else goes on
@@ -970,6 +993,7 @@ class Agent:
                     async with self.lock:
                         await self.reconcile()
                     self.ipc.refresh()  # connections of removed/reinstalled components
+                    self.publish_root_ca()
                     failures = 0
                     self.untroubled("pass")
                 except Exception as exc:  # a bug must not take the device's workloads down

@@ -280,6 +280,7 @@ class ContainerBridge(runtime_.Base):
         config = self._configs.get(key)
         if config is None:
             context = self.services.context_of(comp)
+            mounted = bool(comp.container and comp.container.mount_ipc_socket)
             config = container_.render_container(
                 comp, thing=self.thing, root=str(self.layout.root),
                 ipc_socket=str(self.layout.ipc_socket),
@@ -290,9 +291,8 @@ class ContainerBridge(runtime_.Base):
                 agent_env=environment.render_component_env(
                     comp.name, comp.version, token, environment.AgentFacts(
                         thing=self.thing, region=self.settings.aws_region,
-                        ipc_socket=(container_.IPC_SOCKET_TARGET if comp.container and
-                                    comp.container.mount_ipc_socket else None),
-                        root_ca=str(self.layout.root_ca))))
+                        ipc_socket=container_.IPC_SOCKET_TARGET if mounted else None,
+                        root_ca=container_.ROOT_CA_TARGET if mounted else None)))
             if len(self._configs) > 512:
                 self._configs.clear()
             self._configs[key] = config

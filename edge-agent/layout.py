@@ -100,9 +100,16 @@ class Layout:
         return self.ipc_dir / "ipc.sock"
 
     @property
-    def root_ca(self) -> pathlib.Path:
-        """The fleet CA (identity.Paths.ca): what components get as GG_ROOT_CA_PATH."""
+    def identity_ca(self) -> pathlib.Path:
+        """The fleet CA as installed with the identity (identity.Paths.ca; the identity
+        folder is root's alone)."""
         return self.root / "identity" / "ca.pem"
+
+    @property
+    def root_ca(self) -> pathlib.Path:
+        """A world-readable copy of the fleet CA beside the IPC socket: what components
+        get as GG_ROOT_CA_PATH (a container sees it in the folder it mounts)."""
+        return self.ipc_dir / "ca.pem"
 
     def work_of(self, name: str) -> pathlib.Path:
         return self.work / name

@@ -150,3 +150,24 @@ def test_startup_timeout_errors_then_broken(agent: AgentProcess) -> None:
     assert "timed out after 1s" in agent.status()["components"][0]["message"]
     assert agent.status()["deployment"]["outcome"] == "FAILED"
     assert pids_with_marker(agent.root) == set()
+
+
+def test_a_component_reads_the_fleet_ca_but_not_the_identity(agent: AgentProcess) -> None:
+    identity = agent.root / "identity"
+    identity.mkdir(mode=0o700)
+    (identity / "key.pem").write_text("PRIVATE")
+    (identity / "key.pem").chmod(0o600)
+    (identity / "ca.pem").write_text("-----FLEET CA 1-----\n")
+    agent.deploy(rc("ca", 'for i in $(seq 100); do cat "$GG_ROOT_CA_PATH" 2>/dev/null '
+                          '&& break; sleep 0.1; done; echo "ca=$GG_ROOT_CA_PATH"; '
+                          'cat ' + str(identity / "key.pem") + ' || echo no-key; sleep 60'))
+    agent.wait_states({"ca": "RUNNING"})
+    log = agent.root / "logs" / "ca.log"
+    text = wait_for(lambda: "no-key" in (log.read_text() if log.exists() else "")
+                    and log.read_text(), 10, "the component's output")
+    assert "-----FLEET CA 1-----" in text and "PRIVATE" not in text
+    assert f"ca={agent.root}/ipc/ca.pem" in text
+    # A replaced trust bundle reaches the copy within a pass.
+    (identity / "ca.pem").write_text("-----FLEET CA 2-----\n")
+    agent.passes()
+    assert (agent.root / "ipc" / "ca.pem").read_text() == "-----FLEET CA 2-----\n"
