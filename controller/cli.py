@@ -32,8 +32,16 @@ def _controller(args: argparse.Namespace) -> int:
                                      signing_key=signing_key),
         kubeconfig=args.kubeconfig, resync=args.resync, status_interval=args.status_interval,
         rollout_window=args.rollout_minute, verbose=args.verbose, liveness=args.liveness,
-        ca_dir=args.ca_dir,
+        ca_dir=args.ca_dir, metrics=args.metrics,
     )
+    if args.metrics:
+        from hedgerow.controller import metrics
+
+        try:
+            metrics.resolve_address(args.metrics)
+        except ValueError as exc:
+            print(exc, file=sys.stderr)
+            return 2
     operator.run(settings)
     return 0
 
@@ -263,6 +271,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
                      help=argparse.SUPPRESS)  # tests shorten rollout windows
     run.add_argument("--liveness", metavar="URL",
                      help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz")
+    run.add_argument("--metrics", metavar="HOST:PORT",
+                     help="serve Prometheus metrics on http://HOST:PORT/metrics (PORT "
+                          "alone: 127.0.0.1; :PORT: every interface); off by default")
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(handler=_controller)
 

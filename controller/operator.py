@@ -40,6 +40,7 @@ import pydantic
 
 from hedgerow.controller import broker as broker_
 from hedgerow.controller import kube, pki
+from hedgerow.controller import metrics as metrics_
 from hedgerow.core import (
     backoff,
     base,
@@ -75,6 +76,7 @@ class Settings:
     verbose: bool = False
     liveness: str | None = None
     ca_dir: str | None = None  # the fleet CA: sign spec.csr into status.certificate
+    metrics: str | None = None  # HOST:PORT of /metrics (off when None)
 
 
 def parse_body(plural: str, body: Mapping[str, Any]) -> base.Model | None:
@@ -170,6 +172,10 @@ class Controller:
         self.refused_writes: dict[tuple[str, str, str, str], dict[str, Any]] = {}
         self.write_failures: dict[tuple[str, str, str, str], int] = {}  # transient, in a row
         self.refusals_logged: set[tuple[str, str, str, str]] = set()  # until a write succeeds
+        self.metrics = metrics_.Metrics()
+        self.metrics.controller = self
+        self.leading = True  # False while a standby (leader election)
+        self.metrics_runner: Any = None  # the /metrics server (aiohttp), when asked for
 
     # --- wiring ---------------------------------------------------------------------
 
@@ -185,6 +191,8 @@ class Controller:
     async def stop(self) -> None:
         for task in self.tasks:
             task.cancel()
+        if self.metrics_runner is not None:
+            await self.metrics_runner.cleanup()
         if self.broker is not None:
             await asyncio.to_thread(self.broker.close)
         self.work_pool.shutdown(wait=False, cancel_futures=True)
@@ -299,8 +307,10 @@ class Controller:
             started = asyncio.get_running_loop().time()
             try:
                 wake_at = await self.reconcile_once()
+                self.metrics.observe_pass(asyncio.get_running_loop().time() - started)
             except Exception:
                 logger.exception("reconcile pass failed; retrying")
+                self.metrics.observe_pass(asyncio.get_running_loop().time() - started, True)
                 wake_at = None
                 await asyncio.sleep(1.0)
             timeout = self.settings.resync
@@ -405,8 +415,10 @@ class Controller:
         if not plan.publishes:
             return
         assert self.broker is not None
-        sent = set(await self._work(
-            self.broker.publish_desired, [(p.thing, p.payload) for p in plan.publishes]))
+        with metrics_.Timer() as took:
+            sent = set(await self._work(
+                self.broker.publish_desired, [(p.thing, p.payload) for p in plan.publishes]))
+        self.metrics.observe_publish(len(sent), len(plan.publishes) - len(sent), took.seconds)
         for p in plan.publishes:
             if p.thing not in sent:
                 continue
@@ -458,12 +470,17 @@ class Controller:
             return False
         assert self.kube is not None
         loop = asyncio.get_running_loop()
+        took = metrics_.Timer()
         try:
             pool = self.api_pool if kind == "CoreDevice" else self.fleet_pool
-            await loop.run_in_executor(pool, functools.partial(
-                self.kube.apply_status, kind, namespace or None, name, status, manager))
+            with took:
+                await loop.run_in_executor(pool, functools.partial(
+                    self.kube.apply_status, kind, namespace or None, name, status, manager))
         except Exception as exc:
-            if kube.is_permanent(exc):
+            permanent = kube.is_permanent(exc)
+            self.metrics.observe_write(kind, "refused" if permanent else "transient",
+                                       took.seconds)
+            if permanent:
                 if wkey not in self.refusals_logged:  # a change of state, not a repeat
                     self.refusals_logged.add(wkey)
                     logger.error("status of %s %s/%s refused (not retried until it or the "
@@ -479,6 +496,7 @@ class Controller:
                                namespace, name, _api_reason(exc))
             loop.call_later(delay, self._retry_write, kind, name)
             return False
+        self.metrics.observe_write(kind, "ok", took.seconds)
         self.refused_writes.pop(wkey, None)
         self.refusals_logged.discard(wkey)
         if self.write_failures.pop(wkey, None):
@@ -515,6 +533,7 @@ class Controller:
             self.loop.call_soon_threadsafe(self.fold_report, thing, payload)
 
     def fold_report(self, thing: str, payload: bytes, clock: float | None = None) -> None:
+        self.metrics.reports.inc()
         if thing not in self.devices:
             return  # not a registered device: nothing to fold it into
         clock = time.monotonic() if clock is None else clock
@@ -660,6 +679,10 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
         settings.watching.server_timeout = 300
         # One line per watch event ("Handler succeeded") is noise at 10,000 devices.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+        if controller.settings.metrics:
+            # Before anything that may wait (the broker): a standby is scraped too.
+            controller.metrics_runner = await metrics_.serve(
+                controller.metrics, metrics_.resolve_address(controller.settings.metrics))
         await controller.start()
 
     @kopf.on.cleanup(registry=registry)
