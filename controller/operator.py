@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import dataclasses
 import datetime
 import functools
@@ -40,6 +41,7 @@ import pydantic
 
 from hedgerow.controller import broker as broker_
 from hedgerow.controller import kube, pki
+from hedgerow.controller import leader as leader_
 from hedgerow.controller import metrics as metrics_
 from hedgerow.core import (
     backoff,
@@ -77,6 +79,7 @@ class Settings:
     liveness: str | None = None
     ca_dir: str | None = None  # the fleet CA: sign spec.csr into status.certificate
     metrics: str | None = None  # HOST:PORT of /metrics (off when None)
+    leader_election: leader_.Settings | None = None  # replicas: one active (a Lease)
 
 
 def parse_body(plural: str, body: Mapping[str, Any]) -> base.Model | None:
@@ -174,7 +177,13 @@ class Controller:
         self.refusals_logged: set[tuple[str, str, str, str]] = set()  # until a write succeeds
         self.metrics = metrics_.Metrics()
         self.metrics.controller = self
-        self.leading = True  # False while a standby (leader election)
+        # Active: connected to the broker, planning and publishing. A standby (leader
+        # election) keeps kopf's indexes filled and waits for the Lease.
+        self.leading = False
+        self.elector: leader_.Elector | None = None
+        self.lead_task: asyncio.Task[None] | None = None
+        self.indexed = asyncio.Event()  # kopf's indexes are complete (the first event)
+        self.handler_context: contextvars.Context | None = None  # kopf's, for events
         self.metrics_runner: Any = None  # the /metrics server (aiohttp), when asked for
 
     # --- wiring ---------------------------------------------------------------------
@@ -186,15 +195,48 @@ class Controller:
         if self.settings.ca_dir:
             self.ca = pki.FleetCA.load(pathlib.Path(self.settings.ca_dir))
         self.broker = broker_.Broker(self.settings.broker, self._report_from_thread)
-        await asyncio.to_thread(self.broker.connect)
+        if self.settings.leader_election is not None:
+            self.elector = leader_.Elector(self.settings.leader_election)
+        self.lead_task = asyncio.create_task(self._lead())
+
+    async def _lead(self) -> None:
+        """Become the active replica: hold the Lease (with leader election), then read
+        every device's status, then connect to the broker, then start the loops. The
+        broker comes after the devices are known: the session hands over the reports
+        queued while no controller was connected at once, and a report for a device not
+        yet known would be dropped."""
+        if self.elector is not None:
+            await self.elector.acquire()
+            self.metrics.leadership_changes.inc()
+            self.tasks.append(asyncio.create_task(self.elector.hold()))
+        await self.indexed.wait()
+        self._observe()
+        assert self.broker is not None
+        failures = 0
+        while True:
+            try:
+                await asyncio.to_thread(self.broker.connect)
+                break
+            except ConnectionError as exc:
+                failures += 1
+                logger.error("%s; trying again", exc)
+                await asyncio.sleep(_retry_delay(failures))
+        self.leading = True
+        # Created in a handler's context so they can post kopf events.
+        context = self.handler_context
+        self.tasks += [asyncio.create_task(self._reconcile_loop(), context=context),
+                       asyncio.create_task(self._status_loop(), context=context)]
+        self.wake.set()
 
     async def stop(self) -> None:
-        for task in self.tasks:
+        for task in [*self.tasks, *([self.lead_task] if self.lead_task else [])]:
             task.cancel()
         if self.metrics_runner is not None:
             await self.metrics_runner.cleanup()
         if self.broker is not None:
             await asyncio.to_thread(self.broker.close)
+        if self.elector is not None:  # after the broker: the session is free for the next
+            await asyncio.to_thread(self.elector.release)
         self.work_pool.shutdown(wait=False, cancel_futures=True)
         self.api_pool.shutdown(wait=False, cancel_futures=True)
         self.fleet_pool.shutdown(wait=False, cancel_futures=True)
@@ -203,10 +245,9 @@ class Controller:
              body: Mapping[str, Any]) -> None:
         """Called by every watch event once kopf's indexes are complete."""
         self.indexes = dict(indexes)
-        if not self.tasks:
-            # Created from a handler so the tasks inherit kopf's context (event posting).
-            self.tasks = [asyncio.create_task(self._reconcile_loop()),
-                          asyncio.create_task(self._status_loop())]
+        if self.handler_context is None:
+            self.handler_context = contextvars.copy_context()
+            self.indexed.set()
         # Statuses are ours: a watch event that changed neither the spec (generation) nor
         # the labels is most likely our own status write and cannot change any decision.
         meta = body.get("metadata", {})
