@@ -139,7 +139,7 @@ def test_kill_9_of_the_active_replica_mid_rollout(
     for i in range(N):
         device = cluster.get("coredevice", f"ha-{i:03}", None)["status"]
         assert device["appliedRevision"] == device["desiredRevision"], device
-    def agent_version(thing: str) -> str | None:
+    def agent_version(thing: str) -> object:
         return cluster.get("coredevice", thing, None)["status"].get("agentVersion")
 
     wait_for(lambda: all(agent_version(t) == "0.2.0-gap" for t in gap), 30,
