@@ -184,6 +184,10 @@ class Controller:
         self.lead_task: asyncio.Task[None] | None = None
         self.indexed = asyncio.Event()  # kopf's indexes are complete (the first event)
         self.handler_context: contextvars.Context | None = None  # kopf's, for events
+        self.checked: set[str] = set()  # things whose retained document was read (_held)
+        self.unacked: dict[str, list[Callable[[], None]]] = {}  # reports not yet written
+        self.publishing: set[str] = set()  # things whose documents are being published
+        self.early_acks: dict[str, list[Callable[[], None]]] = {}  # see _receive
         self.metrics_runner: Any = None  # the /metrics server (aiohttp), when asked for
 
     # --- wiring ---------------------------------------------------------------------
@@ -456,10 +460,29 @@ class Controller:
         if not plan.publishes:
             return
         assert self.broker is not None
+        self.publishing = {p.thing for p in plan.publishes}
+        try:
+            await self._publish_all(plan, now)
+        finally:
+            self.publishing = set()
+            for thing, acks in self.early_acks.items():  # written with the revision
+                self.unacked.setdefault(thing, []).extend(acks)
+                self.status_dirty.add(thing)
+            self.early_acks = {}
+
+    async def _publish_all(self, plan: fleet.FleetPlan, now: datetime.datetime) -> None:
+        assert self.broker is not None
+        held = await self._held(plan.publishes)
+        sending = [p for p in plan.publishes if held.get(p.thing) != p.revision]
         with metrics_.Timer() as took:
             sent = set(await self._work(
-                self.broker.publish_desired, [(p.thing, p.payload) for p in plan.publishes]))
-        self.metrics.observe_publish(len(sent), len(plan.publishes) - len(sent), took.seconds)
+                self.broker.publish_desired, [(p.thing, p.payload) for p in sending]))
+        self.metrics.observe_publish(len(sent), len(sending) - len(sent), took.seconds)
+        if len(sending) < len(plan.publishes):
+            logger.info("%d desired documents were published before this replica became "
+                        "active (the broker holds them): recorded, not published again",
+                        len(plan.publishes) - len(sending))
+            sent.update(p.thing for p in plan.publishes if p not in sending)
         for p in plan.publishes:
             if p.thing not in sent:
                 continue
@@ -473,6 +496,24 @@ class Controller:
         if len(sent) < len(plan.publishes):
             self.wake.set()  # try the rest again on the next pass
         self.status_wake.set()
+
+    async def _held(self, publishes: list[fleet.Publish]) -> dict[str, str]:
+        """thing -> the revision the broker holds, for the things not checked since this
+        replica became active: a document the previous active replica (or process)
+        published but had no time to record is recorded now, not published twice. Each
+        thing is checked once: after that this replica's own records are the truth."""
+        assert self.broker is not None
+        unchecked = [p.thing for p in publishes if p.payload and p.thing not in self.checked]
+        if not unchecked:
+            return {}
+        try:
+            held = await self._work(self.broker.fetch_published, unchecked)
+        except (OSError, TimeoutError) as exc:
+            logger.warning("could not read the documents the broker holds (%s): publishing "
+                           "without checking; a device may get a document twice", exc)
+            held = {}
+        self.checked.update(unchecked)
+        return held
 
     async def _report(self, seen: _Observed, plan: fleet.FleetPlan) -> None:
         """Deployment and ThingGroup status (what Argo CD and Flux read), then events.
@@ -569,9 +610,25 @@ class Controller:
 
     # --- device status ----------------------------------------------------------------
 
-    def _report_from_thread(self, thing: str, payload: bytes) -> None:
+    def _report_from_thread(self, thing: str, payload: bytes, ack: Callable[[], None]) -> None:
         if self.loop is not None:
-            self.loop.call_soon_threadsafe(self.fold_report, thing, payload)
+            self.loop.call_soon_threadsafe(self._receive, thing, payload, ack)
+
+    def _receive(self, thing: str, payload: bytes, ack: Callable[[], None]) -> None:
+        """Fold a report; acknowledge it to the broker once what it changed is written
+        (``_write_device``), at once when it changed nothing. A report this process
+        received but did not write before it died is thus delivered to the next one."""
+        self.fold_report(thing, payload)
+        report = self.reports.get(thing)
+        if thing in self.publishing and report is not None and report.deployment is not None \
+                and report.deployment.revision != self.devices[thing].desired_revision:
+            # On a document whose PUBACK is still on its way: it counts only once the
+            # revision is recorded (render_published), so it waits for that write.
+            self.early_acks.setdefault(thing, []).append(ack)
+        elif thing in self.status_dirty:
+            self.unacked.setdefault(thing, []).append(ack)
+        else:
+            ack()
 
     def fold_report(self, thing: str, payload: bytes, clock: float | None = None) -> None:
         self.metrics.reports.inc()
@@ -658,9 +715,19 @@ class Controller:
             await asyncio.sleep(self.settings.status_interval)
 
     async def _write_device(self, thing: str) -> None:
+        acks = self.unacked.pop(thing, [])
+        written = await self._write_device_status(thing)
+        if not written and (("CoreDevice", "", thing, kube.CONTROLLER) in self.write_failures):
+            # Retried (transient): acknowledged once written.
+            self.unacked[thing] = acks + self.unacked.get(thing, [])
+            return
+        for ack in acks:  # written, or never writable (gone, refused for good)
+            ack()
+
+    async def _write_device_status(self, thing: str) -> bool:
         status = self.devices.get(thing)
         if status is None:
-            return
+            return False
         cert = self.signed_certificates.get(thing)
         if cert is not None and await self._write_status(
                 "CoreDevice", "", thing, {"certificate": cert.to_dict()}, kube.SIGNER):
@@ -669,7 +736,7 @@ class Controller:
         # status.certificate belongs to its writers (the signer above, `hedgerow device
         # register`): leaving it out never removes it, it is not ours.
         body.pop("certificate", None)
-        await self._write_status("CoreDevice", "", thing, body)
+        return await self._write_status("CoreDevice", "", thing, body)
 
 
 def build_registry(controller: Controller) -> kopf.OperatorRegistry:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -19,8 +20,9 @@ def test_the_controller_rejoins_a_restarted_broker(broker: Mosquitto) -> None:
     got: list[tuple[str, bytes]] = []
     arrived = threading.Event()
 
-    def on_report(thing: str, payload: bytes) -> None:
+    def on_report(thing: str, payload: bytes, ack: Callable[[], None]) -> None:
         got.append((thing, payload))
+        ack()
         arrived.set()
 
     client = controller_broker.Broker(controller_broker.BrokerSettings(broker.url),

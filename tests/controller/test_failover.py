@@ -145,3 +145,37 @@ def test_kill_9_of_the_active_replica_mid_rollout(
     wait_for(lambda: all(agent_version(t) == "0.2.0-gap" for t in gap), 30,
              "the reports sent while no replica was active")
     print(f"takeover {takeover:.1f} s; {reached} of {N} devices reached before the kill")
+
+
+def test_a_document_published_but_not_recorded_is_not_published_again(
+    cluster: Cluster, devices: Devices, replicas: list[ControllerProcess],
+) -> None:
+    """The one window a kill -9 can hit: the active replica had its PUBACKs but died
+    before writing desiredRevision. Made deterministic here: the record is removed by
+    hand after a kill, so the next replica plans to publish those documents again."""
+    a, b = replicas
+    cluster.apply(*_objects()[:5], _deployment())  # three devices
+    things = ["ha-000", "ha-001", "ha-002"]
+    a.start()
+    wait_for(lambda: all(devices.latest(t) for t in things), 60, "three documents")
+    wait_for(lambda: all(cluster.get("coredevice", t, None).get("status", {})
+                         .get("desiredRevision") for t in things), 30, "recorded")
+    assert a.proc is not None
+    os.killpg(a.proc.pid, signal.SIGKILL)
+    a.proc.wait()
+    for thing in things[:2]:  # as if a had died between PUBACK and the status write
+        cluster.kubectl("patch", "coredevice", thing, "--subresource=status", "--type=json",
+                        "-p", '[{"op": "remove", "path": "/status/desiredRevision"}]')
+    count = devices.count()
+
+    b.start()
+    def recorded(thing: str) -> bool:
+        doc = devices.latest(thing) or {}
+        status = cluster.get("coredevice", thing, None).get("status", {})
+        return bool(status.get("desiredRevision") == doc.get("revision"))
+
+    # Recorded again from what the broker holds.
+    wait_for(lambda: all(recorded(t) for t in things), 60, "desiredRevision recorded")
+    assert devices.count() == count, "a document was published twice"
+    assert "2 desired documents were published before this replica became active" in (
+        b.output())
