@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from hedgerow.controller import leader
 from tests.controller.conftest import Cluster, ControllerProcess, Devices
 from tests.support.mosquitto import Mosquitto
 from tests.support.wait import wait_for
@@ -179,3 +180,11 @@ def test_a_document_published_but_not_recorded_is_not_published_again(
     assert devices.count() == count, "a document was published twice"
     assert "2 desired documents were published before this replica became active" in (
         b.output())
+
+
+def test_the_holder_stops_before_anyone_may_take_over() -> None:
+    """renew deadline < lease duration, both measured from the last renew."""
+    for duration in (2, 8, 15, 60):
+        s = leader.Settings(namespace="x", duration_s=duration)
+        assert s.renew_deadline_s + s.retry_s < duration
+        assert s.retry_s < s.renew_deadline_s / 2  # at least two tries before giving up
