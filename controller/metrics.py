@@ -195,7 +195,10 @@ class _StateCollector(prometheus_client.registry.Collector):
         refused = prom.CounterMetricFamily(
             f"{PREFIX}_reports_refused", "Device status reports refused, by reason "
             "(RateLimited, TooLarge, Invalid).", labels=["reason"])
-        totals: collections.Counter[str] = collections.Counter()
+        from hedgerow.controller import operator  # (imports this module: not at the top)
+
+        totals: collections.Counter[str] = collections.Counter(dict.fromkeys(
+            (operator.RATE_LIMITED, operator.REPORT_TOO_LARGE, operator.REPORT_INVALID), 0))
         for counts in list(c.refused.values()):
             totals.update(counts)
         for reason, n in sorted(totals.items()):

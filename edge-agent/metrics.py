@@ -72,8 +72,9 @@ def serve(agent: agent_.Agent, port: int, address: str = "127.0.0.1") -> Any:
                 f"{PREFIX}_component_restarts", "Times a component was started again "
                 "(after an error, a recovery, a restart command or a new revision), "
                 "since the agent started.", labels=["component"])
-            for name, n in sorted(dict(agent.restarts).items()):
-                restarts.add_metric([name], n)
+            counts = dict(agent.restarts)
+            for name in sorted({r.name for r in recs} | set(counts)):  # 0 from the start
+                restarts.add_metric([name], counts.get(name, 0))
             yield restarts
             ipc = prom.GaugeMetricFamily(f"{PREFIX}_ipc_clients",
                                          "Component connections to the IPC socket.")

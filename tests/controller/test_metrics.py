@@ -5,8 +5,10 @@ component, and the series answer the questions a dashboard asks."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -109,10 +111,28 @@ def test_prometheus_scrapes_the_controller_and_the_agent(
                                      'component="com.example.Busy"}[5s])') or 0) > 0.2,
                  45, "the busy loop's CPU")
 
+        # The Grafana dashboard shipped in manifests/ asks valid queries of series that
+        # exist.
+        _check_dashboard(prom)
+
         # A restart command shows as a restart.
         assert agent.cli("component", "restart", "com.example.Busy").returncode == 0
         wait_for(lambda: prom.value('hedgerow_agent_component_restarts_total{'
                                     'component="com.example.Busy"}') == 1, 30, "1 restart")
+
+
+def _check_dashboard(prom: Prometheus) -> None:
+    dashboard = json.loads((ROOT / "manifests" / "monitoring" / "grafana-dashboard.json")
+                           .read_text())
+    exported = set(prom.api("label/__name__/values"))
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert len(exprs) > 15
+    for expr in exprs:
+        query = expr.replace("$controller_job", "controller").replace("$agent_job", "agent")
+        prom.query(query)  # the API refuses invalid PromQL (asserted in Prometheus.api)
+        for name in re.findall(r"hedgerow_[a-z_]+", expr):
+            base = re.sub(r"_(bucket|count|sum)$", "", name)
+            assert name in exported or f"{base}_bucket" in exported, (name, expr)
 
 
 def test_agent_metrics_are_loopback_and_off_by_default(
