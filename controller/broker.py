@@ -183,7 +183,7 @@ class Broker:
                 done.append(thing)
         return done
 
-    def fetch_published(self, things: Sequence[str], timeout: float = 30.0) -> dict[str, str]:
+    def fetch_published(self, things: Sequence[str], timeout: float = 10.0) -> dict[str, str]:
         """What the broker holds: thing -> revision of its retained desired document (for
         the things that have one). After a takeover the previous active replica may have
         published documents it had no time to record in CoreDevice status; the broker is

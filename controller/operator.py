@@ -472,8 +472,10 @@ class Controller:
 
     async def _publish_all(self, plan: fleet.FleetPlan, now: datetime.datetime) -> None:
         assert self.broker is not None
-        held = await self._held(plan.publishes)
-        sending = [p for p in plan.publishes if held.get(p.thing) != p.revision]
+        planned = {p.thing: p.revision for p in plan.publishes}
+        held = {t: r for t, r in (await self._held(plan.publishes)).items()
+                if planned.get(t) == r}  # the broker holds what we were to publish
+        sending = [p for p in plan.publishes if p.thing not in held]
         with metrics_.Timer() as took:
             sent = set(await self._work(
                 self.broker.publish_desired, [(p.thing, p.payload) for p in sending]))
@@ -482,7 +484,7 @@ class Controller:
             logger.info("%d desired documents were published before this replica became "
                         "active (the broker holds them): recorded, not published again",
                         len(plan.publishes) - len(sending))
-            sent.update(p.thing for p in plan.publishes if p not in sending)
+            sent.update(held)
         for p in plan.publishes:
             if p.thing not in sent:
                 continue
@@ -491,8 +493,8 @@ class Controller:
             if replan:
                 self.wake.set()
             self.status_dirty.add(p.thing)
-        self.published += len(sent)
-        logger.info("published %d desired documents", len(sent))
+        self.published += len(sent) - len(held)
+        logger.info("published %d desired documents", len(sent) - len(held))
         if len(sent) < len(plan.publishes):
             self.wake.set()  # try the rest again on the next pass
         self.status_wake.set()
