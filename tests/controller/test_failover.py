@@ -182,6 +182,24 @@ def test_a_document_published_but_not_recorded_is_not_published_again(
         b.output())
 
 
+
+def test_a_replica_that_lost_the_lease_stops_at_once(
+    cluster: Cluster, devices: Devices, replicas: list[ControllerProcess],
+) -> None:
+    """Another holder in the Lease (a partition healed the wrong way, an operator's
+    edit): the replica must stop publishing at once, not argue over the session."""
+    a, _ = replicas
+    cluster.apply(*_objects()[:3])
+    a.start()
+    wait_for(lambda: "connected to the broker" in a.output(), 60, "a to become active")
+    cluster.kubectl("patch", "lease", "hedgerow-controller", "-n", "default", "--type=merge",
+                    "-p", '{"spec": {"holderIdentity": "intruder"}}')
+    assert a.proc is not None
+    assert a.proc.wait(timeout=20) == 70  # the exit code of a lost lease
+    assert "lost the lease default/hedgerow-controller (now held by intruder)" in a.output()
+    assert _holder(cluster) == "intruder"  # it did not take it back
+
+
 def test_the_holder_stops_before_anyone_may_take_over() -> None:
     """renew deadline < lease duration, both measured from the last renew."""
     for duration in (2, 8, 15, 60):
