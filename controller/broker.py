@@ -14,7 +14,9 @@ no key), and the controller says so at start.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import logging
 import pathlib
 import random
@@ -22,12 +24,14 @@ import ssl
 import threading
 import time
 import urllib.parse
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt import packettypes
 from paho.mqtt import properties as mqtt_properties
+from paho.mqtt import subscribeoptions as paho_subscribe
 from paho.mqtt.enums import CallbackAPIVersion
 
 from hedgerow.controller import pki
@@ -58,7 +62,7 @@ class BrokerSettings:
         return urllib.parse.urlsplit(self.url).port or (8883 if self.tls else 1883)
 
 
-Report = Callable[[str, bytes], None]
+Report = Callable[[str, bytes, Callable[[], None]], None]  # thing, payload, ack
 
 
 class Broker:
@@ -85,8 +89,13 @@ class Broker:
         self._attempt = 0  # reconnects since the last accepted connection
         self._takeover_loop = False
         self._connected = threading.Event()
+        self._retained: dict[str, bytes] | None = None  # during fetch_published
+        self._acked: set[int] = set()  # SUBACKs seen during fetch_published
+        # Reports are acknowledged (PUBACK) only once they are in CoreDevice status (the
+        # operator calls the ack it is handed): a report the controller received but
+        # had not written when it died is delivered again to the next one.
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=settings.client_id,
-                             protocol=mqtt.MQTTv5)
+                             protocol=mqtt.MQTTv5, manual_ack=True)
         if settings.tls:
             client.tls_set(ca_certs=settings.ca, certfile=settings.cert, keyfile=settings.key,
                            tls_version=ssl.PROTOCOL_TLS_CLIENT)
@@ -97,6 +106,7 @@ class Broker:
         client.on_connect_fail = lambda client, userdata: self._schedule_reconnect(client)
         client.on_disconnect = self._disconnected_cb
         client.on_message = self._message_cb
+        client.on_subscribe = self._subscribed_cb
         self.client = client
 
     def connect(self, timeout: float = 30.0) -> None:
@@ -173,6 +183,58 @@ class Broker:
                 done.append(thing)
         return done
 
+    def fetch_published(self, things: Sequence[str], timeout: float = 10.0) -> dict[str, str]:
+        """What the broker holds: thing -> revision of its retained desired document (for
+        the things that have one). After a takeover the previous active replica may have
+        published documents it had no time to record in CoreDevice status; the broker is
+        the truth of what was published. Signed envelopes also move this replica's
+        counters past the ones issued before (the next counter is newer even if this
+        node's clock is behind the other's).
+
+        On the controller's own connection (the broker forces the client id to the
+        certificate's identity: a second connection would take the session over): QoS 0,
+        no-local subscriptions to the desired topics, removed again at once. The broker
+        sends a subscription's retained messages before it handles the next packet of
+        the same connection, so the SUBACK of a last subscription (the fence) marks the
+        end. Not thread-safe: one fetch at a time (the controller's work thread)."""
+        names = [t for t in things if core_broker.is_thing_name(t)]
+        if not names:
+            return {}
+        self._retained = {}
+        topics = [core_broker.desired_topic(t) for t in names]
+        fence_topic = f"hedgerow/_fence/{uuid.uuid4().hex}"  # no thing's topic
+        options = paho_subscribe.SubscribeOptions(qos=0, noLocal=True)
+        try:
+            for i in range(0, len(topics), 500):  # well under the broker's packet limit
+                self.client.subscribe([(t, options) for t in topics[i:i + 500]])
+            fence = self.client.subscribe([(fence_topic, options)])[1]
+            deadline = time.monotonic() + timeout
+            while fence not in self._acked:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the broker did not answer within {timeout:.0f} s")
+                time.sleep(0.01)
+            got = self._retained or {}
+        finally:
+            self._retained = None
+            self._acked.clear()
+            for i in range(0, len(topics), 500):
+                self.client.unsubscribe(topics[i:i + 500])
+            self.client.unsubscribe(fence_topic)
+        revisions = {}
+        for thing, payload in got.items():
+            try:
+                document = payload
+                if envelope.is_envelope(payload):
+                    sealed = envelope.parse_envelope(payload)
+                    self._counters[thing] = max(self._counters.get(thing, 0), sealed.counter)
+                    document = sealed.document_bytes()
+                revision = json.loads(document).get("revision")
+            except (ValueError, AttributeError):
+                continue  # not a document of ours: published again
+            if isinstance(revision, str):
+                revisions[thing] = revision
+        return revisions
+
     def _connected_cb(self, client: mqtt.Client, userdata: Any, flags: Any,
                       reason: Any, properties: Any) -> None:
         if reason.is_failure:
@@ -227,8 +289,35 @@ class Broker:
         # paho annotates int seconds; it computes with floats (time arithmetic).
         client.reconnect_delay_set(min_delay=delay, max_delay=delay)  # type: ignore[arg-type]
 
+    def _subscribed_cb(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any,
+                       properties: Any) -> None:
+        if self._retained is not None:
+            self._acked.add(mid)
+
     def _message_cb(self, client: mqtt.Client, userdata: Any,
                     message: mqtt.MQTTMessage) -> None:
         thing = core_broker.resolve_thing_of_status_topic(message.topic)
-        if thing is not None:
-            self._on_report(thing, bytes(message.payload))
+        if thing is None:
+            retained = self._retained
+            parts = message.topic.split("/")
+            if retained is not None and message.retain and len(parts) == 4 and (
+                    message.payload):
+                retained[parts[2]] = bytes(message.payload)
+            if message.qos:
+                client.ack(message.mid, message.qos)
+            return
+        if not message.qos:
+            self._on_report(thing, bytes(message.payload), _no_ack)
+            return
+        mid, qos = message.mid, message.qos
+        self._on_report(thing, bytes(message.payload), lambda: self._ack(mid, qos))
+
+    def _ack(self, mid: int, qos: int) -> None:
+        """PUBACK a report (any thread; after a reconnect the broker sent it again with
+        the same packet id, so the ack still names it)."""
+        with contextlib.suppress(Exception):  # not connected: it is delivered again
+            self.client.ack(mid, qos)
+
+
+def _no_ack() -> None:
+    """QoS 0 reports need no acknowledgement."""

@@ -13,7 +13,7 @@ if TYPE_CHECKING:  # the handlers import what they use: `hedgerow --help` stays 
 
 
 def _controller(args: argparse.Namespace) -> int:
-    from hedgerow.controller import broker, operator
+    from hedgerow.controller import broker, leader, operator
 
     if args.broker.startswith("mqtts://") and not args.ca:
         print("--ca is required with an mqtts:// broker", file=sys.stderr)
@@ -32,8 +32,23 @@ def _controller(args: argparse.Namespace) -> int:
                                      signing_key=signing_key),
         kubeconfig=args.kubeconfig, resync=args.resync, status_interval=args.status_interval,
         rollout_window=args.rollout_minute, verbose=args.verbose, liveness=args.liveness,
-        ca_dir=args.ca_dir,
+        ca_dir=args.ca_dir, metrics=args.metrics,
+        leader_election=leader.Settings(
+            namespace=args.leader_elect_namespace or leader.default_namespace(),
+            name=args.leader_elect_name, duration_s=args.leader_elect_lease,
+        ) if args.leader_elect else None,
     )
+    if args.leader_elect_lease < 2:
+        print("--leader-elect-lease must be at least 2 seconds", file=sys.stderr)
+        return 2
+    if args.metrics:
+        from hedgerow.controller import metrics
+
+        try:
+            metrics.resolve_address(args.metrics)
+        except ValueError as exc:
+            print(exc, file=sys.stderr)
+            return 2
     operator.run(settings)
     return 0
 
@@ -275,6 +290,20 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
                      help=argparse.SUPPRESS)  # tests shorten rollout windows
     run.add_argument("--liveness", metavar="URL",
                      help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz")
+    run.add_argument("--metrics", metavar="HOST:PORT",
+                     help="serve Prometheus metrics on http://HOST:PORT/metrics (PORT "
+                          "alone: 127.0.0.1; :PORT: every interface); off by default")
+    run.add_argument("--leader-elect", action="store_true",
+                     help="run as one of several replicas: only the holder of a "
+                          "coordination.k8s.io Lease is active, the others stand by "
+                          "(docs/controller.md: High availability)")
+    run.add_argument("--leader-elect-namespace", metavar="NAMESPACE",
+                     help="the Lease's namespace (default: the pod's own, else default)")
+    run.add_argument("--leader-elect-name", default="hedgerow-controller", metavar="NAME",
+                     help="the Lease's name (default: %(default)s)")
+    run.add_argument("--leader-elect-lease", type=int, default=8, metavar="SECONDS",
+                     help="a standby takes over this long after the active replica's last "
+                          "renew (default: %(default)s; renewed every 1/8 of it)")
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(handler=_controller)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import dataclasses
 import datetime
 import functools
@@ -40,6 +41,8 @@ import pydantic
 
 from hedgerow.controller import broker as broker_
 from hedgerow.controller import kube, pki
+from hedgerow.controller import leader as leader_
+from hedgerow.controller import metrics as metrics_
 from hedgerow.core import (
     backoff,
     base,
@@ -75,6 +78,8 @@ class Settings:
     verbose: bool = False
     liveness: str | None = None
     ca_dir: str | None = None  # the fleet CA: sign spec.csr into status.certificate
+    metrics: str | None = None  # HOST:PORT of /metrics (off when None)
+    leader_election: leader_.Settings | None = None  # replicas: one active (a Lease)
 
 
 def parse_body(plural: str, body: Mapping[str, Any]) -> base.Model | None:
@@ -170,6 +175,20 @@ class Controller:
         self.refused_writes: dict[tuple[str, str, str, str], dict[str, Any]] = {}
         self.write_failures: dict[tuple[str, str, str, str], int] = {}  # transient, in a row
         self.refusals_logged: set[tuple[str, str, str, str]] = set()  # until a write succeeds
+        self.metrics = metrics_.Metrics()
+        self.metrics.controller = self
+        # Active: connected to the broker, planning and publishing. A standby (leader
+        # election) keeps kopf's indexes filled and waits for the Lease.
+        self.leading = False
+        self.elector: leader_.Elector | None = None
+        self.lead_task: asyncio.Task[None] | None = None
+        self.indexed = asyncio.Event()  # kopf's indexes are complete (the first event)
+        self.handler_context: contextvars.Context | None = None  # kopf's, for events
+        self.checked: set[str] = set()  # things whose retained document was read (_held)
+        self.unacked: dict[str, list[Callable[[], None]]] = {}  # reports not yet written
+        self.publishing: set[str] = set()  # things whose documents are being published
+        self.early_acks: dict[str, list[Callable[[], None]]] = {}  # see _receive
+        self.metrics_runner: Any = None  # the /metrics server (aiohttp), when asked for
 
     # --- wiring ---------------------------------------------------------------------
 
@@ -180,13 +199,48 @@ class Controller:
         if self.settings.ca_dir:
             self.ca = pki.FleetCA.load(pathlib.Path(self.settings.ca_dir))
         self.broker = broker_.Broker(self.settings.broker, self._report_from_thread)
-        await asyncio.to_thread(self.broker.connect)
+        if self.settings.leader_election is not None:
+            self.elector = leader_.Elector(self.settings.leader_election)
+        self.lead_task = asyncio.create_task(self._lead())
+
+    async def _lead(self) -> None:
+        """Become the active replica: hold the Lease (with leader election), then read
+        every device's status, then connect to the broker, then start the loops. The
+        broker comes after the devices are known: the session hands over the reports
+        queued while no controller was connected at once, and a report for a device not
+        yet known would be dropped."""
+        if self.elector is not None:
+            await self.elector.acquire()
+            self.metrics.leadership_changes.inc()
+            self.tasks.append(asyncio.create_task(self.elector.hold()))
+        await self.indexed.wait()
+        self._observe()
+        assert self.broker is not None
+        failures = 0
+        while True:
+            try:
+                await asyncio.to_thread(self.broker.connect)
+                break
+            except ConnectionError as exc:
+                failures += 1
+                logger.error("%s; trying again", exc)
+                await asyncio.sleep(_retry_delay(failures))
+        self.leading = True
+        # Created in a handler's context so they can post kopf events.
+        context = self.handler_context
+        self.tasks += [asyncio.create_task(self._reconcile_loop(), context=context),
+                       asyncio.create_task(self._status_loop(), context=context)]
+        self.wake.set()
 
     async def stop(self) -> None:
-        for task in self.tasks:
+        for task in [*self.tasks, *([self.lead_task] if self.lead_task else [])]:
             task.cancel()
+        if self.metrics_runner is not None:
+            await self.metrics_runner.cleanup()
         if self.broker is not None:
             await asyncio.to_thread(self.broker.close)
+        if self.elector is not None:  # after the broker: the session is free for the next
+            await asyncio.to_thread(self.elector.release)
         self.work_pool.shutdown(wait=False, cancel_futures=True)
         self.api_pool.shutdown(wait=False, cancel_futures=True)
         self.fleet_pool.shutdown(wait=False, cancel_futures=True)
@@ -195,10 +249,9 @@ class Controller:
              body: Mapping[str, Any]) -> None:
         """Called by every watch event once kopf's indexes are complete."""
         self.indexes = dict(indexes)
-        if not self.tasks:
-            # Created from a handler so the tasks inherit kopf's context (event posting).
-            self.tasks = [asyncio.create_task(self._reconcile_loop()),
-                          asyncio.create_task(self._status_loop())]
+        if self.handler_context is None:
+            self.handler_context = contextvars.copy_context()
+            self.indexed.set()
         # Statuses are ours: a watch event that changed neither the spec (generation) nor
         # the labels is most likely our own status write and cannot change any decision.
         meta = body.get("metadata", {})
@@ -299,8 +352,10 @@ class Controller:
             started = asyncio.get_running_loop().time()
             try:
                 wake_at = await self.reconcile_once()
+                self.metrics.observe_pass(asyncio.get_running_loop().time() - started)
             except Exception:
                 logger.exception("reconcile pass failed; retrying")
+                self.metrics.observe_pass(asyncio.get_running_loop().time() - started, True)
                 wake_at = None
                 await asyncio.sleep(1.0)
             timeout = self.settings.resync
@@ -405,8 +460,31 @@ class Controller:
         if not plan.publishes:
             return
         assert self.broker is not None
-        sent = set(await self._work(
-            self.broker.publish_desired, [(p.thing, p.payload) for p in plan.publishes]))
+        self.publishing = {p.thing for p in plan.publishes}
+        try:
+            await self._publish_all(plan, now)
+        finally:
+            self.publishing = set()
+            for thing, acks in self.early_acks.items():  # written with the revision
+                self.unacked.setdefault(thing, []).extend(acks)
+                self.status_dirty.add(thing)
+            self.early_acks = {}
+
+    async def _publish_all(self, plan: fleet.FleetPlan, now: datetime.datetime) -> None:
+        assert self.broker is not None
+        planned = {p.thing: p.revision for p in plan.publishes}
+        held = {t: r for t, r in (await self._held(plan.publishes)).items()
+                if planned.get(t) == r}  # the broker holds what we were to publish
+        sending = [p for p in plan.publishes if p.thing not in held]
+        with metrics_.Timer() as took:
+            sent = set(await self._work(
+                self.broker.publish_desired, [(p.thing, p.payload) for p in sending]))
+        self.metrics.observe_publish(len(sent), len(sending) - len(sent), took.seconds)
+        if len(sending) < len(plan.publishes):
+            logger.info("%d desired documents were published before this replica became "
+                        "active (the broker holds them): recorded, not published again",
+                        len(plan.publishes) - len(sending))
+            sent.update(held)
         for p in plan.publishes:
             if p.thing not in sent:
                 continue
@@ -415,11 +493,29 @@ class Controller:
             if replan:
                 self.wake.set()
             self.status_dirty.add(p.thing)
-        self.published += len(sent)
-        logger.info("published %d desired documents", len(sent))
+        self.published += len(sent) - len(held)
+        logger.info("published %d desired documents", len(sent) - len(held))
         if len(sent) < len(plan.publishes):
             self.wake.set()  # try the rest again on the next pass
         self.status_wake.set()
+
+    async def _held(self, publishes: list[fleet.Publish]) -> dict[str, str]:
+        """thing -> the revision the broker holds, for the things not checked since this
+        replica became active: a document the previous active replica (or process)
+        published but had no time to record is recorded now, not published twice. Each
+        thing is checked once: after that this replica's own records are the truth."""
+        assert self.broker is not None
+        unchecked = [p.thing for p in publishes if p.payload and p.thing not in self.checked]
+        if not unchecked:
+            return {}
+        try:
+            held = await self._work(self.broker.fetch_published, unchecked)
+        except (OSError, TimeoutError) as exc:
+            logger.warning("could not read the documents the broker holds (%s): publishing "
+                           "without checking; a device may get a document twice", exc)
+            held = {}
+        self.checked.update(unchecked)
+        return held
 
     async def _report(self, seen: _Observed, plan: fleet.FleetPlan) -> None:
         """Deployment and ThingGroup status (what Argo CD and Flux read), then events.
@@ -458,12 +554,17 @@ class Controller:
             return False
         assert self.kube is not None
         loop = asyncio.get_running_loop()
+        took = metrics_.Timer()
         try:
             pool = self.api_pool if kind == "CoreDevice" else self.fleet_pool
-            await loop.run_in_executor(pool, functools.partial(
-                self.kube.apply_status, kind, namespace or None, name, status, manager))
+            with took:
+                await loop.run_in_executor(pool, functools.partial(
+                    self.kube.apply_status, kind, namespace or None, name, status, manager))
         except Exception as exc:
-            if kube.is_permanent(exc):
+            permanent = kube.is_permanent(exc)
+            self.metrics.observe_write(kind, "refused" if permanent else "transient",
+                                       took.seconds)
+            if permanent:
                 if wkey not in self.refusals_logged:  # a change of state, not a repeat
                     self.refusals_logged.add(wkey)
                     logger.error("status of %s %s/%s refused (not retried until it or the "
@@ -479,6 +580,7 @@ class Controller:
                                namespace, name, _api_reason(exc))
             loop.call_later(delay, self._retry_write, kind, name)
             return False
+        self.metrics.observe_write(kind, "ok", took.seconds)
         self.refused_writes.pop(wkey, None)
         self.refusals_logged.discard(wkey)
         if self.write_failures.pop(wkey, None):
@@ -510,11 +612,28 @@ class Controller:
 
     # --- device status ----------------------------------------------------------------
 
-    def _report_from_thread(self, thing: str, payload: bytes) -> None:
+    def _report_from_thread(self, thing: str, payload: bytes, ack: Callable[[], None]) -> None:
         if self.loop is not None:
-            self.loop.call_soon_threadsafe(self.fold_report, thing, payload)
+            self.loop.call_soon_threadsafe(self._receive, thing, payload, ack)
+
+    def _receive(self, thing: str, payload: bytes, ack: Callable[[], None]) -> None:
+        """Fold a report; acknowledge it to the broker once what it changed is written
+        (``_write_device``), at once when it changed nothing. A report this process
+        received but did not write before it died is thus delivered to the next one."""
+        self.fold_report(thing, payload)
+        report = self.reports.get(thing)
+        if thing in self.publishing and report is not None and report.deployment is not None \
+                and report.deployment.revision != self.devices[thing].desired_revision:
+            # On a document whose PUBACK is still on its way: it counts only once the
+            # revision is recorded (render_published), so it waits for that write.
+            self.early_acks.setdefault(thing, []).append(ack)
+        elif thing in self.status_dirty:
+            self.unacked.setdefault(thing, []).append(ack)
+        else:
+            ack()
 
     def fold_report(self, thing: str, payload: bytes, clock: float | None = None) -> None:
+        self.metrics.reports.inc()
         if thing not in self.devices:
             return  # not a registered device: nothing to fold it into
         clock = time.monotonic() if clock is None else clock
@@ -598,9 +717,19 @@ class Controller:
             await asyncio.sleep(self.settings.status_interval)
 
     async def _write_device(self, thing: str) -> None:
+        acks = self.unacked.pop(thing, [])
+        written = await self._write_device_status(thing)
+        if not written and (("CoreDevice", "", thing, kube.CONTROLLER) in self.write_failures):
+            # Retried (transient): acknowledged once written.
+            self.unacked[thing] = acks + self.unacked.get(thing, [])
+            return
+        for ack in acks:  # written, or never writable (gone, refused for good)
+            ack()
+
+    async def _write_device_status(self, thing: str) -> bool:
         status = self.devices.get(thing)
         if status is None:
-            return
+            return False
         cert = self.signed_certificates.get(thing)
         if cert is not None and await self._write_status(
                 "CoreDevice", "", thing, {"certificate": cert.to_dict()}, kube.SIGNER):
@@ -609,7 +738,7 @@ class Controller:
         # status.certificate belongs to its writers (the signer above, `hedgerow device
         # register`): leaving it out never removes it, it is not ours.
         body.pop("certificate", None)
-        await self._write_status("CoreDevice", "", thing, body)
+        return await self._write_status("CoreDevice", "", thing, body)
 
 
 def build_registry(controller: Controller) -> kopf.OperatorRegistry:
@@ -660,6 +789,10 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
         settings.watching.server_timeout = 300
         # One line per watch event ("Handler succeeded") is noise at 10,000 devices.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+        if controller.settings.metrics:
+            # Before anything that may wait (the broker): a standby is scraped too.
+            controller.metrics_runner = await metrics_.serve(
+                controller.metrics, metrics_.resolve_address(controller.settings.metrics))
         await controller.start()
 
     @kopf.on.cleanup(registry=registry)

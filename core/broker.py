@@ -110,6 +110,12 @@ class MosquittoSettings:
     user: str | None = None  # the OS user mosquitto runs as, if not `mosquitto`
     crlfile: str | None = None
     max_queued_messages: int = 1000
+    # QoS 1 messages sent to one client and not yet acknowledged. The controller
+    # acknowledges a status report only once it is written to the Kubernetes API (so a
+    # controller killed before writing gets it again): with mosquitto's default of 20,
+    # reports would reach it at ~20 per status interval. 0 = no limit (each client's
+    # own MQTT 5 Receive Maximum still applies).
+    max_inflight_messages: int = 0
     session_expiry: str = "7d"  # persistent_client_expiration
 
 
@@ -150,6 +156,7 @@ def render_mosquitto_config(settings: MosquittoSettings) -> str:
         lines.append(f"crlfile {s.crlfile}")
     lines += [
         f"max_queued_messages {s.max_queued_messages}",
+        f"max_inflight_messages {s.max_inflight_messages}",
         f"persistent_client_expiration {s.session_expiry}",
         # Explicit, and above every document Hedgerow publishes (core.limits): a packet
         # over it makes mosquitto drop the sender's session.

@@ -171,6 +171,10 @@ class Agent:
         self._tasks: set[asyncio.Task[None]] = set()
         self._rejected: set[str] = set()  # revisions a component's validation refused
         self._root_ca_stamp: tuple[int, int, int] | None = None
+        # For metrics (edge-agent/metrics.py, opt-in): plain values, no import when off.
+        self.pass_observer: Callable[[float], None] | None = None  # seconds per pass
+        self.restarts: dict[str, int] = {}  # component -> starts after its first
+        self._started: set[str] = set()
 
     # --- records and transitions -------------------------------------------------
 
@@ -220,6 +224,10 @@ class Agent:
             rec.hold_revision = None
         if rec.state is not before:
             rec.since = now
+            if rec.state is State.STARTING:
+                if rec.name in self._started:
+                    self.restarts[rec.name] = self.restarts.get(rec.name, 0) + 1
+                self._started.add(rec.name)
         self.save()
         if rec.state is not before:  # log changes, not repeats
             log.info("%s: %s -> %s%s", rec.name, before, rec.state,
@@ -357,6 +365,8 @@ class Agent:
         self.passes_reported += 1
         reported = time.perf_counter()
         self.persist()  # 8. start times, the batch's log writer, records, outcomes
+        if self.pass_observer is not None:
+            self.pass_observer(time.perf_counter() - began)
         if actions:
             log.debug("pass %d: %d action(s), status after %.1f ms, done after %.1f ms",
                       self.passes, len(actions), (reported - began) * 1000,

@@ -31,7 +31,7 @@ import os
 import pathlib
 import re
 
-from hedgerow.agent import failures
+from hedgerow.agent import failures, procfs
 from hedgerow.core import deployment
 
 _PERIOD_US = 100_000
@@ -222,6 +222,36 @@ class Cgroups:
             return path.read_text().strip() in ("1", "FROZEN", "FREEZING")
         except OSError:
             return False
+    def observe_usage(self, name: str) -> tuple[float | None, int | None]:
+        """(CPU seconds used, memory bytes in use) of component `name`, for metrics.
+        cgroup v2: cpu.stat usage_usec and memory.current, cumulative over every process
+        the cgroup ever held. v1 (only the cpu hierarchy is joined, and memory only with
+        a limit): what the kernel has, else summed over the processes in it now from
+        /proc (CPU of processes that have exited is then not counted)."""
+        dirs = self._dirs(name)
+        if not dirs:
+            return None, None
+        cpu: float | None = None
+        memory: int | None = None
+        first = next(iter(dirs.values()))
+        with contextlib.suppress(OSError, ValueError):
+            if self.version == 2:
+                for line in (first / "cpu.stat").read_text().splitlines():
+                    key, _, value = line.partition(" ")
+                    if key == "usage_usec":
+                        cpu = int(value) / 1e6
+                memory = int((first / "memory.current").read_text())
+            elif "memory" in dirs:
+                memory = int((dirs["memory"] / "memory.usage_in_bytes").read_text())
+        if self.version == 1 and (cpu is None or memory is None):
+            seconds, resident = 0.0, 0
+            for pid in self.pids(name):
+                usage = procfs.read_usage(pid)
+                if usage is not None:
+                    seconds, resident = seconds + usage[0], resident + usage[1]
+            cpu = seconds if cpu is None else cpu
+            memory = resident if memory is None else memory
+        return cpu, memory
 
     def limit_files(self, name: str) -> dict[str, str]:
         """What the kernel enforces, for `component details` and tests."""

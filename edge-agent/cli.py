@@ -82,6 +82,10 @@ def _agent_run(args: argparse.Namespace) -> int:
                                cloud_spool_max_messages=args.cloud_spool_max_messages,
                                cloud_spool_max_bytes=args.cloud_spool_max_bytes)
     the_agent = agent_.Agent(args.root, args.thing, settings)
+    if args.metrics_port is not None:  # opt-in: prometheus_client is not even imported
+        from hedgerow.agent import metrics
+
+        metrics.serve(the_agent, args.metrics_port, args.metrics_address)
     cloud = _connector(args, the_agent.cloud)
 
     async def main() -> None:
@@ -279,6 +283,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     run.add_argument("--heartbeat", type=float, default=60.0, metavar="SECONDS",
                      help="resend an unchanged status report this often (default: "
                           "%(default)s)")
+    run.add_argument("--metrics-port", type=int, metavar="PORT",
+                     help="serve Prometheus metrics on http://ADDRESS:PORT/metrics "
+                          "(off by default)")
+    run.add_argument("--metrics-address", default="127.0.0.1", metavar="ADDRESS",
+                     help="the address --metrics-port listens on (default: %(default)s: "
+                          "loopback only)")
     run.set_defaults(handler=_agent_run)
     gate = agent_sub.add_parser(
         "build-gate", help="compile hedgerow-gate for this device (once, at install)",

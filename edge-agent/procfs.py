@@ -14,14 +14,29 @@ import pathlib
 from hedgerow.agent import records
 
 
-def read_start_time(pid: int) -> int | None:
+def _read_stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat from field 3 (state) on."""
     try:
         stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # Field 2 (comm) may hold spaces and parentheses: split after the last ')'.
-    fields = stat[stat.rindex(")") + 2:].split()
-    return None if fields[0] == "Z" else int(fields[19])
+    return stat[stat.rindex(")") + 2:].split()
+
+
+def read_start_time(pid: int) -> int | None:
+    fields = _read_stat(pid)
+    return None if fields is None or fields[0] == "Z" else int(fields[19])
+
+
+def read_usage(pid: int) -> tuple[float, int] | None:
+    """(CPU seconds: user + system, its reaped children's included; resident bytes)."""
+    fields = _read_stat(pid)
+    if fields is None:
+        return None
+    ticks = sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    rss_pages = int(fields[21])
+    return ticks / os.sysconf("SC_CLK_TCK"), rss_pages * os.sysconf("SC_PAGE_SIZE")
 
 
 def is_same_process(ref: records.ProcessRef) -> bool:

@@ -14,6 +14,8 @@ declare -A PACKAGES=(
   [openssl]=openssl
   [iptables]=iptables
   [cc]=gcc
+  # A real Prometheus scrapes the controller's and agent's /metrics in tests.
+  [prometheus]=prometheus
 )
 missing=()
 for cmd in "${!PACKAGES[@]}"; do

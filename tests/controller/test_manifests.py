@@ -58,6 +58,32 @@ def test_cluster_role_is_least_privilege() -> None:
         assert {("hedgerow.dev", kind, v) for v in ("get", "list", "watch")} <= grants
 
 
+def test_replicas_elect_a_leader_and_survive_a_drain() -> None:
+    docs = render()
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    spec = deployment["spec"]
+    container = spec["template"]["spec"]["containers"][0]
+    # More than one replica only ever with leader election (two active would publish
+    # twice and take the broker session from each other).
+    assert spec["replicas"] >= 2 and "--leader-elect" in container["args"]
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert "--metrics=:9090" in container["args"]
+    pdb = next(d for d in docs if d["kind"] == "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1
+    labels = spec["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    # The Lease: in the controller's namespace only, and only its own one is renewed.
+    role = next(d for d in docs if d["kind"] == "Role")
+    assert role["metadata"]["namespace"] == "hedgerow-system"
+    grants = {(r, v, tuple(rule.get("resourceNames", []))) for rule in role["rules"]
+              for r in rule["resources"] for v in rule["verbs"]}
+    assert grants == {("leases", "create", ()),
+                      ("leases", "get", ("hedgerow-controller",)),
+                      ("leases", "update", ("hedgerow-controller",))}
+    binding = next(d for d in docs if d["kind"] == "RoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+
+
 # --- manifests/tenancy: roles and the admission policy -----------------------------------
 
 TENANCY = ROOT / "manifests" / "tenancy"

@@ -106,7 +106,7 @@ class Fleet:
         (controller.broker.Broker.seal) with the fleet's signing key, a new counter."""
         if self._sealer is None:  # paho client made, never connected
             self._sealer = controller_broker.Broker(controller_broker.BrokerSettings(
-                self.broker.url, signing_key=str(self.signing_key)), lambda t, p: None)
+                self.broker.url, signing_key=str(self.signing_key)), lambda t, p, a: None)
         data = doc if isinstance(doc, bytes) else documents.render_bytes(doc)
         thing = json.loads(data)["thing"]  # not validated: tests seal bad documents too
         sealed = self._sealer.seal(thing, data)

@@ -348,7 +348,7 @@ def test_h_the_controller_seals_every_document_under_a_growing_counter(
     def sealer() -> controller_broker.Broker:  # a paho client is made, never connected
         return controller_broker.Broker(controller_broker.BrokerSettings(
             "mqtts://127.0.0.1:1", signing_key=str(tmp_path / "ca" / pki.SIGNING_KEY)),
-            lambda t, p: None)
+            lambda t, p, a: None)
 
     first = sealer()
     data = json.dumps(desired("dev-a").to_dict()).encode()
