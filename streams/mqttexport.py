@@ -1,0 +1,1 @@
+"""The MQTT export: see docs/streams.md. (Filled in below in a later commit.)"""
