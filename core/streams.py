@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
 import re
 import struct
 import zlib
@@ -606,3 +607,18 @@ def resolve_config(raw: Any) -> Config:
 def render_mqtt_topic(thing: str, suffix: str) -> str:
     """Under the device's own namespace, where the broker ACL lets only it write."""
     return f"hedgerow/things/{thing}/streams/{suffix}"
+
+
+def resolve_dependents(specs: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The components (by recorded spec) that depend on the stream manager."""
+    return sorted(name for name, spec in specs.items()
+                  if any(isinstance(d, Mapping) and d.get("name") == COMPONENT_NAME
+                         for d in spec.get("dependencies") or []))
+
+
+def render_tokens_file(tokens: Sequence[str]) -> bytes:
+    """One SHA-256 hex digest a line, sorted: the stream manager learns who may connect
+    without ever holding a token it could leak (a digest of 192 random bits reveals
+    nothing, so the file may be world-readable)."""
+    return "".join(sorted(hashlib.sha256(t.encode()).hexdigest() + "\n"
+                          for t in tokens if t)).encode()

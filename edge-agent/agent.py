@@ -28,7 +28,15 @@ from typing import TYPE_CHECKING
 
 import hedgerow
 from hedgerow import files
-from hedgerow.agent import artifacts, containerbridge, desired, processes, records, runtime
+from hedgerow.agent import (
+    artifacts,
+    containerbridge,
+    desired,
+    processes,
+    records,
+    runtime,
+    streamtokens,
+)
 from hedgerow.agent import settings as settings_
 from hedgerow.agent.layout import Layout
 from hedgerow.core import (
@@ -191,6 +199,7 @@ class Agent:
             self.apply_changes(rec, self.runtime_of(rec).adopt(rec))
             self.save()
         self.save_records("adopting")
+        self.publish_service_tokens()
         with contextlib.suppress(FileNotFoundError, ValueError):
             self.history = outcome.History.model_validate_json(
                 self.layout.history_file.read_bytes())
@@ -381,6 +390,7 @@ class Agent:
             self.records.pop(rec.name, None)
             self.save()
             self.flush()
+            self.publish_service_tokens()
             log.info("%s: removed", rec.name)
 
     # --- apply -----------------------------------------------------------------------
@@ -511,7 +521,17 @@ class Agent:
                                  instance=secrets.token_hex(8))
             self.records[comp.name] = rec
             self.save()
+            self.publish_service_tokens()
         return rec
+
+    def publish_service_tokens(self) -> None:
+        """Tell the stream manager which tokens its dependents hold (as digests)."""
+        try:
+            streamtokens.apply_tokens(self.layout.root, self.records)
+        except OSError as exc:
+            self.trouble("stream-manager tokens", str(exc))
+        else:
+            self.untroubled("stream-manager tokens")
 
     def _job(self, comp: documents.ResolvedComponent, rec: records.Record) -> runtime.Job:
         return runtime.Job(comp, rec, self.context(comp, self.applied))

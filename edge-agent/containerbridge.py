@@ -30,7 +30,15 @@ from hedgerow.agent import records as records_
 from hedgerow.agent import runtime as runtime_
 from hedgerow.agent.dockererrors import ContainerRuntimeError, PermanentError, TransientError
 from hedgerow.agent.layout import Layout
-from hedgerow.core import backoff, component, documents, lifecycle, privilege, recipe
+from hedgerow.core import (
+    backoff,
+    component,
+    documents,
+    lifecycle,
+    privilege,
+    recipe,
+    streams,
+)
 from hedgerow.core import container as container_
 from hedgerow.core import plan as plan_
 from hedgerow.core.documents import ComponentState as State
@@ -288,7 +296,12 @@ class ContainerBridge(runtime_.Base):
                 agent_env={"HEDGEROW_COMPONENT": comp.name,
                            "HEDGEROW_COMPONENT_VERSION": comp.version,
                            "AWS_IOT_THING_NAME": self.thing,
-                           "HEDGEROW_AUTH_TOKEN": token, "SVCUID": token})
+                           "HEDGEROW_AUTH_TOKEN": token, "SVCUID": token,
+                           # A dependent of hedgerow.StreamManager (which listens on the
+                           # host's loopback: such a container needs the host network).
+                           **streams.resolve_client_env(
+                               {n: p.configuration
+                                for n, p in context.dependencies.items()}, token)})
             if len(self._configs) > 512:
                 self._configs.clear()
             self._configs[key] = config

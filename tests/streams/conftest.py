@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from stream_manager import StreamManagerClient
 
+from tests.agent.conftest import agent, agent_home  # noqa: F401 (fixtures for test_agent)
 from tests.support.net import LOOPBACK, free_port
 from tests.support.procs import stop_group
 from tests.support.wait import wait_for

@@ -1,0 +1,124 @@
+"""hedgerow.StreamManager run by a real agent from its shipped manifest, and components
+using the official SDK from their own processes (as `nobody`): a dependent gets the port
+and its token and can do everything; a component that is not a dependent cannot connect,
+even with a token the agent gave it."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import yaml
+
+from hedgerow.core import component, documents, streams
+from tests.agent.conftest import AgentProcess, rc
+from tests.conftest import ROOT
+from tests.support.net import free_port
+from tests.support.wait import wait_for
+
+MANIFEST = ROOT / "manifests" / "components" / "stream-manager.yaml"
+
+DEPENDENT = r'''
+import json, os, sys
+from stream_manager import *
+from stream_manager.exceptions import *
+out = {"port": os.environ.get("STREAM_MANAGER_SERVER_PORT"),
+       "has_token": bool(os.environ.get("AWS_CONTAINER_AUTHORIZATION_TOKEN"))}
+c = StreamManagerClient()
+c.create_message_stream(MessageStreamDefinition(
+    name="telemetry", strategy_on_full=StrategyOnFull.OverwriteOldestData,
+    flush_on_write=True))
+out["seqs"] = [c.append_message("telemetry", b"reading %d" % i) for i in range(20)]
+got = c.read_messages("telemetry", ReadMessagesOptions(
+    desired_start_sequence_number=5, min_message_count=3, max_message_count=3))
+out["read"] = [[m.sequence_number, m.payload.decode()] for m in got]
+info = c.describe_message_stream("telemetry")
+out["newest"] = info.storage_status.newest_sequence_number
+out["streams"] = c.list_streams()
+c.close()
+open("result.json", "w").write(json.dumps(out))
+'''
+
+INTRUDER = r'''
+import json, os
+from stream_manager import StreamManagerClient
+from stream_manager.exceptions import ConnectFailedException
+# Not a dependent: it knows the port and holds a real token of its own (SVCUID).
+os.environ["AWS_CONTAINER_AUTHORIZATION_TOKEN"] = os.environ["SVCUID"]
+try:
+    StreamManagerClient(port=int(os.environ["PORT"]))
+    result = "connected"
+except ConnectFailedException:
+    result = "refused"
+open("result.json", "w").write(json.dumps(result))
+'''
+
+
+def component_python(home: pathlib.Path) -> str:
+    """A Python that `nobody` can run with Hedgerow and the SDK importable (this venv's
+    interpreter lives under /root, which nobody may traverse)."""
+    import site
+
+    path = home / "python"
+    path.write_text("#!/bin/sh\n"
+                    f"PYTHONPATH={ROOT / 'src'}:{site.getsitepackages()[0]} "
+                    "exec /usr/bin/python3 \"$@\"\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def stream_manager(python: str, port: int, **config: Any) -> documents.ResolvedComponent:
+    """The shipped manifest, resolved as the agent gets it, on a free port."""
+    spec = yaml.safe_load(MANIFEST.read_text())["spec"]
+    return documents.ResolvedComponent(
+        name=spec["name"], version=spec["version"],
+        lifecycle=component.Lifecycle.model_validate(spec["manifests"][0]["lifecycle"]),
+        configuration={**spec["defaultConfiguration"], "python": python,
+                       "port": port, **config})
+
+
+def script(home: pathlib.Path, name: str, text: str) -> str:
+    path = home / f"{name}.py"
+    path.write_text(text)
+    path.chmod(0o644)
+    return f"{component_python(home)} {path} && sleep 3600"
+
+
+def result(agent: AgentProcess, name: str) -> Any:
+    path = agent.root / "work" / name / "result.json"
+    try:
+        wait_for(path.exists, 60, f"{name}'s result")
+    except AssertionError as exc:
+        logs = {p.name: p.read_text()[-800:] for p in (agent.root / "logs").glob("*.log")}
+        raise AssertionError(f"{exc}; component logs: {logs}") from None
+    return json.loads(path.read_text())
+
+
+def test_dependent_uses_the_sdk_and_others_are_refused(
+        agent: AgentProcess, agent_home: pathlib.Path) -> None:
+    port = free_port()
+    dep = documents.ResolvedDependency(name=streams.COMPONENT_NAME, version="1.0.0",
+                                       type=component.DependencyType.HARD)
+    agent.deploy(
+        stream_manager(component_python(agent_home), port),
+        rc("com.example.StreamUser", run=script(agent_home, "user", DEPENDENT),
+           dependencies=[dep]),
+        rc("com.example.Intruder",
+           run=f"PORT={port} " + script(agent_home, "intruder", INTRUDER)))
+    got = result(agent, "com.example.StreamUser")
+    assert got["port"] == str(port) and got["has_token"]
+    assert got["seqs"] == list(range(20))
+    assert got["read"] == [[5, "reading 5"], [6, "reading 6"], [7, "reading 7"]]
+    assert got["newest"] == 19 and got["streams"] == ["telemetry"]
+    assert result(agent, "com.example.Intruder") == "refused"
+
+    # The agent wrote digests, never tokens, in a file only root can write.
+    tokens = agent.root / streams.TOKENS_FILE
+    assert tokens.stat().st_uid == 0 and tokens.stat().st_mode & 0o777 == 0o644
+    token = agent.record("com.example.StreamUser")["token"]
+    assert token not in tokens.read_text()
+    assert streams.render_tokens_file([token]).decode() == tokens.read_text()
+    # Its data lives in the stream manager's own work folder.
+    data = agent.root / "work" / streams.COMPONENT_NAME / "streams" / b"telemetry".hex()
+    assert any(data.glob("*.seg"))
