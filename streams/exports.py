@@ -104,14 +104,13 @@ class Exporter:
         except (OSError, ValueError, KeyError, TypeError):
             self.checkpoint = None
 
-    def _save(self) -> None:
+    def _save(self, checkpoint: int, exported_bytes: int, exported_messages: int) -> None:
         if self.path is None:
             return
         self.path.parent.mkdir(exist_ok=True, mode=0o700)
         files.write_atomic(self.path, json.dumps({
-            "lastExportedSequenceNumber": self.checkpoint,
-            "exportedBytes": self.exported_bytes,
-            "exportedMessages": self.exported_messages}).encode())
+            "lastExportedSequenceNumber": checkpoint, "exportedBytes": exported_bytes,
+            "exportedMessages": exported_messages}).encode())
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -159,15 +158,17 @@ class Exporter:
             if failures:
                 log.info("export %r of %r delivering again", self.ident, stream.name)
             failures, self.error = 0, ""
-            self.checkpoint = batch[-1][0]
-            self.exported_bytes += size
-            self.exported_messages += len(batch)
-            self.last_export_ms = store_.now_ms()
-            try:
-                self._save()
+            checkpoint = batch[-1][0]
+            try:  # on disk first: what describe shows survives a crash
+                self._save(checkpoint, self.exported_bytes + size,
+                           self.exported_messages + len(batch))
             except OSError as exc:
                 log.error("export %r of %r: checkpoint not saved: %s", self.ident,
                           stream.name, exc)
+            self.checkpoint = checkpoint
+            self.exported_bytes += size
+            self.exported_messages += len(batch)
+            self.last_export_ms = store_.now_ms()
 
 
 class ExportError(Exception):

@@ -56,7 +56,7 @@ def test_reject_new_data_refuses_and_keeps_everything(manager: StreamManager) ->
             strategy_on_full=StrategyOnFull.RejectNewData))
         for i in range(16):
             client.append_message("bounded", payload(i))
-        with pytest.raises(InvalidRequestException, match="full.*RejectNewData"):
+        with pytest.raises(InvalidRequestException, match=r"full.*RejectNewData"):
             client.append_message("bounded", payload(16))
         assert read_from(client, "bounded") == [(i, payload(i)) for i in range(16)]
 
