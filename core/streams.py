@@ -20,7 +20,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from hedgerow.core import backoff
+from hedgerow.core import backoff, limits
 
 # --- the SDK's protocol (stream_manager 1.1.2, data/__init__.py and utilinternal.py) ----
 
@@ -546,6 +546,20 @@ class MqttExport:
 
 
 @dataclasses.dataclass(frozen=True)
+class MqttBroker:
+    """How the MQTT export reaches the cloud broker: mutual TLS with a client certificate
+    whose CN is the thing name (the broker ACL's %u). Empty paths: the device's identity
+    files under the agent's root (readable only if the operator allows it: see
+    docs/streams.md)."""
+
+    url: str = ""  # mqtts://host:port; '' → identity/connection.json
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    client_id: str = ""  # '' → {thing}-streams
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
@@ -555,6 +569,7 @@ class Config:
     log_level: str = "INFO"
     flush_interval_ms: int = 1000
     mqtt: tuple[MqttExport, ...] = ()
+    broker: MqttBroker = MqttBroker()
 
 
 def resolve_config(raw: Any) -> Config:
@@ -598,10 +613,21 @@ def resolve_config(raw: Any) -> Config:
         if (not isinstance(topic, str) or not topic or any(c in topic for c in "#+\0")
                 or topic.startswith("/") or ".." in topic.split("/")):
             raise ConfigError(f"{at}.topic: must be a plain topic suffix without "
-                              "wildcards, got {topic!r}")
+                              f"wildcards, got {topic!r}")
         mqtt.append(MqttExport(stream, ident, topic, batch, prio))
+    broker = raw.get("mqttBroker") or {}
+    if not isinstance(broker, Mapping) or not all(
+            isinstance(broker.get(k, ""), str)
+            for k in ("url", "caFile", "certFile", "keyFile", "clientId")):
+        raise ConfigError("configuration.mqttBroker: must be a map of strings (url, caFile, "
+                          "certFile, keyFile, clientId)")
+    url = broker.get("url", "")
+    if url and not url.startswith(("mqtts://", "mqtt://")):
+        raise ConfigError(f"configuration.mqttBroker.url: {url!r} is not mqtts://HOST:PORT")
     assert port is not None and budget is not None and flush is not None
-    return Config(host, port, storage, budget, bandwidth or 0, level, flush, tuple(mqtt))
+    return Config(host, port, storage, budget, bandwidth or 0, level, flush, tuple(mqtt),
+                  MqttBroker(url, broker.get("caFile", ""), broker.get("certFile", ""),
+                             broker.get("keyFile", ""), broker.get("clientId", "")))
 
 
 def render_mqtt_topic(thing: str, suffix: str) -> str:
@@ -622,3 +648,7 @@ def render_tokens_file(tokens: Sequence[str]) -> bytes:
     nothing, so the file may be world-readable)."""
     return "".join(sorted(hashlib.sha256(t.encode()).hexdigest() + "\n"
                           for t in tokens if t)).encode()
+
+# An MQTT export batch stays under the cloud broker's packet limit (topic and headers
+# take the rest).
+MAX_MQTT_BATCH_BYTES: Final = limits.BROKER_MAX_PACKET_BYTES - 4 * 1024

@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tokens_path = pathlib.Path(root) / core.TOKENS_FILE
     try:
         asyncio.run(serve(config, None if args.no_auth else tokens_path))
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # a port in use, unreadable TLS files, …
         print(f"stream manager: {exc}", file=sys.stderr)
         return 1
     return 0

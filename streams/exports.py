@@ -235,7 +235,7 @@ class Exports:
         if self.config.mqtt:
             from hedgerow.streams import mqttexport  # paho only when configured
 
-            self.mqtt = mqttexport.MqttLink(self.config)  # type: ignore[attr-defined]
+            self.mqtt = mqttexport.MqttLink(self.config)
             for name in {m.stream for m in self.config.mqtt}:
                 self.on_change(self.store.streams.get(name), name)
 

@@ -36,6 +36,7 @@ class StreamManager:
         self.config = {"storageDir": str(self.storage), "flushIntervalMillis": 100, **config}
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
+        self.env: dict[str, str] = {}
 
     def start(self) -> None:
         self.port = free_port()
@@ -44,7 +45,8 @@ class StreamManager:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "hedgerow.streams", "serve", "--tokens",
                  str(self.tokens), "--config", json.dumps(self.config)],
-                stdout=out, stderr=out, start_new_session=True, cwd=self.home)
+                stdout=out, stderr=out, start_new_session=True, cwd=self.home,
+                env={**os.environ, **self.env})
         wait_for(self._listening, 20, "the stream manager's port")
 
     def _listening(self) -> bool:
@@ -82,8 +84,9 @@ class StreamManager:
 def make_manager(tmp_path: pathlib.Path) -> Iterator[Any]:
     started: list[StreamManager] = []
 
-    def make(**config: Any) -> StreamManager:
+    def make(env: dict[str, str] | None = None, **config: Any) -> StreamManager:
         sm = StreamManager(tmp_path, **config)
+        sm.env = env or {}
         sm.start()
         started.append(sm)
         return sm
