@@ -104,7 +104,7 @@ class Stream:
         self.synced = 0  # durable below this
         self.new_files = False  # a segment file was created since the last sync
         self.changed = asyncio.Event()
-        self._sync: asyncio.Task[None] | None = None
+        self._sync: asyncio.Future[None] | None = None
         self._last_time = 0
         self.deleted = False
 
@@ -231,28 +231,34 @@ class Stream:
         return count
 
     async def wait_durable(self, seq: int) -> None:
-        """Until `seq` is on disk: join the sync round in flight if it began after `seq`
-        was written, else start (or wait for) the next one."""
+        """Until `seq` is on disk. The sync runs on the event loop, after every request
+        already received has been written (`call_soon`): appends that arrive together
+        share one `fdatasync`, and those that arrive while it runs wait in the socket
+        buffers and share the next one (group commit without a thread hop per append)."""
         while self.synced <= seq and not self.deleted:
             if self._sync is None:
-                self._sync = asyncio.get_running_loop().create_task(self._sync_round())
+                loop = asyncio.get_running_loop()
+                self._sync = loop.create_future()
+                loop.call_soon(self._sync_round)
             await asyncio.shield(self._sync)
 
-    async def _sync_round(self) -> None:
+    def _sync_round(self) -> None:
+        done, self._sync = self._sync, None
         try:
             target = self.next_seq
             fds = [s.fd for s in self.segments[-2:] if s.fd is not None]
             new_files, self.new_files = self.new_files, False
-            folder = self.folder
-            if fds or new_files:
-                await asyncio.get_running_loop().run_in_executor(
-                    None, _sync_all, fds, folder if new_files else None)
+            _sync_all(fds, self.folder if new_files else None)
             self.synced = max(self.synced, target)
             if self.visible < self.synced:
                 self.visible = self.synced
                 self.changed.set()
-        finally:
-            self._sync = None
+        except OSError as exc:
+            if done is not None and not done.done():
+                done.set_exception(exc)
+            return
+        if done is not None and not done.done():
+            done.set_result(None)
 
     async def flush(self) -> None:
         """The periodic sync of a stream without flushOnWrite."""
