@@ -570,6 +570,7 @@ class Config:
     flush_interval_ms: int = 1000
     mqtt: tuple[MqttExport, ...] = ()
     broker: MqttBroker = MqttBroker()
+    status_stream: str = ""  # every export's batch outcomes go there, if it exists
 
 
 def resolve_config(raw: Any) -> Config:
@@ -624,10 +625,17 @@ def resolve_config(raw: Any) -> Config:
     url = broker.get("url", "")
     if url and not url.startswith(("mqtts://", "mqtt://")):
         raise ConfigError(f"configuration.mqttBroker.url: {url!r} is not mqtts://HOST:PORT")
+    status_stream = raw.get("statusStreamName", "")
+    if status_stream:
+        try:
+            _name(status_stream, "configuration.statusStreamName")
+        except DefinitionError as exc:
+            raise ConfigError(exc.message) from None
     assert port is not None and budget is not None and flush is not None
     return Config(host, port, storage, budget, bandwidth or 0, level, flush, tuple(mqtt),
                   MqttBroker(url, broker.get("caFile", ""), broker.get("certFile", ""),
-                             broker.get("keyFile", ""), broker.get("clientId", "")))
+                             broker.get("keyFile", ""), broker.get("clientId", "")),
+                  str(status_stream))
 
 
 def render_mqtt_topic(thing: str, suffix: str) -> str:
@@ -652,3 +660,14 @@ def render_tokens_file(tokens: Sequence[str]) -> bytes:
 # An MQTT export batch stays under the cloud broker's packet limit (topic and headers
 # take the rest).
 MAX_MQTT_BATCH_BYTES: Final = limits.BROKER_MAX_PACKET_BYTES - 4 * 1024
+
+
+def render_status_message(ident: str, stream: str, seq: int, ok: bool, message: str,
+                          now_ms: int) -> dict[str, Any]:
+    """One export batch's outcome as the SDK's StatusMessage (JSON; read it back with
+    `Util.deserialize_json_bytes_to_obj(payload, StatusMessage)`). The SDK's EventType
+    has one value (S3Task, 0) and requires it, so that is what every message carries."""
+    return {"eventType": 0, "statusLevel": 2 if ok else 0, "status": 0 if ok else 1,
+            "statusContext": {"exportIdentifier": ident, "streamName": stream,
+                              "sequenceNumber": seq},
+            "message": message, "timestampEpochMs": now_ms}

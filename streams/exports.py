@@ -20,6 +20,7 @@ import logging
 import random
 import time
 import urllib.parse
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from hedgerow import files
@@ -80,10 +81,11 @@ class Exporter:
 
     def __init__(self, stream: store_.Stream, ident: str, priority: int, batch_size: int,
                  interval_ms: int | None, start_seq: int, sender: Sender,
-                 bandwidth: Bandwidth) -> None:
+                 bandwidth: Bandwidth,
+                 report: Callable[[Exporter, int, bool, str], None]) -> None:
         self.stream, self.ident, self.priority = stream, ident, priority
         self.batch_size, self.interval_ms, self.start_seq = batch_size, interval_ms, start_seq
-        self.sender, self.bandwidth = sender, bandwidth
+        self.sender, self.bandwidth, self.report = sender, bandwidth, report
         self.checkpoint: int | None = None
         self.error = ""
         self.exported_bytes = self.exported_messages = 0
@@ -150,6 +152,7 @@ class Exporter:
             except (OSError, TimeoutError, ExportError) as exc:
                 failures += 1
                 self.error = f"batch {batch[0][0]}..{batch[-1][0]}: {exc}"
+                self.report(self, batch[-1][0], False, self.error)
                 if failures == 1:  # a change of state, not every retry
                     log.warning("export %r of %r failing: %s", self.ident, stream.name,
                                 self.error)
@@ -169,6 +172,8 @@ class Exporter:
             self.exported_bytes += size
             self.exported_messages += len(batch)
             self.last_export_ms = store_.now_ms()
+            self.report(self, checkpoint, True,
+                        f"exported {len(batch)} messages {batch[0][0]}..{checkpoint}")
 
 
 class ExportError(Exception):
@@ -266,9 +271,22 @@ class Exports:
             exporter = Exporter(stream, ident, spec.priority, spec.batch_size,
                                 getattr(spec, "batch_interval_ms", None),
                                 getattr(spec, "start_sequence_number", 0), make(),
-                                self.bandwidth)
+                                self.bandwidth, self._report)
             exporter.task = asyncio.get_running_loop().create_task(exporter.run())
             self.running[(name, ident)] = (spec, exporter)
+
+    def _report(self, exporter: Exporter, seq: int, ok: bool, message: str) -> None:
+        """A batch's outcome, appended to the status stream (when configured and present;
+        a full status stream drops the report, never the export)."""
+        status = self.store.streams.get(self.config.status_stream)
+        if status is None or status is exporter.stream:
+            return
+        body = core.render_status_message(exporter.ident, exporter.stream.name, seq, ok,
+                                          message, store_.now_ms())
+        try:
+            status.append(json.dumps(body).encode(), self.store.budget_left(status))
+        except (core.RequestError, OSError) as exc:
+            log.debug("status stream %r: report dropped: %s", status.name, exc)
 
     def describe(self, stream: store_.Stream) -> list[dict[str, Any]]:
         out = [e.status() for (name, _), (_, e) in sorted(self.running.items())

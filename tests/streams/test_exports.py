@@ -8,6 +8,7 @@ import base64
 import http.server
 import json
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +17,11 @@ from stream_manager import (
     ExportDefinition,
     HTTPConfig,
     MessageStreamDefinition,
+    ReadMessagesOptions,
+    Status,
+    StatusMessage,
     StrategyOnFull,
+    Util,
 )
 
 from tests.streams.conftest import StreamManager
@@ -30,6 +35,7 @@ class Receiver:
     def __init__(self, port: int) -> None:
         self.port = port
         self.batches: list[list[tuple[int, bytes]]] = []
+        self.arrivals: list[tuple[str, float]] = []  # (stream, when) per batch
         self.server: http.server.ThreadingHTTPServer | None = None
 
     def start(self) -> None:
@@ -38,8 +44,10 @@ class Receiver:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                batch = json.loads(body)
                 receiver.batches.append([(m["sequenceNumber"], base64.b64decode(m["payload"]))
-                                         for m in json.loads(body)])
+                                         for m in batch])
+                receiver.arrivals.append((batch[0]["streamName"], time.monotonic()))
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -67,11 +75,14 @@ def receiver() -> Iterator[Receiver]:
     r.stop()
 
 
-def test_http_export_survives_an_outage_and_a_restart(manager: StreamManager,
+def test_http_export_survives_an_outage_and_a_restart(make_manager: Any,
                                                       receiver: Receiver) -> None:
+    manager: StreamManager = make_manager(statusStreamName="export-status")
     export = HTTPConfig(identifier="home", uri=f"http://{LOOPBACK}:{receiver.port}/ingest",
                         batch_size=10)
     with manager.client() as client:
+        client.create_message_stream(MessageStreamDefinition(
+            name="export-status", strategy_on_full=StrategyOnFull.OverwriteOldestData))
         client.create_message_stream(MessageStreamDefinition(
             name="outbox", strategy_on_full=StrategyOnFull.RejectNewData, flush_on_write=True,
             export_definition=ExportDefinition(http=[export])))
@@ -94,6 +105,14 @@ def test_http_export_survives_an_outage_and_a_restart(manager: StreamManager,
                  .last_exported_sequence_number == 44, 10, "the checkpoint to move")
         status = client.describe_message_stream("outbox").export_statuses[0]
         assert not status.error_message and status.exported_messages_count >= 45
+        # The status stream tells the same story, one StatusMessage per batch.
+        reports = [Util.deserialize_json_bytes_to_obj(m.payload, StatusMessage)
+                   for m in client.read_messages("export-status", ReadMessagesOptions(
+                       min_message_count=1, max_message_count=1000))]
+        assert all(r.status_context.export_identifier == "home" for r in reports)
+        assert reports[0].status == Status.Failure and reports[0].message.startswith("batch 0..")
+        assert reports[-1].status == Status.Success
+        assert reports[-1].status_context.sequence_number == 44
 
     manager.kill9()
     delivered = len(receiver.seqs())
@@ -148,3 +167,35 @@ def test_mqtt_export_reaches_a_cloud_subscriber(make_manager: Any) -> None:
         finally:
             cloud.loop_stop()
             cloud.disconnect()
+
+
+def test_bandwidth_is_shared_and_the_urgent_export_goes_first(make_manager: Any,
+                                                              receiver: Receiver) -> None:
+    receiver.start()
+    manager: StreamManager = make_manager(exportBandwidthBytesPerSecond=20_000)
+    uri = f"http://{LOOPBACK}:{receiver.port}/"
+    with manager.client() as client:
+        for name, priority in (("bulk", 10), ("urgent", 1)):
+            client.create_message_stream(MessageStreamDefinition(
+                name=name, strategy_on_full=StrategyOnFull.RejectNewData,
+                export_definition=ExportDefinition(http=[HTTPConfig(
+                    identifier=name, uri=uri, batch_size=5, priority=priority,
+                    disabled=True)])))
+            for i in range(40):
+                client.append_message(name, bytes([i]) * 1024)
+        started = time.monotonic()
+        for name, priority in (("bulk", 10), ("urgent", 1)):  # both start together
+            client.update_message_stream(MessageStreamDefinition(
+                name=name, strategy_on_full=StrategyOnFull.RejectNewData,
+                export_definition=ExportDefinition(http=[HTTPConfig(
+                    identifier=name, uri=uri, batch_size=5, priority=priority)])))
+        wait_for(lambda: len(receiver.arrivals) == 16, 60, "16 batches")
+    took = time.monotonic() - started
+    # 80 KiB at 20,000 B/s with a second of burst: at least ~3 s.
+    assert took > 2.5, took
+    last = {name: max(t for n, t in receiver.arrivals if n == name)
+            for name in ("bulk", "urgent")}
+    assert last["urgent"] < last["bulk"]
+    order = [n for n, _ in receiver.arrivals]
+    # Once both wait for bandwidth, every urgent batch goes before the remaining bulk.
+    assert order.index("urgent") <= 2 and order[-1] == "bulk"
