@@ -26,6 +26,9 @@ log = logging.getLogger("hedgerow.streams")
 
 # Connect must arrive quickly: a client that opens a socket and says nothing holds a slot.
 _CONNECT_TIMEOUT_S = 10.0
+# Requests one connection may have in progress (reads that wait, appends that sync); more
+# are not read from the socket until one finishes.
+_MAX_IN_FLIGHT = 256
 
 
 class Tokens:
@@ -73,6 +76,8 @@ class Server:
         try:
             if await self._connect(reader, writer):
                 while True:
+                    if len(tasks) >= _MAX_IN_FLIGHT:  # backpressure, not unbounded tasks
+                        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                     op, payload = await _read_frame(reader)
                     request = _decode(payload)
                     task = asyncio.get_running_loop().create_task(

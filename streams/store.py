@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import bisect
 import contextlib
 import json
 import logging
@@ -121,18 +122,16 @@ class Stream:
         return self.folder is not None and self.definition.flush_on_write
 
     def oldest(self, now: int | None = None) -> int:
-        """The oldest sequence number a read can return (past the TTL: not readable)."""
-        now = now_ms() if now is None else now
+        """The oldest sequence number a read can return (past the TTL: not readable).
+        Ingest times never go backwards in a stream, so the first young message is a
+        binary search away."""
         ttl = self.definition.ttl_ms
+        if ttl is None:
+            return self.segments[0].base_seq if self.segments else self.next_seq
+        cutoff = (now_ms() if now is None else now) - ttl  # expired: ingest <= cutoff
         for seg in self.segments:
-            if not seg.count:
-                continue
-            if ttl is None or not core.is_expired(seg.times[-1], ttl, now):
-                if ttl is None:
-                    return seg.base_seq
-                for i, t in enumerate(seg.times):
-                    if not core.is_expired(t, ttl, now):
-                        return seg.base_seq + i
+            if seg.count and seg.times[-1] > cutoff:
+                return seg.base_seq + bisect.bisect_right(seg.times, cutoff)
         return self.next_seq
 
     # --- opening ---------------------------------------------------------------------
