@@ -5,8 +5,11 @@ even with a token the agent gave it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import pathlib
+import signal
 from typing import Any
 
 import yaml
@@ -122,3 +125,110 @@ def test_dependent_uses_the_sdk_and_others_are_refused(
     # Its data lives in the stream manager's own work folder.
     data = agent.root / "work" / streams.COMPONENT_NAME / "streams" / b"telemetry".hex()
     assert any(data.glob("*.seg"))
+
+
+WRITER = r'''
+import os, threading, time
+from stream_manager import *
+from stream_manager.exceptions import *
+
+def client():
+    while True:
+        try:
+            return StreamManagerClient(request_timeout=5)
+        except Exception:
+            time.sleep(0.1)
+
+c = client()
+try:
+    c.create_message_stream(MessageStreamDefinition(
+        name="durable", strategy_on_full=StrategyOnFull.RejectNewData, flush_on_write=True))
+except InvalidRequestException:
+    pass  # restarted: the stream is there
+
+def writer(n):
+    c, i = client(), 0
+    with open(f"acked-{n}.txt", "a", buffering=1) as out:
+        while not os.path.exists("stop"):
+            payload = f"w{n}-{i}-" + "x" * 200
+            try:
+                seq = c.append_message("durable", payload.encode())
+            except Exception:
+                time.sleep(0.05)
+                try:
+                    c.close()
+                except Exception:
+                    pass
+                c = client()
+                continue
+            out.write(f"{seq} {payload}\n")
+            i += 1
+
+threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+open("done", "w").close()
+'''
+
+
+def test_kill9_of_the_component_loses_no_acknowledged_append(
+        agent: AgentProcess, agent_home: pathlib.Path) -> None:
+    """The agent restarts a stream manager killed with SIGKILL in the middle of four
+    concurrent flushOnWrite appenders; every append it acknowledged is there after."""
+    from stream_manager import ReadMessagesOptions, StreamManagerClient
+    from stream_manager.exceptions import NotEnoughMessagesException
+
+    from tests.agent.conftest import pids_with_marker
+
+    port = free_port()
+    dep = documents.ResolvedDependency(name=streams.COMPONENT_NAME, version="1.0.0",
+                                       type=component.DependencyType.HARD)
+    agent.deploy(stream_manager(component_python(agent_home), port),
+                 rc("com.example.Writer", run=script(agent_home, "writer", WRITER),
+                    dependencies=[dep]))
+    work = agent.root / "work" / "com.example.Writer"
+
+    def acked() -> dict[int, str]:
+        out = {}
+        for path in work.glob("acked-*.txt"):
+            for line in path.read_text().splitlines():
+                seq, _, payload = line.partition(" ")
+                out[int(seq)] = payload
+        return out
+
+    def servers() -> set[int]:
+        """The stream manager's Python (not the gate that is its parent)."""
+        found = set()
+        for pid in pids_with_marker(agent.root, streams.COMPONENT_NAME):
+            with contextlib.suppress(OSError):
+                argv = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                if argv[1:3] == [b"-m", b"hedgerow.streams"]:
+                    found.add(pid)
+        return found
+
+    wait_for(lambda: len(acked()) > 200, 60, "200 acknowledged appends")
+    [victim] = wait_for(servers, 10, "the stream manager's process")
+    os.kill(victim, signal.SIGKILL)
+    before = len(acked())
+    wait_for(lambda: servers() - {victim}, 60, "the agent to restart the stream manager")
+    wait_for(lambda: len(acked()) > before + 100, 60, "appends to go on after the restart")
+    (work / "stop").touch()
+    wait_for((work / "done").exists, 30, "the writers to stop")
+
+    os.environ["AWS_CONTAINER_AUTHORIZATION_TOKEN"] = agent.record("com.example.Writer")["token"]
+    try:
+        client = StreamManagerClient(port=port)
+    finally:
+        del os.environ["AWS_CONTAINER_AUTHORIZATION_TOKEN"]
+    stored: dict[int, str] = {}
+    with client:
+        while True:
+            try:
+                got = client.read_messages("durable", ReadMessagesOptions(
+                    desired_start_sequence_number=len(stored), max_message_count=500))
+            except NotEnoughMessagesException:
+                break
+            stored.update((m.sequence_number, m.payload.decode()) for m in got)
+    assert sorted(stored) == list(range(len(stored)))
+    lost = {s: p for s, p in acked().items() if stored.get(s) != p}
+    assert not lost, f"{len(lost)} acknowledged appends lost or changed"
