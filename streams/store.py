@@ -281,15 +281,15 @@ class Stream:
                 continue
             first = start - seg.base_seq
             want = min(count - len(out), min(end_seq, self.visible) - start)
-            # Bound the batch by bytes before reading it.
-            n = 0
-            while n < want:
-                i = first + n
-                nxt = seg.offsets[i + 1] if i + 1 < seg.count else seg.size
-                taken += nxt - seg.offsets[i]
-                n += 1
-                if taken >= max_bytes:
-                    break
+            # Bound the batch by bytes before reading it (offsets give sizes directly).
+            base = seg.offsets[first]
+            end = seg.offsets[first + want] if first + want < seg.count else seg.size
+            if taken + end - base <= max_bytes:
+                n, taken = want, taken + end - base
+            else:
+                n = 1 + bisect.bisect_left(seg.offsets, base + max_bytes - taken,
+                                           first + 1, first + want) - (first + 1)
+                taken = max_bytes
             got = seg.read(first, n)
             ttl = self.definition.ttl_ms
             out.extend(r for r in got if not core.is_expired(r[1], ttl, now))
