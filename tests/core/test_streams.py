@@ -99,3 +99,18 @@ def test_client_env_only_for_dependents() -> None:
     assert streams.resolve_client_env({}, "t") == {}
     assert streams.resolve_client_env({streams.COMPONENT_NAME: {"port": 9000}}, "t") == {
         "STREAM_MANAGER_SERVER_PORT": "9000", "AWS_CONTAINER_AUTHORIZATION_TOKEN": "t"}
+
+
+def test_protocol_version_negotiation() -> None:
+    assert streams.resolve_protocol_version("1.1.0", ["1.0.0"]) == "1.1.0"
+    assert streams.resolve_protocol_version("2.0.0", ["1.0.0"]) == "1.0.0"  # falls back
+    assert streams.resolve_protocol_version("2.0.0", ["1.9.0"]) is None
+
+
+@pytest.mark.parametrize("header", [b"\x00\x00\x00\x00\x04", b"\xff\xff\xff\xfb\x04",
+                                    b"\x7f\xff\xff\xff\x04"])
+def test_frame_lengths_out_of_bounds_are_refused(header: bytes) -> None:
+    with pytest.raises(streams.FrameError):
+        streams.resolve_frame_header(header)
+    assert streams.resolve_frame_header(streams.render_frame_header(
+        streams.Operation.APPEND_MESSAGE, 10)) == (10, 4)
