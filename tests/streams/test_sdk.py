@@ -171,3 +171,33 @@ def test_hostile_frames_close_only_that_connection(manager: StreamManager) -> No
         assert len(client.read_messages("steady", ReadMessagesOptions(
             min_message_count=4, max_message_count=10))) == 4
         assert manager.proc is not None and manager.proc.poll() is None
+
+
+def _connect_answer(port: int, body: dict[str, object]) -> dict[str, object]:
+    sock = socket.create_connection((LOOPBACK, port), timeout=10)
+    data = cbor2.dumps(body)
+    sock.sendall(b"\x01" + struct.pack(">iB", len(data) + 1, 1) + data)
+    head = b""
+    while len(head) < 6:
+        head += sock.recv(6 - len(head))
+    assert head[:1] == b"\x01" and head[5] == 6  # connect version, ConnectResponse
+    length = struct.unpack(">i", head[1:5])[0] - 1
+    payload = b""
+    while len(payload) < length:
+        payload += sock.recv(length - len(payload))
+    sock.close()
+    answer: dict[str, object] = cbor2.loads(payload)
+    return answer
+
+
+def test_protocol_version_negotiation(manager: StreamManager) -> None:
+    """A newer client that also speaks 1.0.0 gets 1.0.0; one that speaks nothing we know
+    gets UnsupportedProtocolVersion (10)."""
+    older = _connect_answer(manager.port, {
+        "requestId": "a", "protocolVersion": "9.0.0", "authToken": manager.token,
+        "otherSupportedProtocolVersions": ["1.0.0"]})
+    assert (older["status"], older["protocolVersion"]) == (0, "1.0.0")
+    assert older["requestId"] == "a"
+    unknown = _connect_answer(manager.port, {
+        "requestId": "b", "protocolVersion": "9.0.0", "authToken": manager.token})
+    assert unknown["status"] == 10
