@@ -89,17 +89,17 @@ def _raw_rate(folder: pathlib.Path) -> float:
     return count / (time.perf_counter() - start)
 
 
-def _append_worker(args: tuple[int, str, float]) -> int:
-    port, token, start_at = args
+def _append_worker(port: int, token: str, go: Any, out: Any) -> None:
+    """One SDK client in its own process: connect, say so, wait for the start, append."""
     client = _client(port, token)
-    while time.time() < start_at:
-        time.sleep(0.001)
-    count = 0
-    while time.time() < start_at + SECONDS:
+    out.put("ready")
+    go.wait()
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < SECONDS:
         client.append_message("durable16", PAYLOAD)
         count += 1
+    out.put(count)
     client.close()
-    return count
 
 
 class _Sink(http.server.BaseHTTPRequestHandler):
@@ -155,9 +155,18 @@ def run() -> Iterator[harness.Figure]:
         yield harness.Figure("append_ratio_1", one, "appends/s", raw, ">= 0.9")
 
         client.create_message_stream(_definition("durable16", True))
-        with multiprocessing.get_context("spawn").Pool(16) as pool:
-            start_at = time.time() + 3.0  # every worker connected before the clock starts
-            counts = pool.map(_append_worker, [(port, token, start_at)] * 16)
+        ctx = multiprocessing.get_context("spawn")
+        go, out = ctx.Event(), ctx.Queue()
+        workers = [ctx.Process(target=_append_worker, args=(port, token, go, out))
+                   for _ in range(16)]
+        for w in workers:
+            w.start()
+        for _ in workers:  # every client connected before the clock starts
+            assert out.get(timeout=120) == "ready"
+        go.set()
+        counts = [out.get(timeout=120) for _ in workers]
+        for w in workers:
+            w.join(30)
         sixteen = sum(counts) / SECONDS
         yield harness.Figure("group_commit_speedup_16", sixteen, "appends/s", one, ">= 5")
 
