@@ -68,8 +68,15 @@ class Segment:
         else:
             assert self.fd is not None
             view = memoryview(record)
-            while view:
-                view = view[os.write(self.fd, view):]
+            try:
+                while view:
+                    view = view[os.write(self.fd, view):]
+            except OSError:
+                # A partial record (a full disk) must not stay: the next append would go
+                # after it, and a restart cuts the log at the first bad record.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self.fd, self.size)
+                raise
         self.offsets.append(self.size)
         self.times.append(ingest)
         self.size += len(record)
