@@ -232,3 +232,42 @@ def test_kill9_of_the_component_loses_no_acknowledged_append(
     assert sorted(stored) == list(range(len(stored)))
     lost = {s: p for s, p in acked().items() if stored.get(s) != p}
     assert not lost, f"{len(lost)} acknowledged appends lost or changed"
+
+
+def test_a_new_dependent_is_let_in_and_a_removed_one_shut_out(
+        agent: AgentProcess, agent_home: pathlib.Path) -> None:
+    """The stream manager re-reads the agent's tokens file when it changes: no restart
+    lets a new dependent in, and a removed component's token stops working."""
+    from stream_manager import StreamManagerClient
+    from stream_manager.exceptions import ConnectFailedException
+
+    port = free_port()
+    dep = documents.ResolvedDependency(name=streams.COMPONENT_NAME, version="1.0.0",
+                                       type=component.DependencyType.HARD)
+    sm = stream_manager(component_python(agent_home), port)
+    first = rc("com.example.First", run="sleep 3600", dependencies=[dep])
+    agent.deploy(sm, first)
+    agent.wait_states({streams.COMPONENT_NAME: "RUNNING", "com.example.First": "RUNNING"}, 60)
+    old_token = agent.record("com.example.First")["token"]
+
+    def answer(token: str) -> str:
+        os.environ["AWS_CONTAINER_AUTHORIZATION_TOKEN"] = token
+        try:
+            StreamManagerClient(port=port).close()
+        except ConnectFailedException:
+            return "refused"
+        except ConnectionError:
+            return "down"
+        finally:
+            del os.environ["AWS_CONTAINER_AUTHORIZATION_TOKEN"]
+        return "connected"
+
+    wait_for(lambda: answer(old_token) != "down", 30, "the stream manager's port")
+    assert answer(old_token) == "connected"
+    pid = agent.record(streams.COMPONENT_NAME)["process"]["pid"]
+    second = rc("com.example.Second", run="sleep 3600", dependencies=[dep])
+    agent.deploy(sm, second)  # First removed, Second added; the stream manager stays up
+    agent.wait_states({streams.COMPONENT_NAME: "RUNNING", "com.example.Second": "RUNNING"}, 60)
+    assert answer(agent.record("com.example.Second")["token"]) == "connected"
+    assert answer(old_token) == "refused"
+    assert agent.record(streams.COMPONENT_NAME)["process"]["pid"] == pid  # not restarted
