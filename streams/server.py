@@ -149,13 +149,16 @@ class Server:
         except core.RequestError as exc:
             answer = {"requestId": request_id, "status": int(exc.status),
                       "errorMessage": exc.message}
-        except OSError as exc:
-            log.error("%s failed: %s", operation.name, exc)
+        except Exception as exc:  # a bug must answer the client, not leave it waiting
+            if not isinstance(exc, OSError):
+                log.exception("%s failed", operation.name)
+            else:
+                log.error("%s failed: %s", operation.name, exc)
             answer = {"requestId": request_id,
                       "status": int(core.Status.MESSAGE_STORE_READ_ERROR
                                     if operation is core.Operation.READ_MESSAGES
                                     else core.Status.UNKNOWN_FAILURE),
-                      "errorMessage": f"storage error: {exc.strerror or exc}"}
+                      "errorMessage": f"storage error: {getattr(exc, 'strerror', None) or exc}"}
         if not writer.is_closing():
             _write_frame(writer, response_op, answer)
 

@@ -313,6 +313,16 @@ class Stream:
             seg.close()
 
 
+def _definition_json(definition: core.Definition) -> bytes:
+    """The definition as stored (the SDK's own map); RequestError for one that carries
+    something JSON cannot hold (CBOR bytes or tags in a field we do not know)."""
+    try:
+        return json.dumps(dict(definition.raw), sort_keys=True).encode()
+    except (TypeError, ValueError) as exc:
+        raise core.RequestError(core.Status.INVALID_REQUEST,
+                                f"definition: cannot be stored: {exc}") from None
+
+
 def _sync_all(fds: list[int], folder: pathlib.Path | None) -> None:
     for fd in fds:
         with contextlib.suppress(OSError):  # closed by a roll meanwhile: already synced
@@ -366,6 +376,7 @@ class Store:
         return stream
 
     def create(self, definition: core.Definition) -> Stream:
+        _definition_json(definition)  # refuse what could not be stored, before any change
         if definition.name in self.streams:
             raise core.RequestError(core.Status.INVALID_REQUEST,
                                     f"stream {definition.name!r} already exists")
@@ -381,6 +392,7 @@ class Store:
         return stream
 
     def update(self, definition: core.Definition) -> Stream:
+        _definition_json(definition)
         stream = self.get(definition.name)
         stream.definition = core.resolve_update(stream.definition, definition)
         if stream.folder is not None:
@@ -401,8 +413,7 @@ class Store:
         self.on_change(None, stream.name)
 
     def _save_definition(self, folder: pathlib.Path, definition: core.Definition) -> None:
-        files.write_atomic(folder / "definition.json",
-                           json.dumps(dict(definition.raw), sort_keys=True).encode())
+        files.write_atomic(folder / "definition.json", _definition_json(definition))
 
     def close(self) -> None:
         for stream in self.streams.values():

@@ -131,9 +131,19 @@ def _connect(port: int, token: str) -> socket.socket:
     sock = socket.create_connection((LOOPBACK, port), timeout=10)
     body = cbor2.dumps({"requestId": "r", "protocolVersion": "1.1.0", "authToken": token})
     sock.sendall(b"\x01" + struct.pack(">iB", len(body) + 1, 1) + body)
-    reply = sock.recv(1 + 5)
+    reply = _exactly(sock, 6)
     assert reply[:1] == b"\x01"
+    _exactly(sock, struct.unpack(">i", reply[1:5])[0] - 1)  # the ConnectResponse
     return sock
+
+
+def _exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        assert chunk, "connection closed"
+        data += chunk
+    return data
 
 
 def _closed(sock: socket.socket) -> bool:
@@ -201,3 +211,18 @@ def test_protocol_version_negotiation(manager: StreamManager) -> None:
     unknown = _connect_answer(manager.port, {
         "requestId": "b", "protocolVersion": "9.0.0", "authToken": manager.token})
     assert unknown["status"] == 10
+
+
+def test_a_definition_that_cannot_be_stored_is_refused_and_changes_nothing(
+        manager: StreamManager) -> None:
+    sock = _connect(manager.port, manager.token)
+    body = cbor2.dumps({"requestId": "x", "definition": {
+        "name": "odd", "strategyOnFull": 0, "unknownField": b"\x00\x01"}})
+    sock.sendall(struct.pack(">iB", len(body) + 1, 2) + body)
+    head = _exactly(sock, 5)
+    assert head[4] == 7  # CreateMessageStreamResponse
+    answer = cbor2.loads(_exactly(sock, struct.unpack(">i", head[:4])[0] - 1))
+    assert answer["status"] == 3 and "cannot be stored" in answer["errorMessage"]
+    sock.close()
+    with manager.client() as client:
+        assert client.list_streams() == []
