@@ -91,6 +91,7 @@ class Exporter:
         self.exported_bytes = self.exported_messages = 0
         self.last_export_ms = 0
         self.task: asyncio.Task[None] | None = None
+        self._skipped_to = -1
         self.path = (None if stream.folder is None else
                      stream.folder / "exports" / f"{ident.encode().hex()}.json")
         self._load()
@@ -131,6 +132,13 @@ class Exporter:
         failures = 0
         while not stream.deleted:
             start = core.resolve_export_start(self.checkpoint, self.start_seq, stream.oldest())
+            wanted = core.resolve_export_start(self.checkpoint, self.start_seq, 0)
+            if start > wanted and start != self._skipped_to:
+                # Overwritten (strategyOnFull) or expired before it could be sent: say so.
+                self._skipped_to = start
+                log.warning("export %r of %r: messages %d..%d were removed from the stream "
+                            "before they could be exported", self.ident, stream.name,
+                            wanted, start - 1)
             available = stream.available(start)
             first = stream.read(start, 1, 1) if available else []
             age = store_.now_ms() - first[0][1] if first else 0
