@@ -48,7 +48,7 @@ apiserver:
 	@tests/apiserver/build.sh >/dev/null
 
 lint: venv
-	$(VENV)/bin/ruff check core controller edge-agent src tests bench
+	$(VENV)/bin/ruff check core controller edge-agent streams src tests bench
 	$(VENV)/bin/mypy -p hedgerow
 	$(VENV)/bin/mypy bench
 	$(VENV)/bin/lint-imports

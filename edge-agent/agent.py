@@ -41,6 +41,7 @@ from hedgerow.agent import (
     pubsub,
     records,
     runtime,
+    streamtokens,
     updateipc,
 )
 from hedgerow.agent import settings as settings_
@@ -250,6 +251,7 @@ class Agent:
             self.apply_changes(rec, self.runtime_of(rec).adopt(rec))
             self.save()
         self.save_records("adopting")
+        self.publish_service_tokens()
         with contextlib.suppress(FileNotFoundError, ValueError):
             self.history = outcome.History.model_validate_json(
                 self.layout.history_file.read_bytes())
@@ -535,6 +537,7 @@ class Agent:
             self.records.pop(rec.name, None)
             self.save()
             self.flush()
+            self.publish_service_tokens()
             log.info("%s: removed", rec.name)
 
     # --- apply -----------------------------------------------------------------------
@@ -700,6 +703,7 @@ class Agent:
                                  instance=secrets.token_hex(8))
             self.records[comp.name] = rec
             self.save()
+            self.publish_service_tokens()
         return rec
 
     def update(self, comp: documents.ResolvedComponent,
@@ -712,6 +716,15 @@ class Agent:
         self.save()
         log.info("%s: configuration changed; keeps running (its rendered lifecycle and "
                  "runWith are the same)", comp.name)
+
+    def publish_service_tokens(self) -> None:
+        """Tell the stream manager which tokens its dependents hold (as digests)."""
+        try:
+            streamtokens.apply_tokens(self.layout.root, self.records)
+        except OSError as exc:
+            self.trouble("stream-manager tokens", str(exc))
+        else:
+            self.untroubled("stream-manager tokens")
 
     def _job(self, comp: documents.ResolvedComponent, rec: records.Record) -> runtime.Job:
         return runtime.Job(comp, rec, self.context(comp, self.applied))

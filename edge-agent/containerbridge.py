@@ -30,7 +30,16 @@ from hedgerow.agent import records as records_
 from hedgerow.agent import runtime as runtime_
 from hedgerow.agent.dockererrors import ContainerRuntimeError, PermanentError, TransientError
 from hedgerow.agent.layout import Layout
-from hedgerow.core import backoff, component, documents, environment, lifecycle, privilege, recipe
+from hedgerow.core import (
+    backoff,
+    component,
+    documents,
+    environment,
+    lifecycle,
+    privilege,
+    recipe,
+    streams,
+)
 from hedgerow.core import container as container_
 from hedgerow.core import plan as plan_
 from hedgerow.core.documents import ComponentState as State
@@ -288,11 +297,16 @@ class ContainerBridge(runtime_.Base):
                 canonical=observe_bind_source,
                 allow_privileged=privilege.is_allowed(privilege.Level.PRIVILEGED,
                                                       self.settings.max_privilege),
-                agent_env=environment.render_component_env(
+                agent_env={**environment.render_component_env(
                     comp.name, comp.version, token, environment.AgentFacts(
                         thing=self.thing, region=self.settings.aws_region,
                         ipc_socket=container_.IPC_SOCKET_TARGET if mounted else None,
-                        root_ca=container_.ROOT_CA_TARGET if mounted else None)))
+                        root_ca=container_.ROOT_CA_TARGET if mounted else None)),
+                    # A dependent of hedgerow.StreamManager (which listens on the host's
+                    # loopback: such a container needs the host network).
+                    **streams.resolve_client_env(
+                        {n: p.configuration for n, p in context.dependencies.items()},
+                        token)})
             if len(self._configs) > 512:
                 self._configs.clear()
             self._configs[key] = config

@@ -19,7 +19,7 @@ from hedgerow.agent import cgroups as cgroups_
 from hedgerow.agent import process as process_
 from hedgerow.agent import settings as settings_
 from hedgerow.agent.layout import Layout
-from hedgerow.core import component, documents, privilege, recipe
+from hedgerow.core import component, documents, privilege, recipe, streams
 from hedgerow.core.documents import ComponentState as State
 from hedgerow.core.lifecycle import Event
 
@@ -201,7 +201,10 @@ class Processes(runtime.Base):
         self._check_identity(job.comp, step)
         try:
             script = recipe.render_text(step.script, job.context)
-            env = recipe.render_env({**life.setenv, **step.setenv}, job.context)
+            env = {**streams.resolve_client_env(
+                {n: p.configuration for n, p in job.context.dependencies.items()},
+                job.rec.token),
+                **recipe.render_env({**life.setenv, **step.setenv}, job.context)}
             skip = recipe.render_text(step.skip_if, job.context) if step.skip_if else None
         except recipe.RecipeVariableError as exc:
             raise failures.PermanentError(str(exc)) from exc

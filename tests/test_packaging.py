@@ -1,6 +1,6 @@
 """What `pip install hedgerow` gets: the sdist and wheel built for real, then opened.
 
-The import names live in core/, controller/ and edge-agent/, reached through symlinks in
+The import names live in core/, controller/, edge-agent/ and streams/, reached through symlinks in
 src/hedgerow; these tests show that the sdist holds those real files (not links, not the
 test suite, not a gate compiled on the build machine), that a wheel built from that sdist
 alone is pure Python and installs and imports, that the installed package compiles the
@@ -25,7 +25,7 @@ from tests.conftest import ROOT
 
 # import name → the folder that holds its real sources
 REAL = {"hedgerow/core": ROOT / "core", "hedgerow/controller": ROOT / "controller",
-        "hedgerow/agent": ROOT / "edge-agent"}
+        "hedgerow/agent": ROOT / "edge-agent", "hedgerow/streams": ROOT / "streams"}
 
 
 def _sources(folder: pathlib.Path) -> dict[str, bytes]:

@@ -1,0 +1,10 @@
+"""hedgerow.streams: the stream manager (`python -m hedgerow.streams serve`), a built-in
+component speaking the Greengrass Stream Manager SDK's protocol. A shell over
+`hedgerow.core.streams`; kept light (no agent, docker or paho unless an MQTT export is
+configured) because it runs as its own process on small devices."""
+
+import os as _os
+
+# As in hedgerow.core: src/hedgerow/streams is a symlink to streams/; tracebacks name the
+# real files.
+__path__[:] = [_os.path.realpath(p) for p in __path__]

@@ -1,0 +1,5 @@
+import sys
+
+from hedgerow.streams import cli
+
+sys.exit(cli.main())

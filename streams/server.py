@@ -1,0 +1,239 @@
+"""The Stream Manager SDK's protocol on a loopback TCP port.
+
+One connection: the client's connect version byte, a Connect frame (CBOR) with its
+protocol versions and auth token; we answer our version byte and a ConnectResponse. Then
+request frames, each answered by the response operation carrying the same requestId;
+requests run concurrently (a read that waits does not hold up an append on the same
+connection). A frame that is not the protocol (a bad length, CBOR that does not decode,
+a payload that is not a map) closes that connection only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import pathlib
+from typing import Any
+
+import cbor2
+
+from hedgerow.core import streams as core
+from hedgerow.streams import store as store_
+
+log = logging.getLogger("hedgerow.streams")
+
+# Connect must arrive quickly: a client that opens a socket and says nothing holds a slot.
+_CONNECT_TIMEOUT_S = 10.0
+# Requests one connection may have in progress (reads that wait, appends that sync); more
+# are not read from the socket until one finishes.
+_MAX_IN_FLIGHT = 256
+
+
+class Tokens:
+    """The SHA-256 of every token allowed to connect, read from the file the agent keeps
+    (one hex digest a line), re-read when the file changes."""
+
+    def __init__(self, path: pathlib.Path | None) -> None:
+        self.path = path
+        self._seen: tuple[int, int, int] | None = None
+        self._digests: frozenset[str] = frozenset()
+
+    def _refresh(self) -> None:
+        assert self.path is not None
+        try:
+            st = self.path.stat()
+        except OSError:
+            self._seen, self._digests = None, frozenset()
+            return
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if key != self._seen:
+            try:
+                text = self.path.read_text()
+            except OSError:
+                return
+            self._digests = frozenset(line.strip() for line in text.splitlines()
+                                      if line.strip())
+            self._seen = key
+
+    def is_allowed(self, token: Any) -> bool:
+        if self.path is None:
+            return True  # `--no-auth`, for a developer's machine only
+        if not isinstance(token, str) or not token:
+            return False
+        self._refresh()
+        return hashlib.sha256(token.encode()).hexdigest() in self._digests
+
+
+class Server:
+    def __init__(self, store: store_.Store, tokens: Tokens) -> None:
+        self.store, self.tokens = store, tokens
+        self.describe_exports: Any = lambda stream: []  # set by the export manager
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            if await self._connect(reader, writer):
+                while True:
+                    if len(tasks) >= _MAX_IN_FLIGHT:  # backpressure, not unbounded tasks
+                        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                    op, payload = await _read_frame(reader)
+                    request = _decode(payload)
+                    task = asyncio.get_running_loop().create_task(
+                        self._answer(op, request, writer))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+            pass
+        except core.FrameError as exc:
+            log.warning("closing a connection that broke the protocol: %s", exc)
+        finally:
+            for task in tasks:
+                task.cancel()
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _connect(self, reader: asyncio.StreamReader,
+                       writer: asyncio.StreamWriter) -> bool:
+        version = (await asyncio.wait_for(reader.readexactly(1), _CONNECT_TIMEOUT_S))[0]
+        if version != core.CONNECT_VERSION:
+            raise core.FrameError(f"connect version {version}, expected "
+                                  f"{core.CONNECT_VERSION}")
+        op, payload = await asyncio.wait_for(_read_frame(reader), _CONNECT_TIMEOUT_S)
+        if op != core.Operation.CONNECT:
+            raise core.FrameError(f"first frame is operation {op}, not Connect")
+        request = _decode(payload)
+        answer: dict[str, Any] = {"requestId": request.get("requestId"),
+                                  "serverVersion": core.SERVER_VERSION,
+                                  "supportedProtocolVersions": [
+                                      core.PROTOCOL_VERSION, *core.OLD_PROTOCOL_VERSIONS]}
+        others = request.get("otherSupportedProtocolVersions") or []
+        version_ = core.resolve_protocol_version(
+            str(request.get("protocolVersion")),
+            [str(v) for v in others] if isinstance(others, list) else [])
+        if not self.tokens.is_allowed(request.get("authToken")):
+            # Never log the token; the peer's port says which connection it was.
+            log.warning("refused a connection from %s: wrong or missing auth token",
+                        writer.get_extra_info("peername"))
+            answer.update(status=int(core.Status.UNAUTHORIZED),
+                          errorMessage="wrong or missing AWS_CONTAINER_AUTHORIZATION_TOKEN")
+        elif version_ is None:
+            answer.update(status=int(core.Status.UNSUPPORTED_PROTOCOL_VERSION),
+                          errorMessage=f"protocol {request.get('protocolVersion')!r} "
+                                       f"is not one of {core.PROTOCOL_VERSION}, "
+                                       f"{', '.join(core.OLD_PROTOCOL_VERSIONS)}")
+        else:
+            answer.update(status=int(core.Status.SUCCESS), protocolVersion=version_,
+                          clientIdentifier=f"{writer.get_extra_info('peername')}")
+        writer.write(bytes([core.CONNECT_VERSION]))
+        _write_frame(writer, core.Operation.CONNECT_RESPONSE, answer)
+        await writer.drain()
+        return bool(answer["status"] == core.Status.SUCCESS)
+
+    async def _answer(self, op: int, request: dict[str, Any],
+                      writer: asyncio.StreamWriter) -> None:
+        request_id = request.get("requestId")
+        try:
+            operation = core.Operation(op)
+            response_op = core.RESPONSE_OF[operation]
+        except (ValueError, KeyError):
+            _write_frame(writer, core.Operation.UNKNOWN_OPERATION_ERROR, {
+                "requestId": request_id, "status": int(core.Status.UNKNOWN_OPERATION),
+                "errorMessage": f"unknown operation {op}"})
+            return
+        try:
+            body = await self._dispatch(operation, request)
+            answer = {"requestId": request_id, "status": int(core.Status.SUCCESS), **body}
+        except core.RequestError as exc:
+            answer = {"requestId": request_id, "status": int(exc.status),
+                      "errorMessage": exc.message}
+        except Exception as exc:  # a bug must answer the client, not leave it waiting
+            if not isinstance(exc, OSError):
+                log.exception("%s failed", operation.name)
+            else:
+                log.error("%s failed: %s", operation.name, exc)
+            answer = {"requestId": request_id,
+                      "status": int(core.Status.MESSAGE_STORE_READ_ERROR
+                                    if operation is core.Operation.READ_MESSAGES
+                                    else core.Status.UNKNOWN_FAILURE),
+                      "errorMessage": f"storage error: {getattr(exc, 'strerror', None) or exc}"}
+        if not writer.is_closing():
+            _write_frame(writer, response_op, answer)
+
+    async def _dispatch(self, op: core.Operation, req: dict[str, Any]) -> dict[str, Any]:
+        store = self.store
+        if op is core.Operation.APPEND_MESSAGE:
+            stream = store.get(req.get("name"))
+            payload = req.get("payload")
+            if not isinstance(payload, bytes):
+                raise core.RequestError(core.Status.INVALID_REQUEST, "payload: must be bytes")
+            seq = stream.append(payload, store.budget_left(stream))
+            if stream.durable_appends:
+                await stream.wait_durable(seq)
+            return {"sequenceNumber": seq}
+        if op is core.Operation.READ_MESSAGES:
+            return {"messages": await self._read(req)}
+        if op is core.Operation.CREATE_MESSAGE_STREAM:
+            store.create(core.resolve_definition(req.get("definition")))
+            return {}
+        if op is core.Operation.UPDATE_MESSAGE_STREAM:
+            store.update(core.resolve_definition(req.get("definition")))
+            return {}
+        if op is core.Operation.DELETE_MESSAGE_STREAM:
+            store.delete(req.get("name"))
+            return {}
+        if op is core.Operation.LIST_STREAMS:
+            return {"streams": sorted(store.streams)}
+        if op is core.Operation.DESCRIBE_MESSAGE_STREAM:
+            stream = store.get(req.get("name"))
+            return {"messageStreamInfo": {
+                "definition": dict(stream.definition.raw),
+                "storageStatus": {"oldestSequenceNumber": stream.oldest(),
+                                  "newestSequenceNumber": stream.visible - 1,
+                                  "totalBytes": stream.total_bytes},
+                "exportStatuses": self.describe_exports(stream)}}
+        raise core.RequestError(core.Status.UNKNOWN_OPERATION, f"operation {op.name}")
+
+    async def _read(self, req: dict[str, Any]) -> list[dict[str, Any]]:
+        stream = self.store.get(req.get("streamName"))
+        opts = core.resolve_read_options(req.get("readMessagesOptions"))
+        want = opts.max_count or opts.min_count
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + opts.timeout_ms / 1000
+        # Wait on the stream's event (set by appends and sync rounds), never by polling.
+        while stream.available(opts.start) < opts.min_count:
+            left = deadline - loop.time()
+            if left <= 0 or stream.deleted:
+                raise core.RequestError(
+                    core.Status.NOT_ENOUGH_MESSAGES,
+                    f"stream {stream.name!r} has {stream.available(opts.start)} messages "
+                    f"from {opts.start}, fewer than minMessageCount {opts.min_count}")
+            stream.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stream.changed.wait(), left)
+        records = stream.read(opts.start, want, core.MAX_READ_RESPONSE_BYTES)
+        return [{"streamName": stream.name, "sequenceNumber": seq, "ingestTime": t,
+                 "payload": p} for seq, t, p in records]
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    length, op = core.resolve_frame_header(await reader.readexactly(core.FRAME_HEADER.size))
+    return op, await reader.readexactly(length)
+
+
+def _decode(payload: bytes) -> dict[str, Any]:
+    try:
+        value = cbor2.loads(payload)
+    except Exception as exc:  # cbor2 raises several kinds for hostile input
+        raise core.FrameError(f"payload is not CBOR: {type(exc).__name__}") from None
+    if not isinstance(value, dict):
+        raise core.FrameError("payload is not a CBOR map")
+    return value
+
+
+def _write_frame(writer: asyncio.StreamWriter, op: core.Operation,
+                 body: dict[str, Any]) -> None:
+    payload = cbor2.dumps(body)
+    writer.write(core.render_frame_header(op, len(payload)) + payload)

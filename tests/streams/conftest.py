@@ -1,0 +1,104 @@
+"""A real stream manager process (`python -m hedgerow.streams serve`) on a free loopback
+port, with a tokens file as the agent writes it, and the official SDK client to talk to it.
+The tests that go through the agent (test_agent.py) start it as a component instead."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from stream_manager import StreamManagerClient
+
+from tests.agent.conftest import agent, agent_home  # noqa: F401 (fixtures for test_agent)
+from tests.support.net import LOOPBACK, free_port
+from tests.support.procs import stop_group
+from tests.support.wait import wait_for
+
+
+class StreamManager:
+    def __init__(self, home: pathlib.Path, **config: Any) -> None:
+        self.home = home
+        self.token = secrets.token_urlsafe(24)
+        self.tokens = home / "tokens"
+        self.tokens.write_text(hashlib.sha256(self.token.encode()).hexdigest() + "\n")
+        self.storage = home / "streams"
+        self.log = home / "stream-manager.log"
+        self.config = {"storageDir": str(self.storage), "flushIntervalMillis": 100, **config}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.env: dict[str, str] = {}
+
+    def start(self) -> None:
+        self.port = free_port()
+        self.config["port"] = self.port
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "hedgerow.streams", "serve", "--tokens",
+                 str(self.tokens), "--config", json.dumps(self.config)],
+                stdout=out, stderr=out, start_new_session=True, cwd=self.home,
+                env={**os.environ, **self.env})
+        wait_for(self._listening, 20, "the stream manager's port")
+
+    def _listening(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"stream manager exited: {self.log.read_text()[-2000:]}")
+        try:
+            socket.create_connection((LOOPBACK, self.port), timeout=1).close()
+        except OSError:
+            return False
+        return True
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        stop_group(self.proc)
+
+    def client(self, token: str | None = None, **kw: Any) -> StreamManagerClient:
+        """The official SDK client, given the token as a component gets it."""
+        old = os.environ.get("AWS_CONTAINER_AUTHORIZATION_TOKEN")
+        os.environ["AWS_CONTAINER_AUTHORIZATION_TOKEN"] = self.token if token is None else token
+        try:
+            return StreamManagerClient(port=self.port, **kw)
+        finally:
+            if old is None:
+                del os.environ["AWS_CONTAINER_AUTHORIZATION_TOKEN"]
+            else:
+                os.environ["AWS_CONTAINER_AUTHORIZATION_TOKEN"] = old
+
+
+@pytest.fixture
+def make_manager(tmp_path: pathlib.Path) -> Iterator[Any]:
+    started: list[StreamManager] = []
+
+    def make(env: dict[str, str] | None = None, **config: Any) -> StreamManager:
+        sm = StreamManager(tmp_path, **config)
+        sm.env = env or {}
+        sm.start()
+        started.append(sm)
+        return sm
+
+    yield make
+    for sm in started:
+        sm.stop()
+    for sm in started[:1]:
+        print(sm.log.read_text()[-4000:])
+
+
+@pytest.fixture
+def manager(make_manager: Any) -> StreamManager:
+    sm: StreamManager = make_manager()
+    return sm
