@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Final
 
 from hedgerow.core import (
@@ -90,6 +90,10 @@ class FleetPlan:
     events: list[Event]
     wake_at: datetime.datetime | None
     problems: dict[str, list[resolve.Problem]]  # by deployment id
+    # The devices resolved this pass (all, or those asked for and the rollouts' own), and
+    # the problems each had: a caller passing ``only`` keeps them for the next passes.
+    faults: dict[str, list[resolve.Problem]] = dataclasses.field(default_factory=dict)
+    visited: int = 0
 
 
 def render_condition(
@@ -294,12 +298,20 @@ def plan_fleet(
     statuses: Mapping[Key, deployment.DeploymentStatus] | None = None,
     levels: Mapping[str, privilege.Level] | None = None,
     max_bytes: int = limits.MAX_DESIRED_BYTES,
+    only: Collection[str] | None = None,
+    faults: Mapping[str, Sequence[resolve.Problem]] | None = None,
 ) -> FleetPlan:
     """One pass. ``fleet`` (built from the same groups, deployments, components and
     ``levels``) may be kept between passes: its caches then carry over, and devices whose
     combination did not change cost a lookup. ``statuses`` override the Deployments' own
     status (the controller's latest writes, which the watch may not have delivered yet).
-    ``levels``: the privilege level of each namespace (absent: the default, restricted)."""
+    ``levels``: the privilege level of each namespace (absent: the default, restricted).
+
+    ``only``: resolve only these devices (the ones a change can affect:
+    ``hedgerow.core.impact``), plus those a rollout reaches or rolls back this pass;
+    every other device keeps its document, and its problems are taken from ``faults``
+    (what ``FleetPlan.faults`` said when it was last resolved). Counting and statuses
+    still see every device."""
     if fleet is None:
         fleet = resolve.Fleet(groups, deployments, components, levels or {})
     events: list[Event] = []
@@ -370,21 +382,37 @@ def plan_fleet(
                     if timeout_at is not None and timeout_at > now:
                         wake.append(timeout_at)
 
+    visit = None if only is None else set(only)
+    if visit is not None:
+        for r in rollouts:
+            visit |= r.promote  # reached by a rollout window
+            if r.frozen is not None and r.rolls_back:
+                visit.update(r.targeted)  # aborted this pass: back to the baseline
     publishes: list[Publish] = []
     problems: dict[str, list[resolve.Problem]] = {}
+    device_faults: dict[str, list[resolve.Problem]] = {}
+
+    def found(p: resolve.Problem) -> None:
+        seen = problems.setdefault(p.deployment, [])
+        # One line per kind of problem is enough for a condition (not one per device).
+        if p not in seen and not (p.reason == DOCUMENT_TOO_LARGE
+                                  and any(x.reason == p.reason for x in seen)):
+            seen.append(p)
+
     for device in devices:
         status = device.status
         if device.namespace is None:
             continue  # in no namespace: nothing reaches it, it keeps what it has
+        if visit is not None and device.thing not in visit:
+            for p in (faults or {}).get(device.thing, ()):
+                found(p)
+            continue
         chosen = {i: rollouts[i].choose(device.thing, status.desired_generations.get(
             rollouts[i].id)) for i in targeting[device.thing]}
-        result, faults = _isolate(fleet, device, chosen, rollouts, position, max_bytes)
-        for p in faults:
-            found = problems.setdefault(p.deployment, [])
-            # One line per kind of problem is enough for a condition (not one per device).
-            if p not in found and not (p.reason == DOCUMENT_TOO_LARGE
-                                       and any(x.reason == p.reason for x in found)):
-                found.append(p)
+        result, device_faults[device.thing] = _isolate(fleet, device, chosen, rollouts,
+                                                       position, max_bytes)
+        for p in device_faults[device.thing]:
+            found(p)
         if result is None:
             continue  # nothing settles: the device keeps its last document
         revision = result.revision
@@ -408,7 +436,8 @@ def plan_fleet(
 
     written = {resolve.key_of(r.d): _render_status(r, view, problems.get(r.id, []), now,
                                                    window, events) for r in rollouts}
-    return FleetPlan(publishes, written, members, events, min(wake) if wake else None, problems)
+    return FleetPlan(publishes, written, members, events, min(wake) if wake else None, problems,
+                     device_faults, len(device_faults))
 
 
 def _isolate(
