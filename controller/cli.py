@@ -34,6 +34,7 @@ def _controller(args: argparse.Namespace) -> int:
         rollout_window=args.rollout_minute, verbose=args.verbose, liveness=args.liveness,
         ca_dir=args.ca_dir, stats_file=args.stats_file,
         last_seen_interval=args.last_seen_interval, status_workers=args.status_workers,
+        status_qps=args.status_qps,
     )
     operator.run(settings)
     return 0
@@ -266,6 +267,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
                           "(default 300; every other change is written as it happens)")
     run.add_argument("--status-workers", type=int, default=8, metavar="N",
                      help="CoreDevice status writes in flight at once (default 8)")
+    run.add_argument("--status-qps", type=float, default=100.0, metavar="N",
+                     help="at most N CoreDevice status writes per second on average, "
+                          "bursts of one second's worth (default 100; 0: no budget)")
     run.add_argument("--rollout-minute", type=float, default=60.0, metavar="SECONDS",
                      help=argparse.SUPPRESS)  # tests shorten rollout windows
     run.add_argument("--liveness", metavar="URL",

@@ -91,6 +91,8 @@ class Settings:
     last_seen_interval: float = _LAST_SEEN_SECONDS
     # CoreDevice status writes in flight at once (docs/scale.md: measured).
     status_workers: int = 8
+    # CoreDevice status writes per second at most (the API server is shared); 0: no budget.
+    status_qps: float = 100.0
 
 
 def parse_body(plural: str, body: Mapping[str, Any]) -> base.Model | None:
@@ -164,7 +166,7 @@ class Controller:
         self.api_pool = concurrent.futures.ThreadPoolExecutor(settings.status_workers,
                                                               "hedgerow-status")
         self.writer = statuswriter.StatusWriter(self._write_device, settings.status_interval,
-                                                settings.status_workers)
+                                                settings.status_workers, settings.status_qps)
         self.last_seen = datetime.timedelta(seconds=settings.last_seen_interval)
         self.heartbeats_skipped = 0  # reports that changed nothing worth a write
         self.reports_accepted = 0
@@ -179,6 +181,7 @@ class Controller:
         self.passes = 0  # completed passes (tests wait on it: see stats())
         self.skipped_passes = 0  # passes with nothing changed: the last plan stood
         self.last_pass_seconds = 0.0
+        self.last_full_pass_seconds = 0.0
         self.last_pass_resolved = 0  # devices resolved by the last pass
         self.resolved_total = 0
         self.planned = False
@@ -187,6 +190,7 @@ class Controller:
         # changed their Applied state or platform: what an incremental pass resolves.
         self.changes: set[impact.Ref] = set()
         self.dirty_devices: set[str] = set()
+        self.must_plan = False  # the next pass plans even if nothing above changed
         self.index: impact.Index | None = None
         self.faults: dict[str, list[resolve.Problem]] = {}  # per device, from its last plan
         self.published = 0
@@ -351,6 +355,7 @@ class Controller:
             except Exception:
                 logger.exception("reconcile pass failed; retrying")
                 wake_at = None
+                full_at = -self.settings.resync  # what it consumed is looked at again
                 await asyncio.sleep(1.0)
             timeout = self.settings.resync
             if wake_at is not None:
@@ -370,7 +375,8 @@ class Controller:
         now = _now()
         changes, self.changes = self.changes, set()
         dirty, self.dirty_devices = self.dirty_devices, set()
-        if not full and not changes and not dirty and self.planned and (
+        must, self.must_plan = self.must_plan, False
+        if not full and not must and not changes and not dirty and self.planned and (
                 self.wake_at is None or now < self.wake_at):
             self.skipped_passes += 1
             self.last_pass_resolved = 0
@@ -386,8 +392,15 @@ class Controller:
         await self._publish(plan, now)  # documents, then the devices' Applied conditions
         await self._report(seen, plan)  # Deployment and ThingGroup status, events
         self.wake_at = plan.wake_at
-        self._passed(started)
+        self._passed(started, full=only is None)
         return plan.wake_at
+
+    def _replan(self, *things: str) -> None:
+        """Plan again soon, resolving ``things`` again (none: only the counts and
+        statuses need a new look)."""
+        self.dirty_devices.update(things)
+        self.must_plan = True
+        self.wake.set()
 
     def _affected(self, seen: _Observed, changes: set[impact.Ref],
                   dirty: set[str]) -> set[str]:
@@ -406,8 +419,10 @@ class Controller:
         return impact.Index(self.fleet[1], ((cd.metadata.name, cd.metadata.labels,
                                             cd.spec.namespace) for cd in seen.coredevices))
 
-    def _passed(self, started: float) -> None:
+    def _passed(self, started: float, full: bool = False) -> None:
         self.last_pass_seconds = time.perf_counter() - started
+        if full:
+            self.last_full_pass_seconds = self.last_pass_seconds
         self.passes += 1
         if self.settings.stats_file:
             try:
@@ -429,8 +444,10 @@ class Controller:
                 "statusCoalesced": w.coalesced, "statusQueue": w.depth,
                 "statusQueueMax": w.max_depth,
                 "statusWriteSeconds": round(w.write_seconds, 3),
+                "statusThrottledSeconds": round(w.throttled_seconds, 3),
                 "skippedPasses": self.skipped_passes,
                 "lastPassSeconds": round(self.last_pass_seconds, 6),
+                "lastFullPassSeconds": round(self.last_full_pass_seconds, 6),
                 "lastPassResolved": self.last_pass_resolved,
                 "resolvedTotal": self.resolved_total}
 
@@ -540,7 +557,7 @@ class Controller:
             self.devices[p.thing], replan = fleet.render_published(
                 self.devices[p.thing], p, self.reports.get(p.thing), now)
             if replan:
-                self.wake.set()
+                self._replan(p.thing)
             self._mark(p.thing)
         self.published += len(sent)
         logger.info("published %d desired documents", len(sent))
@@ -619,7 +636,7 @@ class Controller:
         if kind == "CoreDevice":
             self._mark(name)
         else:
-            self.wake.set()
+            self._replan()
 
     def _post_event(self, d: deployment.Deployment, event: fleet.Event) -> None:
         body: dict[str, Any] = {"apiVersion": base.API_VERSION, "kind": "Deployment",
@@ -681,8 +698,7 @@ class Controller:
         self.devices[thing] = new
         self._mark(thing)
         if fleet.applied_state(new) != fleet.applied_state(old) or new.platform != old.platform:
-            self.dirty_devices.add(thing)
-            self.wake.set()  # counts, abort criteria or the platform changed
+            self._replan(thing)  # counts, abort criteria or the platform changed
 
     def _refuse(self, thing: str, reason: str, message: str, clock: float) -> None:
         """Count a refused report; log and show it only when the reason changes."""

@@ -9,11 +9,13 @@ latest value wins, a burst of reports costs one write). Rules:
   cooling, until its interval is over), and never two writes of one device at once;
 - ``workers`` writes in flight (a bounded pool: the API server's throughput stops
   growing past a few concurrent writes, and each in flight costs a thread);
+- at most ``qps`` writes per second on average (bursts of one second's worth): the
+  budget this controller may spend of a shared API server (None: no budget);
 - the most urgent first: outcomes that change rollout counting before other visible
   changes before liveness alone; offered order within a priority.
 
-The counters (``writes``, ``offered``, ``coalesced``, ``write_seconds``, ``depth``) are
-plain attributes for whoever exports metrics.
+The counters (``writes``, ``offered``, ``coalesced``, ``write_seconds``,
+``throttled_seconds``, ``depth``) are plain attributes for whoever exports metrics.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from hedgerow.core import liveness
+from hedgerow.core import liveness, ratelimit
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +36,13 @@ Write = Callable[[str], Awaitable[object]]
 
 class StatusWriter:
     def __init__(self, write: Write, interval: float, workers: int,
+                 qps: float | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._write = write
         self.interval = interval
         self.workers = max(1, workers)
+        self.qps = qps if qps else None
+        self._bucket: ratelimit.Bucket | None = None
         self._clock = clock
         # One insertion-ordered queue per priority, of devices ready to write.
         self._ready: dict[liveness.Priority, dict[str, None]] = {
@@ -55,6 +60,7 @@ class StatusWriter:
         self.coalesced = 0  # offers folded into a write already due
         self.writes = 0
         self.write_seconds = 0.0  # summed duration of the writes
+        self.throttled_seconds = 0.0  # waited for the write budget
         self.max_depth = 0
 
     @property
@@ -140,6 +146,7 @@ class StatusWriter:
         slots = asyncio.Semaphore(self.workers)
         while True:
             await slots.acquire()
+            await self._budget()
             thing, wait = self._take()
             while thing is None:
                 self._wake.clear()
@@ -150,6 +157,20 @@ class StatusWriter:
             task = asyncio.create_task(self._write_one(thing, slots))
             self._writing.add(task)
             task.add_done_callback(self._writing.discard)
+
+    async def _budget(self) -> None:
+        """Until the write budget (a token bucket of ``qps``) allows one more write."""
+        if self.qps is None:
+            return
+        while True:
+            now = self._clock()
+            ok, self._bucket = ratelimit.plan_take(self._bucket, now,
+                                                   max(1, round(self.qps)), 1 / self.qps)
+            if ok:
+                return
+            wait = (1.0 - self._bucket.tokens) / self.qps
+            self.throttled_seconds += wait
+            await asyncio.sleep(wait)
 
     async def _write_one(self, thing: str, slots: asyncio.Semaphore) -> None:
         started = self._clock()

@@ -157,3 +157,29 @@ def test_one_device_is_never_written_twice_within_its_interval() -> None:
     asyncio.run(scenario())
     assert 2 <= len(times) <= 3  # 0.4 s of offers, one write per 0.3 s
     assert all(b - a >= 0.29 for a, b in itertools.pairwise(times))
+
+
+def test_writes_stay_within_the_budget() -> None:
+    times: list[float] = []
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+
+        async def write(thing: str) -> None:
+            times.append(loop.time())
+
+        w = statuswriter.StatusWriter(write, interval=1.0, workers=8, qps=50)
+        start = loop.time()
+        for i in range(100):
+            w.offer(f"gw-{i}", liveness.Priority.VISIBLE)
+        w.start()
+        await asyncio.wait_for(w.drain(), 10)
+        await w.stop()
+        times[:] = [t - start for t in times]
+        assert w.throttled_seconds > 0
+
+    asyncio.run(scenario())
+    assert len(times) == 100
+    # A burst of one second's worth (50), then 50 per second: the last about 1 s later.
+    assert times[-1] >= 0.9
+    assert all(sum(1 for t in times if t < s) <= 50 + 50 * s + 1 for s in (0.2, 0.5, 0.8))
