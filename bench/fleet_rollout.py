@@ -37,7 +37,7 @@ Figures:
   Baseline: a Python process that only imports kopf, kubernetes and paho.
 - api_writes_peak_per_s / api_writes_per_s: CoreDevice writes the watch saw, in the
   busiest second and on average from apply to the last success. Baseline: the
-  controller's write budget (`--status-qps`, 100 by default).
+  controller's write budget (`--status-qps`: 500 at 1,000 devices, 100 at 10,000).
 - nochange_pass_ms: a pass with nothing changed (asked for with SIGUSR1, the median of
   20, as the controller times it in `--stats-file`); onechange_pass_ms: the pass after
   one CoreDevice's labels changed; full_pass_ms: the last full (`--resync`) pass, every
@@ -70,7 +70,11 @@ from tests.support import passes, wait
 N = 1000
 RATE = 1000  # rollout.maximumPerMinute
 APPLY_DELAY = 0.2  # seconds a simulated device takes to "apply" a document
-BUDGET = 100.0  # the controller's --status-qps (its default)
+# The controller's --status-qps: at 1,000, what a burst of 1,000 outcomes in about two
+# seconds needs (the p50 <= 1 s target), so the API server is the limit; at 10,000 the
+# default (100), which a rollout at 1,000/min stays within.
+BUDGETS = {N: 500.0}
+DEFAULT_BUDGET = 100.0
 
 
 class DeviceWatch:
@@ -143,11 +147,12 @@ def run(n: int | None = None) -> Iterator[harness.Figure]:
     suffix = "" if n == N else f"_{n // 1000}k"
     processes = max(4, n // 1250)
     timeout = 90 + 60 * n / RATE  # seconds the rollout may take before giving up
+    budget = BUDGETS.get(n, DEFAULT_BUDGET)
     things = [_fleet.thing_name(i) for i in range(n)]
     rollout = {"maximumPerMinute": RATE}
     with _fleet.cluster(n) as (server, broker, tmp), \
             _fleet.controller(server, broker, tmp, "--stats-file", str(tmp / "stats.json"),
-                              "--resync", "30", "--status-qps", f"{BUDGET:g}") as proc, \
+                              "--resync", "30", "--status-qps", f"{budget:g}") as proc, \
             _fleet.Simulators(broker.port, things, processes, APPLY_DELAY) as sims:
         stats = tmp / "stats.json"
         watcher = DeviceWatch(str(server.kubeconfig))
@@ -225,11 +230,11 @@ def run(n: int | None = None) -> Iterator[harness.Figure]:
                          "Deployment counts all succeeded)")
     if rollout_writes:
         yield harness.Figure(f"api_writes_peak_per_s{suffix}", max(rollout_writes),
-                             "writes/s", BUDGET, f"<= {BUDGET:g} + burst (baseline: "
+                             "writes/s", budget, f"<= {budget:g} + burst (baseline: "
                              "--status-qps, bursts of one second's worth)")
         yield harness.Figure(f"api_writes_per_s{suffix}",
-                             sum(rollout_writes) / max(1.0, settled), "writes/s", BUDGET,
-                             f"<= {BUDGET:g} (baseline: --status-qps)")
+                             sum(rollout_writes) / max(1.0, settled), "writes/s", budget,
+                             f"<= {budget:g} (baseline: --status-qps)")
     yield harness.Figure(f"nochange_pass{suffix}_ms", statistics.median(nochange), "ms", full,
                          "<= 50 ms (median of 20; baseline: the last full pass)")
     yield harness.Figure(f"onechange_pass{suffix}_ms", onechange, "ms", full,
