@@ -149,7 +149,7 @@ def create_all(kubeconfig: Path, devices: list[dict[str, Any]], threads: int = 8
 
 
 @contextlib.contextmanager
-def controller(server: Any, broker: Any, tmp: Path, *extra: str,
+def controller(server: Any, broker: Any, tmp: Path, *extra: str, start_timeout: float = 120,
                ) -> Iterator[subprocess.Popen[bytes]]:
     """`hedgerow controller` as a process, returned once its first pass is logged;
     terminated (killed if it must be) on exit. `HEDGEROW_BENCH_LOG=1` prints the log tail."""
@@ -160,7 +160,7 @@ def controller(server: Any, broker: Any, tmp: Path, *extra: str,
              str(server.kubeconfig), "--broker", broker.url, *extra],
             stdout=log, stderr=subprocess.STDOUT)
         try:
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + start_timeout
             while b"first pass:" not in log_path.read_bytes():
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError("the controller did not start:\n"

@@ -152,7 +152,9 @@ def run(n: int | None = None) -> Iterator[harness.Figure]:
     rollout = {"maximumPerMinute": RATE}
     with _fleet.cluster(n) as (server, broker, tmp), \
             _fleet.controller(server, broker, tmp, "--stats-file", str(tmp / "stats.json"),
-                              "--resync", "30", "--status-qps", f"{budget:g}") as proc, \
+                              "--resync", "30", "--status-qps", f"{budget:g}",
+                              # kopf indexes every CoreDevice before the first pass
+                              start_timeout=120 + n / 20) as proc, \
             _fleet.Simulators(broker.port, things, processes, APPLY_DELAY) as sims:
         stats = tmp / "stats.json"
         watcher = DeviceWatch(str(server.kubeconfig))

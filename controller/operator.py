@@ -530,7 +530,9 @@ class Controller:
             functools.partial(fleet.plan_fleet, devices, seen.groups, seen.deployments,
                               seen.components, now, self.window, fleet=self.fleet[1],
                               statuses=seen.statuses, levels=seen.levels, only=only,
-                              faults=self.faults))
+                              faults=self.faults,
+                              # Built from this Fleet and these devices (see _affected).
+                              index=self.index if only is not None else None))
         if only is None:
             self.faults = plan.faults
         else:

@@ -41,6 +41,7 @@ from hedgerow.core import (
     deployment,
     documents,
     identity,
+    impact,
     limits,
     privilege,
     readiness,
@@ -111,8 +112,10 @@ def render_condition(
 def applied_state(
     status: coredevice.CoreDeviceStatus,
 ) -> tuple[base.ConditionStatus | None, datetime.datetime | None]:
-    cond = next((c for c in status.conditions if c.type == APPLIED), None)
-    return (None, None) if cond is None else (cond.status, cond.last_transition_time)
+    for c in status.conditions:  # a plain loop: called for every device on every pass
+        if c.type == APPLIED:
+            return c.status, c.last_transition_time
+    return None, None
 
 
 def render_notified(
@@ -300,6 +303,7 @@ def plan_fleet(
     max_bytes: int = limits.MAX_DESIRED_BYTES,
     only: Collection[str] | None = None,
     faults: Mapping[str, Sequence[resolve.Problem]] | None = None,
+    index: impact.Index | None = None,
 ) -> FleetPlan:
     """One pass. ``fleet`` (built from the same groups, deployments, components and
     ``levels``) may be kept between passes: its caches then carry over, and devices whose
@@ -311,7 +315,9 @@ def plan_fleet(
     ``hedgerow.core.impact``), plus those a rollout reaches or rolls back this pass;
     every other device keeps its document, and its problems are taken from ``faults``
     (what ``FleetPlan.faults`` said when it was last resolved). Counting and statuses
-    still see every device."""
+    still see every device. ``index``, built from ``fleet`` and exactly these devices
+    (their labels and namespaces), saves looking up each device's groups and
+    deployments again."""
     if fleet is None:
         fleet = resolve.Fleet(groups, deployments, components, levels or {})
     events: list[Event] = []
@@ -340,11 +346,18 @@ def plan_fleet(
         if device.namespace is None:
             targeting[device.thing] = ()
             continue
-        targeting[device.thing] = fleet.indices(device.thing, device.labels, device.namespace)
+        if index is not None:
+            targeting[device.thing] = index.targeting[device.thing]
+        else:
+            targeting[device.thing] = fleet.indices(device.thing, device.labels,
+                                                    device.namespace)
+            for g in fleet.groups_of(device.thing, device.labels, device.namespace):
+                members[g] += 1
         for i in targeting[device.thing]:
             rollouts[i].targeted.append(device.thing)
-        for g in fleet.groups_of(device.thing, device.labels, device.namespace):
-            members[g] += 1
+    if index is not None:
+        members.update((g, len(things)) for g, things in index.by_group.items()
+                       if g in members)
 
     wake: list[datetime.datetime] = []
     for r in rollouts:
@@ -430,8 +443,9 @@ def plan_fleet(
                      if revision != status.desired_revision else
                      status.model_copy(update={"desired_generations": generations}))
 
-    for p in fleet.empty_targets((d.thing, d.labels, d.namespace) for d in devices
-                                 if d.namespace is not None):
+    # Every device targeted by a deployment was counted above: no second look needed.
+    reached = {i for i, r in enumerate(rollouts) if r.targeted}
+    for p in fleet.empty_targets((), reached=reached):
         problems.setdefault(p.deployment, []).append(p)
 
     written = {resolve.key_of(r.d): _render_status(r, view, problems.get(r.id, []), now,

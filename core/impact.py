@@ -44,6 +44,9 @@ class Index:
         self.by_group: dict[resolve.Key, set[str]] = {}
         self.by_namespace: dict[str, set[str]] = {}
         self.by_label: dict[tuple[str, str, str], set[str]] = {}
+        # Per device: the positions in fleet.deployments of those targeting it (what
+        # fleet.plan_fleet would look up again).
+        self.targeting: dict[str, tuple[int, ...]] = {}
         # component (namespace, name) -> the deployments whose components can pull it in
         reach: dict[resolve.Key, set[resolve.Key]] = {}
         for d in fleet.deployments:
@@ -61,7 +64,8 @@ class Index:
                 self.by_label.setdefault((namespace, k, v), set()).add(thing)
             for g in fleet.groups_of(thing, labels, namespace):
                 self.by_group.setdefault(g, set()).add(thing)
-            for i in fleet.indices(thing, labels, namespace):
+            self.targeting[thing] = fleet.indices(thing, labels, namespace)
+            for i in self.targeting[thing]:
                 self.by_deployment.setdefault(keys[i], set()).add(thing)
 
     def devices_of(self, ref: Ref) -> set[str]:

@@ -134,3 +134,20 @@ def test_problems_of_devices_not_resolved_again_are_kept() -> None:
     part = fleet.plan_fleet(devices, o["groups"], o["deployments"], o["components"], T0,
                             only={"d1"}, faults={**full.faults, "d5": [kept]})
     assert part.problems["a/dep3"] == [kept]
+
+
+def test_a_pass_reading_the_index_plans_the_same() -> None:
+    o = objects()
+    f = resolve.Fleet(o["groups"], o["deployments"], o["components"])
+    devices = _devices()
+    first = fleet.plan_fleet(devices, o["groups"], o["deployments"], o["components"], T0,
+                             fleet=f)
+    devices = _published(devices, first)
+    i = impact.Index(f, ((d.thing, d.labels, d.namespace) for d in devices))
+    plain = fleet.plan_fleet(devices, o["groups"], o["deployments"], o["components"], T0,
+                             fleet=f, only={"d1", "e2"}, faults=first.faults)
+    indexed = fleet.plan_fleet(devices, o["groups"], o["deployments"], o["components"], T0,
+                               fleet=f, only={"d1", "e2"}, faults=first.faults, index=i)
+    assert indexed == plain
+    assert indexed.member_counts == {("a", "g1"): 2, ("a", "g2"): 2, ("b", "g1"): 2}
+    assert [p.reason for p in indexed.problems["b/dep4"]] == [resolve.EMPTY_TARGET]
