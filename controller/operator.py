@@ -170,6 +170,7 @@ class Controller:
         self.last_seen = datetime.timedelta(seconds=settings.last_seen_interval)
         self.heartbeats_skipped = 0  # reports that changed nothing worth a write
         self.reports_accepted = 0
+        self.api_writes: dict[str, int] = {}  # status writes sent to the API, by kind
         # Deployment and ThingGroup status (what Argo CD / Flux read) must not queue behind
         # a burst of 1,000 device writes in the FIFO pool above: they get their own thread.
         self.fleet_pool = concurrent.futures.ThreadPoolExecutor(1, "hedgerow-fleet-status")
@@ -409,8 +410,11 @@ class Controller:
         before = self.index
         self._ensure_fleet(seen)
         assert self.fleet is not None
+        # kopf's index may hold a device whose watch event we have not seen yet: the
+        # index must describe exactly the devices this pass plans with.
         if before is None or before is not self.index or any(
-                ref[0] in (impact.CORE_DEVICE, impact.NAMESPACE) for ref in changes):
+                ref[0] in (impact.CORE_DEVICE, impact.NAMESPACE) for ref in changes) or (
+                {cd.metadata.name for cd in seen.coredevices} != before.things):
             self.index = self._build_index(seen)
         return impact.resolve_affected(before, self.index, changes) | dirty
 
@@ -441,6 +445,7 @@ class Controller:
                 "reportsAccepted": self.reports_accepted,
                 "heartbeatsSkipped": self.heartbeats_skipped,
                 "statusWrites": w.writes, "statusOffered": w.offered,
+                "apiWrites": dict(self.api_writes),
                 "statusCoalesced": w.coalesced, "statusQueue": w.depth,
                 "statusQueueMax": w.max_depth,
                 "statusWriteSeconds": round(w.write_seconds, 3),
@@ -605,6 +610,7 @@ class Controller:
         loop = asyncio.get_running_loop()
         try:
             pool = self.api_pool if kind == "CoreDevice" else self.fleet_pool
+            self.api_writes[kind] = self.api_writes.get(kind, 0) + 1
             await loop.run_in_executor(pool, functools.partial(
                 self.kube.apply_status, kind, namespace or None, name, status, manager))
         except Exception as exc:
