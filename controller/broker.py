@@ -125,6 +125,10 @@ class Broker:
             raise ConnectionError(f"no connection to the broker at {self.settings.host}:"
                                   f"{self.settings.port} within {timeout:.0f} s")
 
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()

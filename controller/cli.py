@@ -32,7 +32,9 @@ def _controller(args: argparse.Namespace) -> int:
                                      signing_key=signing_key),
         kubeconfig=args.kubeconfig, resync=args.resync, status_interval=args.status_interval,
         rollout_window=args.rollout_minute, verbose=args.verbose, liveness=args.liveness,
-        ca_dir=args.ca_dir, metrics=args.metrics,
+        ca_dir=args.ca_dir, metrics=args.metrics, stats_file=args.stats_file,
+        last_seen_interval=args.last_seen_interval, status_workers=args.status_workers,
+        status_qps=args.status_qps,
         leader_election=leader.Settings(
             namespace=args.leader_elect_namespace or leader.default_namespace(),
             name=args.leader_elect_name, duration_s=args.leader_elect_lease,
@@ -286,6 +288,15 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
                      help="re-plan the whole fleet at least this often (default 60)")
     run.add_argument("--status-interval", type=float, default=1.0, metavar="SECONDS",
                      help="at most one CoreDevice status write per device this often")
+    run.add_argument("--last-seen-interval", type=float, default=300.0, metavar="SECONDS",
+                     help="a report that changes nothing but the device's lastSeen is "
+                          "written only when the lastSeen written is this much older "
+                          "(default 300; every other change is written as it happens)")
+    run.add_argument("--status-workers", type=int, default=8, metavar="N",
+                     help="CoreDevice status writes in flight at once (default 8)")
+    run.add_argument("--status-qps", type=float, default=100.0, metavar="N",
+                     help="at most N CoreDevice status writes per second on average, "
+                          "bursts of one second's worth (default 100; 0: no budget)")
     run.add_argument("--rollout-minute", type=float, default=60.0, metavar="SECONDS",
                      help=argparse.SUPPRESS)  # tests shorten rollout windows
     run.add_argument("--liveness", metavar="URL",
@@ -304,6 +315,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     run.add_argument("--leader-elect-lease", type=int, default=8, metavar="SECONDS",
                      help="a standby takes over this long after the active replica's last "
                           "renew (default: %(default)s; renewed every 1/8 of it)")
+    run.add_argument("--stats-file", metavar="FILE",
+                     help="write the controller's counters (passes, published, "
+                          "brokerConnected) to FILE as JSON after every pass; SIGUSR1 "
+                          "asks for a pass now")
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(handler=_controller)
 

@@ -188,7 +188,7 @@ class _StateCollector(prometheus_client.registry.Collector):
             f"{PREFIX}_queue_depth", "Work waiting: devices whose status is due to be "
             "written (status), status writes queued for the API threads (api), planning "
             "and publishing jobs queued (work).", labels=["queue"])
-        queue.add_metric(["status"], len(c.status_dirty))
+        queue.add_metric(["status"], c.writer.depth)
         queue.add_metric(["api"], _queued(c.api_pool))
         queue.add_metric(["work"], _queued(c.work_pool))
         yield queue

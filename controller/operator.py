@@ -29,9 +29,11 @@ import contextvars
 import dataclasses
 import datetime
 import functools
+import json
 import logging
 import pathlib
 import random
+import signal
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeVar
@@ -39,8 +41,9 @@ from typing import Any, Final, TypeVar
 import kopf
 import pydantic
 
+from hedgerow import files
 from hedgerow.controller import broker as broker_
-from hedgerow.controller import kube, pki
+from hedgerow.controller import kube, pki, statuswriter
 from hedgerow.controller import leader as leader_
 from hedgerow.controller import metrics as metrics_
 from hedgerow.core import (
@@ -51,7 +54,9 @@ from hedgerow.core import (
     deployment,
     documents,
     fleet,
+    impact,
     limits,
+    liveness,
     privilege,
     ratelimit,
     resolve,
@@ -67,6 +72,9 @@ _MODELS: Final[dict[str, type[base.Model]]] = {
 }
 
 
+_LAST_SEEN_SECONDS: Final = liveness.DEFAULT_GRANULARITY.total_seconds()
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     broker: broker_.BrokerSettings
@@ -80,6 +88,16 @@ class Settings:
     ca_dir: str | None = None  # the fleet CA: sign spec.csr into status.certificate
     metrics: str | None = None  # HOST:PORT of /metrics (off when None)
     leader_election: leader_.Settings | None = None  # replicas: one active (a Lease)
+    # Where to write the counters after every pass (JSON, atomically): what tests wait on
+    # instead of sleeping (tests/support/passes.py); None: not written.
+    stats_file: str | None = None
+    # lastSeen alone is written this often (hedgerow.core.liveness); every other change
+    # of a device's status is written as it happens (at most once per status_interval).
+    last_seen_interval: float = _LAST_SEEN_SECONDS
+    # CoreDevice status writes in flight at once (docs/scale.md: measured).
+    status_workers: int = 8
+    # CoreDevice status writes per second at most (the API server is shared); 0: no budget.
+    status_qps: float = 100.0
 
 
 def parse_body(plural: str, body: Mapping[str, Any]) -> base.Model | None:
@@ -145,23 +163,42 @@ class Controller:
         self.reports: dict[str, documents.StatusReport] = {}  # the last one per device
         self.written: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.deployment_status: dict[resolve.Key, deployment.DeploymentStatus] = {}
-        self.status_dirty: set[str] = set()
         self.fingerprints: dict[tuple[str, str, str], Any] = {}
         self.uids: dict[tuple[str, ...], str | None] = {}  # whose status our caches describe
         # (identities of the inputs, the Fleet built from them, the inputs kept alive)
         self.fleet: tuple[tuple[Any, ...], resolve.Fleet, Any] | None = None
         self.work_pool = concurrent.futures.ThreadPoolExecutor(1, "hedgerow-plan")
-        self.api_pool = concurrent.futures.ThreadPoolExecutor(4, "hedgerow-status")
+        self.api_pool = concurrent.futures.ThreadPoolExecutor(settings.status_workers,
+                                                              "hedgerow-status")
+        self.writer = statuswriter.StatusWriter(self._write_device, settings.status_interval,
+                                                settings.status_workers, settings.status_qps)
+        self.last_seen = datetime.timedelta(seconds=settings.last_seen_interval)
+        self.heartbeats_skipped = 0  # reports that changed nothing worth a write
+        self.reports_accepted = 0
+        self.api_writes: dict[str, int] = {}  # status writes sent to the API, by kind
         # Deployment and ThingGroup status (what Argo CD / Flux read) must not queue behind
         # a burst of 1,000 device writes in the FIFO pool above: they get their own thread.
         self.fleet_pool = concurrent.futures.ThreadPoolExecutor(1, "hedgerow-fleet-status")
         self.wake = asyncio.Event()
-        self.status_wake = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.tasks: list[asyncio.Task[None]] = []
         self.broker: broker_.Broker | None = None
         self.kube: kube.Kube | None = None
-        self.passes = 0
+        self.passes = 0  # completed passes (tests wait on it: see stats())
+        self.skipped_passes = 0  # passes with nothing changed: the last plan stood
+        self.last_pass_seconds = 0.0
+        self.last_full_pass_seconds = 0.0
+        self.last_pass_resolved = 0  # devices resolved by the last pass
+        self.resolved_total = 0
+        self.planned = False
+        self.wake_at: datetime.datetime | None = None  # the last plan's
+        # What changed since the last pass (watch events) and which devices' reports
+        # changed their Applied state or platform: what an incremental pass resolves.
+        self.changes: set[impact.Ref] = set()
+        self.dirty_devices: set[str] = set()
+        self.must_plan = False  # the next pass plans even if nothing above changed
+        self.index: impact.Index | None = None
+        self.faults: dict[str, list[resolve.Problem]] = {}  # per device, from its last plan
         self.published = 0
         self.ca: pki.FleetCA | None = None
         self.signed: dict[str, tuple[Any, ...]] = {}  # thing -> what was last checked
@@ -194,6 +231,9 @@ class Controller:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        # SIGUSR1: look again now (tests waiting for a pass need not wait for a resync).
+        with contextlib.suppress(ValueError, RuntimeError):  # not the main thread
+            self.loop.add_signal_handler(signal.SIGUSR1, self.wake.set)
         kube.load_config(self.settings.kubeconfig)
         self.kube = kube.Kube()
         if self.settings.ca_dir:
@@ -228,8 +268,8 @@ class Controller:
         self.leading = True
         # Created in a handler's context so they can post kopf events.
         context = self.handler_context
-        self.tasks += [asyncio.create_task(self._reconcile_loop(), context=context),
-                       asyncio.create_task(self._status_loop(), context=context)]
+        self.tasks.append(asyncio.create_task(self._reconcile_loop(), context=context))
+        self.writer.start()
         self.wake.set()
 
     async def stop(self) -> None:
@@ -237,6 +277,7 @@ class Controller:
             task.cancel()
         if self.metrics_runner is not None:
             await self.metrics_runner.cleanup()
+        await self.writer.stop()
         if self.broker is not None:
             await asyncio.to_thread(self.broker.close)
         if self.elector is not None:  # after the broker: the session is free for the next
@@ -273,6 +314,9 @@ class Controller:
             return
         else:
             self.fingerprints[key] = fingerprint
+        ref = _change_of(plural, key[1], key[2], body)
+        if ref is not None:
+            self.changes.add(ref)
         self.wake.set()
 
     def _observe_certificate(self, thing: str, body: Mapping[str, Any]) -> None:
@@ -295,10 +339,14 @@ class Controller:
             return  # an echo of an older write of ours (renewals only move forward)
         self.devices[thing] = status.model_copy(update={"certificate": cert})
 
-    def _sign(self, coredevices: list[coredevice.CoreDevice], now: datetime.datetime) -> None:
+    def _sign(self, coredevices: list[coredevice.CoreDevice], now: datetime.datetime,
+              only: set[str] | None = None) -> None:
+        """``only``: the devices that changed (a full pass looks at every device: the
+        daily renewal check rides on it)."""
         if self.ca is not None:
             for cd in coredevices:
-                self._sign_one(cd, now)
+                if only is None or cd.metadata.name in only:
+                    self._sign_one(cd, now)
 
     def _sign_one(self, cd: coredevice.CoreDevice, now: datetime.datetime) -> None:
         """GitOps: sign spec.csr into status.certificate (checked again when the spec or
@@ -320,8 +368,7 @@ class Controller:
         if cert is not None:
             self.devices[thing] = status.model_copy(update={"certificate": cert})
             self.signed_certificates[thing] = cert  # written by the signer's field manager
-            self.status_dirty.add(thing)
-            self.status_wake.set()
+            self._mark(thing)
             logger.info("signed the CSR of %s (valid until %s)", thing, cert.not_after)
 
     async def _work(self, fn: Callable[..., T], *args: Any) -> T:
@@ -345,18 +392,26 @@ class Controller:
 
     async def _reconcile_loop(self) -> None:
         timeout = self.settings.resync
+        loop = asyncio.get_running_loop()
+        full_at = loop.time()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout=timeout)
             self.wake.clear()
-            started = asyncio.get_running_loop().time()
+            started = loop.time()
+            # Every --resync, and on the first pass, every device is resolved again (the
+            # level-triggered safety net); in between, only what changes can affect.
+            full = self.passes == 0 or started - full_at >= self.settings.resync
+            if full:
+                full_at = started
             try:
-                wake_at = await self.reconcile_once()
+                wake_at = await self.reconcile_once(full)
                 self.metrics.observe_pass(asyncio.get_running_loop().time() - started)
             except Exception:
                 logger.exception("reconcile pass failed; retrying")
                 self.metrics.observe_pass(asyncio.get_running_loop().time() - started, True)
                 wake_at = None
+                full_at = -self.settings.resync  # what it consumed is looked at again
                 await asyncio.sleep(1.0)
             timeout = self.settings.resync
             if wake_at is not None:
@@ -366,17 +421,95 @@ class Controller:
             took = asyncio.get_running_loop().time() - started
             await asyncio.sleep(max(self.settings.min_interval, took))
 
-    async def reconcile_once(self) -> datetime.datetime | None:
+    async def reconcile_once(self, full: bool = True) -> datetime.datetime | None:
         """One pass, as a checklist of phases (Flux's reconcilers): each phase takes what
-        the ones before it left, and the decisions are the core's (``fleet.plan_fleet``)."""
+        the ones before it left, and the decisions are the core's (``fleet.plan_fleet``).
+        ``full``: resolve every device; otherwise only those the changes since the last
+        pass can affect (``hedgerow.core.impact``), and nothing at all when nothing
+        changed and no timer is due: the last plan stands."""
+        started = time.perf_counter()
         now = _now()
+        changes, self.changes = self.changes, set()
+        dirty, self.dirty_devices = self.dirty_devices, set()
+        must, self.must_plan = self.must_plan, False
+        if not full and not must and not changes and not dirty and self.planned and (
+                self.wake_at is None or now < self.wake_at):
+            self.skipped_passes += 1
+            self.last_pass_resolved = 0
+            self._passed(started)
+            return self.wake_at
         seen = self._observe()  # the indexes, and our copy of every device's status
         await self._forget(seen.gone)  # clear the retained documents of deleted devices
-        self._sign(seen.coredevices, now)  # GitOps: spec.csr -> status.certificate
-        plan = await self._plan(seen, now)  # core: what to publish, every status, events
+        only = None if full else self._affected(seen, changes, dirty)
+        self._sign(seen.coredevices, now, only)  # GitOps: spec.csr -> status.certificate
+        plan = await self._plan(seen, now, only)  # core: what to publish, statuses, events
+        if only is None:  # the next incremental pass compares against this fleet
+            self.index = self._build_index(seen)
         await self._publish(plan, now)  # documents, then the devices' Applied conditions
         await self._report(seen, plan)  # Deployment and ThingGroup status, events
+        self.wake_at = plan.wake_at
+        self._passed(started, full=only is None)
         return plan.wake_at
+
+    def _replan(self, *things: str) -> None:
+        """Plan again soon, resolving ``things`` again (none: only the counts and
+        statuses need a new look)."""
+        self.dirty_devices.update(things)
+        self.must_plan = True
+        self.wake.set()
+
+    def _affected(self, seen: _Observed, changes: set[impact.Ref],
+                  dirty: set[str]) -> set[str]:
+        """The devices the changes since the last pass can affect: from the index before
+        the changes and the one after (rebuilt when the objects or devices changed)."""
+        before = self.index
+        self._ensure_fleet(seen)
+        assert self.fleet is not None
+        # kopf's index may hold a device whose watch event we have not seen yet: the
+        # index must describe exactly the devices this pass plans with.
+        if before is None or before is not self.index or any(
+                ref[0] in (impact.CORE_DEVICE, impact.NAMESPACE) for ref in changes) or (
+                {cd.metadata.name for cd in seen.coredevices} != before.things):
+            self.index = self._build_index(seen)
+        return impact.resolve_affected(before, self.index, changes) | dirty
+
+    def _build_index(self, seen: _Observed) -> impact.Index:
+        assert self.fleet is not None
+        return impact.Index(self.fleet[1], ((cd.metadata.name, cd.metadata.labels,
+                                            cd.spec.namespace) for cd in seen.coredevices))
+
+    def _passed(self, started: float, full: bool = False) -> None:
+        self.last_pass_seconds = time.perf_counter() - started
+        if full:
+            self.last_full_pass_seconds = self.last_pass_seconds
+        self.passes += 1
+        if self.settings.stats_file:
+            try:
+                files.write_atomic(pathlib.Path(self.settings.stats_file),
+                                   json.dumps(self.stats(), sort_keys=True).encode(), 0o644,
+                                   durable=False)  # a counter, not a record: no fsync
+            except OSError as exc:
+                logger.warning("cannot write %s: %s", self.settings.stats_file, exc)
+
+    def stats(self) -> dict[str, Any]:
+        """Plain counters (what metrics will export): passes completed, documents
+        published, whether the broker session is up."""
+        w = self.writer
+        return {"passes": self.passes, "published": self.published,
+                "brokerConnected": self.broker is not None and self.broker.connected,
+                "reportsAccepted": self.reports_accepted,
+                "heartbeatsSkipped": self.heartbeats_skipped,
+                "statusWrites": w.writes, "statusOffered": w.offered,
+                "apiWrites": dict(self.api_writes),
+                "statusCoalesced": w.coalesced, "statusQueue": w.depth,
+                "statusQueueMax": w.max_depth,
+                "statusWriteSeconds": round(w.write_seconds, 3),
+                "statusThrottledSeconds": round(w.throttled_seconds, 3),
+                "skippedPasses": self.skipped_passes,
+                "lastPassSeconds": round(self.last_pass_seconds, 6),
+                "lastFullPassSeconds": round(self.last_full_pass_seconds, 6),
+                "lastPassResolved": self.last_pass_resolved,
+                "resolvedTotal": self.resolved_total}
 
     def _observe(self) -> _Observed:
         """Read the indexes; start or forget our copy of each object's status when its
@@ -411,6 +544,8 @@ class Controller:
             self.uids.pop(("", thing), None)
             self.buckets.pop(thing, None)
             self.refusing.pop(thing, None)
+            self.writer.forget(thing)
+            self.faults.pop(thing, None)
         deployments: list[deployment.Deployment] = self._objects("deployment_index")
         statuses = {}
         for d in deployments:
@@ -433,7 +568,7 @@ class Controller:
             assert self.broker is not None
             await self._work(self.broker.publish_desired, [(t, b"") for t in gone])
 
-    async def _plan(self, seen: _Observed, now: datetime.datetime) -> fleet.FleetPlan:
+    def _ensure_fleet(self, seen: _Observed) -> None:
         # kopf's index replaces an object only when a watch event brings a new version, so
         # unchanged identities mean unchanged inputs: keep the Fleet and all it resolved.
         identity = (*(id(o) for o in (*seen.groups, *seen.deployments, *seen.components)),
@@ -442,15 +577,30 @@ class Controller:
             self.fleet = (identity, resolve.Fleet(seen.groups, seen.deployments,
                                                   seen.components, seen.levels),
                           (seen.groups, seen.deployments, seen.components))
+            self.index = None  # built from the Fleet: built again when asked for
+
+    async def _plan(self, seen: _Observed, now: datetime.datetime,
+                    only: set[str] | None = None) -> fleet.FleetPlan:
+        self._ensure_fleet(seen)
+        assert self.fleet is not None
         devices = [fleet.Device(cd.metadata.name, cd.metadata.labels,
                                 self.devices[cd.metadata.name], cd.spec.namespace)
                    for cd in seen.coredevices]
         plan = await self._work(
             functools.partial(fleet.plan_fleet, devices, seen.groups, seen.deployments,
                               seen.components, now, self.window, fleet=self.fleet[1],
-                              statuses=seen.statuses, levels=seen.levels))
-        self.passes += 1
-        if self.passes == 1:
+                              statuses=seen.statuses, levels=seen.levels, only=only,
+                              faults=self.faults,
+                              # Built from this Fleet and these devices (see _affected).
+                              index=self.index if only is not None else None))
+        if only is None:
+            self.faults = plan.faults
+        else:
+            self.faults.update(plan.faults)
+        self.planned = True
+        self.last_pass_resolved = plan.visited
+        self.resolved_total += plan.visited
+        if self.passes == 0:
             logger.info("first pass: %d devices, %d documents to publish",
                         len(devices), len(plan.publishes))
         return plan
@@ -466,8 +616,8 @@ class Controller:
         finally:
             self.publishing = set()
             for thing, acks in self.early_acks.items():  # written with the revision
-                self.unacked.setdefault(thing, []).extend(acks)
-                self.status_dirty.add(thing)
+                self._mark(thing)
+                self._ack_after_write(thing, acks)
             self.early_acks = {}
 
     async def _publish_all(self, plan: fleet.FleetPlan, now: datetime.datetime) -> None:
@@ -487,17 +637,17 @@ class Controller:
             sent.update(held)
         for p in plan.publishes:
             if p.thing not in sent:
+                self.dirty_devices.add(p.thing)  # resolved (and tried) again next pass
                 continue
             self.devices[p.thing], replan = fleet.render_published(
                 self.devices[p.thing], p, self.reports.get(p.thing), now)
             if replan:
-                self.wake.set()
-            self.status_dirty.add(p.thing)
+                self._replan(p.thing)
+            self._mark(p.thing)
         self.published += len(sent) - len(held)
         logger.info("published %d desired documents", len(sent) - len(held))
         if len(sent) < len(plan.publishes):
             self.wake.set()  # try the rest again on the next pass
-        self.status_wake.set()
 
     async def _held(self, publishes: list[fleet.Publish]) -> dict[str, str]:
         """thing -> the revision the broker holds, for the things not checked since this
@@ -519,7 +669,7 @@ class Controller:
 
     async def _report(self, seen: _Observed, plan: fleet.FleetPlan) -> None:
         """Deployment and ThingGroup status (what Argo CD and Flux read), then events.
-        Devices' statuses have their own writer (``_status_loop``)."""
+        Devices' statuses have their own writer (``statuswriter``)."""
         for key, dstatus in plan.deployments.items():
             self.deployment_status[key] = dstatus
             await self._write_status("Deployment", key[0], key[1], dstatus.to_dict())
@@ -557,6 +707,7 @@ class Controller:
         took = metrics_.Timer()
         try:
             pool = self.api_pool if kind == "CoreDevice" else self.fleet_pool
+            self.api_writes[kind] = self.api_writes.get(kind, 0) + 1
             with took:
                 await loop.run_in_executor(pool, functools.partial(
                     self.kube.apply_status, kind, namespace or None, name, status, manager))
@@ -593,10 +744,9 @@ class Controller:
         """A transient failure's retry: a device's status goes back to its writer; a
         Deployment's or ThingGroup's is written by the next pass (not marked written)."""
         if kind == "CoreDevice":
-            self.status_dirty.add(name)
-            self.status_wake.set()
+            self._mark(name)
         else:
-            self.wake.set()
+            self._replan()
 
     def _post_event(self, d: deployment.Deployment, event: fleet.Event) -> None:
         body: dict[str, Any] = {"apiVersion": base.API_VERSION, "kind": "Deployment",
@@ -627,9 +777,16 @@ class Controller:
             # On a document whose PUBACK is still on its way: it counts only once the
             # revision is recorded (render_published), so it waits for that write.
             self.early_acks.setdefault(thing, []).append(ack)
-        elif thing in self.status_dirty:
-            self.unacked.setdefault(thing, []).append(ack)
         else:
+            self._ack_after_write(thing, [ack])
+
+    def _ack_after_write(self, thing: str, acks: list[Callable[[], None]]) -> None:
+        """Acknowledge with the device's next status write, when one is due; at once
+        when none is (what the reports changed is already written, or not worth it)."""
+        if self.writer.priority_of(thing) is not None:
+            self.unacked.setdefault(thing, []).extend(acks)
+            return
+        for ack in acks:
             ack()
 
     def fold_report(self, thing: str, payload: bytes, clock: float | None = None) -> None:
@@ -669,13 +826,13 @@ class Controller:
         self._accept(thing, clock)
         self.sequences[thing] = report.sequence
         self.reports[thing] = report
+        self.reports_accepted += 1
         old = self.devices[thing]
         new = fleet.render_report(old, report, _now())
         self.devices[thing] = new
-        self.status_dirty.add(thing)
-        self.status_wake.set()
+        self._mark(thing)
         if fleet.applied_state(new) != fleet.applied_state(old) or new.platform != old.platform:
-            self.wake.set()  # counts, abort criteria or the platform changed
+            self._replan(thing)  # counts, abort criteria or the platform changed
 
     def _refuse(self, thing: str, reason: str, message: str, clock: float) -> None:
         """Count a refused report; log and show it only when the reason changes."""
@@ -704,17 +861,23 @@ class Controller:
         conditions = fleet.render_condition(old.conditions, REPORTS_ACCEPTED, status, reason,
                                             message, _now())
         self.devices[thing] = old.model_copy(update={"conditions": conditions})
-        self.status_dirty.add(thing)
-        self.status_wake.set()
+        self._mark(thing)
 
-    async def _status_loop(self) -> None:
-        """One writer: every dirty device once per interval, with its latest status."""
-        while True:
-            await self.status_wake.wait()
-            self.status_wake.clear()
-            batch, self.status_dirty = self.status_dirty, set()
-            await asyncio.gather(*(self._write_device(t) for t in sorted(batch)))
-            await asyncio.sleep(self.settings.status_interval)
+    def _mark(self, thing: str) -> None:
+        """Offer the device's status to the writer if what changed is worth a write, with
+        its urgency (hedgerow.core.liveness): a heartbeat that changed nothing but
+        lastSeen costs no write until lastSeen is due."""
+        status = self.devices.get(thing)
+        if status is None:
+            return
+        priority = liveness.resolve_priority(self.written.get(("CoreDevice", "", thing)),
+                                             _device_body(status), self.last_seen)
+        if priority is None and thing in self.signed_certificates:
+            priority = liveness.Priority.VISIBLE
+        if priority is None:
+            self.heartbeats_skipped += 1
+            return
+        self.writer.offer(thing, priority)
 
     async def _write_device(self, thing: str) -> None:
         acks = self.unacked.pop(thing, [])
@@ -734,11 +897,27 @@ class Controller:
         if cert is not None and await self._write_status(
                 "CoreDevice", "", thing, {"certificate": cert.to_dict()}, kube.SIGNER):
             self.signed_certificates.pop(thing, None)
-        body = status.to_dict()
-        # status.certificate belongs to its writers (the signer above, `hedgerow device
-        # register`): leaving it out never removes it, it is not ours.
-        body.pop("certificate", None)
-        return await self._write_status("CoreDevice", "", thing, body)
+        return await self._write_status("CoreDevice", "", thing, _device_body(status))
+
+
+def _change_of(plural: str, namespace: str, name: str,
+               body: Mapping[str, Any]) -> impact.Ref | None:
+    """What a watch event changed, as the index names it (a Component by its component
+    name: every version of it)."""
+    if plural == "components":
+        spec = body.get("spec") or {}
+        return (impact.COMPONENT, namespace, str(spec.get("name") or name))
+    kind = {"deployments": impact.DEPLOYMENT, "thinggroups": impact.THING_GROUP,
+            "coredevices": impact.CORE_DEVICE, "namespaces": impact.NAMESPACE}.get(plural)
+    return None if kind is None else (kind, namespace, name)
+
+
+def _device_body(status: coredevice.CoreDeviceStatus) -> dict[str, Any]:
+    """The CoreDevice status the controller writes: status.certificate belongs to its
+    writers (the signer, `hedgerow device register`); leaving it out never removes it."""
+    body = status.to_dict()
+    body.pop("certificate", None)
+    return body
 
 
 def build_registry(controller: Controller) -> kopf.OperatorRegistry:

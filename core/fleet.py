@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Final
 
 from hedgerow.core import (
@@ -41,6 +41,7 @@ from hedgerow.core import (
     deployment,
     documents,
     identity,
+    impact,
     limits,
     privilege,
     readiness,
@@ -93,6 +94,10 @@ class FleetPlan:
     events: list[Event]
     wake_at: datetime.datetime | None
     problems: dict[str, list[resolve.Problem]]  # by deployment id
+    # The devices resolved this pass (all, or those asked for and the rollouts' own), and
+    # the problems each had: a caller passing ``only`` keeps them for the next passes.
+    faults: dict[str, list[resolve.Problem]] = dataclasses.field(default_factory=dict)
+    visited: int = 0
 
 
 def render_condition(
@@ -110,8 +115,10 @@ def render_condition(
 def applied_state(
     status: coredevice.CoreDeviceStatus,
 ) -> tuple[base.ConditionStatus | None, datetime.datetime | None]:
-    cond = next((c for c in status.conditions if c.type == APPLIED), None)
-    return (None, None) if cond is None else (cond.status, cond.last_transition_time)
+    for c in status.conditions:  # a plain loop: called for every device on every pass
+        if c.type == APPLIED:
+            return c.status, c.last_transition_time
+    return None, None
 
 
 def render_notified(
@@ -299,12 +306,23 @@ def plan_fleet(
     statuses: Mapping[Key, deployment.DeploymentStatus] | None = None,
     levels: Mapping[str, privilege.Level] | None = None,
     max_bytes: int = limits.MAX_DESIRED_BYTES,
+    only: Collection[str] | None = None,
+    faults: Mapping[str, Sequence[resolve.Problem]] | None = None,
+    index: impact.Index | None = None,
 ) -> FleetPlan:
     """One pass. ``fleet`` (built from the same groups, deployments, components and
     ``levels``) may be kept between passes: its caches then carry over, and devices whose
     combination did not change cost a lookup. ``statuses`` override the Deployments' own
     status (the controller's latest writes, which the watch may not have delivered yet).
-    ``levels``: the privilege level of each namespace (absent: the default, restricted)."""
+    ``levels``: the privilege level of each namespace (absent: the default, restricted).
+
+    ``only``: resolve only these devices (the ones a change can affect:
+    ``hedgerow.core.impact``), plus those a rollout reaches or rolls back this pass;
+    every other device keeps its document, and its problems are taken from ``faults``
+    (what ``FleetPlan.faults`` said when it was last resolved). Counting and statuses
+    still see every device. ``index``, built from ``fleet`` and exactly these devices
+    (their labels and namespaces), saves looking up each device's groups and
+    deployments again."""
     if fleet is None:
         fleet = resolve.Fleet(groups, deployments, components, levels or {})
     events: list[Event] = []
@@ -333,11 +351,18 @@ def plan_fleet(
         if device.namespace is None:
             targeting[device.thing] = ()
             continue
-        targeting[device.thing] = fleet.indices(device.thing, device.labels, device.namespace)
+        if index is not None:
+            targeting[device.thing] = index.targeting[device.thing]
+        else:
+            targeting[device.thing] = fleet.indices(device.thing, device.labels,
+                                                    device.namespace)
+            for g in fleet.groups_of(device.thing, device.labels, device.namespace):
+                members[g] += 1
         for i in targeting[device.thing]:
             rollouts[i].targeted.append(device.thing)
-        for g in fleet.groups_of(device.thing, device.labels, device.namespace):
-            members[g] += 1
+    if index is not None:
+        members.update((g, len(things)) for g, things in index.by_group.items()
+                       if g in members)
 
     wake: list[datetime.datetime] = []
     for r in rollouts:
@@ -375,21 +400,37 @@ def plan_fleet(
                     if timeout_at is not None and timeout_at > now:
                         wake.append(timeout_at)
 
+    visit = None if only is None else set(only)
+    if visit is not None:
+        for r in rollouts:
+            visit |= r.promote  # reached by a rollout window
+            if r.frozen is not None and r.rolls_back:
+                visit.update(r.targeted)  # aborted this pass: back to the baseline
     publishes: list[Publish] = []
     problems: dict[str, list[resolve.Problem]] = {}
+    device_faults: dict[str, list[resolve.Problem]] = {}
+
+    def found(p: resolve.Problem) -> None:
+        seen = problems.setdefault(p.deployment, [])
+        # One line per kind of problem is enough for a condition (not one per device).
+        if p not in seen and not (p.reason == DOCUMENT_TOO_LARGE
+                                  and any(x.reason == p.reason for x in seen)):
+            seen.append(p)
+
     for device in devices:
         status = device.status
         if device.namespace is None:
             continue  # in no namespace: nothing reaches it, it keeps what it has
+        if visit is not None and device.thing not in visit:
+            for p in (faults or {}).get(device.thing, ()):
+                found(p)
+            continue
         chosen = {i: rollouts[i].choose(device.thing, status.desired_generations.get(
             rollouts[i].id)) for i in targeting[device.thing]}
-        result, faults = _isolate(fleet, device, chosen, rollouts, position, max_bytes)
-        for p in faults:
-            found = problems.setdefault(p.deployment, [])
-            # One line per kind of problem is enough for a condition (not one per device).
-            if p not in found and not (p.reason == DOCUMENT_TOO_LARGE
-                                       and any(x.reason == p.reason for x in found)):
-                found.append(p)
+        result, device_faults[device.thing] = _isolate(fleet, device, chosen, rollouts,
+                                                       position, max_bytes)
+        for p in device_faults[device.thing]:
+            found(p)
         if result is None:
             continue  # nothing settles: the device keeps its last document
         revision = result.revision
@@ -407,13 +448,15 @@ def plan_fleet(
                      if revision != status.desired_revision else
                      status.model_copy(update={"desired_generations": generations}))
 
-    for p in fleet.empty_targets((d.thing, d.labels, d.namespace) for d in devices
-                                 if d.namespace is not None):
+    # Every device targeted by a deployment was counted above: no second look needed.
+    reached = {i for i, r in enumerate(rollouts) if r.targeted}
+    for p in fleet.empty_targets((), reached=reached):
         problems.setdefault(p.deployment, []).append(p)
 
     written = {resolve.key_of(r.d): _render_status(r, view, problems.get(r.id, []), now,
                                                    window, events) for r in rollouts}
-    return FleetPlan(publishes, written, members, events, min(wake) if wake else None, problems)
+    return FleetPlan(publishes, written, members, events, min(wake) if wake else None, problems,
+                     device_faults, len(device_faults))
 
 
 def _isolate(

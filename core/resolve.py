@@ -667,14 +667,19 @@ class Fleet:
 
     def empty_targets(
         self, devices: Iterable[tuple[str, Mapping[str, str], str | None]],
+        reached: set[int] | None = None,
     ) -> list[Problem]:
         """An EmptyTarget problem for every deployment that targets none of ``devices``
-        (thing, labels, namespace)."""
+        (thing, labels, namespace); ``reached``: the positions of the deployments that
+        target some, when the caller knows them already."""
         hit: set[int] = set()
-        for thing, labels, namespace in devices:
-            hit.update(self._by_thing.get((namespace, thing), ()))
-            for g in self.groups_of(thing, labels, namespace):
-                hit.update(self._by_group.get(g, ()))
+        if reached is not None:
+            hit = reached
+        else:
+            for thing, labels, namespace in devices:
+                hit.update(self._by_thing.get((namespace, thing), ()))
+                for g in self.groups_of(thing, labels, namespace):
+                    hit.update(self._by_group.get(g, ()))
         problems = []
         for i, d in enumerate(self.deployments):
             if i in hit:

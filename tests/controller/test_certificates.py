@@ -47,7 +47,7 @@ def test_a_registered_certificate_is_seen_but_never_written_by_us() -> None:
     # The signer decides from it; no write of ours follows (it is the registrar's field).
     assert c.devices["gw-1"].certificate is not None
     assert c.devices["gw-1"].certificate.pem == pem
-    assert "gw-1" not in c.status_dirty
+    assert c.writer.priority_of("gw-1") is None
     # The echo of an older certificate changes nothing.
     c._observe_certificate("gw-1", _body(None))
     c._observe_certificate("gw-1", _body(pem.replace("x", "y"), "2026-06-01T00:00:00Z"))

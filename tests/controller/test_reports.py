@@ -9,7 +9,7 @@ from typing import Any
 
 from hedgerow.controller import broker, operator
 from hedgerow.core import broker as core_broker
-from hedgerow.core import coredevice, documents, fleet
+from hedgerow.core import coredevice, documents, fleet, liveness
 
 NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 
@@ -45,7 +45,7 @@ def test_a_report_is_folded_into_a_small_status() -> None:
     assert status.platform == documents.PlatformInfo(os="linux", arch="aarch64")
     assert status.agent_version == "1.2.3" and status.applied_revision == "r1"
     assert [(x.name, x.state.value) for x in status.components] == [("A", "RUNNING")]
-    assert c.status_dirty == {"gw-1"}
+    assert c.writer.priority_of("gw-1") is liveness.Priority.COUNTING  # an outcome
     assert c.wake.is_set()  # Applied and platform changed: the fleet is re-planned
     assert len(json.dumps(status.to_dict())) < 2048
 

@@ -29,7 +29,7 @@ import yaml
 
 from tests.agent.conftest import pids_with_marker, remove_cgroups
 from tests.conftest import ROOT
-from tests.support import procs
+from tests.support import passes, procs
 from tests.support.apiserver import ApiServer
 from tests.support.mosquitto import Mosquitto
 from tests.support.wait import wait_for
@@ -133,6 +133,7 @@ class Fleet:
         self._configs: dict[int, str] = {}
         self.controller: subprocess.Popen[bytes] | None = None
         self.controller_log = home / "controller.log"
+        self.stats_file = home / "controller-stats.json"  # --stats-file: passes, ...
         self.agents = {name: Agent(home, name) for name in LABELS}
         self.applied: list[tuple[str, str]] = []  # (kind, name), removed by down()
 
@@ -164,10 +165,18 @@ class Fleet:
                  "--broker", self.broker_url, "--ca", str(b / "ca.pem"),
                  "--cert", str(b / "controller.pem"), "--key", str(b / "controller.key"),
                  "--status-interval", "0.2", "--rollout-minute", "2", "--resync", "5",
-                 "--ca-dir", str(self.ca_dir)],  # GitOps: sign spec.csr
+                 "--ca-dir", str(self.ca_dir),  # GitOps: sign spec.csr
+                 "--stats-file", str(self.stats_file),
+                 # Steps wait for a device's next report to show in lastSeen.
+                 "--last-seen-interval", "1"],
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for(lambda: "connected to the broker" in self.controller_output(), 30,
                  "the controller to connect to the broker")
+
+    def wait_controller_passes(self, more: int = 2) -> None:
+        """Until the controller has completed ``more`` passes after this call."""
+        assert self.controller is not None
+        passes.wait_controller_passes(self.stats_file, self.controller.pid, more)
 
     def stop_controller(self) -> None:
         proc, self.controller = self.controller, None

@@ -17,7 +17,6 @@ import functools
 import json
 import pathlib
 import shutil
-import time
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -26,6 +25,7 @@ from hedgerow.core import envelope
 from tests.e2e.conftest import HEDGEROW, Agent, Fleet, examples, run, wait_for
 from tests.e2e.test_fleet import both, converged
 from tests.identity.conftest import MqttClient
+from tests.support import passes
 from tests.support.passes import wait_passes
 
 
@@ -160,7 +160,7 @@ def test_c_resubmitted_csr_waits_for_approval_and_revokes_the_old(fleet: Fleet,
     wait_for(lambda: f"not signing the CSR of {g2.thing}" in fleet.controller_output(), 30,
              "the controller to hold the CSR back")
     assert "hedgerow device approve" in fleet.controller_output()
-    time.sleep(6)  # more than a resync (5 s): still not signed
+    fleet.wait_controller_passes()  # it looked again (and again): still not signed
     assert _cert_pem(fleet, g2) == before
 
     assert fleet.broker.proc is not None
@@ -226,6 +226,11 @@ def test_d_revoked_device_is_shut_out(fleet: Fleet) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _pause_between_steps() -> None:
-    """Attacker sessions take the controller's session over; let it settle between steps."""
-    time.sleep(1)
+def _controller_settled(fleet: Fleet) -> None:
+    """Attacker sessions take the controller's session over: each step starts once the
+    controller has completed a pass connected to the broker again."""
+    def settled() -> bool:
+        fleet.wait_controller_passes(1)
+        return bool(passes.controller_stats(fleet.stats_file).get("brokerConnected"))
+
+    wait_for(settled, 60, "the controller connected to the broker again")
