@@ -138,3 +138,17 @@ def test_resolve_error_maps_models_and_survives_a_bad_body() -> None:
     assert str(error) == "ServiceError: the cloud broker refused"
     odd = ipcclient.resolve_error("aws.greengrass#SomethingNew", b"not json")
     assert type(odd) is ipcclient.IpcError and odd.message == "(no message)"
+
+
+def test_the_mqtt_export_imports_nothing_heavy() -> None:
+    """The MQTT export costs the stream manager no MQTT or awscrt library: a fresh
+    interpreter importing it (and what it runs on) loads none of them."""
+    import subprocess
+    import sys
+
+    heavy = ["paho", "awscrt", "awsiot", "pydantic", "hedgerow.agent"]
+    code = ("import sys, hedgerow.streams.mqttexport, hedgerow.streams.ipcclient; "
+            f"print([m for m in {heavy!r} if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]"
