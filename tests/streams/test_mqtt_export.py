@@ -131,6 +131,7 @@ def test_the_export_goes_on_in_order_after_the_broker_was_down(
         # checkpoint moves while the broker is down, and nothing is lost.
         wait_for(lambda: client.describe_message_stream("events").export_statuses[0]
                  .last_exported_sequence_number == 39, 60, "the checkpoint at 39")
+        assert list((device.agent.root / "state" / "cloud-spool").iterdir())
         fleet.broker.start(port=port)
         wait_for(lambda: len(batches(app, topic)) >= 40, 90, "all 40 at the cloud")
         got = batches(app, topic)
@@ -167,7 +168,33 @@ def test_a_topic_the_broker_refuses_shows_in_the_export_status(
         assert ("ServiceError: the cloud broker refused the publish to "
                 f"{other!r}: Not authorized (reason code 0x87)") in refused.error_message
         assert refused.last_exported_sequence_number == -1
+        # And it keeps trying (with backoff): the agent sees the refusal again.
+        wait_for(lambda: device.agent.log.read_text().count(f"{other!r}: Not authorized") >= 2,
+                 60, "a retry of the refused export")
         wait_for(lambda: len(batches(app, f"{MINE}/telemetry")) == 3, 60, "the good export")
         assert statuses()["good"].last_exported_sequence_number == 2
         assert not statuses()["good"].error_message
     assert app.on(other) == []
+
+
+def test_a_topic_no_policy_allows_is_refused_by_the_agent_and_shown(
+        make_device: Callable[..., Device], fleet: Fleet) -> None:  # noqa: F811
+    """The shipped policy covers devices/{thing}/streams/# only: an export configured
+    elsewhere (without a policy for it) is refused by the agent before it reaches the
+    broker, and the status names the policy to write."""
+    app = fleet.cloud_app()
+    app.subscribe("devices/#")
+    elsewhere = f"devices/{THING}/commands/reboot"
+    device = make_device(mqttExports=[
+        {"stream": "telemetry", "identifier": "elsewhere", "topic": elsewhere}])
+    with device.client() as client:
+        client.create_message_stream(MessageStreamDefinition(
+            name="telemetry", strategy_on_full=StrategyOnFull.RejectNewData))
+        client.append_message("telemetry", b"x")
+        wait_for(lambda: client.describe_message_stream("telemetry").export_statuses[0]
+                 .error_message, 60, "the refusal in the status")
+        status = client.describe_message_stream("telemetry").export_statuses[0]
+        assert "UnauthorizedError: hedgerow.StreamManager is not authorized to call " \
+               "aws.greengrass#PublishToIoTCore" in status.error_message
+        assert status.last_exported_sequence_number == -1
+    assert app.on(elsewhere) == []
