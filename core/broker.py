@@ -92,8 +92,6 @@ def render_acl(controller_identity: str = CONTROLLER_IDENTITY) -> str:
         "# writes only its own status. Anything not listed is denied.\n"
         f"pattern read {TOPIC_ROOT}/%u/desired\n"
         f"pattern write {TOPIC_ROOT}/%u/status\n"
-        "# And its streams (the stream manager's MQTT export, docs/streams.md).\n"
-        f"pattern write {TOPIC_ROOT}/%u/streams/#\n"
     )
 
 

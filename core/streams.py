@@ -536,27 +536,20 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class MqttExport:
-    """A stream shipped to the cloud broker under the device's namespace."""
+    """A stream shipped to the cloud broker through the agent's connection."""
 
     stream: str
     identifier: str
-    topic: str  # below hedgerow/things/{thing}/streams/
+    topic: str  # {iot:thingName} stands for the device's thing name
     batch_size: int = 100
     priority: int = 10
 
 
-@dataclasses.dataclass(frozen=True)
-class MqttBroker:
-    """How the MQTT export reaches the cloud broker: mutual TLS with a client certificate
-    whose CN is the thing name (the broker ACL's %u). Empty paths: the device's identity
-    files under the agent's root (readable only if the operator allows it: see
-    docs/streams.md)."""
-
-    url: str = ""  # mqtts://host:port; '' → identity/connection.json
-    ca_file: str = ""
-    cert_file: str = ""
-    key_file: str = ""
-    client_id: str = ""  # '' → {thing}-streams
+# Under the device's own namespace, which the default broker topic rule (core/topicrule.py,
+# devices/%u/#) lets only this device write, and which the manifest's accessControl
+# policy lets the stream manager ask the agent to publish to.
+DEFAULT_MQTT_TOPIC: Final = "devices/{iot:thingName}/streams/{stream}"
+THING_VARIABLE: Final = "{iot:thingName}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -569,7 +562,6 @@ class Config:
     log_level: str = "INFO"
     flush_interval_ms: int = 1000
     mqtt: tuple[MqttExport, ...] = ()
-    broker: MqttBroker = MqttBroker()
     status_stream: str = ""  # every export's batch outcomes go there, if it exists
 
 
@@ -610,21 +602,17 @@ def resolve_config(raw: Any) -> Config:
             prio = _int(item, "priority", at, 10, 1, 10) or 10
         except DefinitionError as exc:
             raise ConfigError(exc.message) from None
-        topic = item.get("topic", stream)
+        topic = item.get("topic", DEFAULT_MQTT_TOPIC.replace("{stream}", stream))
         if (not isinstance(topic, str) or not topic or any(c in topic for c in "#+\0")
-                or topic.startswith("/") or ".." in topic.split("/")):
-            raise ConfigError(f"{at}.topic: must be a plain topic suffix without "
-                              f"wildcards, got {topic!r}")
+                or topic.startswith(("/", "$", "hedgerow/"))):
+            raise ConfigError(f"{at}.topic: must be a cloud topic without wildcards, outside "
+                              f"$… and Hedgerow's own hedgerow/… (e.g. "
+                              f"{DEFAULT_MQTT_TOPIC!r}), got {topic!r}")
         mqtt.append(MqttExport(stream, ident, topic, batch, prio))
-    broker = raw.get("mqttBroker") or {}
-    if not isinstance(broker, Mapping) or not all(
-            isinstance(broker.get(k, ""), str)
-            for k in ("url", "caFile", "certFile", "keyFile", "clientId")):
-        raise ConfigError("configuration.mqttBroker: must be a map of strings (url, caFile, "
-                          "certFile, keyFile, clientId)")
-    url = broker.get("url", "")
-    if url and not url.startswith(("mqtts://", "mqtt://")):
-        raise ConfigError(f"configuration.mqttBroker.url: {url!r} is not mqtts://HOST:PORT")
+    if raw.get("mqttBroker"):
+        raise ConfigError("configuration.mqttBroker: no longer used: the MQTT export "
+                          "publishes through the agent's cloud connection (docs/streams.md); "
+                          "remove it")
     status_stream = raw.get("statusStreamName", "")
     if status_stream:
         try:
@@ -633,14 +621,12 @@ def resolve_config(raw: Any) -> Config:
             raise ConfigError(exc.message) from None
     assert port is not None and budget is not None and flush is not None
     return Config(host, port, storage, budget, bandwidth or 0, level, flush, tuple(mqtt),
-                  MqttBroker(url, broker.get("caFile", ""), broker.get("certFile", ""),
-                             broker.get("keyFile", ""), broker.get("clientId", "")),
                   str(status_stream))
 
 
-def render_mqtt_topic(thing: str, suffix: str) -> str:
-    """Under the device's own namespace, where the broker ACL lets only it write."""
-    return f"hedgerow/things/{thing}/streams/{suffix}"
+def render_mqtt_topic(thing: str, topic: str) -> str:
+    """An export's configured topic with the device's thing name in it."""
+    return topic.replace(THING_VARIABLE, thing)
 
 
 def resolve_dependents(specs: Mapping[str, Mapping[str, Any]]) -> list[str]:

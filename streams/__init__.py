@@ -1,7 +1,8 @@
 """hedgerow.streams: the stream manager (`python -m hedgerow.streams serve`), a built-in
 component speaking the Greengrass Stream Manager SDK's protocol. A shell over
-`hedgerow.core.streams`; kept light (no agent, docker or paho unless an MQTT export is
-configured) because it runs as its own process on small devices."""
+`hedgerow.core.streams`; kept light (no agent, docker, paho or awscrt: the MQTT export
+goes through the agent over IPC with a small client of its own) because it runs as its
+own process on small devices."""
 
 import os as _os
 

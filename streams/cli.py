@@ -37,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(loopback only, default 127.0.0.1), port (8088), storageDir (default "
                     "./streams), diskBudgetBytes (1 GiB), exportBandwidthBytesPerSecond "
                     "(0: unlimited), flushIntervalMillis (1000), logLevel (INFO), "
-                    "statusStreamName, mqttExports ([{stream, topic, batchSize, priority}]), "
-                    "mqttBroker ({url, caFile, certFile, keyFile, clientId}); see "
+                    "statusStreamName, mqttExports ([{stream, topic, batchSize, priority}], "
+                    "published through the agent's cloud connection over IPC); see "
                     "docs/streams.md.")
     serve.add_argument("--config", default=os.environ.get("HEDGEROW_STREAM_MANAGER_CONFIG",
                                                           "{}"),

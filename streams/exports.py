@@ -246,7 +246,7 @@ class Exports:
         for stream in self.store.streams.values():
             self.on_change(stream, stream.name)
         if self.config.mqtt:
-            from hedgerow.streams import mqttexport  # paho only when configured
+            from hedgerow.streams import mqttexport  # only when configured
 
             self.mqtt = mqttexport.MqttLink(self.config)
             for name in {m.stream for m in self.config.mqtt}:
@@ -312,5 +312,5 @@ class Exports:
                 with contextlib.suppress(asyncio.CancelledError):
                     await exporter.task
         if self.mqtt is not None:
-            self.mqtt.close()
+            await self.mqtt.close()
 

@@ -1,125 +1,82 @@
-"""The MQTT export: batches of a stream published to the cloud broker, QoS 1, on
-`hedgerow/things/{thing}/streams/{topic}` (the device's own namespace; the broker ACL
-lets only that device write there).
+"""The MQTT export: batches of a stream published to the cloud broker, QoS 1, through the
+agent's cloud connection — the stream manager asks the agent over Greengrass IPC
+(`PublishToIoTCore`, streams/ipcclient.py) as any component does, and the agent carries
+the publish on its one MQTT session (edge-agent/cloudproxy.py).
 
-The stream manager keeps its own MQTT connection (client id `{thing}-streams`) with a
-client certificate whose CN is the thing name; see docs/streams.md for why, and for the
-production broker's `use_username_as_clientid`. paho is imported only when an MQTT export
-is configured. A batch counts as delivered when the broker acknowledges it (PUBACK).
+Why not a connection of its own: the device's private key is root's alone, and the
+broker takes the device's certificate CN as the client id (`use_username_as_clientid`),
+so a second connection as the device would take the agent's session over.
+
+A batch counts as delivered when the agent answers success: the broker acknowledged it
+(PUBACK), or the device is offline and the publish is in the agent's persisted spool,
+which sends it in order on reconnect (docs/streams.md, Exports). A refusal — the broker's
+ACL (ServiceError naming reason code 0x87), no accessControl policy (UnauthorizedError) —
+fails the batch: the export shows it in its status and retries with backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import logging
 import os
-import pathlib
-import ssl
-import threading
-import urllib.parse
-from typing import Any
-
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from hedgerow.core import streams as core
-from hedgerow.streams import exports
+from hedgerow.streams import exports, ipcclient
 
 log = logging.getLogger("hedgerow.streams")
 
-
-def _identity_defaults() -> tuple[str, str, str, str, str]:
-    """(thing, url, ca, cert, key) from the agent's identity folder and environment."""
-    root = pathlib.Path(os.environ.get("HEDGEROW_ROOT", "/var/lib/hedgerow"))
-    folder = root / "identity"
-    url = ""
-    with contextlib.suppress(OSError, ValueError):
-        url = str(json.loads((folder / "connection.json").read_bytes()).get("brokerUrl", ""))
-    thing = os.environ.get("AWS_IOT_THING_NAME", "")
-    return (thing, url, str(folder / "ca.pem"), str(folder / "device.pem"),
-            str(folder / "device.key"))
+SOCKET_ENV = "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT"
 
 
 class MqttLink:
+    """The stream manager's one IPC connection to the agent, opened on first use and
+    again after it is lost (an agent restart)."""
+
     def __init__(self, config: core.Config) -> None:
-        thing, url, ca, cert, key = _identity_defaults()
-        b = config.broker
-        self.thing = thing
-        parts = urllib.parse.urlsplit(b.url or url)
-        if not parts.hostname or not thing:
-            raise ValueError("MQTT export: no broker URL (mqttBroker.url or the identity's "
-                             "connection.json) or no AWS_IOT_THING_NAME")
-        tls = parts.scheme == "mqtts"
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2,
-                                  client_id=b.client_id or f"{thing}-streams",
-                                  protocol=mqtt.MQTTv311)
-        if tls:
-            context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH,
-                                                 cafile=b.ca_file or ca)
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-            context.load_cert_chain(b.cert_file or cert, b.key_file or key)
-            self.client.tls_set_context(context)
-        self.client.reconnect_delay_set(1, 30)
-        self._pending: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = {}
-        self._lock = threading.Lock()
-        self.client.on_publish = self._on_publish
-        self.client.on_connect = lambda c, u, f, rc, p: log.info("MQTT export: connected (%s)",
-                                                                  rc)
-        self.client.on_disconnect = self._on_disconnect
-        self.client.connect_async(parts.hostname, parts.port or (8883 if tls else 1883),
-                                  keepalive=30)
-        self.client.loop_start()
-
-    def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any,
-                    props: Any) -> None:
-        with self._lock:
-            waiting = self._pending.pop(mid, None)
-        if waiting is not None:
-            loop, fut = waiting
-            loop.call_soon_threadsafe(_settle, fut, None)
-
-    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any,
-                       props: Any) -> None:
-        log.warning("MQTT export: disconnected (%s)", rc)
-        with self._lock:
-            pending, self._pending = self._pending, {}
-        for loop, fut in pending.values():  # not acknowledged: sent again, in order
-            loop.call_soon_threadsafe(_settle, fut, exports.ExportError(
-                "connection lost before the broker acknowledged"))
+        self.thing = os.environ.get("AWS_IOT_THING_NAME", "")
+        self.path = os.environ.get(SOCKET_ENV, "")
+        self.token = os.environ.get("SVCUID", "")
+        missing = [name for name, value in (("AWS_IOT_THING_NAME", self.thing),
+                                            (SOCKET_ENV, self.path),
+                                            ("SVCUID", self.token)) if not value]
+        if missing:
+            raise ValueError(f"MQTT export: no {', '.join(missing)} in the environment: the "
+                             "stream manager must run as a component of the agent to reach "
+                             "the cloud broker")
+        self.client: ipcclient.Client | None = None
+        self._lock = asyncio.Lock()
 
     def sender(self, spec: core.MqttExport) -> MqttSender:
         return MqttSender(self, core.render_mqtt_topic(self.thing, spec.topic))
 
+    async def _connected(self) -> ipcclient.Client:
+        async with self._lock:
+            if self.client is None or not self.client.connected:
+                client = ipcclient.Client(self.path, self.token)
+                try:
+                    await client.connect()
+                except (OSError, TimeoutError) as exc:
+                    raise exports.ExportError(f"cannot reach the agent's IPC socket "
+                                              f"{self.path}: {exc}") from None
+                log.info("MQTT export: connected to the agent's IPC server")
+                self.client = client
+            return self.client
+
     async def publish(self, topic: str, payload: bytes) -> None:
-        if not self.client.is_connected():
-            raise exports.ExportError("not connected to the cloud broker")
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        with self._lock:
-            info = self.client.publish(topic, payload, qos=1)
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                raise exports.ExportError(f"publish failed: {mqtt.error_string(info.rc)}")
-            self._pending[info.mid] = (loop, fut)
+        client = await self._connected()
         try:
-            await asyncio.wait_for(fut, 30)
-        finally:
-            with self._lock:
-                self._pending.pop(info.mid, None)
+            await client.publish_to_iot_core(topic, payload, qos=1)
+        except ipcclient.IpcError as exc:
+            raise exports.ExportError(str(exc)) from None
+        except ipcclient.ConnectionLostError as exc:
+            raise exports.ExportError(f"the agent's IPC connection: {exc}") from None
 
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-def _settle(fut: asyncio.Future[None], error: BaseException | None) -> None:
-    if not fut.done():
-        if error is None:
-            fut.set_result(None)
-        else:
-            fut.set_exception(error)
+    async def close(self) -> None:
+        client, self.client = self.client, None
+        if client is not None:
+            await client.close()
 
 
 class MqttSender:

@@ -95,6 +95,20 @@ def test_config_refuses_non_loopback_and_names_keys() -> None:
     assert streams.resolve_config({}).port == 8088
 
 
+
+def test_mqtt_export_topics_default_to_the_devices_namespace() -> None:
+    config = streams.resolve_config({"mqttExports": [
+        {"stream": "telemetry"},
+        {"stream": "alarms", "topic": "site/{iot:thingName}/alarms", "identifier": "a"}]})
+    assert [streams.render_mqtt_topic("gw-1", m.topic) for m in config.mqtt] == [
+        "devices/gw-1/streams/telemetry", "site/gw-1/alarms"]
+    for bad in ("hedgerow/things/gw-1/status", "$SYS/x", "devices/+/x", "/abs", ""):
+        with pytest.raises(streams.ConfigError, match=r"mqttExports\[0\]\.topic"):
+            streams.resolve_config({"mqttExports": [{"stream": "s", "topic": bad}]})
+    # The removed identity-file settings are an error, not silently ignored.
+    with pytest.raises(streams.ConfigError, match=r"configuration\.mqttBroker: no longer"):
+        streams.resolve_config({"mqttBroker": {"keyFile": "/var/lib/hedgerow/identity/k"}})
+
 def test_client_env_only_for_dependents() -> None:
     assert streams.resolve_client_env({}, "t") == {}
     assert streams.resolve_client_env({streams.COMPONENT_NAME: {"port": 9000}}, "t") == {

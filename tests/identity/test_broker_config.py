@@ -18,7 +18,6 @@ def test_acl_devices_own_topics_only_controller_everything() -> None:
         "topic readwrite hedgerow/things/#",
         "pattern read hedgerow/things/%u/desired",
         "pattern write hedgerow/things/%u/status",
-        "pattern write hedgerow/things/%u/streams/#",
     ]
     assert acl.endswith("\n")  # VerneMQ drops a last line without one
 

@@ -124,51 +124,6 @@ def test_http_export_survives_an_outage_and_a_restart(make_manager: Any,
     assert receiver.seqs()[delivered:] == list(range(45, 50))
 
 
-def test_mqtt_export_reaches_a_cloud_subscriber(make_manager: Any) -> None:
-    """Through a real mosquitto with mutual TLS and the Hedgerow ACL: the device's batches
-    arrive, QoS 1, on its own streams topic, where the cloud side subscribes."""
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    from tests.support.mosquitto import Mosquitto
-
-    thing = f"sm-thing-{threading.get_native_id()}"
-    with Mosquitto(tls=True) as broker:
-        cert, key = broker.client_cert(thing)
-        got: list[tuple[str, list[dict[str, Any]]]] = []
-        cloud = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="cloud-subscriber")
-        ccert, ckey = broker.client_cert("hedgerow_controller")
-        cloud.tls_set(ca_certs=str(broker.ca), certfile=str(ccert), keyfile=str(ckey))
-        cloud.on_message = lambda c, u, m: got.append((m.topic, json.loads(m.payload)))
-        cloud.on_connect = lambda c, u, f, rc, p: c.subscribe("hedgerow/things/+/streams/#", 1)
-        cloud.connect(LOOPBACK, broker.port)
-        cloud.loop_start()
-        try:
-            manager: StreamManager = make_manager(
-                env={"AWS_IOT_THING_NAME": thing},
-                mqttBroker={"url": broker.url, "caFile": str(broker.ca),
-                            "certFile": str(cert), "keyFile": str(key)},
-                mqttExports=[{"stream": "telemetry", "topic": "telemetry/v1",
-                              "batchSize": 10}])
-            with manager.client() as client:
-                client.create_message_stream(MessageStreamDefinition(
-                    name="telemetry", strategy_on_full=StrategyOnFull.RejectNewData))
-                for i in range(25):
-                    client.append_message("telemetry", b"reading %d" % i)
-                wait_for(lambda: sum(len(b) for _, b in got) >= 25, 60,
-                         "25 messages at the cloud subscriber")
-                assert {t for t, _ in got} == {f"hedgerow/things/{thing}/streams/telemetry/v1"}
-                seqs = [m["sequenceNumber"] for _, b in got for m in b]
-                assert seqs == list(range(25))
-                assert [base64.b64decode(m["payload"]) for _, b in got for m in b] == [
-                    b"reading %d" % i for i in range(25)]
-                wait_for(lambda: client.describe_message_stream("telemetry").export_statuses[0]
-                         .last_exported_sequence_number == 24, 10, "the MQTT checkpoint")
-        finally:
-            cloud.loop_stop()
-            cloud.disconnect()
-
-
 def test_bandwidth_is_shared_and_the_urgent_export_goes_first(make_manager: Any,
                                                               receiver: Receiver) -> None:
     receiver.start()

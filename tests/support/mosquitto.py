@@ -44,7 +44,6 @@ topic readwrite hedgerow/#
 
 pattern read hedgerow/things/%u/desired
 pattern write hedgerow/things/%u/status
-pattern write hedgerow/things/%u/streams/#
 """
 
 
