@@ -80,10 +80,17 @@ class Server:
                         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                     op, payload = await _read_frame(reader)
                     request = _decode(payload)
-                    task = asyncio.get_running_loop().create_task(
-                        self._answer(op, request, writer))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
+                    if op == core.Operation.APPEND_MESSAGE:
+                        # The hot path, inline: no task per append; a flushOnWrite one
+                        # is answered by its sync round's callback.
+                        self._append(request, writer)
+                    else:
+                        task = asyncio.get_running_loop().create_task(
+                            self._answer(op, request, writer))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                    # Answers a client does not read must not pile up here.
+                    await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
             pass
         except core.FrameError as exc:
@@ -144,37 +151,48 @@ class Server:
                 "errorMessage": f"unknown operation {op}"})
             return
         try:
+            if operation is core.Operation.READ_MESSAGES:
+                count, pieces = await self._read(request)
+                if not writer.is_closing():
+                    _write_messages(writer, request_id, count, pieces)
+                return
             body = await self._dispatch(operation, request)
             answer = {"requestId": request_id, "status": int(core.Status.SUCCESS), **body}
-        except core.RequestError as exc:
-            answer = {"requestId": request_id, "status": int(exc.status),
-                      "errorMessage": exc.message}
         except Exception as exc:  # a bug must answer the client, not leave it waiting
-            if not isinstance(exc, OSError):
-                log.exception("%s failed", operation.name)
-            else:
-                log.error("%s failed: %s", operation.name, exc)
-            answer = {"requestId": request_id,
-                      "status": int(core.Status.MESSAGE_STORE_READ_ERROR
-                                    if operation is core.Operation.READ_MESSAGES
-                                    else core.Status.UNKNOWN_FAILURE),
-                      "errorMessage": f"storage error: {getattr(exc, 'strerror', None) or exc}"}
+            answer = _error_answer(operation, request_id, exc)
         if not writer.is_closing():
             _write_frame(writer, response_op, answer)
 
-    async def _dispatch(self, op: core.Operation, req: dict[str, Any]) -> dict[str, Any]:
-        store = self.store
-        if op is core.Operation.APPEND_MESSAGE:
-            stream = store.get(req.get("name"))
-            payload = req.get("payload")
+    def _append(self, request: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+        request_id = request.get("requestId")
+        op = core.Operation.APPEND_MESSAGE_RESPONSE
+        try:
+            stream = self.store.get(request.get("name"))
+            payload = request.get("payload")
             if not isinstance(payload, bytes):
                 raise core.RequestError(core.Status.INVALID_REQUEST, "payload: must be bytes")
-            seq = stream.append(payload, store.budget_left(stream))
-            if stream.durable_appends:
-                await stream.wait_durable(seq)
-            return {"sequenceNumber": seq}
-        if op is core.Operation.READ_MESSAGES:
-            return {"messages": await self._read(req)}
+            seq = stream.append(payload, self.store.budget_left(stream))
+        except Exception as exc:
+            _write_frame(writer, op, _error_answer(core.Operation.APPEND_MESSAGE,
+                                                   request_id, exc))
+            return
+
+        def answer(exc: BaseException | None) -> None:
+            # Never before the sync covering `seq` has completed (exc None), so an
+            # acknowledged flushOnWrite append survives a crash.
+            if writer.is_closing():
+                return
+            _write_frame(writer, op, {"requestId": request_id,
+                                      "status": int(core.Status.SUCCESS),
+                                      "sequenceNumber": seq} if exc is None else
+                         _error_answer(core.Operation.APPEND_MESSAGE, request_id, exc))
+        if stream.durable_appends:
+            stream.when_durable(seq, answer)
+        else:
+            answer(None)
+
+    async def _dispatch(self, op: core.Operation, req: dict[str, Any]) -> dict[str, Any]:
+        store = self.store
         if op is core.Operation.CREATE_MESSAGE_STREAM:
             store.create(core.resolve_definition(req.get("definition")))
             return {}
@@ -196,7 +214,7 @@ class Server:
                 "exportStatuses": self.describe_exports(stream)}}
         raise core.RequestError(core.Status.UNKNOWN_OPERATION, f"operation {op.name}")
 
-    async def _read(self, req: dict[str, Any]) -> list[dict[str, Any]]:
+    async def _read(self, req: dict[str, Any]) -> tuple[int, list[bytes | memoryview]]:
         stream = self.store.get(req.get("streamName"))
         opts = core.resolve_read_options(req.get("readMessagesOptions"))
         want = opts.max_count or opts.min_count
@@ -213,9 +231,24 @@ class Server:
             stream.changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stream.changed.wait(), left)
-        records = stream.read(opts.start, want, core.MAX_READ_RESPONSE_BYTES)
-        return [{"streamName": stream.name, "sequenceNumber": seq, "ingestTime": t,
-                 "payload": p} for seq, t, p in records]
+        count, pieces = stream.render_read(opts.start, want, core.MAX_READ_RESPONSE_BYTES)
+        return count, pieces
+
+
+def _error_answer(operation: core.Operation, request_id: Any,
+                  exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, core.RequestError):
+        return {"requestId": request_id, "status": int(exc.status),
+                "errorMessage": exc.message}
+    if not isinstance(exc, OSError):
+        log.error("%s failed", operation.name, exc_info=exc)
+    else:
+        log.error("%s failed: %s", operation.name, exc)
+    return {"requestId": request_id,
+            "status": int(core.Status.MESSAGE_STORE_READ_ERROR
+                          if operation is core.Operation.READ_MESSAGES
+                          else core.Status.UNKNOWN_FAILURE),
+            "errorMessage": f"storage error: {getattr(exc, 'strerror', None) or exc}"}
 
 
 async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
@@ -237,3 +270,18 @@ def _write_frame(writer: asyncio.StreamWriter, op: core.Operation,
                  body: dict[str, Any]) -> None:
     payload = cbor2.dumps(body)
     writer.write(core.render_frame_header(op, len(payload)) + payload)
+
+
+# The head of a successful ReadMessagesResponse up to its requestId's value; the rest is
+# status 0 and the messages array (built from the segments by core.render_messages).
+_READ_HEAD = core.render_cbor_head(5, 3) + cbor2.dumps("requestId")
+_READ_STATUS = cbor2.dumps("status") + cbor2.dumps(0) + cbor2.dumps("messages")
+
+
+def _write_messages(writer: asyncio.StreamWriter, request_id: Any, count: int,
+                    pieces: list[bytes | memoryview]) -> None:
+    head = b"".join((_READ_HEAD, cbor2.dumps(request_id), _READ_STATUS,
+                     core.render_cbor_head(4, count)))
+    size = len(head) + sum(len(p) for p in pieces)
+    writer.writelines([core.render_frame_header(core.Operation.READ_MESSAGES_RESPONSE, size),
+                       head, *pieces])
