@@ -396,6 +396,15 @@ def _cbor_text(text: str) -> bytes:
 
 
 _SEQ_KEY: Final = _cbor_text("sequenceNumber")
+_APPENDED_HEAD: Final = b"\xa3" + _cbor_text("requestId")
+_APPENDED_TAIL: Final = _cbor_text("status") + b"\x00" + _SEQ_KEY
+
+
+def render_append_response(request_id: str, seq: int) -> bytes:
+    """A successful AppendMessageResponse ({requestId, status 0, sequenceNumber}) in
+    CBOR, without a generic encoder: this runs once per append."""
+    return b"".join((_APPENDED_HEAD, _cbor_text(request_id), _APPENDED_TAIL,
+                     render_cbor_head(0, seq)))
 _TIME_KEY: Final = _cbor_text("ingestTime")
 _PAYLOAD_KEY: Final = _cbor_text("payload")
 

@@ -44,6 +44,9 @@ def test_read_answers_are_the_cbor_the_sdk_decodes(
         for seq, t, p in records]
     for value in (0, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1):
         assert streams.render_cbor_head(0, value) == cbor2.dumps(value)
+    assert cbor2.loads(streams.render_append_response(name, records[0][0] if records else 7)
+                       ) == {"requestId": name, "status": 0,
+                             "sequenceNumber": records[0][0] if records else 7}
 
 
 def test_a_flipped_bit_ends_the_log() -> None:
