@@ -29,6 +29,9 @@ official `stream-manager` SDK (StreamManagerClient), as components use it.
   allows (cores ÷ the client and server CPU spent per append in that run). Near 1: the
   clients' and server's CPU, not the sync, sets the pace.
 - read_msgs_per_s: 1 KiB messages read in batches of 100 by one client (target ≥ 50,000).
+- read_msgs_per_s_ceiling (report only): the same reads answered at once by the stub
+  server with a ready-made batch: what the SDK's decoding (CBOR, then a Message object
+  per message) and round trip allow, whatever the server.
 - export_msgs_per_s: 1 KiB messages drained by an HTTP export (batches of 500) to a local
   stdlib HTTP server (report only).
 - stream_manager_pss_mb: the server's PSS with 10 streams holding data, beside an idle
@@ -179,10 +182,18 @@ def _stub_serve(port: int) -> None:
             seq = 0
             while True:
                 op, request = frame(conn)
+                if op == streams.Operation.READ_MESSAGES:  # always the same 100 messages
+                    answer(conn, streams.Operation.READ_MESSAGES_RESPONSE, b"".join((
+                        b"\xa3", cbor2.dumps("requestId"), cbor2.dumps(request["requestId"]),
+                        cbor2.dumps("status"), b"\x00", cbor2.dumps("messages"), batch)))
+                    continue
                 answer(conn, streams.RESPONSE_OF[streams.Operation(op)],
                        streams.render_append_response(request["requestId"], seq))
                 seq += 1
 
+    records = b"".join(streams.render_record(i, 0, PAYLOAD) for i in range(100))
+    batch = streams.render_cbor_head(4, 100) + b"".join(
+        streams.render_messages(records, 100, "stub"))
     listener = socket.create_server(("127.0.0.1", port))
     while True:
         conn, _ = listener.accept()
@@ -307,6 +318,15 @@ def run() -> Iterator[harness.Figure]:
             seq = got[-1].sequence_number + 1
         reads = total / (time.perf_counter() - start)
         yield harness.Figure("read_msgs_per_s", reads, "msg/s", None, ">= 50000")
+        floor_client = _client(stub_port, token)
+        start, got_total = time.perf_counter(), 0
+        while got_total < total:
+            got_total += len(floor_client.read_messages("stub", ReadMessagesOptions(
+                min_message_count=100, max_message_count=100)))
+        floor_client.close()
+        yield harness.Figure("read_msgs_per_s_ceiling", total / (time.perf_counter() - start),
+                             "msg/s", None, "report only: the same reads from a stub server "
+                             "that answers at once (the SDK's own decoding and round trip)")
 
         uri = f"http://127.0.0.1:{sink.server_address[1]}/"
         start = time.perf_counter()
