@@ -129,6 +129,7 @@ class Stream:
         self.syncer = syncer
         self._flushed = 0  # the sync thread's own `synced` (it skips a sync with nothing new)
         self._sync_queued = False
+        self.syncs = 0  # fdatasync rounds so far (appends per sync: group commit at work)
         # (sequence number, callback) of appends waiting for their sync, in order.
         self._waiters: deque[tuple[int, Callable[[BaseException | None], None]]] = deque()
 
@@ -306,6 +307,7 @@ class Stream:
                 self.new_files = self.new_files or new_files
                 return target, exc
             self._flushed = max(self._flushed, target)
+            self.syncs += 1
             return target, None
 
     def synced_to(self, target: int, exc: OSError | None) -> None:
