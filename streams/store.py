@@ -321,7 +321,10 @@ class Stream:
                 self.changed.set()
         waiters = self._waiters
         while waiters and (waiters[0][0] < target or self.deleted):
-            waiters.popleft()[1](exc)
+            try:
+                waiters.popleft()[1](exc)
+            except Exception:  # one broken answer must not strand the others
+                log.exception("stream %r: answering a synced append failed", self.name)
         # After a failed sync, only a new append retries (no busy loop on a dead disk).
         if not self.deleted and (waiters or (exc is None and self.durable_appends
                                              and self.synced < self.next_seq)):
