@@ -371,6 +371,65 @@ def resolve_payloads(data: bytes | memoryview, count: int) -> list[tuple[int, in
     return out
 
 
+_CBOR_HEADS: Final = (struct.Struct(">B"), struct.Struct(">BB"), struct.Struct(">BH"),
+                      struct.Struct(">BI"), struct.Struct(">BQ"))
+
+
+def render_cbor_head(major: int, value: int) -> bytes:
+    """A CBOR item head: major type (0 unsigned, 2 bytes, 3 text, 4 array, 5 map) and its
+    value or length, in the shortest form (RFC 8949 §3)."""
+    mt = major << 5
+    if value < 24:
+        return _CBOR_HEADS[0].pack(mt | value)
+    if value < 0x100:
+        return _CBOR_HEADS[1].pack(mt | 24, value)
+    if value < 0x10000:
+        return _CBOR_HEADS[2].pack(mt | 25, value)
+    if value < 0x100000000:
+        return _CBOR_HEADS[3].pack(mt | 26, value)
+    return _CBOR_HEADS[4].pack(mt | 27, value)
+
+
+def _cbor_text(text: str) -> bytes:
+    raw = text.encode()
+    return render_cbor_head(3, len(raw)) + raw
+
+
+_SEQ_KEY: Final = _cbor_text("sequenceNumber")
+_APPENDED_HEAD: Final = b"\xa3" + _cbor_text("requestId")
+_APPENDED_TAIL: Final = _cbor_text("status") + b"\x00" + _SEQ_KEY
+
+
+def render_append_response(request_id: str, seq: int) -> bytes:
+    """A successful AppendMessageResponse ({requestId, status 0, sequenceNumber}) in
+    CBOR, without a generic encoder: this runs once per append."""
+    return b"".join((_APPENDED_HEAD, _cbor_text(request_id), _APPENDED_TAIL,
+                     render_cbor_head(0, seq)))
+_TIME_KEY: Final = _cbor_text("ingestTime")
+_PAYLOAD_KEY: Final = _cbor_text("payload")
+
+
+def render_messages(data: bytes | memoryview, count: int, stream: str
+                    ) -> list[bytes | memoryview]:
+    """The SDK's Message maps (streamName, sequenceNumber, ingestTime, payload) of
+    `count` consecutive records at the start of `data`, as CBOR pieces to send in a row:
+    a read's answer is encoded straight from the segment's bytes, with no object per
+    message and each payload copied once (into the socket)."""
+    view = memoryview(data)
+    name = b"\xa4" + _cbor_text("streamName") + _cbor_text(stream) + _SEQ_KEY
+    out: list[bytes | memoryview] = []
+    pos = 0
+    for _ in range(count):
+        length, _crc, seq, ingest = RECORD_HEADER.unpack_from(view, pos)
+        start = pos + RECORD_OVERHEAD
+        pos = start + length
+        out.append(b"".join((name, render_cbor_head(0, seq), _TIME_KEY,
+                             render_cbor_head(0, max(ingest, 0)), _PAYLOAD_KEY,
+                             render_cbor_head(2, length))))
+        out.append(view[start:pos])
+    return out
+
+
 # --- size, segments and time -------------------------------------------------------------
 
 

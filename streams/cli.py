@@ -86,8 +86,8 @@ async def serve(config: core.Config, tokens_path: pathlib.Path | None) -> None:
     srv.describe_exports = exp.describe
     st.on_change = exp.on_change
     exp.start()
-    tcp = await asyncio.start_server(srv.handle, config.host, config.port,
-                                     reuse_address=True)
+    tcp = await asyncio.get_running_loop().create_server(srv.protocol, config.host,
+                                                         config.port, reuse_address=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

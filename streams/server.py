@@ -4,7 +4,9 @@ One connection: the client's connect version byte, a Connect frame (CBOR) with i
 protocol versions and auth token; we answer our version byte and a ConnectResponse. Then
 request frames, each answered by the response operation carrying the same requestId;
 requests run concurrently (a read that waits does not hold up an append on the same
-connection). A frame that is not the protocol (a bad length, CBOR that does not decode,
+connection). Connections are asyncio Protocols: an append costs one callback from the
+socket's readiness to its answer (or to its sync round), no task, future or stream
+reader in between. A frame that is not the protocol (a bad length, CBOR that does not decode,
 a payload that is not a map) closes that connection only.
 """
 
@@ -71,40 +73,12 @@ class Server:
         self.store, self.tokens = store, tokens
         self.describe_exports: Any = lambda stream: []  # set by the export manager
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        tasks: set[asyncio.Task[None]] = set()
-        try:
-            if await self._connect(reader, writer):
-                while True:
-                    if len(tasks) >= _MAX_IN_FLIGHT:  # backpressure, not unbounded tasks
-                        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                    op, payload = await _read_frame(reader)
-                    request = _decode(payload)
-                    task = asyncio.get_running_loop().create_task(
-                        self._answer(op, request, writer))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
-            pass
-        except core.FrameError as exc:
-            log.warning("closing a connection that broke the protocol: %s", exc)
-        finally:
-            for task in tasks:
-                task.cancel()
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+    def protocol(self) -> Connection:
+        """A new connection's protocol (for `loop.create_server`)."""
+        return Connection(self)
 
-    async def _connect(self, reader: asyncio.StreamReader,
-                       writer: asyncio.StreamWriter) -> bool:
-        version = (await asyncio.wait_for(reader.readexactly(1), _CONNECT_TIMEOUT_S))[0]
-        if version != core.CONNECT_VERSION:
-            raise core.FrameError(f"connect version {version}, expected "
-                                  f"{core.CONNECT_VERSION}")
-        op, payload = await asyncio.wait_for(_read_frame(reader), _CONNECT_TIMEOUT_S)
-        if op != core.Operation.CONNECT:
-            raise core.FrameError(f"first frame is operation {op}, not Connect")
-        request = _decode(payload)
+    def connect(self, request: dict[str, Any], peer: Any) -> dict[str, Any]:
+        """The ConnectResponse to a Connect request: status SUCCESS lets it in."""
         answer: dict[str, Any] = {"requestId": request.get("requestId"),
                                   "serverVersion": core.SERVER_VERSION,
                                   "supportedProtocolVersions": [
@@ -115,8 +89,7 @@ class Server:
             [str(v) for v in others] if isinstance(others, list) else [])
         if not self.tokens.is_allowed(request.get("authToken")):
             # Never log the token; the peer's port says which connection it was.
-            log.warning("refused a connection from %s: wrong or missing auth token",
-                        writer.get_extra_info("peername"))
+            log.warning("refused a connection from %s: wrong or missing auth token", peer)
             answer.update(status=int(core.Status.UNAUTHORIZED),
                           errorMessage="wrong or missing AWS_CONTAINER_AUTHORIZATION_TOKEN")
         elif version_ is None:
@@ -126,14 +99,11 @@ class Server:
                                        f"{', '.join(core.OLD_PROTOCOL_VERSIONS)}")
         else:
             answer.update(status=int(core.Status.SUCCESS), protocolVersion=version_,
-                          clientIdentifier=f"{writer.get_extra_info('peername')}")
-        writer.write(bytes([core.CONNECT_VERSION]))
-        _write_frame(writer, core.Operation.CONNECT_RESPONSE, answer)
-        await writer.drain()
-        return bool(answer["status"] == core.Status.SUCCESS)
+                          clientIdentifier=f"{peer}")
+        return answer
 
-    async def _answer(self, op: int, request: dict[str, Any],
-                      writer: asyncio.StreamWriter) -> None:
+    async def answer(self, op: int, request: dict[str, Any],
+                      writer: asyncio.WriteTransport) -> None:
         request_id = request.get("requestId")
         try:
             operation = core.Operation(op)
@@ -144,37 +114,54 @@ class Server:
                 "errorMessage": f"unknown operation {op}"})
             return
         try:
+            if operation is core.Operation.READ_MESSAGES:
+                count, pieces = await self._read(request)
+                if not writer.is_closing():
+                    _write_messages(writer, request_id, count, pieces)
+                return
             body = await self._dispatch(operation, request)
             answer = {"requestId": request_id, "status": int(core.Status.SUCCESS), **body}
-        except core.RequestError as exc:
-            answer = {"requestId": request_id, "status": int(exc.status),
-                      "errorMessage": exc.message}
         except Exception as exc:  # a bug must answer the client, not leave it waiting
-            if not isinstance(exc, OSError):
-                log.exception("%s failed", operation.name)
-            else:
-                log.error("%s failed: %s", operation.name, exc)
-            answer = {"requestId": request_id,
-                      "status": int(core.Status.MESSAGE_STORE_READ_ERROR
-                                    if operation is core.Operation.READ_MESSAGES
-                                    else core.Status.UNKNOWN_FAILURE),
-                      "errorMessage": f"storage error: {getattr(exc, 'strerror', None) or exc}"}
+            answer = _error_answer(operation, request_id, exc)
         if not writer.is_closing():
             _write_frame(writer, response_op, answer)
 
-    async def _dispatch(self, op: core.Operation, req: dict[str, Any]) -> dict[str, Any]:
-        store = self.store
-        if op is core.Operation.APPEND_MESSAGE:
-            stream = store.get(req.get("name"))
-            payload = req.get("payload")
+    def append(self, request: dict[str, Any], writer: asyncio.WriteTransport) -> None:
+        request_id = request.get("requestId")
+        op = core.Operation.APPEND_MESSAGE_RESPONSE
+        try:
+            stream = self.store.get(request.get("name"))
+            payload = request.get("payload")
             if not isinstance(payload, bytes):
                 raise core.RequestError(core.Status.INVALID_REQUEST, "payload: must be bytes")
-            seq = stream.append(payload, store.budget_left(stream))
-            if stream.durable_appends:
-                await stream.wait_durable(seq)
-            return {"sequenceNumber": seq}
-        if op is core.Operation.READ_MESSAGES:
-            return {"messages": await self._read(req)}
+            seq = stream.append(payload, self.store.budget_left(stream))
+        except Exception as exc:
+            _write_frame(writer, op, _error_answer(core.Operation.APPEND_MESSAGE,
+                                                   request_id, exc))
+            return
+
+        def answer(exc: BaseException | None) -> None:
+            # Never before the sync covering `seq` has completed (exc None), so an
+            # acknowledged flushOnWrite append survives a crash.
+            if writer.is_closing():
+                return
+            if exc is not None:
+                _write_frame(writer, op, _error_answer(core.Operation.APPEND_MESSAGE,
+                                                       request_id, exc))
+            elif isinstance(request_id, str):  # the SDK's: a UUID
+                body = core.render_append_response(request_id, seq)
+                writer.write(core.render_frame_header(op, len(body)) + body)
+            else:
+                _write_frame(writer, op, {"requestId": request_id,
+                                          "status": int(core.Status.SUCCESS),
+                                          "sequenceNumber": seq})
+        if stream.durable_appends:
+            stream.when_durable(seq, answer)
+        else:
+            answer(None)
+
+    async def _dispatch(self, op: core.Operation, req: dict[str, Any]) -> dict[str, Any]:
+        store = self.store
         if op is core.Operation.CREATE_MESSAGE_STREAM:
             store.create(core.resolve_definition(req.get("definition")))
             return {}
@@ -196,7 +183,7 @@ class Server:
                 "exportStatuses": self.describe_exports(stream)}}
         raise core.RequestError(core.Status.UNKNOWN_OPERATION, f"operation {op.name}")
 
-    async def _read(self, req: dict[str, Any]) -> list[dict[str, Any]]:
+    async def _read(self, req: dict[str, Any]) -> tuple[int, list[bytes | memoryview]]:
         stream = self.store.get(req.get("streamName"))
         opts = core.resolve_read_options(req.get("readMessagesOptions"))
         want = opts.max_count or opts.min_count
@@ -213,14 +200,131 @@ class Server:
             stream.changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stream.changed.wait(), left)
-        records = stream.read(opts.start, want, core.MAX_READ_RESPONSE_BYTES)
-        return [{"streamName": stream.name, "sequenceNumber": seq, "ingestTime": t,
-                 "payload": p} for seq, t, p in records]
+        count, pieces = stream.render_read(opts.start, want, core.MAX_READ_RESPONSE_BYTES)
+        return count, pieces
 
 
-async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    length, op = core.resolve_frame_header(await reader.readexactly(core.FRAME_HEADER.size))
-    return op, await reader.readexactly(length)
+class Connection(asyncio.Protocol):
+    """One client: its connect version byte and Connect frame, then request frames,
+    parsed as they arrive (every whole frame in a read, no task or future per frame):
+    appends are answered inline or by their sync round, other requests run as tasks
+    (a read that waits does not hold up an append on the same connection)."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.state = "version"  # → "connect" → "open"
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.write_paused = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        # Connect must arrive quickly: a client that opens a socket and says nothing
+        # holds a slot.
+        self.timer = asyncio.get_running_loop().call_later(_CONNECT_TIMEOUT_S,
+                                                           transport.close)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        for task in self.tasks:
+            task.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        try:
+            self._consume()
+        except core.FrameError as exc:
+            log.warning("closing a connection that broke the protocol: %s", exc)
+            self.buf.clear()
+            assert self.transport is not None
+            self.transport.close()
+
+    def _consume(self) -> None:
+        transport, buf = self.transport, self.buf
+        assert transport is not None
+        if self.state == "version":
+            if not buf:
+                return
+            if buf[0] != core.CONNECT_VERSION:
+                raise core.FrameError(f"connect version {buf[0]}, expected "
+                                      f"{core.CONNECT_VERSION}")
+            del buf[:1]
+            self.state = "connect"
+        pos, size = 0, core.FRAME_HEADER.size
+        try:
+            while len(buf) - pos >= size and not transport.is_closing():
+                length, op = core.resolve_frame_header(bytes(buf[pos:pos + size]))
+                if len(buf) - pos - size < length:
+                    break
+                request = _decode(bytes(buf[pos + size:pos + size + length]))
+                pos += size + length
+                if self.state == "connect":
+                    self._connect(op, request)
+                elif op == core.Operation.APPEND_MESSAGE:
+                    self.server.append(request, transport)  # the hot path, inline
+                else:
+                    task = asyncio.get_running_loop().create_task(
+                        self.server.answer(op, request, transport))
+                    self.tasks.add(task)
+                    task.add_done_callback(self._done)
+                    if len(self.tasks) >= _MAX_IN_FLIGHT:
+                        transport.pause_reading()  # backpressure, not unbounded tasks
+        finally:
+            del buf[:pos]
+
+    def _connect(self, op: int, request: dict[str, Any]) -> None:
+        assert self.transport is not None
+        if op != core.Operation.CONNECT:
+            raise core.FrameError(f"first frame is operation {op}, not Connect")
+        if self.timer is not None:
+            self.timer.cancel()
+        answer = self.server.connect(request, self.transport.get_extra_info("peername"))
+        self.transport.write(bytes([core.CONNECT_VERSION]))
+        _write_frame(self.transport, core.Operation.CONNECT_RESPONSE, answer)
+        if answer["status"] == core.Status.SUCCESS:
+            self.state = "open"
+        else:
+            self.transport.close()  # after the answer is sent
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self._maybe_resume()
+
+    # Answers a client does not read must not pile up here: stop reading its requests.
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        assert self.transport is not None
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._maybe_resume()
+
+    def _maybe_resume(self) -> None:
+        transport = self.transport
+        if (transport is not None and not transport.is_closing() and not self.write_paused
+                and len(self.tasks) < _MAX_IN_FLIGHT and not transport.is_reading()):
+            transport.resume_reading()
+
+
+def _error_answer(operation: core.Operation, request_id: Any,
+                  exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, core.RequestError):
+        return {"requestId": request_id, "status": int(exc.status),
+                "errorMessage": exc.message}
+    if not isinstance(exc, OSError):
+        log.error("%s failed", operation.name, exc_info=exc)
+    else:
+        log.error("%s failed: %s", operation.name, exc)
+    return {"requestId": request_id,
+            "status": int(core.Status.MESSAGE_STORE_READ_ERROR
+                          if operation is core.Operation.READ_MESSAGES
+                          else core.Status.UNKNOWN_FAILURE),
+            "errorMessage": f"storage error: {getattr(exc, 'strerror', None) or exc}"}
 
 
 def _decode(payload: bytes) -> dict[str, Any]:
@@ -233,7 +337,22 @@ def _decode(payload: bytes) -> dict[str, Any]:
     return value
 
 
-def _write_frame(writer: asyncio.StreamWriter, op: core.Operation,
+def _write_frame(writer: asyncio.WriteTransport, op: core.Operation,
                  body: dict[str, Any]) -> None:
     payload = cbor2.dumps(body)
     writer.write(core.render_frame_header(op, len(payload)) + payload)
+
+
+# The head of a successful ReadMessagesResponse up to its requestId's value; the rest is
+# status 0 and the messages array (built from the segments by core.render_messages).
+_READ_HEAD = core.render_cbor_head(5, 3) + cbor2.dumps("requestId")
+_READ_STATUS = cbor2.dumps("status") + cbor2.dumps(0) + cbor2.dumps("messages")
+
+
+def _write_messages(writer: asyncio.WriteTransport, request_id: Any, count: int,
+                    pieces: list[bytes | memoryview]) -> None:
+    head = b"".join((_READ_HEAD, cbor2.dumps(request_id), _READ_STATUS,
+                     core.render_cbor_head(4, count)))
+    size = len(head) + sum(len(p) for p in pieces)
+    writer.writelines([core.render_frame_header(core.Operation.READ_MESSAGES_RESPONSE, size),
+                       head, *pieces])

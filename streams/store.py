@@ -4,8 +4,9 @@ A stream is a list of segments; a segment is a run of records (core.streams' for
 length, CRC, sequence number, time, payload) in one file `<base seq>.seg` of the stream's
 folder, or in one bytearray for Memory persistence. Appends are written on the event loop
 (a `write` to the page cache costs microseconds); `flushOnWrite` appends then wait for a
-sync round: one `fdatasync` in a worker thread for everything written before it began,
-so many concurrent appenders share one sync (group commit). Readers and exporters of a
+sync round: one `fdatasync` in the store's sync thread for everything written before it
+began. The loop goes on taking appends while a sync is in flight, and all of those share
+the next one (group commit). Readers and exporters of a
 flushOnWrite stream see a record only once it is durable: nothing they saw can vanish in
 a crash. Other file streams are synced every `flush_interval`; a crash may lose what was
 written since the last sync (their readers may have seen it).
@@ -22,7 +23,9 @@ import logging
 import os
 import pathlib
 import shutil
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -59,7 +62,7 @@ class Segment:
 
     def open_for_append(self) -> None:
         assert self.path is not None
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
                           0o600)
 
     def write(self, record: bytes, ingest: int) -> None:
@@ -81,20 +84,25 @@ class Segment:
         self.times.append(ingest)
         self.size += len(record)
 
-    def read(self, first: int, count: int) -> list[tuple[int, int, bytes]]:
-        """`count` records from index `first`."""
+    def raw(self, first: int, count: int) -> bytes | memoryview:
+        """The bytes of `count` records from index `first` (from the page cache: the
+        append fd reads too, so a read of the newest segment opens nothing)."""
         start = self.offsets[first]
         end = self.offsets[first + count] if first + count < self.count else self.size
         if self.buf is not None:
-            data: bytes | memoryview = memoryview(self.buf)[start:end]
-        else:
-            assert self.path is not None
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                data = os.pread(fd, end - start, start)
-            finally:
-                os.close(fd)
-        return core.resolve_payloads(data, count)
+            return memoryview(self.buf)[start:end]
+        if self.fd is not None:
+            return os.pread(self.fd, end - start, start)
+        assert self.path is not None
+        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return os.pread(fd, end - start, start)
+        finally:
+            os.close(fd)
+
+    def read(self, first: int, count: int) -> list[tuple[int, int, bytes]]:
+        """`count` records from index `first`."""
+        return core.resolve_payloads(self.raw(first, count), count)
 
     def close(self) -> None:
         if self.fd is not None:
@@ -103,7 +111,8 @@ class Segment:
 
 
 class Stream:
-    def __init__(self, definition: core.Definition, folder: pathlib.Path | None) -> None:
+    def __init__(self, definition: core.Definition, folder: pathlib.Path | None,
+                 syncer: Syncer | None = None) -> None:
         self.definition = definition
         self.folder = folder  # None: Memory persistence
         self.segments: list[Segment] = []
@@ -112,9 +121,17 @@ class Stream:
         self.synced = 0  # durable below this
         self.new_files = False  # a segment file was created since the last sync
         self.changed = asyncio.Event()
-        self._sync: asyncio.Future[None] | None = None
         self._last_time = 0
         self.deleted = False
+        # The sync thread syncs the newest segment's fd under this lock; the loop takes it
+        # to close an fd, so a sync never hits a closed (or reused) descriptor.
+        self.lock = threading.Lock()
+        self.syncer = syncer
+        self._flushed = 0  # the sync thread's own `synced` (it skips a sync with nothing new)
+        self._sync_queued = False
+        self.syncs = 0  # fdatasync rounds so far (appends per sync: group commit at work)
+        # (sequence number, callback) of appends waiting for their sync, in order.
+        self._waiters: deque[tuple[int, Callable[[BaseException | None], None]]] = deque()
 
     @property
     def name(self) -> str:
@@ -179,6 +196,7 @@ class Stream:
         if expect is not None:
             self.next_seq = expect
         self.visible = self.synced = self.next_seq
+        self._flushed = self.next_seq
         if self.segments:
             self._last_time = self.segments[-1].times[-1]
             self.segments[-1].open_for_append()
@@ -205,14 +223,17 @@ class Stream:
         if not self.durable_appends:
             self.visible = self.next_seq
             self.changed.set()
+        else:
+            self._queue_sync()  # readers see it once durable, waiter or not
         return seq
 
     def _roll(self) -> None:
         if self.segments:
             old = self.segments[-1]
-            if old.fd is not None and self.synced < self.next_seq:
-                os.fdatasync(old.fd)  # once per segment: its unsynced tail goes with it
-            old.close()
+            with self.lock:
+                if old.fd is not None and self._flushed < self.next_seq:
+                    os.fdatasync(old.fd)  # once per segment: its unsynced tail goes with it
+                old.close()
         path = None if self.folder is None else self.folder / f"{self.next_seq:020d}{_SUFFIX}"
         seg = Segment(self.next_seq, path)
         if path is not None:
@@ -222,7 +243,8 @@ class Stream:
 
     def drop_oldest(self, count: int) -> None:
         for seg in self.segments[:count]:
-            seg.close()
+            with self.lock:
+                seg.close()
             if seg.path is not None:
                 with contextlib.suppress(FileNotFoundError):
                     seg.path.unlink()
@@ -236,35 +258,77 @@ class Stream:
             self.drop_oldest(count)
         return count
 
-    async def wait_durable(self, seq: int) -> None:
-        """Until `seq` is on disk. The sync runs on the event loop, after every request
-        already received has been written (`call_soon`): appends that arrive together
-        share one `fdatasync`, and those that arrive while it runs wait in the socket
-        buffers and share the next one (group commit without a thread hop per append)."""
-        while self.synced <= seq and not self.deleted:
-            if self._sync is None:
-                loop = asyncio.get_running_loop()
-                self._sync = loop.create_future()
-                loop.call_soon(self._sync_round)
-            await asyncio.shield(self._sync)
+    def when_durable(self, seq: int, callback: Callable[[BaseException | None], None]
+                     ) -> None:
+        """Call `callback(None)` on the loop once `seq` is on disk (or `callback(error)`
+        when the sync that should have covered it failed). No task, no future: a
+        flushOnWrite append costs one entry here until its sync round answers it."""
+        if self.synced > seq or self.deleted:
+            callback(None)
+            return
+        self._waiters.append((seq, callback))
+        self._queue_sync()
 
-    def _sync_round(self) -> None:
-        done, self._sync = self._sync, None
-        try:
-            target = self.next_seq
-            fds = [s.fd for s in self.segments[-2:] if s.fd is not None]
+    async def wait_durable(self, seq: int) -> None:
+        """Until `seq` is on disk."""
+        if self.synced > seq or self.deleted:
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def settle(exc: BaseException | None) -> None:
+            if not done.done():
+                done.set_result(None) if exc is None else done.set_exception(exc)
+        self.when_durable(seq, settle)
+        await done
+
+    def _queue_sync(self) -> None:
+        if self.folder is None or self._sync_queued:
+            return
+        if self.syncer is None:  # a stream outside a Store (tests): its own thread
+            self.syncer = Syncer()
+        self._sync_queued = True
+        self.syncer.request(self, asyncio.get_running_loop())
+
+    def sync_now(self) -> tuple[int, OSError | None]:
+        """On the sync thread: fdatasync everything written so far. (target, error):
+        every sequence number below target is durable, unless error."""
+        with self.lock:
+            target = self.next_seq  # written (to the page cache) below this
+            if self.deleted or (target <= self._flushed and not self.new_files):
+                return target, None
             new_files, self.new_files = self.new_files, False
-            _sync_all(fds, self.folder if new_files else None)
+            try:
+                seg = self.segments[-1] if self.segments else None
+                if seg is not None and seg.fd is not None:
+                    os.fdatasync(seg.fd)  # older segments were synced when they rolled
+                if new_files and self.folder is not None:
+                    files.fsync_dir(self.folder)
+            except OSError as exc:
+                self.new_files = self.new_files or new_files
+                return target, exc
+            self._flushed = max(self._flushed, target)
+            self.syncs += 1
+            return target, None
+
+    def synced_to(self, target: int, exc: OSError | None) -> None:
+        """On the loop, after a sync round: answer the appends it covered; another round
+        for those written while it ran (they all share it)."""
+        self._sync_queued = False
+        if exc is None:
             self.synced = max(self.synced, target)
             if self.visible < self.synced:
                 self.visible = self.synced
                 self.changed.set()
-        except OSError as exc:
-            if done is not None and not done.done():
-                done.set_exception(exc)
-            return
-        if done is not None and not done.done():
-            done.set_result(None)
+        waiters = self._waiters
+        while waiters and (waiters[0][0] < target or self.deleted):
+            try:
+                waiters.popleft()[1](exc)
+            except Exception:  # one broken answer must not strand the others
+                log.exception("stream %r: answering a synced append failed", self.name)
+        # After a failed sync, only a new append retries (no busy loop on a dead disk).
+        if not self.deleted and (waiters or (exc is None and self.durable_appends
+                                             and self.synced < self.next_seq)):
+            self._queue_sync()
 
     async def flush(self) -> None:
         """The periodic sync of a stream without flushOnWrite."""
@@ -273,21 +337,22 @@ class Stream:
 
     # --- reads -----------------------------------------------------------------------
 
-    def read(self, start: int, count: int, max_bytes: int) -> list[tuple[int, int, bytes]]:
-        """Up to `count` visible messages from `start` (or the oldest readable, if later),
-        at most about `max_bytes` of payload (at least one message)."""
-        now = now_ms()
-        start = max(start, self.oldest(now))
-        out: list[tuple[int, int, bytes]] = []
-        taken = 0
+    def _spans(self, start: int, count: int, max_bytes: int
+               ) -> list[tuple[Segment, int, int]]:
+        """(segment, first index, how many) of up to `count` visible messages from
+        `start` (or the oldest readable, if later: none past its TTL), at most about
+        `max_bytes` of records (at least one message)."""
+        start = max(start, self.oldest(now_ms()))
+        out: list[tuple[Segment, int, int]] = []
+        taken = got = 0
         for seg in self.segments:
-            if len(out) >= count or start >= self.visible:
+            if got >= count or start >= self.visible:
                 break
             end_seq = seg.base_seq + seg.count
             if end_seq <= start:
                 continue
             first = start - seg.base_seq
-            want = min(count - len(out), min(end_seq, self.visible) - start)
+            want = min(count - got, min(end_seq, self.visible) - start)
             # Bound the batch by bytes before reading it (offsets give sizes directly).
             base = seg.offsets[first]
             end = seg.offsets[first + want] if first + want < seg.count else seg.size
@@ -297,20 +362,37 @@ class Stream:
                 n = 1 + bisect.bisect_left(seg.offsets, base + max_bytes - taken,
                                            first + 1, first + want) - (first + 1)
                 taken = max_bytes
-            got = seg.read(first, n)
-            ttl = self.definition.ttl_ms
-            out.extend(r for r in got if not core.is_expired(r[1], ttl, now))
+            out.append((seg, first, n))
+            got += n
             start += n
             if taken >= max_bytes:
                 break
         return out
 
+    def read(self, start: int, count: int, max_bytes: int) -> list[tuple[int, int, bytes]]:
+        """Up to `count` visible messages from `start`: (seq, ingest ms, payload)."""
+        out: list[tuple[int, int, bytes]] = []
+        for seg, first, n in self._spans(start, count, max_bytes):
+            out.extend(seg.read(first, n))
+        return out
+
+    def render_read(self, start: int, count: int, max_bytes: int
+                    ) -> tuple[int, list[bytes | memoryview]]:
+        """The same messages as `read`, as the SDK's CBOR Message maps: (how many, pieces)."""
+        pieces: list[bytes | memoryview] = []
+        total = 0
+        for seg, first, n in self._spans(start, count, max_bytes):
+            pieces.extend(core.render_messages(seg.raw(first, n), n, self.name))
+            total += n
+        return total, pieces
+
     def available(self, start: int) -> int:
         return max(0, self.visible - max(start, self.oldest()))
 
     def close(self) -> None:
-        for seg in self.segments:
-            seg.close()
+        with self.lock:
+            for seg in self.segments:
+                seg.close()
 
 
 def _definition_json(definition: core.Definition) -> bytes:
@@ -323,12 +405,43 @@ def _definition_json(definition: core.Definition) -> bytes:
                                 f"definition: cannot be stored: {exc}") from None
 
 
-def _sync_all(fds: list[int], folder: pathlib.Path | None) -> None:
-    for fd in fds:
-        with contextlib.suppress(OSError):  # closed by a roll meanwhile: already synced
-            os.fdatasync(fd)
-    if folder is not None:
-        files.fsync_dir(folder)
+class Syncer:
+    """The store's sync thread: `fdatasync` off the event loop, one stream at a time,
+    each request covering everything written before its sync began. fdatasync releases
+    the GIL, so the loop goes on reading, writing and answering meanwhile."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._queue: dict[Stream, asyncio.AbstractEventLoop] = {}
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    def request(self, stream: Stream, loop: asyncio.AbstractEventLoop) -> None:
+        with self._cond:
+            self._queue[stream] = loop
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="streams-sync",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopped:
+                    self._cond.wait()
+                if self._stopped:
+                    return
+                batch, self._queue = self._queue, {}
+            for stream, loop in batch.items():
+                target, exc = stream.sync_now()
+                with contextlib.suppress(RuntimeError):  # the loop closed: shutting down
+                    loop.call_soon_threadsafe(stream.synced_to, target, exc)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
 
 
 class Store:
@@ -337,6 +450,7 @@ class Store:
     def __init__(self, folder: pathlib.Path, budget: int) -> None:
         self.folder, self.budget = folder, budget
         self.streams: dict[str, Stream] = {}
+        self.syncer = Syncer()
         self.on_change: Callable[[Stream | None, str], None] = lambda s, n: None
 
     def folder_of(self, name: str) -> pathlib.Path:
@@ -354,7 +468,7 @@ class Store:
             except (ValueError, core.RequestError) as exc:
                 log.error("%s: unreadable stream definition, stream skipped: %s", meta, exc)
                 continue
-            stream = Stream(definition, sub)
+            stream = Stream(definition, sub, self.syncer)
             stream.load()
             self.streams[definition.name] = stream
             log.info("stream %r: %d messages from %d", definition.name,
@@ -386,7 +500,7 @@ class Store:
             shutil.rmtree(folder, ignore_errors=True)  # leftovers of a half-done delete
             folder.mkdir(mode=0o700)
             self._save_definition(folder, definition)
-        stream = Stream(definition, folder)
+        stream = Stream(definition, folder, self.syncer)
         self.streams[definition.name] = stream
         self.on_change(stream, definition.name)
         return stream
@@ -418,3 +532,4 @@ class Store:
     def close(self) -> None:
         for stream in self.streams.values():
             stream.close()
+        self.syncer.stop()

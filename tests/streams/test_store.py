@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import pathlib
+
 from hedgerow.core import streams as core
 from hedgerow.streams import store
 
@@ -34,3 +37,39 @@ def test_the_server_stays_light() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_concurrent_flush_on_write_appends_share_syncs(tmp_path: pathlib.Path) -> None:
+    """16 appenders, each waiting for its flushOnWrite append before the next: every one
+    is answered only once a sync covering it has completed, far fewer syncs than appends
+    run (the loop keeps writing while the sync thread syncs), and a reopened store holds
+    every message, in order."""
+    definition = core.resolve_definition({"name": "g", "strategyOnFull": 0,
+                                          "flushOnWrite": True})
+    acks: list[tuple[int, int]] = []
+
+    async def main() -> int:
+        st = store.Store(tmp_path, 1 << 30)
+        st.load()
+        stream = st.create(definition)
+
+        async def appender(i: int) -> None:
+            for j in range(20):
+                seq = stream.append(bytes([i, j]) * 512, st.budget_left(stream))
+                assert stream.visible <= seq  # not readable before it is durable
+                await stream.wait_durable(seq)
+                acks.append((seq, stream.synced))
+        await asyncio.gather(*(appender(i) for i in range(16)))
+        st.close()
+        return stream.syncs
+
+    syncs = asyncio.run(main())
+    assert len(acks) == 320 and all(synced > seq for seq, synced in acks)
+    assert syncs < 320 // 2, f"{syncs} syncs for 320 appends: group commit is not sharing"
+    again = store.Store(tmp_path, 1 << 30)
+    again.load()
+    got = again.streams["g"].read(0, 1000, 1 << 30)
+    again.close()
+    assert [seq for seq, _, _ in got] == list(range(320))
+    assert sorted(p[:2] for _, _, p in got) == sorted(bytes([i, j]) for i in range(16)
+                                                       for j in range(20))
