@@ -308,8 +308,8 @@ def _lifecycle(value: Any, path: str, selections: tuple[str, ...],
                 out[name] = step
     # Named, never folded into Install: a bootstrap script's contract is its exit code
     # asking the nucleus (100) or the device (101) to restart, which Hedgerow never does
-    # on a component's word, and it runs once per version where Install runs on every
-    # start -- merged, it would run far more often than its author expects.
+    # on a component's word, and it runs once per version where Install re-runs on each
+    # re-install (recovery, restart) -- merged, it would run more often than written for.
     for name in _BOOTSTRAP:
         if fields.has(name):
             fields.take(name)
