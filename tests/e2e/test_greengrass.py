@@ -145,6 +145,9 @@ def test_a_rejected_configuration_rolls_back_with_the_components_reason(
     assert condition["status"] == "False"
     assert f"{VALIDATOR} rejected its new configuration: mode may not be 'broken'" in \
         condition["message"], condition
+    # The Deployment counts the device as failed.
+    wait_for(lambda: (fleet.deployment("gg-validate").get("status") or {}).get("failed") == 1,
+             30, f"counted failed (last: {fleet.deployment('gg-validate').get('status')})")
     # What the operator sees with kubectl: the reason and, with -o wide, the message.
     wide = fleet.kubectl("get", "coredevices", g1.thing, "-o", "wide")
     assert "RolledBack" in wide and "mode may not be 'broken'" in wide, wide
