@@ -137,6 +137,17 @@ def resolve_rebased(overlay: Overlay, configuration: Mapping[str, Any]) -> Overl
                    times={k: t for k, t in overlay.times.items() if k in keep})
 
 
+def resolve_rendered(configuration: Mapping[str, Any], overlay: Overlay | None,
+                     ) -> dict[str, Any]:
+    """What a component's lifecycle steps render `{configuration:/x}` from when it
+    (re)starts, as in Greengrass: `configuration` (its deployment's, possibly newer than
+    the overlay's base) with its own changes on top, except for keys that deployment
+    changed -- those the deployment wins, whether or not the overlay was rebased yet."""
+    if overlay is None:
+        return copy.deepcopy(dict(configuration))
+    return resolve_effective(configuration, resolve_rebased(overlay, configuration))
+
+
 def resolve_changed(before: Any, after: Any, path: KeyPath = ()) -> list[KeyPath]:
     """The key paths of every leaf that differs (added, removed or changed); a value
     replaced by a mapping (or the reverse) is its own path and the mapping's leaves."""

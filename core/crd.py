@@ -12,7 +12,7 @@ from typing import Any
 
 import pydantic
 
-from hedgerow.core import base
+from hedgerow.core import base, fleet
 from hedgerow.core import component as component_
 from hedgerow.core import coredevice as coredevice_
 from hedgerow.core import deployment as deployment_
@@ -94,8 +94,13 @@ KINDS: tuple[Kind, ...] = (
          coredevice_.CoreDeviceSpec, coredevice_.CoreDeviceStatus, (
              Column("Namespace", ".spec.namespace"),
              Column("Health", ".status.health"),
+             # The Applied condition's reason: Succeeded, InProgress, Deferred (a
+             # component holds its update back), RolledBack, Failed… -- what an operator
+             # watching a rollout wants to see; who and why in -o wide.
+             Column("Deployment", _condition(fleet.APPLIED, "reason")),
              Column("Applied", ".status.appliedRevision"),
              Column("Desired", ".status.desiredRevision", priority=1),
+             Column("Message", _condition(fleet.APPLIED, "message"), priority=1),
              Column("Agent", ".status.agentVersion"),
              Column("Last Seen", ".status.lastSeen", "date"),
              AGE,

@@ -40,7 +40,8 @@ _ARCH = {"amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "arm": "arm", "
 # Components that are the Greengrass nucleus itself: the Hedgerow agent stands in for it.
 _NUCLEUS = frozenset({"aws.greengrass.Nucleus", "aws.greengrass.NucleusLite"})
 _STEPS = ("install", "startup", "run", "shutdown", "recover")
-_LIFECYCLE_KEYS = frozenset({*_STEPS, "setenv", "bootstrap"})
+_BOOTSTRAP = ("Bootstrap", "BootstrapOnRollback")
+_LIFECYCLE_KEYS = frozenset({*_STEPS, "setenv", *(b.lower() for b in _BOOTSTRAP)})
 _STEP_KEYS = frozenset({"script", "timeout", "setenv", "requiresprivilege", "skipif"})
 
 
@@ -305,11 +306,17 @@ def _lifecycle(value: Any, path: str, selections: tuple[str, ...],
             step = _step(fields.take(name), fields.path_of(name), selections, losses)
             if step is not None:
                 out[name] = step
-    if fields.has("Bootstrap"):
-        fields.take("Bootstrap")
-        losses.append(Loss(fields.path_of("Bootstrap"),
-                           "Hedgerow has no bootstrap step (it never restarts itself or "
-                           "the device for a component); move the work into Install"))
+    # Named, never folded into Install: a bootstrap script's contract is its exit code
+    # asking the nucleus (100) or the device (101) to restart, which Hedgerow never does
+    # on a component's word, and it runs once per version where Install re-runs on each
+    # re-install (recovery, restart) -- merged, it would run more often than written for.
+    for name in _BOOTSTRAP:
+        if fields.has(name):
+            fields.take(name)
+            losses.append(Loss(fields.path_of(name),
+                               "Hedgerow has no bootstrap step (it never restarts itself or "
+                               "the device for a component); move idempotent work into "
+                               "Install"))
     fields.rest("not a lifecycle step Hedgerow knows (Install, Startup, Run, Shutdown, "
                 "Recover, Setenv)")
     return out

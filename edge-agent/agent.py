@@ -111,7 +111,9 @@ class Agent:
         self.wake = asyncio.Event()
         services = runtime.Services(wake=self.wake.set, checkpoint=self.checkpoint,
                                     clock=lambda: self.clock(),
-                                    context_of=lambda c: self.context(c, self.applied))
+                                    context_of=lambda c: self.context(c, self.applied),
+                                    step_context_of=lambda c: self.context(
+                                        c, self.applied, own=True))
         self.processes = processes.Processes(self.layout, thing, settings, self.store,
                                              services)
         # Containers: Docker is loaded on first use (see containerbridge).
@@ -650,10 +652,16 @@ class Agent:
                 await self.recover(comp)
 
     def context(self, comp: documents.ResolvedComponent,
-                 doc: documents.DesiredState | None) -> recipe.Context:
+                 doc: documents.DesiredState | None, *, own: bool = False) -> recipe.Context:
+        """The recipe variables of `comp`. `own`: with each component's own configuration
+        changes (UpdateConfiguration) on top, as Greengrass renders a (re)start's steps.
+        Without: the deployment's alone -- for restart hashes (an own change never
+        restarts anything) and containers (an adopted container must stay the same)."""
         def paths(c: documents.ResolvedComponent) -> recipe.Paths:
+            config = self.config.rendered(c.name, c.configuration) if own \
+                else c.configuration
             return recipe.Paths(str(self.store.view_of(c)), str(self.store.unpacked_of(c)),
-                                str(self.layout.work_of(c.name)), c.configuration)
+                                str(self.layout.work_of(c.name)), config)
         deps = {}
         for dep in comp.dependencies:
             found = doc.component(dep.name) if doc else None
@@ -727,7 +735,7 @@ class Agent:
             self.untroubled("stream-manager tokens")
 
     def _job(self, comp: documents.ResolvedComponent, rec: records.Record) -> runtime.Job:
-        return runtime.Job(comp, rec, self.context(comp, self.applied))
+        return runtime.Job(comp, rec, self.context(comp, self.applied, own=True))
 
     async def install(self, comp: documents.ResolvedComponent) -> None:
         rec = self.ensure_record(comp)

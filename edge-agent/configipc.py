@@ -114,6 +114,10 @@ class Store:
             return None
         return configstore.resolve_effective(deployed, self.overlays.get(name))
 
+    def rendered(self, name: str, deployed: Mapping[str, Any]) -> dict[str, Any]:
+        """The configuration `name`'s steps render with when it (re)starts."""
+        return configstore.resolve_rendered(deployed, self.overlays.get(name))
+
     def own_keys(self, name: str) -> list[str]:
         """The keys the component changed itself (for the status), as JSON pointers."""
         overlay = self.overlays.get(name)

@@ -158,7 +158,7 @@ class Processes(runtime.Base):
         yield Change(Event.STOP_REQUESTED)
         if rec.state is State.STOPPING:
             comp = rec.component()
-            job = runtime.Job(comp, rec, self.services.context_of(comp))
+            job = runtime.Job(comp, rec, self.services.step_context_of(comp))
             result = await self._step(job, "shutdown") if comp.lifecycle else None
             await self.runner.terminate(rec.name, ref)
             yield Change(Event.STOPPED,

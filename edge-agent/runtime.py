@@ -132,6 +132,9 @@ class Services:
     checkpoint: Callable[[], None]                  # make the records durable now
     clock: Callable[[], float]                      # the agent's anchored clock
     context_of: Callable[[documents.ResolvedComponent], recipe.Context]
+    # A process's steps (its shutdown too): the component's own configuration changes on
+    # top, as its start rendered them (agent.context, own=True).
+    step_context_of: Callable[[documents.ResolvedComponent], recipe.Context]
 
 
 class Base:

@@ -34,8 +34,8 @@ def test_printer_columns(apiserver: ApiServer) -> None:
     assert deployments[0].split()[:4] == ["NAME", "GROUP", "THING", "TARGETED"]
     assert any(line.split()[:2] == ["factory-1-apps", "factory-1"] for line in deployments)
     devices = apiserver.kubectl("get", "cd").stdout.splitlines()
-    assert devices[0].split() == ["NAME", "NAMESPACE", "HEALTH", "APPLIED", "AGENT", "LAST",
-                                  "SEEN", "AGE"]
+    assert devices[0].split() == ["NAME", "NAMESPACE", "HEALTH", "DEPLOYMENT", "APPLIED",
+                                  "AGENT", "LAST", "SEEN", "AGE"]
 
 
 def _component(version: str = "2.0.0", name: str = "c-bad") -> dict[str, object]:

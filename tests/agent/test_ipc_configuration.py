@@ -271,3 +271,53 @@ def test_a_silent_validator_holds_a_revision_only_for_the_timeout(
     assert agent.record("cfg.s")["spec"]["configuration"] == {"mode": "slow"}
     assert agent.record("cfg.s")["process"]["pid"] == pid
     assert "did not validate its configuration" in agent.log.read_text()
+
+
+def test_a_restart_renders_its_steps_with_the_components_own_configuration(
+        agent: AgentProcess, config_sdk: pathlib.Path) -> None:
+    """As on Greengrass: `{configuration:/x}` is filled in from the configuration the
+    component sees -- its own UpdateConfiguration included -- when it (re)starts; the
+    update itself restarts nothing, and a deployment's change of that key wins."""
+    run = ('echo "started with mode {configuration:/tuning/mode}"; '
+           f"exec env PYTHONPATH={config_sdk} {PYTHON} -u "
+           f"{config_sdk}/ipc_config_component.py")
+
+    def deploy(mode: str) -> None:
+        agent.deploy(rc("cfg.r", run, configuration={"tuning": {"mode": mode}}))
+
+    log = agent.root / "logs" / "cfg.r.log"
+
+    def started() -> list[str]:
+        text = log.read_text() if log.exists() else ""
+        return [line.rsplit(" ", 1)[-1] for line in text.splitlines()
+                if "started with mode" in line]
+
+    deploy("fast")
+    agent.wait_states({"cfg.r": "RUNNING"}, 30)
+    r = Client(agent, "cfg.r")
+    r.connected()
+    wait_for(lambda: started() == ["fast"], 10, f"started with fast (log: {started()})")
+    pid = agent.record("cfg.r")["process"]["pid"]
+
+    r.command("update", keyPath=["tuning"], value={"mode": "slow"}, tag="update")
+    assert tagged(r, "update")["event"] == "updated"
+    agent.passes(2)
+    assert agent.record("cfg.r")["process"]["pid"] == pid  # an own change restarts nothing
+    assert started() == ["fast"]
+
+    restarted = agent.cli("component", "restart", "cfg.r")
+    assert restarted.returncode == 0, restarted.stderr
+    wait_for(lambda: started() == ["fast", "slow"], 30,
+             f"the restart rendered with its own value (log: {started()})")
+    wait_for(lambda: (agent.record("cfg.r").get("process") or {}).get("pid") not in (None, pid),
+             30, "a new process")
+    wait_for(lambda: len(r.events("connected")) == 2, 30, "connected again")
+
+    # A deployment that changes the same key: the rendered step changes, so it restarts,
+    # and the deployment's value wins over the component's own.
+    deploy("turbo")
+    wait_for(lambda: started() == ["fast", "slow", "turbo"], 30,
+             f"the deployment's value won (log: {started()})")
+    wait_for(lambda: len(r.events("connected")) == 3, 30, "connected a third time")
+    r.command("get", keyPath=["tuning", "mode"], tag="now")
+    assert tagged(r, "now")["value"] == {"mode": "turbo"}

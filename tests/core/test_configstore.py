@@ -77,6 +77,27 @@ def test_a_deployment_applies_on_top(new_deployment: dict[str, Any],
     assert configstore.resolve_rebased(rebased, new_deployment) == rebased
 
 
+@pytest.mark.parametrize(("new_deployment", "rendered"), [
+    # No new deployment: the component's own value fills its recipe variables.
+    (DEPLOYED, {**DEPLOYED, "nested": {"x": 5, "y": "keep"}}),
+    # A deployment that changed another key: both.
+    ({**DEPLOYED, "batch": 20}, {**DEPLOYED, "batch": 20, "nested": {"x": 5, "y": "keep"}}),
+    # One that changed the component's key wins -- even before the agent's pass rebased
+    # the overlay (a restart for that very change renders during the pass).
+    ({**DEPLOYED, "nested": {"x": 9, "y": "keep"}}, {**DEPLOYED, "nested": {"x": 9,
+                                                                          "y": "keep"}}),
+    ({"batch": 10}, {"batch": 10}),
+])
+def test_steps_render_with_the_components_own_changes_on_top(
+        new_deployment: dict[str, Any], rendered: dict[str, Any]) -> None:
+    overlay, _ = update(None, ["nested"], {"x": 5}, 100.0)
+    assert configstore.resolve_rendered(new_deployment, overlay) == rendered
+    assert configstore.resolve_rendered(new_deployment, None) == new_deployment
+    # What GetConfiguration answers once rebased is what the steps rendered with.
+    rebased = configstore.resolve_rebased(overlay, new_deployment)
+    assert configstore.resolve_effective(new_deployment, rebased) == rendered
+
+
 @pytest.mark.parametrize(("path", "value"), [
     ([], DEPLOYED),
     (["nested"], {"x": 1, "y": "keep"}),
