@@ -6,12 +6,9 @@ mTLS and the ACL `hedgerow broker config` renders; the cloud side is a paho clie
 from __future__ import annotations
 
 import base64
-import contextlib
-import os
 import pathlib
 import shutil
-import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -20,7 +17,8 @@ from hedgerow.core import accesscontrol, documents
 from tests.identity.conftest import Fleet, fleet  # noqa: F401 (fixture)
 
 from . import ipc_support
-from .conftest import THING, AgentProcess, pids_with_marker, rc, remove_cgroups, wait_for
+from .cloud_support import connected, make_cloud_agent  # noqa: F401 (fixture)
+from .conftest import THING, AgentProcess, rc, wait_for
 from .ipc_support import policy, start
 
 pytestmark = pytest.mark.mqtt
@@ -32,34 +30,8 @@ MINE = f"devices/{THING}"  # the device's own namespace, by the default topic ru
 
 
 @pytest.fixture
-def make_cloud_agent(agent_home: pathlib.Path, fleet: Fleet,  # noqa: F811
-                     ) -> Iterator[Callable[..., AgentProcess]]:
-    """A real agent whose identity the fleet CA signed: its connector reaches mosquitto."""
-    started: list[AgentProcess] = []
-
-    def make(*extra: str) -> AgentProcess:
-        root = agent_home / "root"
-        (root / "desired").mkdir(parents=True)
-        (root / "deployments").mkdir()
-        fleet.device(THING, root=root)
-        agent = AgentProcess(root)
-        agent.start(*extra)
-        started.append(agent)
-        return agent
-
-    yield make
-    for agent in started:
-        agent.stop()
-        for pid in pids_with_marker(agent.root):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-    remove_cgroups(THING)
-    if started:
-        print(started[0].log.read_text()[-4000:])
-
-
-@pytest.fixture
-def cloud_agent(make_cloud_agent: Callable[..., AgentProcess]) -> AgentProcess:
+def cloud_agent(make_cloud_agent: Callable[..., AgentProcess],  # noqa: F811
+                ) -> AgentProcess:
     return make_cloud_agent()
 
 
@@ -74,11 +46,6 @@ def cloud_component(sdk: pathlib.Path, name: str, resources: list[str],
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-def connected(agent: AgentProcess) -> None:
-    wait_for(lambda: "connected to the cloud broker" in agent.log.read_text(), 30,
-             "the agent's cloud connection")
 
 
 def test_component_and_cloud_exchange_messages_with_mqtt5_properties(
@@ -198,7 +165,7 @@ def test_messages_published_while_the_broker_is_down_arrive_in_order(
 
 @pytest.mark.parametrize("policy", ["refuse-new", "drop-oldest"])
 def test_a_full_spool_follows_the_agents_policy(
-        make_cloud_agent: Callable[..., AgentProcess], sdk: pathlib.Path,
+        make_cloud_agent: Callable[..., AgentProcess], sdk: pathlib.Path,  # noqa: F811
         fleet: Fleet, policy: str) -> None:  # noqa: F811
     agent = make_cloud_agent("--cloud-spool-max-messages", "3",
                              "--cloud-spool-policy", policy)

@@ -17,8 +17,8 @@ import pytest
 from stream_manager import MessageStreamDefinition, StrategyOnFull, StreamManagerClient
 
 from hedgerow.core import component, documents, streams
+from tests.agent.cloud_support import connected, make_cloud_agent  # noqa: F401 (fixture)
 from tests.agent.conftest import THING, AgentProcess, rc
-from tests.agent.test_ipc_cloud import connected, make_cloud_agent  # noqa: F401 (fixture)
 from tests.identity.conftest import Fleet, fleet  # noqa: F401 (fixture)
 from tests.streams.test_agent import component_python, stream_manager
 from tests.support.net import free_port
