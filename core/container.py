@@ -22,7 +22,7 @@ import datetime
 import decimal
 import posixpath
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, Literal
 
 from hedgerow.core import base, component, documents, lifecycle
@@ -240,6 +240,18 @@ def render_image_ref(image: str) -> str:
     if "@" not in ref and ":" not in ref.rsplit("/", 1)[-1]:
         ref += ":latest"
     return ref
+
+
+def is_image_in_use(ref: str, created_from: Iterable[str]) -> bool:
+    """Whether a container was created from `ref` (`created_from`: each container's image
+    as `docker ps -a` lists it), so untagging it would leave that container unrecreatable.
+
+    A container created from another tag of the same image does not count: untagging
+    `ref` leaves it its own tag. One created from the bare image id is Docker's to
+    protect: it refuses to remove an image's last tag while any container uses it.
+    """
+    wanted = render_image_ref(ref)
+    return any(render_image_ref(image) == wanted for image in created_from)
 
 
 def _unhashed_kwargs(config: ContainerConfig) -> dict[str, Any]:

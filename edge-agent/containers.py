@@ -152,16 +152,16 @@ class ContainerRuntime:
     def gc_images(self, referenced: set[str]) -> list[str]:
         """Remove images we pulled or loaded that no desired component references.
 
-        Images in use by any container (ours or not) are kept: Docker refuses, and that
-        is the answer we want. An image someone else re-tagged is forgotten, not removed.
+        A reference a container was created from (ours or not) is kept, and Docker
+        refuses to remove an image's last tag while any container uses it: that is the
+        answer we want. A container using the same image through another tag does not
+        keep our tag. An image someone else re-tagged is forgotten, not removed.
         """
         wanted = {container_.render_image_ref(r) for r in referenced}
         client = self._client(self._api_timeout)
         with translated("list containers"):
-            # Untagging an image a container still uses succeeds when the image has other
-            # tags, and would leave that container unrecreatable: keep what is in use.
-            in_use = {c.attrs.get("ImageID") for c in
-                      client.containers.list(all=True, sparse=True)}
+            created_from = [str(c.attrs.get("Image", "")) for c in
+                            client.containers.list(all=True, sparse=True)]
         removed: list[str] = []
         for ref, image_id in sorted(self._images().items()):
             if container_.render_image_ref(ref) in wanted:
@@ -175,7 +175,7 @@ class ContainerRuntime:
             if current != image_id:
                 self._forget_image(ref)
                 continue
-            if current in in_use:
+            if container_.is_image_in_use(ref, created_from):
                 continue
             try:
                 with translated(f"remove image {ref}"):

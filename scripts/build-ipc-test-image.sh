@@ -23,6 +23,7 @@ current=$(docker image inspect -f '{{index .Config.Labels "hedgerow.dev/ipc-pyth
 if [ "$current" = "$digest" ]; then
   exit 0
 fi
+previous=$(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)
 printf '==> building %s (python %s, awsiotsdk from %s)\n' "$image" "$python" "$site" >&2
 rootfs=$(mktemp -d)
 trap 'rm -rf "$rootfs"' EXIT
@@ -47,4 +48,6 @@ tar -C "$rootfs" -c . | docker import \
   --change 'CMD ["/usr/bin/python3"]' \
   --change "LABEL hedgerow.dev/ipc-python=$digest" \
   - "$image" >/dev/null
+# The build it replaces would linger untagged (74 MB each): remove it unless in use.
+[ -z "$previous" ] || docker image rm "$previous" >/dev/null 2>&1 || true
 printf '==> built %s\n' "$image" >&2

@@ -380,6 +380,7 @@ def test_a_single_image_archive_can_back_another_tag(
 def test_image_gc_removes_only_what_the_runtime_loaded(
     runtime: ContainerRuntime, make_config: ConfigMaker, docker_client: docker.DockerClient,
     saved_image: tuple[str, pathlib.Path, str], test_image: str, tmp_path: pathlib.Path,
+    made: Made,
 ) -> None:
     ref, archive, digest = saved_image
     config = make_config(image=ref, imageArchive={"uri": "file:///i.tar", "sha256": digest})
@@ -391,6 +392,9 @@ def test_image_gc_removes_only_what_the_runtime_loaded(
     docker_client.images.get(ref)
 
     runtime.remove(config.component, timeout=5)
+    # Someone else's container of the same image, through its own tag, keeps its tag only.
+    stranger = docker_client.containers.create(test_image, ["true"])
+    made.containers.append(stranger.name or stranger.id)
     # The record survives an agent restart (it lives in state/), so GC still knows.
     restarted = ContainerRuntime(docker.from_env, thing=runtime.thing,
                                  state_dir=tmp_path / "state")
@@ -401,6 +405,25 @@ def test_image_gc_removes_only_what_the_runtime_loaded(
     with pytest.raises(docker.errors.ImageNotFound):
         docker_client.images.get(ref)
     docker_client.images.get(test_image)  # never ours to remove
+    stranger.reload()  # and the stranger's container is untouched
+
+
+def test_image_gc_keeps_a_tag_someone_else_created_a_container_from(
+    runtime: ContainerRuntime, make_config: ConfigMaker, docker_client: docker.DockerClient,
+    saved_image: tuple[str, pathlib.Path, str], made: Made,
+) -> None:
+    ref, archive, digest = saved_image
+    config = make_config(image=ref, imageArchive={"uri": "file:///i.tar", "sha256": digest})
+    runtime.apply(config, archive)
+    runtime.remove(config.component, timeout=5)
+    stranger = docker_client.containers.create(ref, ["true"])
+    made.containers.append(stranger.name or stranger.id)
+    # Untagging would leave that container unrecreatable: kept, and still ours to collect.
+    assert runtime.gc_images(set()) == []
+    docker_client.images.get(ref)
+    assert ref in owned_images(runtime)
+    stranger.remove()
+    assert runtime.gc_images(set()) == [ref]
 
 
 def test_pull_retries_transient_failures_with_capped_jittered_backoff(

@@ -275,6 +275,22 @@ def test_image_refs_are_named_as_docker_names_them(image: str, ref: str) -> None
     assert container.render_image_ref(image) == ref
 
 
+@pytest.mark.parametrize(("ref", "created_from", "in_use"), [
+    ("acme/app:1", ["acme/app:1"], True),
+    ("docker.io/acme/app", ["acme/app:latest"], True),  # named as Docker names it
+    ("acme/app:1", ["acme/app:2", "busybox"], False),
+    # the same image through another tag: untagging ours leaves that container its own
+    ("acme/app:1", ["hedgerow/busybox:latest"], False),
+    # created from the bare id: Docker itself refuses to remove the image's last tag
+    ("acme/app:1", ["sha256:" + "b" * 64], False),
+    ("acme/app:1", [], False),
+])
+def test_an_image_is_in_use_only_by_containers_created_from_its_reference(
+    ref: str, created_from: list[str], in_use: bool,
+) -> None:
+    assert container.is_image_in_use(ref, created_from) is in_use
+
+
 def _observed(**changes: Any) -> ObservedContainer:
     base = ObservedContainer(
         name="hedgerow-gw-1_c", container_id="abc", component="c", version="1.0.0",
