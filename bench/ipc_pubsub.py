@@ -83,15 +83,17 @@ def _subscriber(kind: str, where: str, token: str, pipe: Connection) -> None:
         latencies.clear()
         finished.clear()
         state.update(count=0, want=order[0], timing=order[1], done=0.0)
+        cpu = time.process_time()  # every thread of this process: the client's own cost
         pipe.send("armed")
         finished.wait(300)
-        pipe.send((state["done"], state["count"], list(latencies)))
+        pipe.send((state["done"], state["count"], list(latencies), time.process_time() - cpu))
 
 
 class Subscribers:
     def __init__(self, kind: str, where: str, tokens: list[str]) -> None:
         ctx = multiprocessing.get_context("spawn")  # never fork a process holding awscrt
         self.pipes, self.procs = [], []
+        self.cpu_seconds = 0.0  # the subscribers' CPU in the last round
         for token in tokens:
             mine, theirs = ctx.Pipe()
             proc = ctx.Process(target=_subscriber, args=(kind, where, token, theirs),
@@ -112,14 +114,16 @@ class Subscribers:
     def results(self) -> tuple[float, list[float]]:
         """When the last subscriber had everything; every latency."""
         done, latencies = 0.0, []
+        self.cpu_seconds = 0.0
         for pipe in self.pipes:
             if not pipe.poll(300):
                 raise TimeoutError("a subscriber did not get every message")
-            at, count, mine = pipe.recv()
+            at, count, mine, cpu = pipe.recv()
             if not at:
                 raise TimeoutError(f"a subscriber got {count} messages")
             done = max(done, at)
             latencies += mine
+            self.cpu_seconds += cpu
         return done, latencies
 
     def close(self) -> None:
@@ -197,11 +201,33 @@ def _measure(publisher: Publisher, subs: Subscribers, latency: bool) -> dict[str
     if latency:
         count = int(RATE * LATENCY_SECONDS)
         subs.arm(count, timing=True)
+        busy = _Busy()
         _send(publisher, count, RATE)
         _, latencies = subs.results()
+        out["busy"] = busy.fraction()
+        out["client_us"] = subs.cpu_seconds / (count * len(subs.pipes)) * 1e6
         ms = [s * 1000 for s in latencies]
         out["p50"], out["p99"] = harness.percentile(ms, 50), harness.percentile(ms, 99)
     return out
+
+
+class _Busy:
+    """How busy every core of the machine was since this was made, 0..1 (/proc/stat):
+    near 1, latency is time spent waiting for a core, whoever the server is."""
+
+    def __init__(self) -> None:
+        self.start = self._read()
+
+    @staticmethod
+    def _read() -> tuple[int, int]:
+        with open("/proc/stat") as stat:
+            ticks = [int(v) for v in stat.readline().split()[1:]]
+        idle = ticks[3] + ticks[4]  # idle + iowait
+        return sum(ticks) - idle, sum(ticks)
+
+    def fraction(self) -> float:
+        busy, total = self._read()
+        return (busy - self.start[0]) / max(1, total - self.start[1])
 
 
 def _run_side(kind: str, where: str, tokens: list[str],
@@ -239,6 +265,12 @@ def run() -> Iterator[harness.Figure]:
                          "<= 5 ms (10 subscribers at 2,000 msg/s; baseline: mosquitto)")
     yield harness.Figure("p50_ms_2000", ipc["p50"], "ms", mq["p50"],
                          "report only (baseline: mosquitto+paho)")
+    # Why p99 is what it is: the clients' own CPU per delivery, and how busy the cores
+    # were during the latency round (a saturated machine queues every message).
+    yield harness.Figure("client_cpu_us_per_delivery_2000", ipc["client_us"], "us",
+                         mq["client_us"], "report only (SDK subscriber vs paho subscriber)")
+    yield harness.Figure("machine_busy_2000", ipc["busy"], "fraction of all cores",
+                         mq["busy"], "report only (near 1.0: latency is queueing for a core)")
 
 
 if __name__ == "__main__":

@@ -117,9 +117,13 @@ def test_logs_get_follow_prints_new_lines(agent: AgentProcess) -> None:
 
 def test_an_adopted_process_exit_code_is_known(agent: AgentProcess) -> None:
     flag = agent.root.parent / "go"
-    agent.deploy(rc("once", f"while [ ! -e {flag} ]; do sleep 0.05; done; exit 0"),
+    agent.deploy(rc("once", "touch {work:path}/started; "
+                            f"while [ ! -e {flag} ]; do sleep 0.05; done; exit 0"),
                  failure_handling="DO_NOTHING")
     agent.wait_states({"once": "RUNNING"})
+    # RUNNING means spawned; the step runs once the agent has placed it in its cgroup
+    # and opened its gate. A kill -9 before that ends the step (the gate sees EOF): wait.
+    wait_for((agent.root / "work" / "once" / "started").exists, 10, "the step to start")
     agent.kill9()
     agent.start()
     wait_for(lambda: "adopted" in (agent.root.parent / "agent.log").read_text(), 10,
