@@ -15,6 +15,7 @@ import collections
 import contextlib
 import json
 import multiprocessing
+import os
 import struct
 import threading
 import time
@@ -187,17 +188,32 @@ def _send(publisher: Publisher, count: int, rate: float | None) -> float:
     return began
 
 
-def _measure(publisher: Publisher, subs: Subscribers, latency: bool) -> dict[str, float]:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of process `pid` so far (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _measure(publisher: Publisher, subs: Subscribers, server_pid: int,
+             latency: bool) -> dict[str, float]:
     subs.arm(COUNT, timing=False)  # warm-up round
     _send(publisher, COUNT, None)
     subs.results()
-    best = 0.0
+    best, server_cpu, publisher_cpu = 0.0, 0.0, 0.0
     for _ in range(2):
         subs.arm(COUNT, timing=False)
+        server, mine = _cpu_seconds(server_pid), time.process_time()
         began = _send(publisher, COUNT, None)
         done, _ = subs.results()
+        server_cpu += _cpu_seconds(server_pid) - server
+        publisher_cpu += time.process_time() - mine
         best = max(best, COUNT / (done - began))
-    out = {"throughput": best}
+    # Where the time goes, per message: the server's CPU per delivery, and the
+    # publishing client's own CPU per publish (this process holds only the publisher).
+    out = {"throughput": best,
+           "server_us": server_cpu / (2 * COUNT * len(subs.pipes)) * 1e6,
+           "publisher_us": publisher_cpu / (2 * COUNT) * 1e6}
     if latency:
         count = int(RATE * LATENCY_SECONDS)
         subs.arm(count, timing=True)
@@ -230,18 +246,19 @@ class _Busy:
         return (busy - self.start[0]) / max(1, total - self.start[1])
 
 
-def _run_side(kind: str, where: str, tokens: list[str],
+def _run_side(kind: str, where: str, tokens: list[str], server_pid: int,
               make: Callable[[], Publisher]) -> dict[str, float]:
     out: dict[str, float] = {}
     for n in (1, 10):
         subs = Subscribers(kind, where, tokens[:n])
         publisher = make()
         try:
-            found = _measure(publisher, subs, latency=n == 10)
+            found = _measure(publisher, subs, server_pid, latency=n == 10)
         finally:
             publisher.close()
             subs.close()
-        out[f"throughput_{n}"] = found.pop("throughput")
+        for key in ("throughput", "server_us", "publisher_us"):
+            out[f"{key}_{n}"] = found.pop(key)
         out.update(found)
     return out
 
@@ -253,11 +270,14 @@ def run() -> Iterator[harness.Figure]:
         _ipc.start(agent, ["pub", *subs])
         records = json.loads((agent.root / "state" / "components.json").read_text())
         ipc = _run_side("ipc", str(agent.root / "ipc" / "ipc.sock"),
-                        [records[n]["token"] for n in subs], lambda: IpcPublisher(agent))
+                        [records[n]["token"] for n in subs], agent.proc.pid,
+                        lambda: IpcPublisher(agent))
     finally:
         agent.close()
     with Mosquitto() as broker:
-        mq = _run_side("mqtt", str(broker.port), subs, lambda: MqttPublisher(broker.port))
+        assert broker.proc is not None
+        mq = _run_side("mqtt", str(broker.port), subs, broker.proc.pid,
+                       lambda: MqttPublisher(broker.port))
     for n in (1, 10):
         yield harness.Figure(f"throughput_ratio_{n}", ipc[f"throughput_{n}"], "msg/s",
                              mq[f"throughput_{n}"], ">= 1.0x mosquitto+paho (QoS 1)")
@@ -265,6 +285,13 @@ def run() -> Iterator[harness.Figure]:
                          "<= 5 ms (10 subscribers at 2,000 msg/s; baseline: mosquitto)")
     yield harness.Figure("p50_ms_2000", ipc["p50"], "ms", mq["p50"],
                          "report only (baseline: mosquitto+paho)")
+    # Where the time goes: the servers' own CPU per delivered message (the agent, all of
+    # it, against mosquitto), and the publishing clients' CPU per publish (SDK vs paho).
+    for n in (1, 10):
+        yield harness.Figure(f"server_cpu_us_per_delivery_{n}", ipc[f"server_us_{n}"], "us",
+                             mq[f"server_us_{n}"], "report only (the agent vs mosquitto)")
+    yield harness.Figure("publisher_cpu_us_per_publish_1", ipc["publisher_us_1"], "us",
+                         mq["publisher_us_1"], "report only (SDK publisher vs paho)")
     # Why p99 is what it is: the clients' own CPU per delivery, and how busy the cores
     # were during the latency round (a saturated machine queues every message).
     yield harness.Figure("client_cpu_us_per_delivery_2000", ipc["client_us"], "us",
