@@ -8,7 +8,9 @@ import os
 import subprocess
 import sys
 
-from .conftest import THING, AgentProcess, wait_for
+from tests.support.wait import wait_for
+
+from .conftest import THING, AgentProcess, local_deployment
 
 
 def hedgerow(*args: str, env: dict[str, str] | None = None,
@@ -17,24 +19,7 @@ def hedgerow(*args: str, env: dict[str, str] | None = None,
                           text=True, timeout=60, env=env)
 
 
-LOCAL = f"""apiVersion: hedgerow.dev/v1alpha1
-kind: Component
-metadata: {{name: filed-1.0.0}}
-spec:
-  name: filed
-  version: 1.0.0
-  manifests:
-    - lifecycle:
-        run: {{script: "sleep 60"}}
----
-apiVersion: hedgerow.dev/v1alpha1
-kind: Deployment
-metadata: {{name: by-hand}}
-spec:
-  target: {{thing: {THING}}}
-  components:
-    - {{name: filed, version: 1.0.0}}
-"""
+LOCAL = local_deployment(THING, "filed")
 
 
 def test_root_anywhere_and_from_the_environment(agent: AgentProcess) -> None:

@@ -8,27 +8,11 @@ import datetime
 import json
 
 from hedgerow.core import base, coredevice, documents, fleet
+from tests.support.wait import wait_for
 
-from .conftest import THING, AgentProcess, rc, wait_for
+from .conftest import THING, AgentProcess, local_deployment, rc
 
-LOCAL = f"""apiVersion: hedgerow.dev/v1alpha1
-kind: Component
-metadata: {{name: on-site-1.0.0}}
-spec:
-  name: on-site
-  version: 1.0.0
-  manifests:
-    - lifecycle:
-        run: {{script: "sleep 60"}}
----
-apiVersion: hedgerow.dev/v1alpha1
-kind: Deployment
-metadata: {{name: by-hand}}
-spec:
-  target: {{thing: {THING}}}
-  components:
-    - {{name: on-site, version: 1.0.0}}
-"""
+LOCAL = local_deployment(THING)
 
 
 def applied_condition(report: dict[str, object], published: str) -> base.Condition:

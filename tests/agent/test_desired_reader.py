@@ -11,28 +11,11 @@ from hedgerow.agent import desired
 from hedgerow.agent.layout import Layout
 from hedgerow.core import documents
 
-from .conftest import rc
+from .conftest import local_deployment, rc
 
 THING = "gw-reader"
 PLATFORM = documents.PlatformInfo(os="linux", arch="amd64")
-LOCAL = f"""apiVersion: hedgerow.dev/v1alpha1
-kind: Component
-metadata: {{name: on-site-1.0.0}}
-spec:
-  name: on-site
-  version: 1.0.0
-  manifests:
-    - lifecycle:
-        run: {{script: "sleep 60"}}
----
-apiVersion: hedgerow.dev/v1alpha1
-kind: Deployment
-metadata: {{name: by-hand}}
-spec:
-  target: {{thing: {THING}}}
-  components:
-    - {{name: on-site, version: 1.0.0}}
-"""
+LOCAL = local_deployment(THING)
 
 
 def layout_at(tmp_path: pathlib.Path) -> Layout:
