@@ -13,14 +13,6 @@ from collections.abc import Generator, Iterator
 from bench import _agent, harness
 
 
-def _pss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no Pss in smaps_rollup")
-
-
 def run() -> Iterator[harness.Figure]:
     # `python -c pass` exits at once; the same interpreter blocked on stdin is its PSS.
     idle = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
@@ -38,16 +30,16 @@ def _with_processes(idle: int) -> Generator[harness.Figure, None, float]:
         names = [f"c{i}" for i in range(10)]
         agent.deploy(_agent.processes(names))
         _agent.wait(lambda: agent.running(names))
-        baseline = _pss_mb(idle)
-        yield harness.Figure("agent_pss_mb", _pss_mb(agent.proc.pid), "MB", baseline,
+        baseline = harness.pss_mb(idle)
+        yield harness.Figure("agent_pss_mb", harness.pss_mb(agent.proc.pid), "MB", baseline,
                              "<= 40 MB")
         shims = [int(p) for p in subprocess.run(
             ["pgrep", "-f", "logpipe.py"], capture_output=True, text=True).stdout.split()]
-        total = sum(_pss_mb(p) for p in shims if _owned(p, agent))
+        total = sum(harness.pss_mb(p) for p in shims if _owned(p, agent))
         yield harness.Figure("logpipe_pss_mb_total", total, "MB", baseline,
                              "report only: one small log writer per batch of spawned steps")
         gates = [p for p in _pids() if _is_gate(p, agent)]
-        yield harness.Figure("gate_pss_mb_total", sum(_pss_mb(p) for p in gates), "MB",
+        yield harness.Figure("gate_pss_mb_total", sum(harness.pss_mb(p) for p in gates), "MB",
                              baseline, f"report only: hedgerow-gate's root half, the parent "
                              f"of each step ({len(gates)} of them)")
     finally:
@@ -79,7 +71,7 @@ def _with_ipc_clients(baseline: float) -> Iterator[harness.Figure]:
         for _ in range(1000):
             clients[0].publish_to_topic(topic="bench/memory", publish_message=message)
         _agent.wait(lambda: min(got) >= 1000)
-        yield harness.Figure("agent_pss_mb_ipc10", _pss_mb(agent.proc.pid), "MB", baseline,
+        yield harness.Figure("agent_pss_mb_ipc10", harness.pss_mb(agent.proc.pid), "MB", baseline,
                              "<= 40 MB")
     finally:
         for ipc in clients:

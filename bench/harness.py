@@ -52,3 +52,13 @@ def best_of(fn: Callable[[], object], repeat: int = 5) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def pss_mb(pid: int) -> float:
+    """Process `pid`'s proportional set size in MB: its private memory plus its share of
+    what it maps with others (the interpreter's pages are split among all who map them)."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no Pss in /proc/{pid}/smaps_rollup")

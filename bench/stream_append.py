@@ -61,25 +61,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from bench import harness
+from tests.support import net
 
 PAYLOAD = b"x" * 1024
 SECONDS = 3.0
 CLIENT_PROCESSES, CLIENTS_PER_PROCESS = 4, 4
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _pss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no Pss in smaps_rollup")
 
 
 def _client(port: int, token: str) -> Any:
@@ -242,7 +228,7 @@ def run() -> Iterator[harness.Figure]:
     folder = pathlib.Path(tempfile.mkdtemp(prefix="bench-streams-", dir=home))
     token = secrets.token_urlsafe(24)
     (folder / "tokens").write_text(hashlib.sha256(token.encode()).hexdigest() + "\n")
-    port = _free_port()
+    port = net.free_port()
     config = {"port": port, "storageDir": str(folder / "streams"), "logLevel": "WARNING",
               "diskBudgetBytes": 1 << 34}
     server = subprocess.Popen([sys.executable, "-m", "hedgerow.streams", "serve", "--tokens",
@@ -252,7 +238,7 @@ def run() -> Iterator[harness.Figure]:
     sink = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
     threading.Thread(target=sink.serve_forever, daemon=True).start()
     ctx = multiprocessing.get_context("spawn")
-    stub_port = _free_port()
+    stub_port = net.free_port()
     stub = ctx.Process(target=_stub_serve, args=(stub_port,), daemon=True)
     stub.start()
     try:
@@ -343,8 +329,8 @@ def run() -> Iterator[harness.Figure]:
                 client.append_message(f"s{i}", PAYLOAD)
         client.close()
         time.sleep(1)
-        yield harness.Figure("stream_manager_pss_mb", _pss_mb(server.pid), "MB",
-                             _pss_mb(idle.pid), "<= 30 MB")
+        yield harness.Figure("stream_manager_pss_mb", harness.pss_mb(server.pid), "MB",
+                             harness.pss_mb(idle.pid), "<= 30 MB")
     finally:
         stub.kill()
         sink.shutdown()
