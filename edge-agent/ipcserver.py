@@ -203,6 +203,12 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = "unknown peer"
         self.paused = False
+        # Frames wait here until the loop's next turn: everything one burst of requests
+        # produces for this client goes out in one write (one system call, not one per
+        # frame: at a window of 64 publishes in flight, 2 per message were a third of
+        # the agent's CPU).
+        self._out: list[bytes] = []
+        self._flush_handle: asyncio.Handle | None = None
         self._stuck: asyncio.TimerHandle | None = None
         self._connect_timer: asyncio.TimerHandle | None = None
 
@@ -248,6 +254,10 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.phase = Phase.CLOSED
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._out = []
         self.server.connections.discard(self)
         for timer in (self._stuck, self._connect_timer):
             if timer is not None:
@@ -283,8 +293,16 @@ class Connection(asyncio.Protocol):
             return False
         if droppable and self.paused:
             return False
-        self.transport.write(frame)
+        self._out.append(frame)
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
         return True
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        out, self._out = self._out, []
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(out))  # may call pause_writing: backpressure
 
     def send_rpc(self, message: es.RpcMessage) -> None:
         self.send(es.render_rpc(message), droppable=False)
@@ -299,6 +317,9 @@ class Connection(asyncio.Protocol):
         who = self.caller.component if self.caller else self.peer
         self.server.note(level, f"IPC connection of {who} closed: {reason}")
         self.phase = Phase.CLOSED
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush()
         if self.transport is not None:
             self.transport.close()  # what is buffered (a refusal, an error) goes first
 
