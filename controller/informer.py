@@ -71,7 +71,7 @@ class Informer:
 
     async def run(self) -> None:
         """List (unless a version to watch from is known), then watch, until cancelled."""
-        failures = 0
+        failures = expired = 0  # in a row
         while True:
             try:
                 endpoint = kube.endpoint()
@@ -82,12 +82,21 @@ class Informer:
                         if self.resource_version is None:
                             await self._list(session)
                         await self._watch(session)
-                        failures = 0  # the server ended a watch that worked
+                        failures = expired = 0  # the server ended a watch that worked
             except _ExpiredError:
                 self.expired += 1
+                expired += 1
                 self.resource_version = None
                 logger.info("the watch of %s expired (410 Gone): listing again", self.plural)
-            except (_FailedError, aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+                if expired > 1:  # expired again at once: never list in a tight loop
+                    await asyncio.sleep(backoff.resolve_delay(
+                        expired - 2, _RETRY_BASE_S, _RETRY_CAP_S, random.random))
+            except Exception as exc:
+                # The informer must outlive any failure (the server's, the network's, or a
+                # consumer's): else the controller's view of the fleet silently freezes.
+                if not isinstance(exc, (_FailedError, aiohttp.ClientError, TimeoutError,
+                                        OSError, ValueError)):
+                    logger.exception("the %s informer failed", self.plural)
                 failures += 1
                 delay = backoff.resolve_delay(failures - 1, _RETRY_BASE_S, _RETRY_CAP_S,
                                               random.random)

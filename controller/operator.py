@@ -227,7 +227,7 @@ class Controller:
         # informer (started with the controller, active or standby: a standby that takes
         # over has every device already).
         self.informer = informer_.Informer(
-            "coredevices", functools.partial(parse_body, "coredevices"),
+            "coredevices", self._parse_coredevice,
             functools.partial(self.poke, {}, "coredevices"))
         self.handler_context: contextvars.Context | None = None  # kopf's, for events
         self.checked: set[str] = set()  # things whose retained document was read (_held)
@@ -331,6 +331,20 @@ class Controller:
         if ref is not None:
             self.changes.add(ref)
         self.wake.set()
+
+    def _parse_coredevice(self, body: Mapping[str, Any]) -> base.Model | None:
+        """A CoreDevice as the informer keeps it. Its status is read once per object (uid),
+        when ``_observe`` starts our copy from it; after that the status in the API server
+        is our own writes echoed back, and keeping 10,000 parsed copies of it beside ours
+        cost ~45 MB (docs/scale.md). So once our copy of this uid exists, the status is
+        left out (status.certificate, which others write, is read from the event's body
+        by ``_observe_certificate``). Runs on the informer's decoding thread too: a uid
+        read while ``_observe`` adds it only keeps a status it did not need."""
+        meta = body.get("metadata") or {}
+        known = self.uids.get(("", str(meta.get("name") or "")))
+        if known is not None and known == meta.get("uid") and "status" in body:
+            body = {k: v for k, v in body.items() if k != "status"}
+        return parse_body("coredevices", body)
 
     def _observe_certificate(self, thing: str, body: Mapping[str, Any]) -> None:
         """`hedgerow device register` writes status.certificate itself (its own field
