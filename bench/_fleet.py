@@ -129,6 +129,28 @@ def cluster(n: int) -> Iterator[tuple[Any, Any, Path]]:
         yield server, broker, Path(tmp)
 
 
+def list_seconds(kubeconfig: Path) -> float:
+    """One plain listing of every CoreDevice, decoded (the kubernetes client, in pages of
+    500 as the controller's informer asks): the floor of any controller's start."""
+    import json as json_module
+
+    from kubernetes import client, config
+
+    new_client: Any = config.new_client_from_config  # the kubernetes client is untyped
+    custom: Any = client.CustomObjectsApi(new_client(str(kubeconfig)))
+    started = time.perf_counter()
+    token: str | None = None
+    while True:
+        kwargs: dict[str, Any] = {"limit": 500, "_preload_content": False}
+        if token:
+            kwargs["_continue"] = token
+        response = custom.list_cluster_custom_object("hedgerow.dev", "v1alpha1",
+                                                     "coredevices", **kwargs)
+        token = json_module.loads(response.data)["metadata"].get("continue")
+        if not token:
+            return time.perf_counter() - started
+
+
 def create_all(kubeconfig: Path, devices: list[dict[str, Any]], threads: int = 8) -> None:
     """Create CoreDevices over a pool of connections (kubectl creates one at a time:
     minutes at 10,000)."""
@@ -150,11 +172,14 @@ def create_all(kubeconfig: Path, devices: list[dict[str, Any]], threads: int = 8
 
 @contextlib.contextmanager
 def controller(server: Any, broker: Any, tmp: Path, *extra: str, start_timeout: float = 120,
+               timings: dict[str, float] | None = None,
                ) -> Iterator[subprocess.Popen[bytes]]:
-    """`hedgerow controller` as a process, returned once its first pass is logged;
-    terminated (killed if it must be) on exit. `HEDGEROW_BENCH_LOG=1` prints the log tail."""
+    """`hedgerow controller` as a process, returned once its first pass is logged
+    (``timings["start_to_first_pass_s"]``: how long that took); terminated (killed if it
+    must be) on exit. `HEDGEROW_BENCH_LOG=1` prints the log tail."""
     log_path = tmp / "controller.log"
     with log_path.open("wb") as log:
+        started = time.perf_counter()
         proc = subprocess.Popen(
             [sys.executable, "-m", "hedgerow", "controller", "--kubeconfig",
              str(server.kubeconfig), "--broker", broker.url, *extra],
@@ -166,6 +191,8 @@ def controller(server: Any, broker: Any, tmp: Path, *extra: str, start_timeout: 
                     raise RuntimeError("the controller did not start:\n"
                                        + log_path.read_text()[-3000:])
                 time.sleep(0.1)
+            if timings is not None:
+                timings["start_to_first_pass_s"] = time.perf_counter() - started
             yield proc
         finally:
             stop(proc)

@@ -43,6 +43,14 @@ Figures:
   one CoreDevice's labels changed; full_pass_ms: the last full (`--resync`) pass, every
   device resolved. Baseline: full_pass_ms.
 
+- start_to_first_pass_s: the controller process started -> its first pass logged (kopf's
+  indexes and the CoreDevice informer's listing complete, broker connected, every device
+  planned). Baseline: one plain listing of every CoreDevice by this process (the floor).
+
+Startup alone: `python -m bench.fleet_rollout --devices 5000 --startup` creates the fleet,
+starts the controller with no simulated devices and prints start_to_first_pass_s, RSS
+after the first pass and the pass figures (the rows of docs/scale.md's startup table).
+
 Size: `python -m bench.fleet_rollout --devices 10000` (or HEDGEROW_BENCH_DEVICES=10000
 with `python -m bench fleet_rollout`). At 10,000 the rollout takes ten real one-minute
 windows and the figures get a `_10k` suffix (notified_to_succeeded_p99_s_10k,
@@ -142,9 +150,61 @@ def _pass_ms(stats: Path, field: str = "lastPassSeconds") -> float:
     return 1000 * float(str(passes.controller_stats(stats).get(field, 0.0)))
 
 
+def _suffix(n: int) -> str:
+    return "" if n == N else f"_{n // 1000}k"
+
+
+def _startup_figure(n: int, seconds: float, floor: float) -> harness.Figure:
+    return harness.Figure(f"start_to_first_pass_s{_suffix(n)}", seconds, "s", floor,
+                          "process start -> first pass (baseline: one plain listing of "
+                          f"the {n} CoreDevices; load average {os.getloadavg()[0]:.1f} "
+                          f"on {os.cpu_count()} cores)")
+
+
+def startup(n: int) -> Iterator[harness.Figure]:
+    """The controller's start on a fleet of ``n`` devices with none connected: start ->
+    first pass, memory after it, and the passes that follow."""
+    suffix = _suffix(n)
+    timings: dict[str, float] = {}
+    with _fleet.cluster(n) as (server, broker, tmp):
+        floor = _fleet.list_seconds(server.kubeconfig)
+        stats = tmp / "stats.json"
+        with _fleet.controller(server, broker, tmp, "--stats-file", str(stats),
+                               "--resync", "3600", start_timeout=900,
+                               timings=timings) as proc:
+            passes.wait_controller_passes(stats, proc.pid, 1, timeout=120)
+            full = _pass_ms(stats, "lastFullPassSeconds")
+            rss = _fleet.rss_mb(proc.pid)
+            peak = _fleet.rss_mb(proc.pid, "VmHWM")
+            nochange = []
+            for _ in range(10):
+                passes.wait_controller_passes(stats, proc.pid, 1, timeout=120)
+                nochange.append(_pass_ms(stats))
+            before = passes.controller_passes(stats)
+            server.kubectl("label", "coredevice", _fleet.thing_name(0), "bench-extra=yes")
+            wait.wait_for(lambda: passes.controller_passes(stats) > before
+                          and passes.controller_stats(stats).get("lastPassResolved") == 1,
+                          120, "the pass after one relabel", interval=0.05)
+            onechange = _pass_ms(stats)
+    bare_rss = _fleet.bare_rss_mb()
+    yield _startup_figure(n, timings["start_to_first_pass_s"], floor)
+    yield harness.Figure(f"controller_rss_start_mb{suffix}", rss, "MB", bare_rss,
+                         "after the first pass, no device connected (baseline: a process "
+                         "that only imports kopf, kubernetes and paho)")
+    yield harness.Figure(f"controller_rss_start_peak_mb{suffix}", peak, "MB", bare_rss,
+                         "VmHWM after the first pass")
+    yield harness.Figure(f"full_pass_start{suffix}_ms", full, "ms", None,
+                         "the first pass: every device resolved")
+    yield harness.Figure(f"nochange_pass_start{suffix}_ms", statistics.median(nochange), "ms",
+                         full, "<= 50 ms (median of 10; baseline: the first, full pass)")
+    yield harness.Figure(f"onechange_pass_start{suffix}_ms", onechange, "ms", full,
+                         "one CoreDevice relabelled (baseline: the first, full pass)")
+
+
 def run(n: int | None = None) -> Iterator[harness.Figure]:
     n = n or int(os.environ.get("HEDGEROW_BENCH_DEVICES", N))
-    suffix = "" if n == N else f"_{n // 1000}k"
+    suffix = _suffix(n)
+    timings: dict[str, float] = {}
     processes = max(4, n // 1250)
     timeout = 90 + 60 * n / RATE  # seconds the rollout may take before giving up
     budget = BUDGETS.get(n, DEFAULT_BUDGET)
@@ -153,10 +213,11 @@ def run(n: int | None = None) -> Iterator[harness.Figure]:
     with _fleet.cluster(n) as (server, broker, tmp), \
             _fleet.controller(server, broker, tmp, "--stats-file", str(tmp / "stats.json"),
                               "--resync", "30", "--status-qps", f"{budget:g}",
-                              # kopf indexes every CoreDevice before the first pass
-                              start_timeout=120 + n / 20) as proc, \
+                              # the informer lists every CoreDevice before the first pass
+                              start_timeout=120 + n / 20, timings=timings) as proc, \
             _fleet.Simulators(broker.port, things, processes, APPLY_DELAY) as sims:
         stats = tmp / "stats.json"
+        floor = _fleet.list_seconds(server.kubeconfig)  # after the start: not beside it
         watcher = DeviceWatch(str(server.kubeconfig))
         try:
             wait.wait_for(lambda: len(watcher.reported) >= n, 120 + n / 20,
@@ -211,6 +272,7 @@ def run(n: int | None = None) -> Iterator[harness.Figure]:
     note = "" if finished else f" (NOT FINISHED: {succeeded}/{n} after {timeout:.0f} s)"
     load = f"; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     yield harness.Figure(f"devices{suffix}", succeeded, "devices", n, f"= {n}{note}")
+    yield _startup_figure(n, timings["start_to_first_pass_s"], floor)
     yield harness.Figure(f"rollout_minutes{suffix}", seconds / 60, "min", n / RATE,
                          f"<= {n / RATE:g} min ({n} devices at {RATE}/min, real 60 s "
                          f"windows; the first window admits {min(n, RATE)}){note}")
@@ -259,6 +321,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m bench.fleet_rollout")
     parser.add_argument("--devices", type=int, default=None,
                         help="fleet size (default 1000, or HEDGEROW_BENCH_DEVICES)")
+    parser.add_argument("--startup", action="store_true",
+                        help="only the controller's start on the fleet (no devices "
+                             "connected): start -> first pass, RSS, passes")
     args = parser.parse_args()
-    for figure in run(args.devices):
+    n = args.devices or int(os.environ.get("HEDGEROW_BENCH_DEVICES", N))
+    for figure in (startup(n) if args.startup else run(n)):
         print(figure.to_json(), flush=True)

@@ -3,6 +3,8 @@ the one-off listing `hedgerow plan` needs. Synchronous client; callers use threa
 
 from __future__ import annotations
 
+import dataclasses
+import ssl
 from typing import Any, Final
 
 from kubernetes import client, config
@@ -29,6 +31,35 @@ def load_config(kubeconfig: str | None) -> None:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
         config.load_kube_config()  # type: ignore[no-untyped-call]
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """Where and how to reach the API server outside the kubernetes client (the
+    CoreDevice informer streams its watch with aiohttp): from the configuration
+    ``load_config`` loaded, so both speak with the same credentials."""
+
+    host: str
+    ssl: ssl.SSLContext | bool
+    headers: dict[str, str]
+
+
+def endpoint() -> Endpoint:
+    """Read again for each connection: an in-cluster token is refreshed by the client's
+    configuration (its ``auth_settings`` hook)."""
+    cfg = client.Configuration.get_default_copy()
+    context: ssl.SSLContext | bool = False
+    if cfg.verify_ssl:
+        context = ssl.create_default_context(cafile=cfg.ssl_ca_cert)
+        if cfg.assert_hostname is False:
+            context.check_hostname = False
+    if cfg.cert_file and isinstance(context, ssl.SSLContext):
+        context.load_cert_chain(cfg.cert_file, cfg.key_file)
+    headers = {}
+    bearer = cfg.auth_settings().get("BearerToken")
+    if bearer and bearer.get("value"):
+        headers[str(bearer["key"])] = str(bearer["value"])
+    return Endpoint(str(cfg.host).rstrip("/"), context, headers)
 
 
 def is_permanent(exc: BaseException) -> bool:

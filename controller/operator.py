@@ -1,8 +1,10 @@
 """The kopf operator: a thin shell around :func:`hedgerow.core.fleet.plan_fleet`.
 
-- kopf *indexes* hold every Component, ThingGroup, Deployment and CoreDevice, parsed. kopf
-  calls no other handler before all four are filled from the initial listing, so the first
-  pass never decides on a partial view (which, after a restart, would republish).
+- kopf *indexes* hold every Component, ThingGroup, Deployment and Namespace, parsed; an
+  informer of our own (``hedgerow.controller.informer``: a list, then a watch) holds every
+  CoreDevice, because kopf's initial indexing is quadratic in the number of objects
+  (docs/scale.md). The first pass waits for both to be filled from their initial listings,
+  so it never decides on a partial view (which, after a restart, would republish).
 - Every watch event only marks the fleet dirty (level-triggered); one loop re-plans the
   whole fleet from the indexes, at most every ``min_interval`` seconds, and at the latest
   after ``resync`` seconds or when a rollout window opens or a device times out.
@@ -43,6 +45,7 @@ import pydantic
 
 from hedgerow import files
 from hedgerow.controller import broker as broker_
+from hedgerow.controller import informer as informer_
 from hedgerow.controller import kube, pki, statuswriter
 from hedgerow.controller import leader as leader_
 from hedgerow.controller import metrics as metrics_
@@ -142,7 +145,7 @@ def _api_reason(exc: BaseException) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class _Observed:
-    """What the observe phase of a pass read from kopf's indexes."""
+    """What the observe phase of a pass read from kopf's indexes and the informer."""
 
     coredevices: list[coredevice.CoreDevice]
     gone: list[str]  # things whose CoreDevice was deleted since the last pass
@@ -220,6 +223,12 @@ class Controller:
         self.elector: leader_.Elector | None = None
         self.lead_task: asyncio.Task[None] | None = None
         self.indexed = asyncio.Event()  # kopf's indexes are complete (the first event)
+        # CoreDevices: (namespace, name) -> CoreDevice, listed and watched by the
+        # informer (started with the controller, active or standby: a standby that takes
+        # over has every device already).
+        self.informer = informer_.Informer(
+            "coredevices", self._parse_coredevice,
+            functools.partial(self.poke, {}, "coredevices"))
         self.handler_context: contextvars.Context | None = None  # kopf's, for events
         self.checked: set[str] = set()  # things whose retained document was read (_held)
         self.unacked: dict[str, list[Callable[[], None]]] = {}  # reports not yet written
@@ -236,6 +245,7 @@ class Controller:
             self.loop.add_signal_handler(signal.SIGUSR1, self.wake.set)
         kube.load_config(self.settings.kubeconfig)
         self.kube = kube.Kube()
+        self.tasks.append(asyncio.create_task(self.informer.run()))
         if self.settings.ca_dir:
             self.ca = pki.FleetCA.load(pathlib.Path(self.settings.ca_dir))
         self.broker = broker_.Broker(self.settings.broker, self._report_from_thread)
@@ -254,6 +264,7 @@ class Controller:
             self.metrics.leadership_changes.inc()
             self.tasks.append(asyncio.create_task(self.elector.hold()))
         await self.indexed.wait()
+        await self.informer.listed.wait()
         self._observe()
         assert self.broker is not None
         failures = 0
@@ -288,9 +299,11 @@ class Controller:
 
     def poke(self, indexes: Mapping[str, Any], plural: str, event_type: str | None,
              body: Mapping[str, Any]) -> None:
-        """Called by every watch event once kopf's indexes are complete."""
-        self.indexes = dict(indexes)
-        if self.handler_context is None:
+        """Called by every kopf watch event once kopf's indexes are complete, and by the
+        informer for every CoreDevice listed or changed (with no indexes: it has its own).
+        """
+        self.indexes.update(indexes)
+        if self.handler_context is None and plural != "coredevices":
             self.handler_context = contextvars.copy_context()
             self.indexed.set()
         # Statuses are ours: a watch event that changed neither the spec (generation) nor
@@ -318,6 +331,20 @@ class Controller:
         if ref is not None:
             self.changes.add(ref)
         self.wake.set()
+
+    def _parse_coredevice(self, body: Mapping[str, Any]) -> base.Model | None:
+        """A CoreDevice as the informer keeps it. Its status is read once per object (uid),
+        when ``_observe`` starts our copy from it; after that the status in the API server
+        is our own writes echoed back, and keeping 10,000 parsed copies of it beside ours
+        cost ~45 MB (docs/scale.md). So once our copy of this uid exists, the status is
+        left out (status.certificate, which others write, is read from the event's body
+        by ``_observe_certificate``). Runs on the informer's decoding thread too: a uid
+        read while ``_observe`` adds it only keeps a status it did not need."""
+        meta = body.get("metadata") or {}
+        known = self.uids.get(("", str(meta.get("name") or "")))
+        if known is not None and known == meta.get("uid") and "status" in body:
+            body = {k: v for k, v in body.items() if k != "status"}
+        return parse_body("coredevices", body)
 
     def _observe_certificate(self, thing: str, body: Mapping[str, Any]) -> None:
         """`hedgerow device register` writes status.certificate itself (its own field
@@ -465,8 +492,8 @@ class Controller:
         before = self.index
         self._ensure_fleet(seen)
         assert self.fleet is not None
-        # kopf's index may hold a device whose watch event we have not seen yet: the
-        # index must describe exactly the devices this pass plans with.
+        # A device may have been added or deleted since the index was built: the index
+        # must describe exactly the devices this pass plans with.
         if before is None or before is not self.index or any(
                 ref[0] in (impact.CORE_DEVICE, impact.NAMESPACE) for ref in changes) or (
                 {cd.metadata.name for cd in seen.coredevices} != before.things):
@@ -509,12 +536,14 @@ class Controller:
                 "lastPassSeconds": round(self.last_pass_seconds, 6),
                 "lastFullPassSeconds": round(self.last_full_pass_seconds, 6),
                 "lastPassResolved": self.last_pass_resolved,
-                "resolvedTotal": self.resolved_total}
+                "resolvedTotal": self.resolved_total,
+                "coreDeviceLists": self.informer.lists,
+                "coreDeviceWatches": self.informer.watches}
 
     def _observe(self) -> _Observed:
         """Read the indexes; start or forget our copy of each object's status when its
         uid is new or gone (a deleted and re-created object starts from what it says)."""
-        coredevices: list[coredevice.CoreDevice] = self._objects("coredevice_index")
+        coredevices: list[coredevice.CoreDevice] = list(self.informer.index.values())
         seen = set()
         for cd in coredevices:
             thing = cd.metadata.name
@@ -937,7 +966,8 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
                             plural, kwargs.get("type"), body)
         return on_event
 
-    for plural in ("components", "thinggroups", "deployments", "coredevices"):
+    # CoreDevices are the informer's (Controller.informer): kopf indexes the few others.
+    for plural in ("components", "thinggroups", "deployments"):
         kind = plural[:-1]
         kopf.index(group, version, plural, id=f"{kind}_index",
                    registry=registry)(make_index(plural))

@@ -94,6 +94,9 @@ def test_kill_9_of_the_active_replica_mid_rollout(
     wait_for(lambda: "connected to the broker" in a.output(), 60, "a to become active")
     b.start()
     wait_for(lambda: "standing by for the lease" in b.output(), 60, "b to stand by")
+    # The standby lists the CoreDevices while it waits (and watches them): a takeover
+    # does not list them again.
+    wait_for(lambda: f"listed {N} coredevices" in b.output(), 60, "b's informer to list")
 
     cluster.apply(_deployment())
     # Mid-rollout: some windows done, most devices not reached yet.
@@ -120,6 +123,7 @@ def test_kill_9_of_the_active_replica_mid_rollout(
     assert takeover <= 15, f"takeover took {takeover:.1f} s"
     assert re.search(r"took the lease default/hedgerow-controller over", b.output())
     assert _holder(cluster).startswith(os.uname().nodename)  # b's identity (same host)
+    assert b.output().count("listed ") == 1, "the standby's informer was warm"
 
     # The rollout goes on where it stopped, and completes.
     wait_for(lambda: cluster.get("deployment", "app").get("status", {}).get("succeeded")
