@@ -7,10 +7,12 @@ given all at its start but in ``TICKS`` (12) equal steps, every ``window / 12`` 
 after tick *k* of window *i* the rollout may have notified the earlier windows' rates plus
 ``ceil(rate_i * (k + 1) / 12)``. Rounding up makes the first tick admit one device at least
 (the first window opens at the start, so a rollout begins at once) and the last tick the
-whole rate, so window totals are the rates. Any 60 s (12 ticks) thus admits at most
-``maximumPerMinute``; whole-window bursts admitted twice the rate across a window boundary
-and handed the status writer a minute's devices at once. ``maximumPerMinute`` is a
-constant rate; with neither rate given a rollout is unlimited.
+whole rate, so window totals are the rates. The allowance grows by at most
+``maximumPerMinute`` in any 60 s (12 ticks; whole windows grew by twice the rate within an
+instant at a boundary) and by a twelfth of it at once, so the status writer gets a tick's
+devices at a time, not a minute's. Allowance left unused (no device to admit yet) is still
+used at once when devices come. ``maximumPerMinute`` is a constant rate; with neither rate
+given a rollout is unlimited.
 
 ``exponentialRate``: window *i* runs at ``base * factor**k``, where *k* is the number of
 completed steps of ``N`` devices counted at that window's start (its ticks then spread
