@@ -572,7 +572,11 @@ def _render_status(
     return deployment.DeploymentStatus(
         observed_generation=r.generation, targeted=counts.targeted, notified=counts.notified,
         succeeded=counts.succeeded, failed=counts.failed, timed_out=counts.timed_out,
-        rolled_back=r.rolled_back, rollout=r.state if published else old.rollout,
+        # Admitting devices starts the rollout's clock even if all of them were refused:
+        # otherwise every pass starts it again and its first tick's allowance (one device
+        # at a low rate) goes to the same refused devices for ever.
+        rolled_back=r.rolled_back,
+        rollout=r.state if published or r.promote else old.rollout,
         history=history, conditions=conditions)
 
 

@@ -1,18 +1,27 @@
 """Rollout arithmetic: how many devices a rollout may have notified by now, whether its
 abort criteria trip, whether one device has timed out. Pure; the clock is an argument.
 
-Rates work in whole windows of one minute from the rollout's start (``window`` lets tests
-shrink the minute): window *i* allows ``rate_i`` more notifications, and the first window
-opens at the start, so a rollout begins at once. ``maximumPerMinute`` is a constant rate;
-with neither rate given a rollout is unlimited.
+Rates work in windows of one minute from the rollout's start (``window`` lets tests shrink
+the minute): window *i* allows ``rate_i`` more notifications. A window's allowance is not
+given all at its start but in ``TICKS`` (12) equal steps, every ``window / 12`` (5 s):
+after tick *k* of window *i* the rollout may have notified the earlier windows' rates plus
+``ceil(rate_i * (k + 1) / 12)``. Rounding up makes the first tick admit one device at least
+(the first window opens at the start, so a rollout begins at once) and the last tick the
+whole rate, so window totals are the rates. The allowance grows by at most
+``maximumPerMinute`` in any 60 s (12 ticks; whole windows grew by twice the rate within an
+instant at a boundary) and by a twelfth of it at once, so the status writer gets a tick's
+devices at a time, not a minute's. Allowance left unused (no device to admit yet) is still
+used at once when devices come. ``maximumPerMinute`` is a constant rate; with neither rate
+given a rollout is unlimited.
 
 ``exponentialRate``: window *i* runs at ``base * factor**k``, where *k* is the number of
-completed steps of ``N`` devices counted at that window's start. For
-``numberOfNotifiedThings`` the count is the allowance itself (notifications are assumed to
-use the budget, which the controller does). For ``numberOfSucceededThings`` it is
-``min(allowance, succeeded now)``: successes reported since a window opened raise that
-window's rate too. This keeps the function stateless (nothing but the start time needs
-recording) at the price of a slightly faster ramp than a per-window record would give.
+completed steps of ``N`` devices counted at that window's start (its ticks then spread
+that rate). For ``numberOfNotifiedThings`` the count is the allowance of the earlier
+windows (notifications are assumed to use the budget, which the controller does). For
+``numberOfSucceededThings`` it is ``min(that allowance, succeeded now)``: successes
+reported since a window opened raise that window's rate too. This keeps the function
+stateless (nothing but the start time needs recording) at the price of a slightly faster
+ramp than a per-window record would give.
 """
 
 from __future__ import annotations
@@ -24,6 +33,9 @@ import math
 from hedgerow.core import deployment
 
 MINUTE = datetime.timedelta(minutes=1)
+# Steps per window: 5 s at the real minute, so a window's devices reach the status writer
+# a twelfth at a time rather than all at its start.
+TICKS = 12
 # Stop simulating windows once the allowance passes this (no fleet is larger).
 _CEILING = 10_000_000
 
@@ -49,19 +61,21 @@ def plan_allowance(
     """How many devices may have been notified by ``now`` in total (capped at targeted)."""
     if rollout.maximum_per_minute is None and rollout.exponential_rate is None:
         return counts.targeted
-    windows = max(0, math.floor((now - started) / window)) + 1
+    index, tick = _position(started, now, window)
     if rollout.maximum_per_minute is not None:
-        return min(counts.targeted, windows * rollout.maximum_per_minute)
+        rate = rollout.maximum_per_minute
+        return min(counts.targeted, index * rate + _share(rate, tick))
     exp = rollout.exponential_rate
     assert exp is not None
     criteria = exp.rate_increase_criteria
     step = criteria.number_of_notified_things or criteria.number_of_succeeded_things or 1
     allowed = 0
-    for _ in range(windows):
+    for current in range(index + 1):
         counted = allowed if criteria.number_of_notified_things else min(allowed,
                                                                          counts.succeeded)
-        rate = exp.base_rate_per_minute * exp.increment_factor ** (counted // step)
-        allowed += max(1, math.floor(rate))
+        rate = max(1, math.floor(exp.base_rate_per_minute * exp.increment_factor
+                                 ** (counted // step)))
+        allowed += rate if current < index else _share(rate, tick)
         if allowed >= min(counts.targeted, _CEILING):
             break
     return min(counts.targeted, allowed)
@@ -73,9 +87,29 @@ def plan_next_window(
     now: datetime.datetime,
     window: datetime.timedelta = MINUTE,
 ) -> datetime.datetime:
-    """When the allowance next grows (the controller sleeps until then)."""
-    windows = max(0, math.floor((now - started) / window)) + 1
-    return started + windows * window
+    """The next tick, when the allowance may next grow (the controller sleeps until then)."""
+    index, tick = _position(started, now, window)
+    if tick + 1 < TICKS:
+        return started + index * window + (tick + 1) * (window / TICKS)
+    return started + (index + 1) * window
+
+
+def _position(started: datetime.datetime, now: datetime.datetime,
+              window: datetime.timedelta) -> tuple[int, int]:
+    """The window and the tick within it that ``now`` falls in (a clock that stepped
+    back before the start counts as the first tick)."""
+    elapsed = max(datetime.timedelta(0), now - started)
+    index = math.floor(elapsed / window)
+    # Ticks start at whole multiples of window / TICKS from each window's start, so the
+    # microsecond rounding of a shrunk window never drifts across windows.
+    tick = min(TICKS - 1, math.floor((elapsed - index * window) / (window / TICKS)))
+    return index, tick
+
+
+def _share(rate: int, tick: int) -> int:
+    """A window's allowance after ``tick``: rounded up, so the first tick admits one
+    device at least and the last the whole rate."""
+    return -(-rate * (tick + 1) // TICKS)
 
 
 def resolve_abort(

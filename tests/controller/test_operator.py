@@ -227,10 +227,11 @@ def test_rollout_of_200_devices_honours_the_rate_and_aborts_with_rollback(
     with devices.lock:
         after = devices.messages[mark:]
     reached = sorted({t for t, d, _ in after if d["components"][0]["version"] == "2.0.0"})
-    # The rate holds: one window's worth (20), or at most two if the failures raced the
-    # second window; never the fleet.
-    assert 20 <= len(reached) <= 40, reached
-    assert reached[:20] == things[:20]  # thing-name order
+    # The rate holds: the window's allowance comes in ticks of 1/12 window, so the abort
+    # (10 executed) can come before the window's 20 are reached; at most two windows'
+    # worth if the failures raced the second window; never the fleet.
+    assert 10 <= len(reached) <= 40, reached
+    assert reached == things[:len(reached)]  # thing-name order
     assert status["rolledBack"] == len(reached)
     assert status["failed"] == len(reached)
     # Rollback = the previous document again, byte for byte (same revision).

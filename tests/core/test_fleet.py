@@ -30,6 +30,9 @@ def at(minutes: float) -> datetime.datetime:
     return T0 + datetime.timedelta(minutes=minutes)
 
 
+LAST = 0.95  # minutes into a rollout window: its last tick, the window's whole allowance
+
+
 def load(*names: str, namespace: str = "default") -> list[Any]:
     """Objects from examples/, namespaced ones in ``namespace`` (as `kubectl apply -n`)."""
     out = []
@@ -191,10 +194,10 @@ def test_rollout_honours_the_rate_and_aborts_with_rollback() -> None:
     # Generation 1 rolls out at 20 a minute and every device succeeds.
     minute = 0
     while any(d.status.desired_revision is None for d in sim.devices.values()):
-        plan = sim.step(at(minute))
-        assert len(plan.publishes) <= 20
-        for p in plan.publishes:
-            sim.report(p.thing, documents.Outcome.SUCCEEDED, at(minute + 0.5))
+        publishes = [*sim.step(at(minute)).publishes, *sim.step(at(minute + LAST)).publishes]
+        assert len(publishes) <= 20
+        for p in publishes:
+            sim.report(p.thing, documents.Outcome.SUCCEEDED, at(minute + LAST))
         minute += 1
     assert minute == 10
     sim.step(at(minute))
@@ -204,18 +207,20 @@ def test_rollout_honours_the_rate_and_aborts_with_rollback() -> None:
     # Generation 2 breaks every device it reaches.
     sim.update("app", components=[deployment.DeploymentComponent(name="App", version="2.0.0")])
     start = minute + 1
-    plan = sim.step(at(start))
-    assert len(plan.publishes) == 20
+    first = sim.step(at(start)).publishes
+    assert len(first) == 2  # the window's first tick: ceil(20 / 12)
+    publishes = [*first, *sim.step(at(start + LAST)).publishes]
+    assert len(publishes) == 20
     assert sim.condition("app") == ("False", "RollingOut")
     assert sim.condition("app", "Progressing") == ("True", "RollingOut")
-    for p in plan.publishes:
+    for p in publishes:
         assert json.loads(p.payload)["components"][0]["version"] == "2.0.0"
-    # Halfway through the window nothing more is notified.
-    assert sim.step(at(start + 0.5)).publishes == []
+    # The window's allowance is spent: nothing more is notified before the next one.
+    assert sim.step(at(start + 0.99)).publishes == []
     # The first 20 fail: 100% ≥ 20% of ≥ 10 executed, so the next pass aborts and rolls back.
-    reached = [p.thing for p in plan.publishes]
+    reached = [p.thing for p in publishes]
     for thing in reached:
-        sim.report(thing, documents.Outcome.FAILED, at(start + 0.6))
+        sim.report(thing, documents.Outcome.FAILED, at(start + 0.99))
     plan = sim.step(at(start + 1))
     assert sorted(p.thing for p in plan.publishes) == sorted(reached)
     for p in plan.publishes:
@@ -239,11 +244,14 @@ def test_timeouts_count_and_suspend_pauses() -> None:
     assert sim.condition("app") == ("False", "Suspended")
     sim.update("app", rollout=deployment.Rollout(maximum_per_minute=10, timeout_minutes=2))
     plan = sim.step(at(1))
-    assert len(plan.publishes) == 10
-    assert plan.wake_at == at(2)  # the next window
-    # Three windows in: 30 allowed. Nobody answered: the first 10 (2.5 minutes ago) timed
-    # out, the 20 notified now have not.
-    sim.step(at(3.5))
+    assert len(plan.publishes) == 1  # the first tick: ceil(10 / 12)
+    assert plan.wake_at == at(1) + datetime.timedelta(seconds=5)  # the next tick
+    plan = sim.step(at(1 + LAST))
+    assert len(plan.publishes) == 9
+    assert plan.wake_at == at(2)  # the last tick: the next window
+    # Three windows in: 30 allowed. Nobody answered: the first 10 (2 minutes ago or more)
+    # timed out, the 20 notified now have not.
+    sim.step(at(3 + LAST))
     status = sim.deployments[("default", "app")].status
     assert status is not None
     assert (status.notified, status.timed_out) == (30, 10)
@@ -266,18 +274,19 @@ def test_unreached_devices_keep_their_generation_but_get_other_changes() -> None
     sim.components.append(extra)
     minute = 0
     while any(d.status.desired_revision is None for d in sim.devices.values()):
-        for p in sim.step(at(minute)).publishes:
-            sim.report(p.thing, documents.Outcome.SUCCEEDED, at(minute))
+        for p in [*sim.step(at(minute)).publishes, *sim.step(at(minute + LAST)).publishes]:
+            sim.report(p.thing, documents.Outcome.SUCCEEDED, at(minute + LAST))
         minute += 1
     sim.update("app", components=[deployment.DeploymentComponent(name="App", version="2.0.0")])
-    sim.step(at(10))  # 10 devices reached by generation 2
+    sim.step(at(10))  # generation 2's first window opens
+    sim.step(at(10 + LAST))  # 10 devices reached by generation 2
     # Meanwhile another deployment adds Tool to every device, at once (no rollout limits).
     tool = deployment.Deployment.model_validate({
         "metadata": {"name": "tool", "namespace": "default", "generation": 1},
         "spec": {"target": {"thingGroup": "all"},
                  "components": [{"name": "Tool", "version": "1.0.0"}]}})
     sim.deployments[("default", "tool")] = tool
-    plan = sim.step(at(10.1))
+    plan = sim.step(at(10.99))
     assert len(plan.publishes) == 30
     versions = {t: {c["name"]: c["version"] for c in sim.desired(t)["components"]}
                 for t in sim.devices}
@@ -404,11 +413,11 @@ def test_a_problem_on_some_devices_does_not_reset_the_rollout_of_the_others() ->
     sim.update("app", components=[deployment.DeploymentComponent(name="App",
                                                                  version="3.0.0")])
     reached: set[str] = set()
-    for step in range(5):  # many passes inside the first rollout window
-        reached |= {p.thing for p in sim.step(at(0.1 * step)).publishes}
+    for step in range(12):  # a pass at every tick of the first rollout window
+        reached |= {p.thing for p in sim.step(at(step / 12)).publishes}
     # The window's 10 slots went to the first 10 in name order; the two arm devices took
     # theirs and were refused.
     assert len(reached) == 8 and not reached & {"dev-000", "dev-001"}
     assert sim.condition("app") == ("False", "NoManifestForPlatform")
-    reached |= {p.thing for p in sim.step(at(1)).publishes}  # the next window: 10 more
+    reached |= {p.thing for p in sim.step(at(1 + LAST)).publishes}  # the next window: 10 more
     assert len(reached) == 18
