@@ -42,27 +42,34 @@ class StreamManager:
         self.clock: pathlib.Path | None = None  # see advance()
 
     def start(self) -> None:
-        self.port = free_port()
-        self.config["port"] = self.port
         program = ([str(SHIFTED_CLOCK), str(self.clock)] if self.clock is not None
                    else ["-m", "hedgerow.streams"])
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, *program, "serve", "--tokens",
-                 str(self.tokens), "--config", json.dumps(self.config)],
-                stdout=out, stderr=out, start_new_session=True, cwd=self.home,
-                env={**os.environ, **self.env})
-        wait_for(self._listening, 20, "the stream manager's port")
+        for _attempt in range(3):  # a free port may be taken before it binds: try another
+            self.port = free_port()
+            self.config["port"] = self.port
+            logged = self.log.stat().st_size if self.log.exists() else 0
+            with self.log.open("ab") as out:
+                self.proc = subprocess.Popen(
+                    [sys.executable, *program, "serve", "--tokens",
+                     str(self.tokens), "--config", json.dumps(self.config)],
+                    stdout=out, stderr=out, start_new_session=True, cwd=self.home,
+                    env={**os.environ, **self.env})
+            if wait_for(self._listening, 20, "the stream manager's port") == "listening":
+                return
+            if "[Errno 98]" not in self.log.read_bytes()[logged:].decode(errors="replace"):
+                break
+        raise AssertionError(f"stream manager exited: {self.log.read_text()[-2000:]}")
 
-    def _listening(self) -> bool:
+    def _listening(self) -> str | None:
+        """Whether it listens ("listening") or has exited ("exited"); None: not yet."""
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise AssertionError(f"stream manager exited: {self.log.read_text()[-2000:]}")
+            return "exited"
         try:
             socket.create_connection((LOOPBACK, self.port), timeout=1).close()
         except OSError:
-            return False
-        return True
+            return None
+        return "listening"
 
     def advance(self, seconds: float) -> None:
         """Move the stream manager's wall clock on (started with ``clock=True``)."""
