@@ -52,6 +52,20 @@ def apiserver() -> Iterator[apiserver_.ApiServer]:
         yield server
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """How `make test` shares the suite among pytest-xdist workers (--dist loadgroup):
+    a module runs whole on one worker (its module fixtures are made once, its tests keep
+    their order), and the end-to-end modules run one after another on one worker, as in
+    a serial run. Each of their fleets (a controller, three agents, a broker) is the
+    heaviest thing the suite starts; two at once on 2 cores slowed a fleet enough that
+    its rollout timed out (10 rollout minutes of 2 s), so they never overlap."""
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        group = "e2e" if module.startswith("tests/e2e/") else module
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     """Keep the call phase's report on the item: fixtures print logs when it failed."""
