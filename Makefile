@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # make test runs the suite on this many pytest-xdist workers, a test module per worker at
 # a time, the e2e modules first and together on one worker (tests/conftest.py says why).
 # The tests mostly wait on real services, so more workers than the 2 cores pay; README.
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 3
 
 .PHONY: help setup system venv gate image apiserver lint crds check-crds test unit bench demo demo-down clean
 

@@ -54,8 +54,6 @@ def apiserver() -> Iterator[apiserver_.ApiServer]:
 
 
 E2E = "tests/e2e/"
-# Under xdist, the workers' niceness while they run anything but the e2e modules.
-OTHERS_NICE = 5
 
 
 def _work_unit(nodeid: str) -> str:
@@ -67,11 +65,10 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """How `make test` shares the suite among pytest-xdist workers (--dist loadscope
     --no-loadscope-reorder): a module runs whole on one worker (its module fixtures are
     made once, its tests keep their order), and the end-to-end modules run one after
-    another on one worker, as in a serial run, first (pytest_collection_modifyitems) and
-    at a higher priority than the rest (pytest_runtest_setup). Each of their fleets (a
-    controller, three agents, a broker, rollouts whose minute is 2 s) is the heaviest and
-    most timing-bound thing the suite starts: two at once, or one starved by the other
-    workers, timed a rollout out. They are also the longest chain of the run.
+    another on one worker, as in a serial run, and first (pytest_collection_modifyitems).
+    Each of their fleets (a controller, three agents, a broker, rollouts whose minute is
+    2 s) is the heaviest and most timing-bound thing the suite starts: two at once timed
+    a rollout out. Together they are also the longest chain of the run.
     (Not --dist loadgroup with xdist_group marks: with pytest 9, xdist 3.8 fails to tag
     the node ids it groups by, and every test is scheduled alone.)"""
     if config.getvalue("dist") != "loadscope":
@@ -88,17 +85,6 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     if os.environ.get("PYTEST_XDIST_WORKER"):  # the e2e chain first (see above)
         items.sort(key=lambda item: _work_unit(item.nodeid) != "e2e")  # stable
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    """An xdist worker lowers its priority (and that of the processes it starts from then
-    on) once it runs something other than the e2e modules: the e2e fleet gets the CPU it
-    needs first; the rest fills in (see pytest_collection_modifyitems)."""
-    if os.environ.get("PYTEST_XDIST_WORKER") and not item.nodeid.startswith(E2E):
-        now = os.getpriority(os.PRIO_PROCESS, 0)
-        if now < OTHERS_NICE:
-            os.nice(OTHERS_NICE - now)
 
 
 @pytest.hookimpl(wrapper=True)
