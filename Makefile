@@ -9,6 +9,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= .demo
 PYTEST_ARGS ?=
+# make test runs the suite on this many pytest-xdist workers, a test module per worker at
+# a time, the e2e modules first and together on one worker (tests/conftest.py says why).
+# The tests mostly wait on real services, so more workers than the 2 cores pay; README.
+TEST_WORKERS ?= 3
 
 .PHONY: help setup system venv gate image apiserver lint crds check-crds test unit bench demo demo-down clean
 
@@ -58,7 +62,7 @@ crds: venv
 	$(VENV)/bin/hedgerow crds
 
 test: setup lint
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder $(PYTEST_ARGS)
 
 unit: venv
 	$(VENV)/bin/pytest tests/core tests/test_cli.py $(PYTEST_ARGS)

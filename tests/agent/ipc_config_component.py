@@ -17,6 +17,7 @@ from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
 HOME = pathlib.Path(os.environ["HOME"])
 COMMANDS = HOME / "commands"
 EVENTS = HOME / "events.jsonl"
+DEFERRING: set[str] = set()  # revisions the `updates` command is deferring
 
 
 def note(**fields: object) -> None:
@@ -78,12 +79,19 @@ def run(ipc: GreengrassCoreIPCClientV2, command: dict[str, object]) -> None:
                 revision = event.pre_update_event.deployment_id
                 asked[revision] = asked.get(revision, 0) + 1
                 later = asked[revision] <= times
+                (DEFERRING.add if later else DEFERRING.discard)(revision)
                 note(event="pre", deployment=revision, deferring=later)
                 ipc.defer_component_update(deployment_id=revision,
                                            message="finishing a batch" if later else "",
                                            recheck_after_ms=ms if later else 0)
             ipc.subscribe_to_component_updates(on_stream_event=on_update)
             note(event="subscribed", tag=tag)
+        elif op == "release":  # the batch is done: let what it defers go on now
+            released = sorted(DEFERRING)
+            for revision in released:
+                DEFERRING.discard(revision)
+                ipc.defer_component_update(deployment_id=revision, recheck_after_ms=0)
+            note(event="released", tag=tag, deployments=released)
         elif op == "state":
             ipc.update_state(state=str(command["state"]))
             note(event="state", tag=tag)

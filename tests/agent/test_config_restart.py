@@ -5,6 +5,7 @@ uses; a change its run step renders replaces it."""
 from __future__ import annotations
 
 from hedgerow.core import component
+from tests.support.wait import wait_for
 
 from .conftest import AgentProcess, pids_with_marker, rc
 
@@ -16,6 +17,11 @@ def test_a_config_only_change_keeps_the_process(agent: AgentProcess) -> None:
     first = agent.deploy(rc("cfg-keep", lifecycle=LIFE,
                             configuration={"greeting": "hi", "batch": 10}))
     agent.wait_states({"cfg-keep": "RUNNING"})
+    # RUNNING is reported once the gate (the recorded pid) is spawned; the shell it forks
+    # may not exist yet. Its greeting in the log says it does: only then is the set of
+    # the component's processes complete, to be compared after the change.
+    log = agent.root / "logs" / "cfg-keep.log"
+    wait_for(lambda: log.exists() and "hi" in log.read_text(), 10, "the greeting")
     pid = agent.record("cfg-keep")["process"]["pid"]
     pids = pids_with_marker(agent.root, "cfg-keep")
     assert pid in pids

@@ -213,8 +213,9 @@ def test_slow_subscriber_never_blocks_the_publisher_and_its_drops_are_counted(
     done = pub.wait(lambda e: e["event"] in ("published_many", "failed"), "published",
                     timeout=120)
     assert done["event"] == "published_many", done
-    fast.wait(lambda e: len(fast.messages()) >= 1024, "all 1024",
-              timeout=60)
+    # Once per poll, not through Client.wait (which would read the 22 MB of events once
+    # per event it looks at: quadratic, enough to miss the timeout on a busy machine).
+    wait_for(lambda: len(fast.messages()) >= 1024, 60, "ipc.fast: all 1024", interval=0.25)
 
     def dropped() -> int:
         shown = agent.cli("component", "details", "ipc.slow", "-o", "json")
@@ -257,7 +258,7 @@ def test_closing_a_stream_ends_its_subscription(agent: AgentProcess,
         return int(json.loads(shown.stdout)["ipc"]["streams"])
     c.command("subscribe", id="one", topic="x/#")
     c.command("subscribe", id="two", topic="x/+")
-    c.wait(lambda e: len(c.events("subscribed")) == 2, "two subscriptions")
+    wait_for(lambda: len(c.events("subscribed")) == 2, 30, f"{c.name}: two subscriptions")
     assert streams() == 2
     c.command("unsubscribe", id="one")
     c.wait(lambda e: e["event"] == "unsubscribed", "closed")

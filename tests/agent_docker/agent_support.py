@@ -12,6 +12,7 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import socket
 import tempfile
 import threading
@@ -104,6 +105,11 @@ def dagent(docker_client: docker.DockerClient, test_image: str) -> Iterator[Dock
         yield agent
     finally:
         agent.stop()
+        # Process components (and their gates) too: not one test workload left behind.
+        for pid in agent_conftest.pids_with_marker(agent.root):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        agent_conftest.remove_cgroups(agent.thing)
         for found in agent.containers():
             with contextlib.suppress(docker.errors.NotFound):
                 found.remove(force=True, v=True)

@@ -181,8 +181,10 @@ def test_kubectl_get_coredevices_shows_a_deferred_update(
              "the first revision applied")
     w = Client(g3, WATCHER)  # (uses only its root)
     w.connected()
-    # Defers each ask by 4 s, six times (about 24 s), then lets the update go on.
-    w.command("updates", times=6, ms=4000, tag="sub")
+    # Defers the update by a minute (the componentUpdatePolicy timeout), and lets it go
+    # on as soon as the deferral has been seen (`release`: DeferComponentUpdate with
+    # recheckAfterMs 0, as a component that finished its batch early answers).
+    w.command("updates", times=1, ms=60_000, tag="sub")
     w.wait(lambda e: e["event"] == "subscribed", "subscribed to updates")
     pid = g3.pids()[WORKER]
 
@@ -198,9 +200,13 @@ def test_kubectl_get_coredevices_shows_a_deferred_update(
     wide = fleet.kubectl("get", "coredevices", g3.thing, "-o", "wide")
     assert f"deferred by {WATCHER}: finishing a batch" in wide, wide
     assert g3.pids()[WORKER] == pid  # the old worker goes on meanwhile
+    w.command("release", tag="go")
+    released = w.wait(lambda e: e["event"] in ("released", "failed"), "released")
+    assert released["event"] == "released" and released["deployments"], released
 
-    # Then replaced, and the column says so.
-    w.wait(lambda e: e["event"] == "post", "the post-update event", 90)
+    # Then replaced well before the minute is up (it went on because it was let go),
+    # and the column says so.
+    w.wait(lambda e: e["event"] == "post", "the post-update event", 30)
     wait_for(lambda: g3.states().get(WORKER) == ("1.1.0", "RUNNING"), 60, "replaced")
     wait_for(lambda: g3.pids().get(WORKER) not in (None, pid), 30, "a new worker process")
     wait_for(lambda: applied(fleet, g3).get("reason") == "Succeeded", 60, "Succeeded")

@@ -41,6 +41,10 @@ class MqttClient:
         self.messages: list[mqtt.MQTTMessage] = []
         self.lock = threading.Lock()
         self.connected = threading.Event()
+        # A CONNACK came / the broker closed the connection: how connect() tells an
+        # accepted client from a refused one without sitting out its timeout (under TLS
+        # 1.3 a refused certificate is a closed connection after the handshake).
+        self.acked, self.closed = threading.Event(), threading.Event()
         self.subacks: list[list[Any]] = []
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=mqtt.MQTTv5)
@@ -48,8 +52,9 @@ class MqttClient:
         self.client.reconnect_delay_set(min_delay=1, max_delay=1)
         self.client.on_message = self._on_message
         self.client.on_connect = lambda c, u, f, rc, p: (
-            None if rc.is_failure else self.connected.set())
-        self.client.on_disconnect = lambda c, u, f, rc, p: self.connected.clear()
+            None if rc.is_failure else (self.connected.set(), self.acked.set()))
+        self.client.on_disconnect = lambda c, u, f, rc, p: (
+            self.connected.clear(), self.closed.set())
         self.client.on_subscribe = lambda c, u, mid, rcs, p: self.subacks.append(rcs)
         self.url, self.persistent = url, persistent
 
@@ -65,7 +70,10 @@ class MqttClient:
         self.client.connect(LOOPBACK, port, keepalive=10,
                             clean_start=not self.persistent, properties=props)
         self.client.loop_start()
-        assert self.connected.wait(10), "no CONNACK"
+        wait_for(lambda: self.acked.is_set() or self.closed.is_set(), 10, "a CONNACK")
+        if not self.acked.is_set():
+            self.client.loop_stop()  # refused: no reconnecting behind the test's back
+            raise AssertionError("no CONNACK: the broker closed the connection")
         return self
 
     def subscribe(self, topic: str) -> None:

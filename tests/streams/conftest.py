@@ -24,6 +24,8 @@ from tests.support.net import LOOPBACK, free_port
 from tests.support.procs import stop_group
 from tests.support.wait import wait_for
 
+SHIFTED_CLOCK = pathlib.Path(__file__).with_name("shifted_clock.py")
+
 
 class StreamManager:
     def __init__(self, home: pathlib.Path, **config: Any) -> None:
@@ -37,27 +39,45 @@ class StreamManager:
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.env: dict[str, str] = {}
+        self.clock: pathlib.Path | None = None  # see advance()
 
     def start(self) -> None:
-        self.port = free_port()
-        self.config["port"] = self.port
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "hedgerow.streams", "serve", "--tokens",
-                 str(self.tokens), "--config", json.dumps(self.config)],
-                stdout=out, stderr=out, start_new_session=True, cwd=self.home,
-                env={**os.environ, **self.env})
-        wait_for(self._listening, 20, "the stream manager's port")
+        program = ([str(SHIFTED_CLOCK), str(self.clock)] if self.clock is not None
+                   else ["-m", "hedgerow.streams"])
+        for _attempt in range(3):  # a free port may be taken before it binds: try another
+            self.port = free_port()
+            self.config["port"] = self.port
+            logged = self.log.stat().st_size if self.log.exists() else 0
+            with self.log.open("ab") as out:
+                self.proc = subprocess.Popen(
+                    [sys.executable, *program, "serve", "--tokens",
+                     str(self.tokens), "--config", json.dumps(self.config)],
+                    stdout=out, stderr=out, start_new_session=True, cwd=self.home,
+                    env={**os.environ, **self.env})
+            if wait_for(self._listening, 20, "the stream manager's port") == "listening":
+                return
+            if "[Errno 98]" not in self.log.read_bytes()[logged:].decode(errors="replace"):
+                break
+        raise AssertionError(f"stream manager exited: {self.log.read_text()[-2000:]}")
 
-    def _listening(self) -> bool:
+    def _listening(self) -> str | None:
+        """Whether it listens ("listening") or has exited ("exited"); None: not yet."""
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise AssertionError(f"stream manager exited: {self.log.read_text()[-2000:]}")
+            return "exited"
         try:
             socket.create_connection((LOOPBACK, self.port), timeout=1).close()
         except OSError:
-            return False
-        return True
+            return None
+        return "listening"
+
+    def advance(self, seconds: float) -> None:
+        """Move the stream manager's wall clock on (started with ``clock=True``)."""
+        assert self.clock is not None, "make_manager(clock=True) moves the clock"
+        offset = int(self.clock.read_text()) if self.clock.exists() else 0
+        tmp = self.clock.with_suffix(".tmp")
+        tmp.write_text(str(offset + int(seconds * 1000)))
+        tmp.replace(self.clock)  # read whole or not at all
 
     def kill9(self) -> None:
         assert self.proc is not None
@@ -84,9 +104,12 @@ class StreamManager:
 def make_manager(tmp_path: pathlib.Path) -> Iterator[Any]:
     started: list[StreamManager] = []
 
-    def make(env: dict[str, str] | None = None, **config: Any) -> StreamManager:
+    def make(env: dict[str, str] | None = None, clock: bool = False,
+             **config: Any) -> StreamManager:
+        """``clock``: a wall clock the test moves (StreamManager.advance)."""
         sm = StreamManager(tmp_path, **config)
         sm.env = env or {}
+        sm.clock = tmp_path / "clock-offset-ms" if clock else None
         sm.start()
         started.append(sm)
         return sm
