@@ -7,6 +7,10 @@ latest value wins, a burst of reports costs one write). Rules:
 
 - at most one write per device per ``interval`` (a device offered again sooner waits,
   cooling, until its interval is over), and never two writes of one device at once;
+  except that an outcome (``COUNTING``) does not wait out the interval of a write that
+  was not itself early: a device's success 0.2 s after its Notified write would
+  otherwise wait most of a second, which is what a rollout's notified -> Applied
+  latency is made of. So at most two writes per device per interval;
 - ``workers`` writes in flight (a bounded pool: the API server's throughput stops
   growing past a few concurrent writes, and each in flight costs a thread);
 - at most ``qps`` writes per second on average (bursts of one second's worth): the
@@ -52,6 +56,7 @@ class StatusWriter:
         self._busy: set[str] = set()
         self._again: set[str] = set()  # offered while being written
         self._last: dict[str, float] = {}  # thing -> when its last write started
+        self._early: set[str] = set()  # things whose last write came within the interval
         self._wake = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
         self._writing: set[asyncio.Task[None]] = set()
@@ -85,15 +90,28 @@ class StatusWriter:
                 if thing in self._ready[queued]:  # ready: move it to its new queue
                     del self._ready[queued][thing]
                     self._ready[priority][thing] = None
+                elif thing not in self._busy:  # cooling: an outcome may be due sooner
+                    heapq.heappush(self._cooling, (self._ready_at(thing, priority), thing))
+                    self._wake.set()
             return
         self._queued[thing] = priority
-        ready_at = self._last.get(thing, -self.interval) + self.interval
+        ready_at = self._ready_at(thing, priority)
         if thing in self._busy or ready_at > self._clock():
             heapq.heappush(self._cooling, (ready_at, thing))
         else:
             self._ready[priority][thing] = None
         self.max_depth = max(self.max_depth, len(self._queued))
         self._wake.set()
+
+    def _ready_at(self, thing: str, priority: liveness.Priority) -> float:
+        """When ``thing`` may be written next, at ``priority``."""
+        ready_at = self._last.get(thing, -self.interval) + self.interval
+        if self._may_hurry(thing, priority):
+            return min(ready_at, self._clock())
+        return ready_at
+
+    def _may_hurry(self, thing: str, priority: liveness.Priority) -> bool:
+        return priority is liveness.Priority.COUNTING and thing not in self._early
 
     def forget(self, thing: str) -> None:
         """A deleted device: nothing more to write."""
@@ -102,6 +120,7 @@ class StatusWriter:
             self._ready[priority].pop(thing, None)
         self._again.discard(thing)
         self._last.pop(thing, None)
+        self._early.discard(thing)
 
     def start(self) -> None:
         if self._dispatcher is None:
@@ -125,10 +144,12 @@ class StatusWriter:
         """The next device to write, or when to look again (None: when offered)."""
         now = self._clock()
         while self._cooling and self._cooling[0][0] <= now:
-            _, thing = heapq.heappop(self._cooling)
+            when, thing = heapq.heappop(self._cooling)
             priority = self._queued.get(thing)
             if priority is None or thing in self._ready[priority]:
                 continue  # forgotten, or a duplicate heap entry
+            if when < self._ready_at(thing, priority) and not self._may_hurry(thing, priority):
+                continue  # pushed before an early write: a later entry stands for it
             if thing in self._busy:
                 continue  # re-offered when its write ends
             self._ready[priority][thing] = None
@@ -174,6 +195,10 @@ class StatusWriter:
 
     async def _write_one(self, thing: str, slots: asyncio.Semaphore) -> None:
         started = self._clock()
+        if started < self._last.get(thing, -self.interval) + self.interval:
+            self._early.add(thing)
+        else:
+            self._early.discard(thing)
         self._last[thing] = started
         try:
             await self._write(thing)
@@ -186,6 +211,7 @@ class StatusWriter:
             self.write_seconds += self._clock() - started
         if thing in self._again:
             self._again.discard(thing)
-            if thing in self._queued:  # still wanted: cooling until its interval ends
-                heapq.heappush(self._cooling, (started + self.interval, thing))
+            priority = self._queued.get(thing)
+            if priority is not None:  # still wanted: cooling until it may be written
+                heapq.heappush(self._cooling, (self._ready_at(thing, priority), thing))
                 self._wake.set()

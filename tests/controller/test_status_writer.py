@@ -166,6 +166,40 @@ def test_one_device_is_never_written_twice_within_its_interval() -> None:
     assert all(b - a >= 0.29 for a, b in itertools.pairwise(times))
 
 
+def test_an_outcome_does_not_wait_out_the_interval_but_a_second_one_does() -> None:
+    """A device's success right after its Notified write is written at once (the rollout
+    latency); a device cannot use that to be written more than twice per interval."""
+    times: list[tuple[str, float]] = []
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+
+        async def write(thing: str) -> None:
+            times.append((thing, loop.time() - start))
+
+        w = statuswriter.StatusWriter(write, interval=1.0, workers=4)
+        w.start()
+        w.offer("gw-1", liveness.Priority.VISIBLE)  # notified
+        await asyncio.sleep(0.2)
+        w.offer("gw-1", liveness.Priority.COUNTING)  # succeeded: at once
+        await asyncio.sleep(0.2)
+        w.offer("gw-1", liveness.Priority.COUNTING)  # again: waits for its interval
+        w.offer("gw-2", liveness.Priority.VISIBLE)
+        await asyncio.sleep(0.1)
+        w.offer("gw-2", liveness.Priority.VISIBLE)  # not an outcome: waits
+        await asyncio.wait_for(w.drain(), 10)
+        await w.stop()
+
+    asyncio.run(scenario())
+    gw1 = [t for thing, t in times if thing == "gw-1"]
+    gw2 = [t for thing, t in times if thing == "gw-2"]
+    assert len(gw1) == 3 and len(gw2) == 2, times
+    assert gw1[1] - gw1[0] < 0.5  # the outcome did not wait out the interval
+    assert gw1[2] - gw1[1] >= 0.99  # the second outcome did
+    assert gw2[1] - gw2[0] >= 0.99
+
+
 def test_writes_stay_within_the_budget() -> None:
     times: list[float] = []
 
