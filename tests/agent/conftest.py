@@ -32,29 +32,6 @@ def rc(name: str, run: str | None = None, version: str = "1.0.0", **kw: Any,
     return documents.ResolvedComponent(name=name, version=version, lifecycle=life, **kw)
 
 
-def local_deployment(thing: str, name: str = "on-site") -> str:
-    """A local deployment file, as a user writes one into the device's deployments/:
-    one Component (`name` 1.0.0, a sleeping run step) and a Deployment of it to `thing`."""
-    return f"""apiVersion: hedgerow.dev/v1alpha1
-kind: Component
-metadata: {{name: {name}-1.0.0}}
-spec:
-  name: {name}
-  version: 1.0.0
-  manifests:
-    - lifecycle:
-        run: {{script: "sleep 60"}}
----
-apiVersion: hedgerow.dev/v1alpha1
-kind: Deployment
-metadata: {{name: by-hand}}
-spec:
-  target: {{thing: {thing}}}
-  components:
-    - {{name: {name}, version: 1.0.0}}
-"""
-
-
 class AgentProcess:
     """A real `hedgerow agent run` on a test root, and what tests read back from it."""
 

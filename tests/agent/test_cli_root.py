@@ -8,9 +8,10 @@ import os
 import subprocess
 import sys
 
+from tests.support.deployments import local_deployment
 from tests.support.wait import wait_for
 
-from .conftest import THING, AgentProcess, local_deployment
+from .conftest import THING, AgentProcess
 
 
 def hedgerow(*args: str, env: dict[str, str] | None = None,

@@ -8,9 +8,10 @@ import datetime
 import json
 
 from hedgerow.core import base, coredevice, documents, fleet
+from tests.support.deployments import local_deployment
 from tests.support.wait import wait_for
 
-from .conftest import THING, AgentProcess, local_deployment, rc
+from .conftest import THING, AgentProcess, rc
 
 LOCAL = local_deployment(THING)
 

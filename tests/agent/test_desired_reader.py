@@ -10,8 +10,9 @@ import pathlib
 from hedgerow.agent import desired
 from hedgerow.agent.layout import Layout
 from hedgerow.core import documents
+from tests.support.deployments import local_deployment
 
-from .conftest import local_deployment, rc
+from .conftest import rc
 
 THING = "gw-reader"
 PLATFORM = documents.PlatformInfo(os="linux", arch="amd64")

@@ -9,29 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from tests.e2e.conftest import Fleet, examples, wait_for
+from tests.support.deployments import local_deployment
 
 HELLO, TELEMETRY, ON_SITE = "com.example.HelloWorld", "com.example.Telemetry", "on-site"
-
-
-def local_deployment(thing: str) -> str:
-    return f"""apiVersion: hedgerow.dev/v1alpha1
-kind: Component
-metadata: {{name: on-site-1.0.0}}
-spec:
-  name: {ON_SITE}
-  version: 1.0.0
-  manifests:
-    - lifecycle:
-        run: {{script: "sleep 600"}}
----
-apiVersion: hedgerow.dev/v1alpha1
-kind: Deployment
-metadata: {{name: on-site}}
-spec:
-  target: {{thing: {thing}}}
-  components:
-    - {{name: {ON_SITE}, version: 1.0.0}}
-"""
 
 
 def condition(obj: dict[str, Any], type_: str) -> tuple[str, str]:
@@ -43,7 +23,8 @@ def condition(obj: dict[str, Any], type_: str) -> tuple[str, str]:
 
 def test_a_cloud_and_local_device_counts_as_applied(fleet: Fleet) -> None:
     g1 = fleet.agents["gateway-1"]
-    (g1.root / "deployments" / "on-site.yaml").write_text(local_deployment(g1.thing))
+    (g1.root / "deployments" / "on-site.yaml").write_text(local_deployment(
+        g1.thing, ON_SITE, deployment="on-site", script="sleep 600"))
     wait_for(lambda: g1.states().get(ON_SITE) == ("1.0.0", "RUNNING"), 30,
              "the local deployment to run")
     fleet.apply(examples())
