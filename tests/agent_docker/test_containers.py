@@ -426,6 +426,33 @@ def test_image_gc_keeps_a_tag_someone_else_created_a_container_from(
     assert runtime.gc_images(set()) == [ref]
 
 
+def test_image_gc_keeps_an_image_a_container_runs_by_its_bare_id(
+    runtime: ContainerRuntime, make_config: ConfigMaker, docker_client: docker.DockerClient,
+    test_image: str, made: Made, tmp_path: pathlib.Path,
+) -> None:
+    """Our tag is the image's only one and a stranger's container runs it by id: Docker
+    refuses to remove that last tag, and GC keeps the image (and its record)."""
+    base = docker_client.containers.create(test_image, ["true"])
+    made.containers.append(base.name or base.id)
+    ref = f"hedgerow/only-{uuid.uuid4().hex[:8]}:1"
+    made.images.append(ref)
+    image = base.commit(*ref.rsplit(":", 1))  # an image of its own: one tag, its own id
+    archive = tmp_path / "only.tar"
+    with archive.open("wb") as out:
+        for chunk in image.save(named=True):
+            out.write(chunk)
+    docker_client.images.remove(ref)
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    config = make_config(image=ref, imageArchive={"uri": "file:///i.tar", "sha256": digest})
+    runtime.apply(config, archive)
+    runtime.remove(config.component, timeout=5)
+    stranger = docker_client.containers.create(docker_client.images.get(ref).id, ["true"])
+    made.containers.append(stranger.name or stranger.id)
+    assert runtime.gc_images(set()) == []
+    docker_client.images.get(ref)
+    assert ref in owned_images(runtime)
+
+
 def test_pull_retries_transient_failures_with_capped_jittered_backoff(
     thing: str, make_config: ConfigMaker,
 ) -> None:
