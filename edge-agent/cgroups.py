@@ -16,9 +16,10 @@ spin, cannot starve the agent's loop (the children share that weight).
   figure `own_cgroup_start_ms`. The move waits for an RCU grace period in the kernel
   unless another came just before; the agent does it off its loop (process.py).
 - What the agent makes it removes: a component's folders when it is removed, and at
-  start every empty folder under hedgerow/ (left by removed components, things, or
-  earlier versions). A folder another agent still needs is made again on its next
-  use (`attach` re-creates a folder removed behind its back).
+  start every empty folder under its own hedgerow/<thing>/ (left by removed components
+  or earlier versions). It never touches another thing's folders: several agents share
+  a host (the demo, bare Docker hosts, the tests), and an empty folder of another agent
+  may be one that agent has just made and is about to move a process into.
 
 cgroup v2 (unified) when the machine has it, v1 otherwise; without a writable cgroupfs
 (not root) limits are refused and components run where the agent runs.
@@ -171,7 +172,7 @@ class Cgroups:
             except FileNotFoundError:
                 if attempt == 2:
                     raise
-                # Removed behind our back (another agent's start-up sweep): made again,
+                # Removed behind our back (an operator; an older agent's start-up sweep): made again,
                 # with the limits it had.
                 self._made.pop(name, None)
                 self.make(name, limits)
@@ -279,17 +280,17 @@ class Cgroups:
         return gone
 
     def sweep(self) -> list[str]:
-        """At start: remove every empty cgroup folder under hedgerow/ — of removed
-        components, of things no agent runs any more, of earlier versions (`_shared`).
-        Deepest first; a folder with a process or a child stays (rmdir refuses)."""
-        top = pathlib.PurePosixPath(self.group).parts[0]
+        """At start: remove every empty cgroup folder under this thing's hedgerow/<thing>/
+        — of removed components, of earlier versions (`_shared`). Deepest first; a
+        folder with a process or a child stays (rmdir refuses). Another thing's folders
+        are its agent's to remove."""
         removed = []
         for hierarchy in self._hierarchies():
-            root = self.base / top if hierarchy == "unified" else self.base / hierarchy / top
+            root = self._path(hierarchy, "")
             if not root.is_dir():
                 continue
             for folder, _dirs, _files in os.walk(root, topdown=False):
-                if folder == str(root):
+                if pathlib.Path(folder) == root:
                     continue
                 try:
                     pathlib.Path(folder).rmdir()

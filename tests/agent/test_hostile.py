@@ -225,20 +225,21 @@ def test_a_daemon_that_leaves_with_setsid_env_i_is_removed_with_its_component(
     assert pathlib.Path(f"/sys/fs/cgroup/cpu/hedgerow/{THING}/other").is_dir()
 
 
-def test_empty_cgroups_of_removed_components_and_things_are_removed(
+def test_empty_cgroups_of_removed_components_are_removed_and_other_things_left_alone(
     agent: AgentProcess,
 ) -> None:
     base = pathlib.Path("/sys/fs/cgroup")
-    # Leftovers of earlier runs: a removed component of this thing, a thing that is gone
-    # and the shared group of an older version; one with a process in it stays.
-    gone_thing = f"{THING}-gone"
+    # Leftovers of earlier runs: a removed component and the shared group of an older
+    # version; one with a process in it stays. Another thing's empty folder is its
+    # agent's (it may have just made it, to move a process in): left alone.
     leftovers = [base / "cpu" / "hedgerow" / THING / "removed",
                  base / "cpu" / "hedgerow" / THING / "_shared",
-                 base / "memory" / "hedgerow" / THING / "removed",
-                 base / "cpu" / "hedgerow" / gone_thing / "x"]
+                 base / "memory" / "hedgerow" / THING / "removed"]
     for folder in leftovers:
         folder.mkdir(parents=True, exist_ok=True)
-    busy = base / "cpu" / "hedgerow" / f"{THING}-busy" / "y"
+    other = base / "cpu" / "hedgerow" / f"{THING}-other" / "x"
+    other.mkdir(parents=True, exist_ok=True)
+    busy = base / "cpu" / "hedgerow" / THING / "busy" / "y"
     busy.mkdir(parents=True, exist_ok=True)
     sleeper = os.posix_spawn("/bin/sleep", ["sleep", "60"], {})
     try:
@@ -247,7 +248,7 @@ def test_empty_cgroups_of_removed_components_and_things_are_removed(
         agent.start()
         for folder in leftovers:
             assert not folder.exists(), folder
-        assert not (base / "cpu" / "hedgerow" / gone_thing).exists()
+        assert other.is_dir()  # another thing's: not ours to remove
         assert busy.is_dir()  # a process lives there: not ours to remove
         agent.deploy(rc("a"), rc("b"))
         agent.wait_states({"a": "RUNNING", "b": "RUNNING"})
@@ -258,7 +259,7 @@ def test_empty_cgroups_of_removed_components_and_things_are_removed(
     finally:
         os.kill(sleeper, signal.SIGKILL)
         os.waitpid(sleeper, 0)
-        for folder in (busy, busy.parent):
+        for folder in (busy, busy.parent, other, other.parent):
             wait_for(lambda f=folder: _rmdir(f), 5)
 
 
