@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import logging
 import pathlib
+import socket
 from typing import Any
 
 import cbor2
@@ -31,6 +32,14 @@ _CONNECT_TIMEOUT_S = 10.0
 # Requests one connection may have in progress (reads that wait, appends that sync); more
 # are not read from the socket until one finishes.
 _MAX_IN_FLIGHT = 256
+# The SDK writes a frame's 5-byte header and its payload with two sends, so a request
+# arrives as two TCP segments and woke the server twice: once for a header it can do
+# nothing with. SO_RCVLOWAT (Linux) keeps the socket unreadable until the rest of the
+# frame being read is there (between frames: a header and a payload's first byte), up to
+# this many bytes, so whole requests wake it once. The kernel still reports end of file,
+# errors and memory pressure at once, whatever the mark.
+_LOW_WATER_CAP = 64 * 1024
+_FRAME_HEAD = core.FRAME_HEADER.size
 
 
 class Tokens:
@@ -126,6 +135,24 @@ class Server:
         if not writer.is_closing():
             _write_frame(writer, response_op, answer)
 
+    def read_now(self, request: dict[str, Any], writer: asyncio.WriteTransport) -> bool:
+        """Answer a read whose messages are there at once, in the callback that parsed
+        it (no task); False when it must wait for appends (`answer` does that)."""
+        request_id = request.get("requestId")
+        try:
+            stream = self.store.get(request.get("streamName"))
+            opts = core.resolve_read_options(request.get("readMessagesOptions"))
+            if stream.available(opts.start) < opts.min_count:
+                return False
+            count, pieces = stream.render_read(opts.start, opts.max_count or opts.min_count,
+                                               core.MAX_READ_RESPONSE_BYTES)
+        except Exception as exc:
+            _write_frame(writer, core.Operation.READ_MESSAGES_RESPONSE,
+                         _error_answer(core.Operation.READ_MESSAGES, request_id, exc))
+            return True
+        _write_messages(writer, request_id, count, pieces)
+        return True
+
     def append(self, request: dict[str, Any], writer: asyncio.WriteTransport) -> None:
         request_id = request.get("requestId")
         op = core.Operation.APPEND_MESSAGE_RESPONSE
@@ -207,8 +234,9 @@ class Server:
 class Connection(asyncio.Protocol):
     """One client: its connect version byte and Connect frame, then request frames,
     parsed as they arrive (every whole frame in a read, no task or future per frame):
-    appends are answered inline or by their sync round, other requests run as tasks
-    (a read that waits does not hold up an append on the same connection)."""
+    appends are answered inline or by their sync round, reads whose messages are there
+    inline, other requests as tasks (a read that waits does not hold up an append on the
+    same connection)."""
 
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -218,10 +246,16 @@ class Connection(asyncio.Protocol):
         self.tasks: set[asyncio.Task[None]] = set()
         self.write_paused = False
         self.timer: asyncio.TimerHandle | None = None
+        self.sock: Any = None  # set while SO_RCVLOWAT works on it
+        self.low_water = 1
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if hasattr(socket, "SO_RCVLOWAT") and sock is not None \
+                and sock.family in (socket.AF_INET, socket.AF_INET6):
+            self.sock = sock
         # Connect must arrive quickly: a client that opens a socket and says nothing
         # holds a slot.
         self.timer = asyncio.get_running_loop().call_later(_CONNECT_TIMEOUT_S,
@@ -242,6 +276,28 @@ class Connection(asyncio.Protocol):
             self.buf.clear()
             assert self.transport is not None
             self.transport.close()
+            return
+        if self.sock is not None and self.transport is not None \
+                and not self.transport.is_closing():
+            self._set_low_water()
+
+    def _set_low_water(self) -> None:
+        """Wake for the next whole frame, not for its header alone (see _LOW_WATER_CAP)."""
+        buf = self.buf
+        if self.state == "version":
+            need = 1 + _FRAME_HEAD + 1 - len(buf)
+        elif len(buf) < _FRAME_HEAD:
+            need = _FRAME_HEAD + 1 - len(buf)  # every frame has a payload: a CBOR map
+        else:
+            need = _FRAME_HEAD + core.FRAME_HEADER.unpack_from(buf)[0] - 1 - len(buf)
+        mark = min(max(need, 1), _LOW_WATER_CAP)
+        if mark != self.low_water:
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, mark)
+            except OSError:  # a kernel without it: wake per segment, as before
+                self.sock = None
+                return
+            self.low_water = mark
 
     def _consume(self) -> None:
         transport, buf = self.transport, self.buf
@@ -266,6 +322,9 @@ class Connection(asyncio.Protocol):
                     self._connect(op, request)
                 elif op == core.Operation.APPEND_MESSAGE:
                     self.server.append(request, transport)  # the hot path, inline
+                elif op == core.Operation.READ_MESSAGES and \
+                        self.server.read_now(request, transport):
+                    pass  # answered inline: its messages were there
                 else:
                     task = asyncio.get_running_loop().create_task(
                         self.server.answer(op, request, transport))
@@ -353,6 +412,6 @@ def _write_messages(writer: asyncio.WriteTransport, request_id: Any, count: int,
                     pieces: list[bytes | memoryview]) -> None:
     head = b"".join((_READ_HEAD, cbor2.dumps(request_id), _READ_STATUS,
                      core.render_cbor_head(4, count)))
-    size = len(head) + sum(len(p) for p in pieces)
+    size = len(head) + sum(map(len, pieces))
     writer.writelines([core.render_frame_header(core.Operation.READ_MESSAGES_RESPONSE, size),
                        head, *pieces])

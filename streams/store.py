@@ -18,6 +18,7 @@ import array
 import asyncio
 import bisect
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -42,7 +43,7 @@ def now_ms() -> int:
 
 
 class Segment:
-    __slots__ = ("base_seq", "buf", "fd", "offsets", "path", "size", "times")
+    __slots__ = ("base_seq", "buf", "fd", "offsets", "path", "read_fd", "size", "times")
 
     def __init__(self, base_seq: int, path: pathlib.Path | None) -> None:
         self.base_seq, self.path = base_seq, path
@@ -50,7 +51,8 @@ class Segment:
         self.times = array.array("q")
         self.size = 0
         self.buf: bytearray | None = bytearray() if path is None else None
-        self.fd: int | None = None
+        self.fd: int | None = None  # the newest segment's, for appends (and reads)
+        self.read_fd: int | None = None  # an older segment's, while it is being read
 
     @property
     def count(self) -> int:
@@ -85,29 +87,38 @@ class Segment:
         self.size += len(record)
 
     def raw(self, first: int, count: int) -> bytes | memoryview:
-        """The bytes of `count` records from index `first` (from the page cache: the
-        append fd reads too, so a read of the newest segment opens nothing)."""
+        """The bytes of `count` records from index `first`, with one pread (from the page
+        cache: the append fd reads too, so a read of the newest segment opens nothing; an
+        older one keeps its read fd open until the stream reads another, see
+        Stream._reading)."""
         start = self.offsets[first]
         end = self.offsets[first + count] if first + count < self.count else self.size
         if self.buf is not None:
             return memoryview(self.buf)[start:end]
-        if self.fd is not None:
-            return os.pread(self.fd, end - start, start)
-        assert self.path is not None
-        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            return os.pread(fd, end - start, start)
-        finally:
-            os.close(fd)
+        fd = self.fd if self.fd is not None else self.read_fd
+        if fd is None:
+            assert self.path is not None
+            fd = self.read_fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        return os.pread(fd, end - start, start)
 
     def read(self, first: int, count: int) -> list[tuple[int, int, bytes]]:
         """`count` records from index `first`."""
         return core.resolve_payloads(self.raw(first, count), count)
 
+    def close_reader(self) -> None:
+        if self.read_fd is not None:
+            os.close(self.read_fd)
+            self.read_fd = None
+
     def close(self) -> None:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+        self.close_reader()
+
+
+def _base_seq(segment: Segment) -> int:
+    return segment.base_seq
 
 
 class Stream:
@@ -132,6 +143,10 @@ class Stream:
         self.syncs = 0  # fdatasync rounds so far (appends per sync: group commit at work)
         # (sequence number, callback) of appends waiting for their sync, in order.
         self._waiters: deque[tuple[int, Callable[[BaseException | None], None]]] = deque()
+        # The one older segment holding a read fd: a reader walking an old part of the
+        # stream reads on without an open and a close per batch, and the stream never
+        # holds more than two fds.
+        self._reading: Segment | None = None
 
     @property
     def name(self) -> str:
@@ -245,6 +260,8 @@ class Stream:
         for seg in self.segments[:count]:
             with self.lock:
                 seg.close()
+            if seg is self._reading:
+                self._reading = None
             if seg.path is not None:
                 with contextlib.suppress(FileNotFoundError):
                     seg.path.unlink()
@@ -345,7 +362,11 @@ class Stream:
         start = max(start, self.oldest(now_ms()))
         out: list[tuple[Segment, int, int]] = []
         taken = got = 0
-        for seg in self.segments:
+        # The segment holding `start` is a binary search away: a read of a long stream
+        # does not walk every older segment.
+        segments = self.segments
+        at = max(0, bisect.bisect_right(segments, start, key=_base_seq) - 1)
+        for seg in itertools.islice(segments, at, None):
             if got >= count or start >= self.visible:
                 break
             end_seq = seg.base_seq + seg.count
@@ -369,11 +390,18 @@ class Stream:
                 break
         return out
 
+    def _reader(self, seg: Segment) -> Segment:
+        if seg.path is not None and seg.fd is None and seg is not self._reading:
+            if self._reading is not None:
+                self._reading.close_reader()
+            self._reading = seg
+        return seg
+
     def read(self, start: int, count: int, max_bytes: int) -> list[tuple[int, int, bytes]]:
         """Up to `count` visible messages from `start`: (seq, ingest ms, payload)."""
         out: list[tuple[int, int, bytes]] = []
         for seg, first, n in self._spans(start, count, max_bytes):
-            out.extend(seg.read(first, n))
+            out.extend(self._reader(seg).read(first, n))
         return out
 
     def render_read(self, start: int, count: int, max_bytes: int
@@ -382,7 +410,8 @@ class Stream:
         pieces: list[bytes | memoryview] = []
         total = 0
         for seg, first, n in self._spans(start, count, max_bytes):
-            pieces.extend(core.render_messages(seg.raw(first, n), n, self.name))
+            pieces.extend(core.render_messages(self._reader(seg).raw(first, n), n,
+                                               self.name))
             total += n
         return total, pieces
 

@@ -27,20 +27,21 @@ def test_torn_tail_is_cut_at_the_last_intact_record(payloads: list[bytes], cut: 
         payloads[:len(scan.seqs)]
 
 
-@given(st.lists(st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**63 - 1),
+@given(st.lists(st.tuples(st.integers(0, 2**64 - 1), st.integers(-2**63, 2**63 - 1),
                           st.binary(max_size=300)), max_size=12),
        st.text(min_size=1, max_size=40))
 def test_read_answers_are_the_cbor_the_sdk_decodes(
         records: list[tuple[int, int, bytes]], name: str) -> None:
     """Messages encoded straight from a segment's bytes decode (with the cbor2 the SDK
-    uses) to exactly the maps a generic encoder would have sent."""
+    uses) to exactly the maps a generic encoder would have sent (a time before 1970, from
+    a wrong clock, as 0: the SDK's is unsigned)."""
     import cbor2
 
     data = b"".join(streams.render_record(seq, t, p) for seq, t, p in records)
     pieces = streams.render_messages(data, len(records), name)
     encoded = streams.render_cbor_head(4, len(records)) + b"".join(pieces)
     assert cbor2.loads(encoded) == [
-        {"streamName": name, "sequenceNumber": seq, "ingestTime": t, "payload": p}
+        {"streamName": name, "sequenceNumber": seq, "ingestTime": max(t, 0), "payload": p}
         for seq, t, p in records]
     for value in (0, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1):
         assert streams.render_cbor_head(0, value) == cbor2.dumps(value)

@@ -162,9 +162,11 @@ def test_hostile_frames_close_only_that_connection(manager: StreamManager) -> No
     and every other client carry on."""
     with manager.client() as client:
         client.create_message_stream(definition("steady"))
+        # A frame is judged once its header and first payload byte are in: the server is
+        # not woken for a header alone (SO_RCVLOWAT), as the SDK sends the two apart.
         hostile = [
-            struct.pack(">iB", 2**31 - 1, 4),  # a 2 GiB frame: refused, not allocated
-            struct.pack(">iB", -5, 4),  # a negative length
+            struct.pack(">iB", 2**31 - 1, 4) + b"\xa0",  # 2 GiB: refused, not allocated
+            struct.pack(">iB", -5, 4) + b"\xa0",  # a negative length
             struct.pack(">iB", 6, 4) + b"\xff\xff\xff\xff\xff",  # not CBOR
             struct.pack(">iB", 3, 4) + cbor2.dumps([1]),  # CBOR, not a map
         ]
