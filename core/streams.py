@@ -432,7 +432,7 @@ def render_messages(data: bytes | memoryview, count: int, stream: str
         length, _crc, seq, ingest = unpack_from(view, pos)
         start = pos + RECORD_OVERHEAD
         pos = start + length
-        # An ingest time before 1970 (a wrong clock) is sent as 0, as the SDK's is unsigned.
+        # An ingest time before 1970 (a wrong clock) is sent as 0: the head holds a uint.
         append(pack(name, seq, time_key, ingest if ingest >= 0 else 0, payload_key, length))
         append(view[start:pos])
     return out
