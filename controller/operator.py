@@ -65,6 +65,7 @@ from hedgerow.core import (
     resolve,
     thinggroup,
 )
+from hedgerow.core import informer as core_informer
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -75,6 +76,8 @@ _MODELS: Final[dict[str, type[base.Model]]] = {
 }
 
 
+# The annotations of a CoreDevice the controller reads (the rest are not kept).
+_COREDEVICE_ANNOTATIONS: Final = frozenset({pki.APPROVAL_ANNOTATION})
 _LAST_SEEN_SECONDS: Final = liveness.DEFAULT_GRANULARITY.total_seconds()
 
 
@@ -342,9 +345,12 @@ class Controller:
         read while ``_observe`` adds it only keeps a status it did not need."""
         meta = body.get("metadata") or {}
         known = self.uids.get(("", str(meta.get("name") or "")))
-        if known is not None and known == meta.get("uid") and "status" in body:
-            body = {k: v for k, v in body.items() if k != "status"}
-        return parse_body("coredevices", body)
+        keep_status = known is None or known != meta.get("uid")
+        # Of the metadata only what the controller reads (of the annotations, the
+        # approval): managedFields alone were ~8 KB per device after a rollout's status
+        # writes (docs/scale.md).
+        return parse_body("coredevices", core_informer.trim(
+            body, status=keep_status, annotations=_COREDEVICE_ANNOTATIONS))
 
     def _observe_certificate(self, thing: str, body: Mapping[str, Any]) -> None:
         """`hedgerow device register` writes status.certificate itself (its own field
