@@ -36,6 +36,7 @@ import logging
 import pathlib
 import random
 import signal
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeVar
@@ -166,7 +167,12 @@ class Controller:
         self.indexes: dict[str, Any] = {}
         self.devices: dict[str, coredevice.CoreDeviceStatus] = {}  # our copy of each status
         self.sequences: dict[str, int] = {}
-        self.reports: dict[str, documents.StatusReport] = {}  # the last one per device
+        # The last report per device that carries an outcome: (its revision, the payload).
+        # Read only for a revision about to be (or being) published (the early-report fold
+        # of _receive and _publish_all); kept as received, parsed again in that rare case,
+        # as its parsed form cost ~2.9 KB per device (docs/scale.md). A report without an
+        # outcome is never folded again: none is kept.
+        self.reports: dict[str, tuple[str, bytes]] = {}
         self.written: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.deployment_status: dict[resolve.Key, deployment.DeploymentStatus] = {}
         self.fingerprints: dict[tuple[str, str, str], Any] = {}
@@ -675,7 +681,7 @@ class Controller:
                 self.dirty_devices.add(p.thing)  # resolved (and tried) again next pass
                 continue
             self.devices[p.thing], replan = fleet.render_published(
-                self.devices[p.thing], p, self.reports.get(p.thing), now)
+                self.devices[p.thing], p, self._early_report(p.thing, p.revision), now)
             if replan:
                 self._replan(p.thing)
             self._mark(p.thing)
@@ -683,6 +689,14 @@ class Controller:
         logger.info("published %d desired documents", len(sent) - len(held))
         if len(sent) < len(plan.publishes):
             self.wake.set()  # try the rest again on the next pass
+
+    def _early_report(self, thing: str, revision: str) -> documents.StatusReport | None:
+        """The device's last report if its outcome is for ``revision`` (else None: it has
+        nothing to fold into a document of that revision)."""
+        last = self.reports.get(thing)
+        if last is None or last[0] != revision:
+            return None
+        return documents.StatusReport.model_validate_json(last[1])
 
     async def _held(self, publishes: list[fleet.Publish]) -> dict[str, str]:
         """thing -> the revision the broker holds, for the things not checked since this
@@ -806,9 +820,9 @@ class Controller:
         (``_write_device``), at once when it changed nothing. A report this process
         received but did not write before it died is thus delivered to the next one."""
         self.fold_report(thing, payload)
-        report = self.reports.get(thing)
-        if thing in self.publishing and report is not None and report.deployment is not None \
-                and report.deployment.revision != self.devices[thing].desired_revision:
+        last = self.reports.get(thing)
+        if thing in self.publishing and last is not None \
+                and last[0] != self.devices[thing].desired_revision:
             # On a document whose PUBACK is still on its way: it counts only once the
             # revision is recorded (render_published), so it waits for that write.
             self.early_acks.setdefault(thing, []).append(ack)
@@ -860,7 +874,10 @@ class Controller:
             return  # stale or duplicate (QoS 1 may redeliver)
         self._accept(thing, clock)
         self.sequences[thing] = report.sequence
-        self.reports[thing] = report
+        if report.deployment is not None:
+            self.reports[thing] = (sys.intern(report.deployment.revision), payload)
+        else:
+            self.reports.pop(thing, None)
         self.reports_accepted += 1
         old = self.devices[thing]
         new = fleet.render_report(old, report, _now())
