@@ -173,7 +173,9 @@ class Controller:
         # as its parsed form cost ~2.9 KB per device (docs/scale.md). A report without an
         # outcome is never folded again: none is kept.
         self.reports: dict[str, tuple[str, bytes]] = {}
-        self.written: dict[tuple[str, str, str], dict[str, Any]] = {}
+        # (kind, namespace, name) -> what we last wrote of its status, as a fingerprint
+        # (hedgerow.core.liveness: a body per device cost ~1.9 KB, docs/scale.md).
+        self.written: dict[tuple[str, str, str], liveness.Written] = {}
         self.deployment_status: dict[resolve.Key, deployment.DeploymentStatus] = {}
         self.fingerprints: dict[tuple[str, str, str], Any] = {}
         self.uids: dict[tuple[str, ...], str | None] = {}  # whose status our caches describe
@@ -746,7 +748,8 @@ class Controller:
         again after a capped, jittered backoff). Returns whether the status is written."""
         key = (kind, namespace, name)
         ours = manager == kube.CONTROLLER  # the other writers write once, when asked
-        if ours and self.written.get(key) == status:
+        last = self.written.get(key)
+        if ours and last is not None and last.matches(status):
             return True
         wkey = (*key, manager)
         if self.refused_writes.get(wkey) == status:
@@ -786,7 +789,7 @@ class Controller:
         if self.write_failures.pop(wkey, None):
             logger.info("status of %s %s/%s written again", kind, namespace, name)
         if ours:
-            self.written[key] = status
+            self.written[key] = liveness.fingerprint(status)
         return True
 
     def _retry_write(self, kind: str, name: str) -> None:
