@@ -748,8 +748,8 @@ class Controller:
         again after a capped, jittered backoff). Returns whether the status is written."""
         key = (kind, namespace, name)
         ours = manager == kube.CONTROLLER  # the other writers write once, when asked
-        last = self.written.get(key)
-        if ours and last is not None and last.matches(status):
+        written = liveness.fingerprint(status) if ours else None
+        if written is not None and self.written.get(key) == written:
             return True
         wkey = (*key, manager)
         if self.refused_writes.get(wkey) == status:
@@ -788,8 +788,8 @@ class Controller:
         self.refusals_logged.discard(wkey)
         if self.write_failures.pop(wkey, None):
             logger.info("status of %s %s/%s written again", kind, namespace, name)
-        if ours:
-            self.written[key] = liveness.fingerprint(status)
+        if written is not None:
+            self.written[key] = written
         return True
 
     def _retry_write(self, kind: str, name: str) -> None:

@@ -50,13 +50,11 @@ class Written:
     last_seen: Any  # the body's lastSeen, as written
     applied: tuple[str | None, str | None]  # the Applied condition's (status, reason)
 
-    def matches(self, body: Mapping[str, Any]) -> bool:
-        """Whether ``body`` is the status written, field for field."""
-        return self.last_seen == body.get(LAST_SEEN) and self.state == _digest(body)
-
 
 def fingerprint(body: Mapping[str, Any]) -> Written:
-    """What to keep of a status written (JSON-shaped, as sent) to compare others with."""
+    """What to keep of a status written (JSON-shaped, as sent) to compare others with:
+    two bodies have equal fingerprints when they are equal (a 128-bit digest: a
+    collision is not a concern)."""
     status, reason = _applied(body)
     return Written(_digest(body), body.get(LAST_SEEN),
                    (None if status is None else sys.intern(status),
