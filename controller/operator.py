@@ -36,6 +36,7 @@ import logging
 import pathlib
 import random
 import signal
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeVar
@@ -65,6 +66,7 @@ from hedgerow.core import (
     resolve,
     thinggroup,
 )
+from hedgerow.core import informer as core_informer
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -75,6 +77,8 @@ _MODELS: Final[dict[str, type[base.Model]]] = {
 }
 
 
+# The annotations of a CoreDevice the controller reads (the rest are not kept).
+_COREDEVICE_ANNOTATIONS: Final = frozenset({pki.APPROVAL_ANNOTATION})
 _LAST_SEEN_SECONDS: Final = liveness.DEFAULT_GRANULARITY.total_seconds()
 
 
@@ -163,8 +167,15 @@ class Controller:
         self.indexes: dict[str, Any] = {}
         self.devices: dict[str, coredevice.CoreDeviceStatus] = {}  # our copy of each status
         self.sequences: dict[str, int] = {}
-        self.reports: dict[str, documents.StatusReport] = {}  # the last one per device
-        self.written: dict[tuple[str, str, str], dict[str, Any]] = {}
+        # The last report per device that carries an outcome: (its revision, the payload).
+        # Read only for a revision about to be (or being) published (the early-report fold
+        # of _receive and _publish_all); kept as received, parsed again in that rare case,
+        # as its parsed form cost ~2.9 KB per device (docs/scale.md). A report without an
+        # outcome is never folded again: none is kept.
+        self.reports: dict[str, tuple[str, bytes]] = {}
+        # (kind, namespace, name) -> what we last wrote of its status, as a fingerprint
+        # (hedgerow.core.liveness: a body per device cost ~1.9 KB, docs/scale.md).
+        self.written: dict[tuple[str, str, str], liveness.Written] = {}
         self.deployment_status: dict[resolve.Key, deployment.DeploymentStatus] = {}
         self.fingerprints: dict[tuple[str, str, str], Any] = {}
         self.uids: dict[tuple[str, ...], str | None] = {}  # whose status our caches describe
@@ -342,9 +353,12 @@ class Controller:
         read while ``_observe`` adds it only keeps a status it did not need."""
         meta = body.get("metadata") or {}
         known = self.uids.get(("", str(meta.get("name") or "")))
-        if known is not None and known == meta.get("uid") and "status" in body:
-            body = {k: v for k, v in body.items() if k != "status"}
-        return parse_body("coredevices", body)
+        keep_status = known is None or known != meta.get("uid")
+        # Of the metadata only what the controller reads (of the annotations, the
+        # approval): managedFields alone were ~8 KB per device after a rollout's status
+        # writes (docs/scale.md).
+        return parse_body("coredevices", core_informer.trim(
+            body, status=keep_status, annotations=_COREDEVICE_ANNOTATIONS))
 
     def _observe_certificate(self, thing: str, body: Mapping[str, Any]) -> None:
         """`hedgerow device register` writes status.certificate itself (its own field
@@ -669,7 +683,7 @@ class Controller:
                 self.dirty_devices.add(p.thing)  # resolved (and tried) again next pass
                 continue
             self.devices[p.thing], replan = fleet.render_published(
-                self.devices[p.thing], p, self.reports.get(p.thing), now)
+                self.devices[p.thing], p, self._early_report(p.thing, p.revision), now)
             if replan:
                 self._replan(p.thing)
             self._mark(p.thing)
@@ -677,6 +691,14 @@ class Controller:
         logger.info("published %d desired documents", len(sent) - len(held))
         if len(sent) < len(plan.publishes):
             self.wake.set()  # try the rest again on the next pass
+
+    def _early_report(self, thing: str, revision: str) -> documents.StatusReport | None:
+        """The device's last report if its outcome is for ``revision`` (else None: it has
+        nothing to fold into a document of that revision)."""
+        last = self.reports.get(thing)
+        if last is None or last[0] != revision:
+            return None
+        return documents.StatusReport.model_validate_json(last[1])
 
     async def _held(self, publishes: list[fleet.Publish]) -> dict[str, str]:
         """thing -> the revision the broker holds, for the things not checked since this
@@ -726,7 +748,8 @@ class Controller:
         again after a capped, jittered backoff). Returns whether the status is written."""
         key = (kind, namespace, name)
         ours = manager == kube.CONTROLLER  # the other writers write once, when asked
-        if ours and self.written.get(key) == status:
+        written = liveness.fingerprint(status) if ours else None
+        if written is not None and self.written.get(key) == written:
             return True
         wkey = (*key, manager)
         if self.refused_writes.get(wkey) == status:
@@ -765,8 +788,8 @@ class Controller:
         self.refusals_logged.discard(wkey)
         if self.write_failures.pop(wkey, None):
             logger.info("status of %s %s/%s written again", kind, namespace, name)
-        if ours:
-            self.written[key] = status
+        if written is not None:
+            self.written[key] = written
         return True
 
     def _retry_write(self, kind: str, name: str) -> None:
@@ -800,9 +823,9 @@ class Controller:
         (``_write_device``), at once when it changed nothing. A report this process
         received but did not write before it died is thus delivered to the next one."""
         self.fold_report(thing, payload)
-        report = self.reports.get(thing)
-        if thing in self.publishing and report is not None and report.deployment is not None \
-                and report.deployment.revision != self.devices[thing].desired_revision:
+        last = self.reports.get(thing)
+        if thing in self.publishing and last is not None \
+                and last[0] != self.devices[thing].desired_revision:
             # On a document whose PUBACK is still on its way: it counts only once the
             # revision is recorded (render_published), so it waits for that write.
             self.early_acks.setdefault(thing, []).append(ack)
@@ -854,7 +877,10 @@ class Controller:
             return  # stale or duplicate (QoS 1 may redeliver)
         self._accept(thing, clock)
         self.sequences[thing] = report.sequence
-        self.reports[thing] = report
+        if report.deployment is not None:
+            self.reports[thing] = (sys.intern(report.deployment.revision), payload)
+        else:
+            self.reports.pop(thing, None)
         self.reports_accepted += 1
         old = self.devices[thing]
         new = fleet.render_report(old, report, _now())

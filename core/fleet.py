@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
+import sys
 from collections.abc import Collection, Mapping, Sequence
 from typing import Final
 
@@ -192,13 +194,29 @@ def render_report(
     return status.model_copy(update={
         "health": report.health,
         "last_seen": report.time,
-        "platform": report.platform,
-        "agent_version": report.agent_version,
-        "applied_revision": report.applied_revision,
-        "components": [coredevice.DeviceComponent(name=c.name, version=c.version,
-                                                  state=c.state) for c in report.components],
+        "platform": _shared_platform(report.platform),
+        "agent_version": sys.intern(report.agent_version),
+        "applied_revision": (None if report.applied_revision is None
+                             else sys.intern(report.applied_revision)),
+        "components": [_shared_component(c.name, c.version, c.state)
+                       for c in report.components],
         "conditions": conditions,
     })
+
+
+# A fleet runs few distinct platforms and component versions: the statuses of 10,000
+# devices share one instance of each (frozen models) instead of ~2 KB per device of
+# copies (docs/scale.md). Bounded: the names come from the devices.
+@functools.lru_cache(maxsize=4096)
+def _shared_component(name: str, version: str,
+                      state: documents.ComponentState) -> coredevice.DeviceComponent:
+    return coredevice.DeviceComponent(name=sys.intern(name), version=sys.intern(version),
+                                      state=state)
+
+
+@functools.lru_cache(maxsize=256)
+def _shared_platform(platform: documents.PlatformInfo) -> documents.PlatformInfo:
+    return platform
 
 
 @dataclasses.dataclass

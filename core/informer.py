@@ -14,7 +14,7 @@ Pure: the shell (``hedgerow.controller.informer``) does the HTTP.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, Final
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "plan_listing",
     "resolve_event",
     "resolve_response",
+    "trim",
     "version_of",
 ]
 
@@ -36,6 +37,12 @@ LISTED: Final = None  # the event type of an object seen in a listing (kopf's)
 DELETED: Final = "DELETED"
 GONE: Final = 410  # the resourceVersion asked for is older than the server keeps
 _CHANGES: Final = frozenset({"ADDED", "MODIFIED", DELETED})
+# The metadata a consumer's model reads (base.ObjectMeta). The rest is the API server's:
+# managedFields above all, which after a few status writes are larger than the object
+# (a field set per field written) and which, kept per object, cost ~8 KB a CoreDevice
+# in memory: most of the controller's memory at 10,000 devices (docs/scale.md).
+KEPT_METADATA: Final = frozenset({
+    "name", "namespace", "labels", "annotations", "generation", "uid", "resourceVersion"})
 
 
 class Action(enum.Enum):
@@ -52,6 +59,25 @@ def key_of(obj: Mapping[str, Any]) -> Key:
 
 def version_of(obj: Mapping[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("resourceVersion") or "")
+
+
+def trim(obj: Mapping[str, Any], *, status: bool = True,
+         annotations: Collection[str] | None = None) -> dict[str, Any]:
+    """The part of an object's body worth keeping a copy of: its metadata as far as
+    ``KEPT_METADATA`` names it, of its annotations only those named (None: every one;
+    kubectl's last-applied-configuration repeats the whole object), and its status only
+    when ``status``."""
+    out = {k: v for k, v in obj.items() if k != "metadata" and (status or k != "status")}
+    meta = obj.get("metadata")
+    if isinstance(meta, Mapping):
+        kept = {k: v for k, v in meta.items() if k in KEPT_METADATA}
+        if annotations is not None and isinstance(kept.get("annotations"), Mapping):
+            kept["annotations"] = {k: v for k, v in kept["annotations"].items()
+                                   if k in annotations}
+        out["metadata"] = kept
+    elif "metadata" in obj:  # not ours to judge: the parser refuses it
+        out["metadata"] = meta
+    return out
 
 
 def plan_listing(known: Mapping[Key, str],

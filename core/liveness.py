@@ -11,12 +11,21 @@ controller's ``--last-seen-interval``, 5 minutes by default, like the kubelet's
 
 Priorities order a backlog of writes: what changes rollout counting (an outcome in the
 ``Applied`` condition) first, then other visible changes, then liveness alone.
+
+What was written is kept as a ``Written`` fingerprint, not as the body: a digest of
+everything but ``lastSeen``, ``lastSeen`` itself and the ``Applied`` outcome, which is
+all the comparisons need (~0.3 KB per device instead of ~1.9 KB: at 10,000 devices the
+difference is 16 MB, docs/scale.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import enum
+import hashlib
+import json
+import sys
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -33,33 +42,53 @@ class Priority(enum.IntEnum):
     LIVENESS = 2  # lastSeen alone, due at its granularity
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Written:
+    """What is kept of a status written (see ``fingerprint``)."""
+
+    state: bytes  # a digest of the body without lastSeen
+    last_seen: Any  # the body's lastSeen, as written
+    applied: tuple[str | None, str | None]  # the Applied condition's (status, reason)
+
+
+def fingerprint(body: Mapping[str, Any]) -> Written:
+    """What to keep of a status written (JSON-shaped, as sent) to compare others with:
+    two bodies have equal fingerprints when they are equal (a 128-bit digest: a
+    collision is not a concern)."""
+    status, reason = _applied(body)
+    return Written(_digest(body), body.get(LAST_SEEN),
+                   (None if status is None else sys.intern(status),
+                    None if reason is None else sys.intern(reason)))
+
+
+def _digest(body: Mapping[str, Any]) -> bytes:
+    """Equal for bodies equal in everything but lastSeen (keys in any order)."""
+    rest = {k: v for k, v in body.items() if k != LAST_SEEN}
+    text = json.dumps(rest, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
 def resolve_priority(
-    written: Mapping[str, Any] | None, body: Mapping[str, Any],
+    written: Written | None, body: Mapping[str, Any],
     granularity: datetime.timedelta = DEFAULT_GRANULARITY,
 ) -> Priority | None:
     """How urgent writing ``body`` (a CoreDevice status as written: camelCase) is, given
     the status last written (None: never); None when it need not be written at all."""
     if written is None:
-        return _visible(None, body)
-    if not is_same_state(written, body):
-        return _visible(written, body)
-    if written.get(LAST_SEEN) == body.get(LAST_SEEN):
+        return _visible((None, None), body)
+    if written.state != _digest(body):
+        return _visible(written.applied, body)
+    if written.last_seen == body.get(LAST_SEEN):
         return None
-    old, new = _when(written.get(LAST_SEEN)), _when(body.get(LAST_SEEN))
+    old, new = _when(written.last_seen), _when(body.get(LAST_SEEN))
     # A device clock that jumped (or a first lastSeen) is written: it is news.
     if old is None or new is None or abs(new - old) >= granularity:
         return Priority.LIVENESS
     return None
 
 
-def is_same_state(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    """Whether two statuses differ in nothing but lastSeen."""
-    keys = (a.keys() | b.keys()) - {LAST_SEEN}
-    return all(a.get(k) == b.get(k) for k in keys)
-
-
-def _visible(written: Mapping[str, Any] | None, body: Mapping[str, Any]) -> Priority:
-    before, after = _applied(written or {}), _applied(body)
+def _visible(before: tuple[str | None, str | None], body: Mapping[str, Any]) -> Priority:
+    after = _applied(body)
     if after != before and after[0] in ("True", "False"):
         return Priority.COUNTING
     return Priority.VISIBLE

@@ -421,3 +421,26 @@ def test_a_problem_on_some_devices_does_not_reset_the_rollout_of_the_others() ->
     assert sim.condition("app") == ("False", "NoManifestForPlatform")
     reached |= {p.thing for p in sim.step(at(1 + LAST)).publishes}  # the next window: 10 more
     assert len(reached) == 18
+
+
+def test_reports_of_many_devices_share_their_components_and_platform() -> None:
+    """10,000 statuses naming the same components keep one instance of each (memory:
+    docs/scale.md), and equal what they were folded from."""
+    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+
+    def folded(thing: str) -> coredevice.CoreDeviceStatus:
+        report = documents.StatusReport.model_validate_json(documents.render_bytes(
+            documents.StatusReport(
+                thing=thing, time=now, agent_version="1.0", health=documents.Health.HEALTHY,
+                platform=documents.PlatformInfo(os="linux", arch="amd64"),
+                components=[documents.ComponentReport(
+                    name="com.example.App", version="1.0.0",
+                    state=documents.ComponentState.RUNNING)])))
+        return fleet.render_report(coredevice.CoreDeviceStatus(), report, now)
+
+    a, b = folded("dev-a"), folded("dev-b")
+    assert a.components[0] is b.components[0]
+    assert a.platform is b.platform
+    assert a.components == [coredevice.DeviceComponent(
+        name="com.example.App", version="1.0.0", state=documents.ComponentState.RUNNING)]
+    assert a.platform == documents.PlatformInfo(os="linux", arch="amd64")

@@ -77,3 +77,37 @@ def test_resolve_response(status: int, action: Action | None) -> None:
 def test_key_and_version(obj: dict[str, Any], key: informer.Key, version: str) -> None:
     assert informer.key_of(obj) == key
     assert informer.version_of(obj) == version
+
+
+_MANAGED = [{"manager": "hedgerow-controller", "operation": "Apply", "subresource": "status",
+             "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {"f:health": {}}}}]
+_META = {"name": "gw", "namespace": "team", "uid": "u1", "resourceVersion": "12",
+         "generation": 3, "labels": {"site": "a"},
+         "annotations": {"hedgerow.dev/approved": "yes", "kubectl.kubernetes.io/"
+                         "last-applied-configuration": "{...}"},
+         "managedFields": _MANAGED, "creationTimestamp": "2026-01-01T00:00:00Z"}
+_BODY = {"apiVersion": "hedgerow.dev/v1alpha1", "kind": "CoreDevice", "metadata": _META,
+         "spec": {"namespace": "team"}, "status": {"health": "HEALTHY"}}
+_KEPT_META = {k: v for k, v in _META.items() if k not in ("managedFields", "creationTimestamp")}
+
+
+@pytest.mark.parametrize(("kwargs", "expected"), [
+    # What the model reads of metadata, and nothing the API server adds (managedFields)
+    ({}, {**_BODY, "metadata": _KEPT_META}),
+    ({"status": False}, {"apiVersion": "hedgerow.dev/v1alpha1", "kind": "CoreDevice",
+                         "metadata": _KEPT_META, "spec": {"namespace": "team"}}),
+    # Of the annotations, those named (kubectl's copy of the object is not one)
+    ({"annotations": {"hedgerow.dev/approved"}},
+     {**_BODY, "metadata": {**_KEPT_META, "annotations": {"hedgerow.dev/approved": "yes"}}}),
+    ({"annotations": ()}, {**_BODY, "metadata": {**_KEPT_META, "annotations": {}}}),
+])
+def test_trim(kwargs: dict[str, Any], expected: dict[str, Any]) -> None:
+    assert informer.trim(_BODY, **kwargs) == expected
+
+
+@pytest.mark.parametrize("obj", [
+    {}, {"metadata": {"name": "a"}}, {"kind": "CoreDevice", "status": {}},
+    {"metadata": None}, {"metadata": {"name": "a", "annotations": None}},
+])
+def test_trim_leaves_what_it_does_not_know(obj: dict[str, Any]) -> None:
+    assert informer.trim(obj) == obj

@@ -49,7 +49,37 @@ def status(seen: str | None = "2026-01-01T00:00:00Z", health: str = "HEALTHY",
 ])
 def test_priority(written: dict[str, Any] | None, body: dict[str, Any],
                   expected: liveness.Priority | None) -> None:
-    assert liveness.resolve_priority(written, body, MINUTE) is expected
+    kept = None if written is None else liveness.fingerprint(written)
+    assert liveness.resolve_priority(kept, body, MINUTE) is expected
+
+
+@pytest.mark.parametrize(("written", "body", "same"), [
+    (status(), status(), True),
+    # key order is no difference (a body rendered again may order them otherwise)
+    (status(), dict(reversed(status().items())), True),
+    (status(), status(seen="2026-01-01T00:00:01Z"), False),
+    (status(), status(seen=None), False),
+    (status(), status(health="UNHEALTHY"), False),
+    (status(), status(applied=("True", "Notified")), False),
+    (status(), status(applied=None), False),
+    (status(), {**status(), "components": []}, False),
+    # a condition's own fields, past the few compared one by one
+    (status(), {**status(), "conditions": [{**status()["conditions"][0], "message": "m"}]},
+     False),
+    ({"memberCount": 3}, {"memberCount": 3}, True),
+    ({"memberCount": 3}, {"memberCount": 4}, False),
+])
+def test_fingerprints_are_equal_only_for_the_same_body(
+        written: dict[str, Any], body: dict[str, Any], same: bool) -> None:
+    assert (liveness.fingerprint(written) == liveness.fingerprint(body)) is same
+    assert (written == body) is same  # what it stands for
+
+
+def test_fingerprint_keeps_what_is_compared() -> None:
+    kept = liveness.fingerprint(status(applied=("True", "Succeeded")))
+    assert kept.last_seen == "2026-01-01T00:00:00Z"
+    assert kept.applied == ("True", "Succeeded")
+    assert liveness.fingerprint({}).applied == (None, None)
 
 
 def test_priorities_order_outcomes_first() -> None:
