@@ -68,7 +68,7 @@ SERVICE_ERROR: Final = "aws.greengrass#ServiceError"
 _CONNECT_MAX_BYTES: Final = 16 * limits.KIB
 _MAX_TOKEN: Final = 512
 _LOG_BURST: Final = 20
-_DECISIONS: Final = 1024  # authorization decisions a connection remembers
+_DECISIONS: Final = 256  # authorization decisions a connection remembers (~50 KB at most)
 
 
 @dataclasses.dataclass(frozen=True)
