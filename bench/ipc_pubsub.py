@@ -300,8 +300,9 @@ def _stub_serve(path: str) -> None:
                     conn.sendall(b"".join(out))
 
     listener = socket.socket(socket.AF_UNIX)
-    listener.bind(path)
+    listener.bind(path + ".new")
     listener.listen()
+    os.rename(path + ".new", path)  # the path shows once it is listening: no refused connect
     while True:
         conn, _ = listener.accept()
         threading.Thread(target=serve, args=(conn,), daemon=True).start()
