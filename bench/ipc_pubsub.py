@@ -7,16 +7,28 @@ Throughput is messages published per second until every subscriber has every mes
 latency is publish-to-delivery at a fixed 2,000 msg/s to 10 subscribers. The publisher
 runs in this process, each subscriber in a process of its own (one GIL for all would
 measure the GIL): the same layout on both sides.
+
+throughput_ceiling_1 (report only): the same SDK publisher, the same way, against a
+stand-in server in the bench (`_stub_serve`) that stores and forwards nothing: it answers
+the connect and each PublishToTopic with a ready-made response at once. No server can
+acknowledge faster than that, so it is the most any server reaches with this client;
+throughput_ratio_1_ceiling is it ÷ mosquitto+paho in the same run (as
+stream_append's append_ratio_1_ceiling does for the stream manager).
 """
 
 from __future__ import annotations
 
+import binascii
 import collections
 import contextlib
 import json
 import multiprocessing
 import os
+import pathlib
+import shutil
+import socket
 import struct
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +41,7 @@ from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench import _agent, _ipc, harness
+from hedgerow.core import eventstream as es
 from tests.support.mosquitto import Mosquitto
 
 SIZE = 256
@@ -140,8 +153,8 @@ class Subscribers:
 # --- publishers (in this process) -------------------------------------------------------
 
 class IpcPublisher:
-    def __init__(self, agent: _agent.BenchAgent) -> None:
-        self.ipc = _ipc.client(agent, "pub")
+    def __init__(self, ipc: GreengrassCoreIPCClientV2) -> None:
+        self.ipc = ipc
 
     def publish(self, payload: bytes) -> Callable[[], None]:
         future = self.ipc.publish_to_topic_async(
@@ -246,6 +259,88 @@ class _Busy:
         return (busy - self.start[0]) / max(1, total - self.start[1])
 
 
+# --- the ceiling: the SDK publisher against a server that does nothing ---------------------
+
+def _stub_serve(path: str) -> None:
+    """A stand-in for the agent that stores and forwards nothing: it accepts any connect
+    and answers each request with an empty PublishToTopicResponse at once, all the answers
+    to one read in one write (as the agent does). One thread per connection, blocking
+    sockets, in a process of its own."""
+    accepted = es.render_rpc(es.RpcMessage(es.MessageType.CONNECT_ACK,
+                                           es.Flag.CONNECTION_ACCEPTED))
+    # Every answer but its stream id is the same: rendered once, the id patched in.
+    template = es.render_application(1, "aws.greengrass#PublishToTopicResponse", {},
+                                     terminate=True)
+    sid_at = es.PRELUDE_BYTES + len(es.render_rpc_headers(  # :stream-id ends the three
+        es.MessageType.APPLICATION_MESSAGE, es.Flag.NONE, 0)) - 4
+
+    def answer(sid: int) -> bytes:
+        frame = bytearray(template)
+        struct.pack_into(">i", frame, sid_at, sid)
+        struct.pack_into(">I", frame, len(frame) - 4, binascii.crc32(frame[:-4]))
+        return bytes(frame)
+
+    def serve(conn: socket.socket) -> None:
+        decoder = es.Decoder()
+        with conn, contextlib.suppress(OSError):
+            while data := conn.recv(65536):
+                out = []
+                for item in decoder.feed(data):
+                    if isinstance(item, es.FrameError):
+                        return
+                    rpc = es.resolve_rpc(item)
+                    if isinstance(rpc, es.FrameError):
+                        return
+                    if rpc.type is es.MessageType.CONNECT:
+                        out.append(accepted)
+                    elif rpc.type is es.MessageType.APPLICATION_MESSAGE and \
+                            rpc.header(es.OPERATION) is not None:
+                        out.append(answer(rpc.stream_id))
+                if out:
+                    conn.sendall(b"".join(out))
+
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path + ".new")
+    listener.listen()
+    os.rename(path + ".new", path)  # the path shows once it is listening: no refused connect
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+
+def _ceiling() -> dict[str, float]:
+    """The SDK publisher's rate (and CPU per publish, its own and the stub's) against
+    `_stub_serve`: warm-up, then the best of two rounds, as `_measure`."""
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="bench-ipc-stub-"))
+    path = str(folder / "ipc.sock")
+    stub = multiprocessing.get_context("spawn").Process(target=_stub_serve, args=(path,),
+                                                         daemon=True)
+    stub.start()
+    try:
+        _agent.wait(lambda: os.path.exists(path), 60)
+        assert stub.pid is not None
+        publisher = IpcPublisher(GreengrassCoreIPCClientV2(
+            client=connect(ipc_socket=path, authtoken="stub"), executor=None))
+        try:
+            _send(publisher, COUNT, None)
+            best, stub_cpu, publisher_cpu = 0.0, 0.0, 0.0
+            for _ in range(2):
+                server, mine = _cpu_seconds(stub.pid), time.process_time()
+                began = _send(publisher, COUNT, None)
+                took = time.monotonic() - began
+                stub_cpu += _cpu_seconds(stub.pid) - server
+                publisher_cpu += time.process_time() - mine
+                best = max(best, COUNT / took)
+        finally:
+            publisher.close()
+    finally:
+        stub.kill()
+        stub.join(10)
+        shutil.rmtree(folder, ignore_errors=True)
+    return {"throughput": best, "stub_us": stub_cpu / (2 * COUNT) * 1e6,
+            "publisher_us": publisher_cpu / (2 * COUNT) * 1e6}
+
+
 def _run_side(kind: str, where: str, tokens: list[str], server_pid: int,
               make: Callable[[], Publisher]) -> dict[str, float]:
     out: dict[str, float] = {}
@@ -271,9 +366,10 @@ def run() -> Iterator[harness.Figure]:
         records = json.loads((agent.root / "state" / "components.json").read_text())
         ipc = _run_side("ipc", str(agent.root / "ipc" / "ipc.sock"),
                         [records[n]["token"] for n in subs], agent.proc.pid,
-                        lambda: IpcPublisher(agent))
+                        lambda: IpcPublisher(_ipc.client(agent, "pub")))
     finally:
         agent.close()
+    ceiling = _ceiling()
     with Mosquitto() as broker:
         assert broker.proc is not None
         mq = _run_side("mqtt", str(broker.port), subs, broker.proc.pid,
@@ -281,6 +377,14 @@ def run() -> Iterator[harness.Figure]:
     for n in (1, 10):
         yield harness.Figure(f"throughput_ratio_{n}", ipc[f"throughput_{n}"], "msg/s",
                              mq[f"throughput_{n}"], ">= 1.0x mosquitto+paho (QoS 1)")
+    yield harness.Figure(
+        "throughput_ceiling_1", ceiling["throughput"], "msg/s", None,
+        f"report only: the SDK publisher against a stub server that stores and forwards "
+        f"nothing (publisher {ceiling['publisher_us']:.0f} us, stub "
+        f"{ceiling['stub_us']:.0f} us of CPU per publish)")
+    yield harness.Figure("throughput_ratio_1_ceiling", ceiling["throughput"], "msg/s",
+                         mq["throughput_1"], "report only: the most any server reaches "
+                         "with the SDK publisher, ÷ mosquitto+paho")
     yield harness.Figure("p99_ms_2000", ipc["p99"], "ms", mq["p99"],
                          "<= 5 ms (10 subscribers at 2,000 msg/s; baseline: mosquitto)")
     yield harness.Figure("p50_ms_2000", ipc["p50"], "ms", mq["p50"],

@@ -162,7 +162,88 @@ def render(message: Message) -> bytes:
 
 # --- decoding -------------------------------------------------------------------------
 
-def _parse_headers(data: bytes | memoryview) -> tuple[Header, ...] | FrameError:
+# Bytes of a header's value by type code; -1: a u16 length, then that many bytes.
+_VALUE_BYTES: Final = (0, 0, 1, 2, 4, 8, -1, -1, 8, 16)
+_TYPES: Final = tuple(HeaderType)
+# The headers a client sends repeat from message to message (the SDK sends six per
+# request, five of them the same each time): a parsed header is kept by its exact bytes
+# and found again with one dict lookup, no decoding and no new object. Bounded: a client
+# sending ever-new headers (or stream ids) only empties it now and then, costing misses.
+# Its values are immutable and equal to what `_parse_headers_exactly` makes of the same
+# bytes (a property test checks), so the cache changes the speed, not the results.
+_HEADER_CACHE: dict[bytes, Header] = {}
+_HEADER_CACHE_ENTRIES: Final = 512
+_HEADER_CACHE_BYTES: Final = 160  # a longer header is parsed each time, not kept
+
+
+def _parse_headers(data: bytes, pos: int, end: int) -> tuple[Header, ...] | FrameError:
+    """The headers in data[pos:end]. The fast path bounds each header from its type and
+    length bytes and looks its bytes up in the cache; anything it does not take (a bad
+    type, an overrun, text that is not UTF-8) goes to the exact parser, which names the
+    problem."""
+    out: list[Header] = []
+    start, cache = pos, _HEADER_CACHE
+    while pos < end:
+        name_end = pos + 1 + data[pos]
+        if name_end >= end:
+            break
+        code = data[name_end]
+        if code > 9:
+            break
+        size = _VALUE_BYTES[code]
+        if size < 0:
+            if name_end + 3 > end:
+                break
+            stop = name_end + 3 + ((data[name_end + 1] << 8) | data[name_end + 2])
+        else:
+            stop = name_end + 1 + size
+        if stop > end:
+            break
+        raw = data[pos:stop]
+        header = cache.get(raw)
+        if header is None:
+            header = _header_of(raw, name_end - pos, code)
+            if header is None:
+                break
+            if len(raw) <= _HEADER_CACHE_BYTES:
+                if len(cache) >= _HEADER_CACHE_ENTRIES:
+                    cache.clear()
+                cache[raw] = header
+        out.append(header)
+        pos = stop
+    else:
+        return tuple(out)
+    return _parse_headers_exactly(memoryview(data)[start:end])
+
+
+def _header_of(raw: bytes, name_end: int, code: int) -> Header | None:
+    """One header from its bytes, already bounded (`_parse_headers`); None when its text
+    is not UTF-8."""
+    try:
+        name = raw[1:name_end].decode()
+    except UnicodeDecodeError:
+        return None
+    kind = _TYPES[code]
+    value: HeaderValue
+    if code <= 1:
+        value = code == 0
+    elif kind is HeaderType.BYTE_BUF:
+        value = raw[name_end + 3:]
+    elif kind is HeaderType.STRING:
+        try:
+            value = raw[name_end + 3:].decode()
+        except UnicodeDecodeError:
+            return None
+    elif kind is HeaderType.UUID:
+        value = uuid.UUID(bytes=raw[name_end + 1:])
+    else:
+        value = _INTS[kind].unpack_from(raw, name_end + 1)[0]
+    return Header(name, value, kind)
+
+
+def _parse_headers_exactly(data: bytes | memoryview) -> tuple[Header, ...] | FrameError:
+    """Header by header, naming the first problem (the reference `_parse_headers` falls
+    back to)."""
     out: list[Header] = []
     pos, end = 0, len(data)
     while pos < end:
@@ -223,6 +304,7 @@ class Decoder:
                  max_headers: int = limits.MAX_IPC_HEADERS_BYTES) -> None:
         self.max_message, self.max_headers = max_message, max_headers
         self._buffer = bytearray()
+        self._need = PRELUDE_BYTES  # bytes the buffer must hold before a frame can end
         self.failed: FrameError | None = None
 
     @property
@@ -233,13 +315,21 @@ class Decoder:
     def feed(self, data: bytes) -> list[Message | FrameError]:
         if self.failed is not None:
             return []
-        self._buffer += data
+        if type(data) is not bytes:  # slices must be bytes: hashable, and the payload's type
+            data = bytes(data)
+        if self._buffer:
+            # Wait in the buffer until a frame can be whole, then parse from one bytes
+            # object: a big frame arriving in many reads is copied once, not per read.
+            self._buffer += data
+            if len(self._buffer) < self._need:
+                return []
+            data = bytes(self._buffer)
+            self._buffer.clear()
         out: list[Message | FrameError] = []
-        buf = self._buffer
-        pos = 0
-        while len(buf) - pos >= PRELUDE_BYTES:
-            total, headers_len, crc = _U32x3.unpack_from(buf, pos)
-            if binascii.crc32(memoryview(buf)[pos:pos + 8]) != crc:
+        pos, size, crc32 = 0, len(data), binascii.crc32
+        while size - pos >= PRELUDE_BYTES:
+            total, headers_len, crc = _U32x3.unpack_from(data, pos)
+            if crc32(data[pos:pos + 8]) != crc:
                 return self._fail(out, FrameError(Problem.PRELUDE_CRC))
             if total > self.max_message:
                 return self._fail(out, FrameError(
@@ -251,22 +341,23 @@ class Decoder:
             if total < _MIN_MESSAGE or headers_len > total - _MIN_MESSAGE:
                 return self._fail(out, FrameError(
                     Problem.BAD_LENGTHS, f"total {total}, headers {headers_len}"))
-            if len(buf) - pos < total:
+            end = pos + total
+            if size < end:
+                self._need = total
                 break
-            view = memoryview(buf)[pos:pos + total]
-            (want,) = _U32.unpack_from(view, total - 4)
-            if binascii.crc32(view[:total - 4]) != want:
-                view.release()
+            (want,) = _U32.unpack_from(data, end - 4)
+            if crc32(data[pos:end - 4]) != want:
                 return self._fail(out, FrameError(Problem.MESSAGE_CRC))
-            headers = _parse_headers(view[PRELUDE_BYTES:PRELUDE_BYTES + headers_len])
-            payload = bytes(view[PRELUDE_BYTES + headers_len:total - 4])
-            view.release()
+            payload_at = pos + PRELUDE_BYTES + headers_len
+            headers = _parse_headers(data, pos + PRELUDE_BYTES, payload_at)
             if isinstance(headers, FrameError):
                 return self._fail(out, headers)
-            out.append(Message(headers, payload))
-            pos += total
-        if pos:
-            del buf[:pos]
+            out.append(Message(headers, data[payload_at:end - 4]))
+            pos = end
+        else:
+            self._need = PRELUDE_BYTES
+        if pos < size:
+            self._buffer += data[pos:] if pos else data
         return out
 
     def finish(self) -> FrameError | None:
@@ -340,22 +431,32 @@ class RpcMessage:
         """A string header's value (names compare case-insensitively, as awscrt does)."""
         name = name.lower()
         for h in self.headers:
-            if h.name.lower() == name and isinstance(h.value, str) and \
-                    h.type is HeaderType.STRING:
+            # Names are mostly sent in lower case already: one comparison, no new string.
+            if (h.name == name or h.name.lower() == name) and isinstance(h.value, str) \
+                    and h.type is HeaderType.STRING:
                 return h.value
         return None
 
 
-# The three headers every RPC message starts with, as one struct (names and types fixed).
-_RPC_PREFIX = struct.Struct(">B13sBiB14sBiB10sBi")
+# The three headers every RPC message starts with, as one struct (names and types fixed),
+# up to the stream id's value.
+_RPC_PREFIX = struct.Struct(">B13sBiB14sBiB10sB")
+_I32 = struct.Struct(">i")
+_MESSAGE_TYPES: Final = tuple(MessageType)  # by value: 0..7
+_FLAGS: Final = tuple(Flag(bits) for bits in range(4))  # by the bits that mean something
+
+
+@functools.lru_cache(maxsize=64)
+def _rpc_prefix(kind: MessageType, flags: Flag) -> bytes:
+    return _RPC_PREFIX.pack(13, b":message-type", HeaderType.INT32, kind,
+                            14, b":message-flags", HeaderType.INT32, int(flags),
+                            10, b":stream-id", HeaderType.INT32)
 
 
 def render_rpc_headers(kind: MessageType, flags: Flag, stream_id: int,
                        headers: Iterable[Header] = ()) -> bytes:
-    return _RPC_PREFIX.pack(
-        13, b":message-type", HeaderType.INT32, kind,
-        14, b":message-flags", HeaderType.INT32, int(flags),
-        10, b":stream-id", HeaderType.INT32, stream_id) + render_headers(headers)
+    rpc = _rpc_prefix(kind, flags) + _I32.pack(stream_id)
+    return rpc + render_headers(headers) if headers else rpc
 
 
 def render_rpc(message: RpcMessage) -> bytes:
@@ -366,48 +467,62 @@ def render_rpc(message: RpcMessage) -> bytes:
 def resolve_rpc(message: Message) -> RpcMessage | FrameError:
     """The RPC view of a decoded message; a FrameError when its RPC headers are missing,
     of the wrong type or out of range."""
-    found: dict[str, int] = {}
+    kind: int | None = None
+    flags = stream_id = 0
     rest: list[Header] = []
     for h in message.headers:
-        if h.name in _RPC_HEADERS:
-            if h.type is not HeaderType.INT32 or not isinstance(h.value, int):
-                return FrameError(Problem.BAD_RPC, f"{h.name} is a {h.type.name}, not INT32")
-            found[h.name] = h.value
+        name = h.name
+        if name in _RPC_HEADERS:
+            value = h.value
+            if h.type is not HeaderType.INT32 or not isinstance(value, int):
+                return FrameError(Problem.BAD_RPC, f"{name} is a {h.type.name}, not INT32")
+            if name == MESSAGE_TYPE:  # a repeated header: the last one counts
+                kind = value
+            elif name == STREAM_ID:
+                stream_id = value
+            else:
+                flags = value
         else:
             rest.append(h)
-    if MESSAGE_TYPE not in found:
+    if kind is None:
         return FrameError(Problem.BAD_RPC, f"no {MESSAGE_TYPE} header")
-    try:
-        kind = MessageType(found[MESSAGE_TYPE])
-    except ValueError:
-        return FrameError(Problem.BAD_RPC, f"unknown message type {found[MESSAGE_TYPE]}")
-    stream_id = found.get(STREAM_ID, 0)
+    if not 0 <= kind < len(_MESSAGE_TYPES):
+        return FrameError(Problem.BAD_RPC, f"unknown message type {kind}")
     if stream_id < 0:
         return FrameError(Problem.BAD_RPC, f"negative stream id {stream_id}")
-    flags = found.get(MESSAGE_FLAGS, 0)
-    return RpcMessage(kind, Flag(flags & (Flag.CONNECTION_ACCEPTED | Flag.TERMINATE_STREAM)),
-                      stream_id, tuple(rest), message.payload)
+    return RpcMessage(_MESSAGE_TYPES[kind], _FLAGS[flags & 3], stream_id, tuple(rest),
+                      message.payload)
 
 
 @functools.lru_cache(maxsize=256)
-def _json_model_headers(model: str) -> bytes:
-    return render_headers((Header.string(CONTENT_TYPE, JSON),
-                           Header.string(SERVICE_MODEL_TYPE, model)))
+def _application_headers(model: str, error: bool, terminate: bool) -> tuple[bytes, bytes]:
+    """The headers of an application message but the stream id's value: before, after."""
+    return (_rpc_prefix(MessageType.APPLICATION_ERROR if error
+                        else MessageType.APPLICATION_MESSAGE,
+                        Flag.TERMINATE_STREAM if terminate else Flag.NONE),
+            render_headers((Header.string(CONTENT_TYPE, JSON),
+                            Header.string(SERVICE_MODEL_TYPE, model))))
 
 
 def render_application_headers(stream_id: int, model: str, *, error: bool = False,
                                terminate: bool = False) -> bytes:
     """The headers of a JSON application message (or modelled error) of the Greengrass
     service model: `model` is its shape, e.g. ``aws.greengrass#PublishToTopicResponse``."""
-    return render_rpc_headers(
-        MessageType.APPLICATION_ERROR if error else MessageType.APPLICATION_MESSAGE,
-        Flag.TERMINATE_STREAM if terminate else Flag.NONE, stream_id
-    ) + _json_model_headers(model)
+    before, after = _application_headers(model, error, terminate)
+    return before + _I32.pack(stream_id) + after
+
+
+_render_json = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, not one a call
+
+
+def render_json(body: object) -> bytes:
+    """Compact JSON, as the payloads of the service model are sent."""
+    return b"{}" if body == {} else _render_json(body).encode()
 
 
 def render_application(stream_id: int, model: str, body: object, *,
                        error: bool = False, terminate: bool = False) -> bytes:
     return render_frame(
         render_application_headers(stream_id, model, error=error, terminate=terminate),
-        json.dumps(body, separators=(",", ":")).encode())
+        render_json(body))
 

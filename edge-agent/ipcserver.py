@@ -68,6 +68,7 @@ SERVICE_ERROR: Final = "aws.greengrass#ServiceError"
 _CONNECT_MAX_BYTES: Final = 16 * limits.KIB
 _MAX_TOKEN: Final = 512
 _LOG_BURST: Final = 20
+_DECISIONS: Final = 256  # authorization decisions a connection remembers (~50 KB at most)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +106,7 @@ class Stream:
         self._on_close: list[Callable[[], None]] = []
 
     def send(self, body: Mapping[str, Any]) -> bool:
-        return self.send_payload(json.dumps(body, separators=(",", ":")).encode())
+        return self.send_payload(es.render_json(body))
 
     def send_payload(self, payload: bytes) -> bool:
         """Queue one event (the JSON payload of `event_model`). False: not sent — the
@@ -158,11 +159,23 @@ class Call:
     operation: str
     request: dict[str, Any]
     stream: Stream | None = None
+    # The connection's earlier decisions, (service, operation, resource) -> allowed: a
+    # connection's caller, and so its policies, never change (Server.refresh closes the
+    # connections whose component changed), so a decision holds as long as it is open.
+    decisions: dict[tuple[str, str, str], bool] | None = None
 
     def authorize(self, service: str, resource: str) -> None:
         """Raise the UnauthorizedError naming the policy to write, unless one allows it."""
-        if not accesscontrol.is_allowed(self.caller.policies, service, self.operation,
-                                        resource, self.caller.thing):
+        key = (service, self.operation, resource)
+        decisions = self.decisions if self.decisions is not None else {}
+        allowed = decisions.get(key)
+        if allowed is None:
+            allowed = accesscontrol.is_allowed(self.caller.policies, service,
+                                               self.operation, resource, self.caller.thing)
+            if len(decisions) >= _DECISIONS:  # resources are the client's choice: bounded
+                decisions.clear()
+            decisions[key] = allowed
+        if not allowed:
             message = accesscontrol.render_refusal(self.caller.component, service,
                                                    self.operation, resource)
             raise RefusalError(UNAUTHORIZED, message)
@@ -199,6 +212,7 @@ class Connection(asyncio.Protocol):
         self.decoder = es.Decoder(max_message=_CONNECT_MAX_BYTES)
         self.caller: Caller | None = None
         self.streams: dict[int, Stream] = {}
+        self.decisions: dict[tuple[str, str, str], bool] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.transport: asyncio.Transport | None = None
         self.peer = "unknown peer"
@@ -414,8 +428,8 @@ class Connection(asyncio.Protocol):
                 SERVICE_ERROR, f"operation {operation} is not served by Hedgerow's IPC "
                 f"(served: {', '.join(sorted(self.server.operations)) or 'none'})"))
             return
-        try:
-            request = json.loads(message.payload or b"{}")
+        try:  # UTF-8, as RFC 8259 has it (and not json.loads' guess among UTF-8/16/32)
+            request = json.loads(message.payload.decode()) if message.payload else {}
         except (ValueError, RecursionError):  # RecursionError: [[[[… nested too deep
             request = None
         if not isinstance(request, dict):
@@ -431,13 +445,13 @@ class Connection(asyncio.Protocol):
                 return
             stream = self.streams[sid] = Stream(self, sid, op.stream_event)
         assert self.caller is not None
-        call = Call(self.caller, operation, request, stream)
+        call = Call(self.caller, operation, request, stream, self.decisions)
         try:
             result = op.handler(call)
         except Exception as exc:
             self.finish(op, call, sid, exc)
             return
-        if inspect.isawaitable(result):
+        if not isinstance(result, dict) and inspect.isawaitable(result):
             task = asyncio.ensure_future(self._await(op, call, sid, result))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)

@@ -5,11 +5,14 @@ mismatch, oversized or early frames, pings, bad requests, the stream bound."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import pathlib
 from collections.abc import Awaitable, Callable
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from hedgerow.agent import ipcserver, pubsub
 from hedgerow.core import accesscontrol, limits
@@ -136,7 +139,9 @@ def test_bad_requests_are_modelled_errors(tmp_path: pathlib.Path) -> None:
         p.call(7, pubsub.SUBSCRIBE, {"topic": "a", "receiveMode": "SOMETIMES"})
         p.call(9, pubsub.PUBLISH, {"topic": "a", "publishMessage": {
             "binaryMessage": {"message": "%%%"}}})
-        for sid in (1, 3, 5, 7, 9):
+        p.send(es.RpcMessage(es.MessageType.APPLICATION_MESSAGE, stream_id=11, headers=(
+            es.Header.string(es.OPERATION, pubsub.PUBLISH),), payload=b'{"topic": "\xff"}'))
+        for sid in (1, 3, 5, 7, 9, 11):
             answer = await p.receive()
             assert answer is not None and answer.stream_id == sid
             assert answer.type is es.MessageType.APPLICATION_ERROR
@@ -172,3 +177,38 @@ def test_json_nested_too_deep_is_invalid_arguments(tmp_path: pathlib.Path) -> No
         assert answer is not None
         assert answer.header(es.SERVICE_MODEL_TYPE) == ipcserver.INVALID_ARGUMENTS
     serve(test, tmp_path)
+
+
+@hypothesis.given(st.text(min_size=1, max_size=30), st.binary(max_size=64),
+                  st.none() | st.integers() | st.text(max_size=10))
+def test_events_are_the_json_of_their_message(topic: str, data: bytes,
+                                              value: object) -> None:
+    """A binary message's event, put together without the JSON encoder, is what the
+    encoder makes of it (a topic may hold quotes, backslashes, any Unicode)."""
+    def event(message: dict[str, object]) -> object:
+        call = ipcserver.Call(ipcserver.Caller("c", TOKEN, POLICIES), pubsub.PUBLISH,
+                              {"topic": topic, "publishMessage": message})
+        return json.loads(pubsub._event_of(call, topic))
+    encoded = base64.b64encode(data).decode()
+    assert event({"binaryMessage": {"message": encoded}}) == {
+        "binaryMessage": {"message": encoded, "context": {"topic": topic}}}
+    assert event({"jsonMessage": {"message": value}}) == {
+        "jsonMessage": {"message": value, "context": {"topic": topic}}}
+
+
+def test_authorization_decisions_are_remembered_per_connection_and_bounded() -> None:
+    policies = accesscontrol.resolve_policies("c", {"accessControl": {
+        accesscontrol.PUBSUB: {"p": {"operations": ["*"], "resources": ["ok/*"]}}}})
+    decisions: dict[tuple[str, str, str], bool] = {}
+    call = ipcserver.Call(ipcserver.Caller("c", TOKEN, policies), pubsub.PUBLISH, {},
+                          decisions=decisions)
+    for _ in range(2):  # the second time from what it remembered: the same answers
+        call.authorize(accesscontrol.PUBSUB, "ok/1")
+        with pytest.raises(ipcserver.RefusalError) as refused:
+            call.authorize(accesscontrol.PUBSUB, "no/1")
+        assert refused.value.model == ipcserver.UNAUTHORIZED
+    assert decisions == {(accesscontrol.PUBSUB, pubsub.PUBLISH, "ok/1"): True,
+                         (accesscontrol.PUBSUB, pubsub.PUBLISH, "no/1"): False}
+    for i in range(3 * ipcserver._DECISIONS):
+        call.authorize(accesscontrol.PUBSUB, f"ok/{i}")
+        assert len(decisions) <= ipcserver._DECISIONS
