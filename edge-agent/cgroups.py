@@ -172,8 +172,8 @@ class Cgroups:
             except FileNotFoundError:
                 if attempt == 2:
                     raise
-                # Removed behind our back (an operator; an older agent's start-up sweep): made again,
-                # with the limits it had.
+                # Removed behind our back (an operator; an older agent's start-up
+                # sweep): made again, with the limits it had.
                 self._made.pop(name, None)
                 self.make(name, limits)
 
