@@ -175,19 +175,23 @@ def agent(agent_home: pathlib.Path) -> Iterator[AgentProcess]:
 
 
 def remove_cgroups(thing: str, timeout: float = 5.0) -> None:
-    """The cgroup folders this thing's agent made: kill what is left in them (only this
-    test's processes), then remove them once the kernel has let those processes go."""
+    """The cgroup folders this thing's agent made (and a test made under them): kill
+    what is left in them (only this test's processes), then remove them, deepest first,
+    once the kernel has let those processes go. v1's freezer too (a paused component):
+    thawed first, as a frozen process dies only once thawed. Left behind, they pile up
+    over runs (nothing else removes another thing's folders: cgroups.py)."""
     folders = [base / "hedgerow" / thing for base in (
         pathlib.Path("/sys/fs/cgroup/memory"), pathlib.Path("/sys/fs/cgroup/cpu"),
-        pathlib.Path("/sys/fs/cgroup"))]
+        pathlib.Path("/sys/fs/cgroup/freezer"), pathlib.Path("/sys/fs/cgroup"))]
     deadline = time.monotonic() + timeout
     while True:
         for folder in folders:
             if not folder.is_dir():
                 continue
-            for child in [*folder.iterdir(), folder]:
-                if not child.is_dir():
-                    continue
+            for path, _dirs, _files in os.walk(folder, topdown=False):
+                child = pathlib.Path(path)
+                with contextlib.suppress(OSError):
+                    (child / "freezer.state").write_text("THAWED")
                 with contextlib.suppress(OSError, ValueError):
                     for pid in (child / "cgroup.procs").read_text().split():
                         os.kill(int(pid), signal.SIGKILL)
