@@ -251,14 +251,23 @@ def test_limits_are_visible_in_docker_inspect(
 def test_ports_bind_to_loopback(
     runtime: ContainerRuntime, make_config: ConfigMaker,
 ) -> None:
-    with socket.socket() as probe:  # a free port, so parallel runs do not collide
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = make_config(
-        command=["/bin/sh", "-c", "mkdir -p /tmp/www && echo up > /tmp/www/index.html && "
-                 "exec httpd -f -p 8080 -h /tmp/www"],
-        ports=[{"containerPort": 8080, "hostPort": port}])
-    runtime.apply(config)
+    for attempt in range(5):
+        with socket.socket() as probe:  # a free port, so parallel runs do not collide
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        config = make_config(
+            command=["/bin/sh", "-c", "mkdir -p /tmp/www && echo up > /tmp/www/index.html "
+                     "&& exec httpd -f -p 8080 -h /tmp/www"],
+            ports=[{"containerPort": 8080, "hostPort": port}])
+        try:
+            runtime.apply(config)
+            break
+        except (PermanentError, TransientError) as exc:
+            # Free a moment ago, bound since by another worker's server: another port.
+            if attempt == 4 or not any(taken in str(exc) for taken in (
+                    "already allocated", "address already in use")):
+                raise
+            runtime.remove(config.component, timeout=5)
 
     def fetch() -> bytes:
         """The whole answer (headers and body may come in separate reads), or b""."""
