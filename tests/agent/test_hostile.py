@@ -234,7 +234,8 @@ def test_empty_cgroups_of_removed_components_are_removed_and_other_things_left_a
     # agent's (it may have just made it, to move a process in): left alone.
     leftovers = [base / "cpu" / "hedgerow" / THING / "removed",
                  base / "cpu" / "hedgerow" / THING / "_shared",
-                 base / "memory" / "hedgerow" / THING / "removed"]
+                 base / "memory" / "hedgerow" / THING / "removed",
+                 base / "freezer" / "hedgerow" / THING / "removed"]  # was paused
     for folder in leftovers:
         folder.mkdir(parents=True, exist_ok=True)
     other = base / "cpu" / "hedgerow" / f"{THING}-other" / "x"
