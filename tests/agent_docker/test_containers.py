@@ -16,6 +16,7 @@ from hedgerow.agent.containers import Backoff, ContainerRuntime
 from hedgerow.agent.dockererrors import PermanentError, TransientError
 from hedgerow.core import container
 from hedgerow.core.documents import ComponentState
+from tests.support import net
 from tests.support.wait import wait_for
 
 from .conftest import SLEEPER, ConfigMaker, Made, owned_images
@@ -252,9 +253,7 @@ def test_ports_bind_to_loopback(
     runtime: ContainerRuntime, make_config: ConfigMaker,
 ) -> None:
     for attempt in range(5):
-        with socket.socket() as probe:  # a free port, so parallel runs do not collide
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = net.free_port()  # held from other workers until docker-proxy binds it
         config = make_config(
             command=["/bin/sh", "-c", "mkdir -p /tmp/www && echo up > /tmp/www/index.html "
                      "&& exec httpd -f -p 8080 -h /tmp/www"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import pathlib
 import socket
@@ -10,12 +11,27 @@ LOOPBACK = "127.0.0.1"
 _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp
 
 
+# The sockets behind the ports free_port() handed out lately (see there).
+_held: collections.deque[socket.socket] = collections.deque()
+_HELD = 256
+
+
 def free_port() -> int:
-    """A loopback port that was free a moment ago (callers retry on a race)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A loopback port no other free_port(), in this process or another, hands out for a
+    while: the socket it was found with stays bound (SO_REUSEADDR, never listening) for
+    the next 255 calls. The kernel's bind(0) skips a port with a socket bound to it, so
+    another worker cannot be handed it between now and our server's bind, which
+    SO_REUSEADDR lets through (every server the tests start sets it: Go's net.Listen,
+    mosquitto, asyncio's and http.server's servers, docker-proxy). A server that does
+    not set it fails to bind: callers retry on another port."""
+    held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    held.bind((LOOPBACK, 0))
+    _held.append(held)
+    while len(_held) > _HELD:
+        _held.popleft().close()
+    port: int = held.getsockname()[1]
+    return port
 
 
 def _listening_inodes(port: int) -> set[int]:
