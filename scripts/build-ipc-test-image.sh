@@ -26,7 +26,9 @@ digest=$( { "$python" --version; cat "$python" "$component" "$0";
 # two at once would both import, and the later one remove the earlier's image as
 # `previous` while a test may be starting a container from it. Waiting, then checking
 # the label, finds the other's build done.
-exec 9>"/tmp/hedgerow-build-$(printf %s "$image" | tr -c 'A-Za-z0-9._-' '_').lock"
+lock=/tmp/hedgerow-build-$(printf %s "$image" | tr -c 'A-Za-z0-9._-' '_').lock
+[ -e "$lock" ] || (umask 0; : >>"$lock") 2>/dev/null || true
+exec 9<"$lock"  # read-only: any user's, whoever made it (flock needs no write)
 flock 9
 current=$(docker image inspect -f '{{index .Config.Labels "hedgerow.dev/ipc-python"}}' "$image" 2>/dev/null || true)
 if [ "$current" = "$digest" ]; then
