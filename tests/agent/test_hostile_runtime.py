@@ -99,7 +99,7 @@ class NamespacedAgent(AgentProcess):
              sys.executable, "-m", "hedgerow", "agent", "run", "--root", str(self.root),
              "--thing", self.thing, "--resync", self.resync, "--settle", "0.5", *extra],
             stdout=log, stderr=log, start_new_session=True)
-        wait_for(lambda: (self.root / "agent.sock").exists(), 15, "the control socket")
+        wait_for(lambda: (self.root / "agent.sock").exists(), 30, "the control socket")
 
 
 @pytest.fixture
