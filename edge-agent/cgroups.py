@@ -285,7 +285,10 @@ class Cgroups:
         folder with a process or a child stays (rmdir refuses). Another thing's folders
         are its agent's to remove."""
         removed = []
-        for hierarchy in self._hierarchies():
+        # v1's freezer too: a paused component's folder there outlives it when it is
+        # removed while the agent is down (remove() takes it otherwise).
+        paused = ("freezer",) if self.version == 1 else ()
+        for hierarchy in (*self._hierarchies(), *paused):
             root = self._path(hierarchy, "")
             if not root.is_dir():
                 continue

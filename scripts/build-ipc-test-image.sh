@@ -16,9 +16,20 @@ python=$(readlink -f /usr/bin/python3)
 site=$("$venv/bin/python" -c 'import awscrt, os; print(os.path.dirname(os.path.dirname(awscrt.__file__)))')
 stdlib=$("$python" -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')
 component=tests/agent/ipc_component.py
-digest=$( { "$python" --version; sha256sum "$python" "$component" "$0";
+# Contents only: `sha256sum FILE` would add the path as it was given, and `make image`
+# (scripts/...) and the test fixture (/abs/path/scripts/...) would each find the other's
+# build stale and rebuild it, every run, checkouts flip-flopping the one machine image.
+digest=$( { "$python" --version; cat "$python" "$component" "$0";
             cat "$site"/awscrt-*.dist-info/RECORD "$site"/awsiotsdk-*.dist-info/RECORD; } \
           | sha256sum | cut -c1-16)
+# One build at a time on the machine (the image is the machine's, not the checkout's):
+# two at once would both import, and the later one remove the earlier's image as
+# `previous` while a test may be starting a container from it. Waiting, then checking
+# the label, finds the other's build done.
+lock=/tmp/hedgerow-build-$(printf %s "$image" | tr -c 'A-Za-z0-9._-' '_').lock
+[ -e "$lock" ] || (umask 0; : >>"$lock") 2>/dev/null || true
+exec 9<"$lock"  # read-only: any user's, whoever made it (flock needs no write)
+flock 9
 current=$(docker image inspect -f '{{index .Config.Labels "hedgerow.dev/ipc-python"}}' "$image" 2>/dev/null || true)
 if [ "$current" = "$digest" ]; then
   exit 0

@@ -7,6 +7,12 @@ set -euo pipefail
 image=${1:-hedgerow/busybox:latest}
 busybox=$(command -v busybox)
 digest=$(sha256sum "$busybox" | cut -c1-16)
+# One build at a time on the machine (every test worker's session checks it): waiting,
+# then checking the label, finds another's build done instead of importing it again.
+lock=/tmp/hedgerow-build-$(printf %s "$image" | tr -c 'A-Za-z0-9._-' '_').lock
+[ -e "$lock" ] || (umask 0; : >>"$lock") 2>/dev/null || true
+exec 9<"$lock"  # read-only: any user's, whoever made it (flock needs no write)
+flock 9
 current=$(docker image inspect -f '{{index .Config.Labels "hedgerow.dev/busybox"}}' "$image" 2>/dev/null || true)
 if [ "$current" = "$digest" ]; then
   exit 0

@@ -8,6 +8,7 @@ import docker
 import paho.mqtt.client as mqtt
 
 from tests.support.mosquitto import Mosquitto
+from tests.support.wait import wait_for
 
 
 def test_the_local_image_runs_busybox(docker_client: docker.DockerClient, test_image: str) -> None:
@@ -30,22 +31,35 @@ def _client(broker: Mosquitto, cn: str | None = None) -> mqtt.Client:
     return client
 
 
-def _retained(broker: Mosquitto, topic: str, cn: str | None = None) -> list[bytes]:
-    """Subscribe, and collect what arrives within a short window (retained messages)."""
-    got: list[bytes] = []
-    arrived = threading.Event()
+def _retained(broker: Mosquitto, topic: str, cn: str | None = None, *,
+              barrier: str, barrier_cn: str | None = None) -> list[bytes]:
+    """Subscribe, and collect every retained message the broker sends for it.
+
+    Not "what arrives within a moment" (a loaded machine takes longer than any moment):
+    mosquitto queues the retained messages when it handles the SUBSCRIBE, so a live
+    message published to ``barrier`` (a topic the subscription reads; ``barrier_cn`` may
+    write it) after the SUBACK arrives after all of them.
+    """
+    got: list[mqtt.MQTTMessage] = []
+    subscribed = threading.Event()
     client = _client(broker, cn)
 
     def on_message(_c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
-        got.append(msg.payload)
-        arrived.set()
+        got.append(msg)
 
     client.on_message = on_message
+    client.on_subscribe = lambda *_: subscribed.set()
     client.subscribe(topic, qos=1)
-    arrived.wait(1.5)
+    assert subscribed.wait(30), "no SUBACK"
+    writer = _client(broker, barrier_cn)
+    writer.publish(barrier, b"barrier", qos=1).wait_for_publish(30)
+    writer.loop_stop()
+    writer.disconnect()
+    wait_for(lambda: any(not m.retain and m.payload == b"barrier" for m in got), 30,
+             "the barrier message")
     client.loop_stop()
     client.disconnect()
-    return got
+    return [bytes(m.payload) for m in got if m.retain]
 
 
 def test_a_plain_broker_keeps_retained_messages() -> None:
@@ -55,7 +69,8 @@ def test_a_plain_broker_keeps_retained_messages() -> None:
                           retain=True).wait_for_publish(5)
         publisher.loop_stop()
         publisher.disconnect()
-        assert _retained(broker, "hedgerow/things/gw-1/desired") == [b"doc"]
+        topic = "hedgerow/things/gw-1/desired"
+        assert _retained(broker, topic, barrier=topic) == [b"doc"]
 
 
 def test_the_tls_broker_lets_a_device_read_only_its_own_desired_topic() -> None:
@@ -66,4 +81,6 @@ def test_the_tls_broker_lets_a_device_read_only_its_own_desired_topic() -> None:
                                retain=True).wait_for_publish(5)
         controller.loop_stop()
         controller.disconnect()
-        assert _retained(broker, "hedgerow/things/+/desired", cn="gw-1") == [b"gw-1"]
+        assert _retained(broker, "hedgerow/things/+/desired", cn="gw-1",
+                         barrier="hedgerow/things/gw-1/desired",
+                         barrier_cn="hedgerow_controller") == [b"gw-1"]

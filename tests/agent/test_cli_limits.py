@@ -92,12 +92,12 @@ def test_each_component_has_its_own_cgroup_and_stop_finds_daemons(
     b_pid = agent.record("b")["process"]["pid"]
     # RUNNING means spawned: the agent's mover thread puts each into its cgroup (off the
     # loop) before its gate opens.
-    wait_for(lambda: _cpu_cgroup(a_pid) == f"/hedgerow/{THING}/a", 5, "a in its cgroup")
-    wait_for(lambda: _cpu_cgroup(b_pid) == f"/hedgerow/{THING}/b", 5, "b in its cgroup")
+    wait_for(lambda: _cpu_cgroup(a_pid) == f"/hedgerow/{THING}/a", 20, "a in its cgroup")
+    wait_for(lambda: _cpu_cgroup(b_pid) == f"/hedgerow/{THING}/b", 20, "b in its cgroup")
     assert pathlib.Path(f"/sys/fs/cgroup/memory/hedgerow/{THING}/a").is_dir()
     assert not pathlib.Path(f"/sys/fs/cgroup/memory/hedgerow/{THING}/b").exists()
     daemon_file = agent.root / "work" / "b" / "daemon.pid"
-    wait_for(lambda: daemon_file.exists() and daemon_file.read_text().strip(), 5, "daemon.pid")
+    wait_for(lambda: daemon_file.exists() and daemon_file.read_text().strip(), 20, "daemon.pid")
     daemon = int(daemon_file.read_text())
     assert os.getsid(daemon) != os.getsid(b_pid)  # really outside the group and session
     assert _cpu_cgroup(daemon) == f"/hedgerow/{THING}/b"
@@ -105,7 +105,7 @@ def test_each_component_has_its_own_cgroup_and_stop_finds_daemons(
     agent.wait_states({"a": "RUNNING", "b": "INSTALLED"})
     wait_for(lambda: not pathlib.Path(f"/proc/{daemon}").exists()
              or pathlib.Path(f"/proc/{daemon}/stat").read_text().split(") ")[1][0] == "Z",
-             5, "the daemon that left b's process group")
+             20, "the daemon that left b's process group")
     # A device that never ran a container never loaded Docker, nor looks for orphans.
     assert not (agent.root / "state" / "docker-used").exists()
 
@@ -120,7 +120,7 @@ def test_a_large_batch_lands_in_their_cgroups_and_the_agent_stays_out(
     agent.wait_states(dict.fromkeys(names, "RUNNING"))
     for name in names:
         pid = agent.record(name)["process"]["pid"]
-        wait_for(lambda p=pid, n=name: _cpu_cgroup(p) == f"/hedgerow/{THING}/{n}", 5,
+        wait_for(lambda p=pid, n=name: _cpu_cgroup(p) == f"/hedgerow/{THING}/{n}", 20,
                  f"{name} in its cgroup")
     assert agent.proc is not None
     assert _cpu_cgroup(agent.proc.pid) == _cpu_cgroup(os.getpid())  # where it was started

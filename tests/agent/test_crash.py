@@ -16,7 +16,7 @@ def test_kill9_then_restart_adopts_without_duplicates(agent: AgentProcess) -> No
     pid_a = agent.record("a")["process"]["pid"]
     # RUNNING means spawned: let the shells fork their children before taking stock.
     # Per component: hedgerow-gate (root, the step's parent), its shell and a sleep.
-    wait_for(lambda: len(pids_with_marker(agent.root)) == 6, 5, "gate, sh + sleep for a and b")
+    wait_for(lambda: len(pids_with_marker(agent.root)) == 6, 20, "gate, sh + sleep for a and b")
     before = pids_with_marker(agent.root)
     agent.kill9()
     assert pids_with_marker(agent.root) == before  # workloads survive the agent

@@ -86,7 +86,7 @@ def test_logs_get_follow_prints_new_lines(agent: AgentProcess) -> None:
     agent.deploy(rc("talker", "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done"))
     agent.wait_states({"talker": "RUNNING"})
     log = agent.root / "logs" / "talker.log"
-    wait_for(lambda: log.exists() and "tick 1" in log.read_text(), 5, "first tick")
+    wait_for(lambda: log.exists() and "tick 1" in log.read_text(), 20, "first tick")
     follow = subprocess.Popen(
         [sys.executable, "-m", "hedgerow", "logs", "get", "talker", "--follow", "--root",
          str(agent.root)], stdout=subprocess.PIPE, text=True)

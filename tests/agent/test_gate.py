@@ -273,7 +273,7 @@ def test_a_recipe_environment_never_loads_code_into_root(
         setenv={"LD_PRELOAD": str(library), "PRELOAD_NOTES": str(notes)},
         run=component.Step(script="sleep 60"))))
     agent.wait_states({"a": "RUNNING"})
-    wait_for(lambda: notes.read_text().strip() != "", 5, "the step to load the library")
+    wait_for(lambda: notes.read_text().strip() != "", 20, "the step to load the library")
     assert set(notes.read_text().split()) == {f"uid={NOBODY.pw_uid}"}
 
 

@@ -106,10 +106,10 @@ def test_links_planted_in_the_artifact_view_are_never_followed(
     agent.deploy(first)
     agent.wait_states({"c": "RUNNING"})
     err = agent.root / "work" / "c" / "err"
-    wait_for(lambda: err.exists() and len(err.read_text().splitlines()) >= 4, 5, "attempts")
+    wait_for(lambda: err.exists() and len(err.read_text().splitlines()) >= 4, 20, "attempts")
     lines = err.read_text().splitlines()
     assert all("Permission denied" in line for line in lines), lines
-    wait_for(lambda: (agent.root / "work" / "c" / "read").read_text() == "the tool\n", 5)
+    wait_for(lambda: (agent.root / "work" / "c" / "read").read_text() == "the tool\n", 20)
 
     view = agent.root / "artifacts" / "c" / "1.0.0"
     assert (view.stat().st_uid, view.stat().st_gid) == (0, NOBODY.pw_gid)
@@ -165,7 +165,7 @@ def test_the_unpack_staging_cannot_be_swapped_for_a_link(
     wait_for(lambda: agent.record("c")["version"] == "2.0.0"
              and agent.states() == {"c": "RUNNING"}, 15, "v2 running")
     out = agent.root / "work" / "c" / "v2"
-    wait_for(lambda: out.exists() and out.read_text() == "x\n", 5, "v2 reading its bundle")
+    wait_for(lambda: out.exists() and out.read_text() == "x\n", 20, "v2 reading its bundle")
     victim.assert_untouched()
     assert not list(victim.dir.iterdir())
     folder = unpacked / "2.0.0" / "bundle"
@@ -189,7 +189,7 @@ def test_a_fifo_for_an_exit_code_does_not_hang_the_agent_nor_forge_the_code(
     agent.deploy(rc("c", script), rc("ok"))
     agent.wait_states({"c": "RUNNING", "ok": "RUNNING"})
     work = agent.root / "work" / "c"
-    wait_for((work / "ready").exists, 5, "the attempts")
+    wait_for((work / "ready").exists, 20, "the attempts")
     assert (work / "err").read_text().count("Permission denied") == 2
     agent.kill9()
     agent.start()  # adopts c's process: it is not c's parent any more
@@ -209,7 +209,7 @@ def test_a_daemon_that_leaves_with_setsid_env_i_is_removed_with_its_component(
     agent.deploy(rc("c", daemon_script), rc("other"))
     agent.wait_states({"c": "RUNNING", "other": "RUNNING"})
     pid_file = agent.root / "work" / "c" / "daemon.pid"
-    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 5)
+    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 20)
     daemon = int(pid_file.read_text())
     environ = pathlib.Path(f"/proc/{daemon}/environ").read_bytes()
     assert b"HEDGEROW" not in environ  # no marker to find it by
@@ -234,7 +234,8 @@ def test_empty_cgroups_of_removed_components_are_removed_and_other_things_left_a
     # agent's (it may have just made it, to move a process in): left alone.
     leftovers = [base / "cpu" / "hedgerow" / THING / "removed",
                  base / "cpu" / "hedgerow" / THING / "_shared",
-                 base / "memory" / "hedgerow" / THING / "removed"]
+                 base / "memory" / "hedgerow" / THING / "removed",
+                 base / "freezer" / "hedgerow" / THING / "removed"]  # was paused
     for folder in leftovers:
         folder.mkdir(parents=True, exist_ok=True)
     other = base / "cpu" / "hedgerow" / f"{THING}-other" / "x"

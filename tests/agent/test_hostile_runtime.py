@@ -99,7 +99,7 @@ class NamespacedAgent(AgentProcess):
              sys.executable, "-m", "hedgerow", "agent", "run", "--root", str(self.root),
              "--thing", self.thing, "--resync", self.resync, "--settle", "0.5", *extra],
             stdout=log, stderr=log, start_new_session=True)
-        wait_for(lambda: (self.root / "agent.sock").exists(), 15, "the control socket")
+        wait_for(lambda: (self.root / "agent.sock").exists(), 30, "the control socket")
 
 
 @pytest.fixture
@@ -201,15 +201,18 @@ spec:
   version: 1.0.0
   manifests:
     - lifecycle:
-        run: {script: "id -u > /tmp/hedgerow-rooted-proof; sleep 60", requiresPrivilege: true}
+        run: {script: "id -u > PROOF; sleep 60", requiresPrivilege: true}
 """
 
 
 def test_a_local_deployment_above_the_ceiling_is_refused_when_created(
-    agent: AgentProcess, tmp_path: pathlib.Path,
+    agent: AgentProcess, agent_home: pathlib.Path, tmp_path: pathlib.Path,
 ) -> None:
     good = _good_running(agent)
-    (tmp_path / "rooted.yaml").write_text(PRIVILEGED_RECIPE)
+    # This test's own proof file: one fixed path in /tmp, left by any run where the step
+    # did run, would fail every later run on the machine.
+    proof = agent_home / "rooted-proof"
+    (tmp_path / "rooted.yaml").write_text(PRIVILEGED_RECIPE.replace("PROOF", str(proof)))
     created = agent.cli("deployment", "create", "--recipes", str(tmp_path),
                         "--merge", "com.example.Rooted=1.0.0")
     assert created.returncode == 1
@@ -220,4 +223,4 @@ def test_a_local_deployment_above_the_ceiling_is_refused_when_created(
     assert agent.outcome(good) == "SUCCEEDED"  # not REJECTED: the cloud document runs on
     assert agent.states() == {"com.example.Good": "RUNNING"}
     assert agent.cli("deployment", "list", "-o", "json").stdout.count("local-") == 0
-    assert not pathlib.Path("/tmp/hedgerow-rooted-proof").exists()
+    assert not proof.exists()

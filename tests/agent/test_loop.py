@@ -13,7 +13,7 @@ def test_a_component_runs_and_sees_its_environment(agent: AgentProcess) -> None:
                     configuration={"m": "hi"}))
     agent.wait_states({"a": "RUNNING"})
     log = agent.root / "logs" / "a.log"
-    line = wait_for(lambda: log.exists() and log.read_text(), 5, "log output")
+    line = wait_for(lambda: log.exists() and log.read_text(), 20, "log output")
     assert f"thing={THING} tok=32 user=nobody cfg=hi work={agent.root}/work/a" in line
     assert line[:4].isdigit() and "Z " in line  # timestamped
     assert oct((agent.root / "agent.sock").stat().st_mode & 0o777) == "0o660"
@@ -29,7 +29,7 @@ def test_update_restarts_only_what_changed_and_removal_cleans_up(agent: AgentPro
     wait_for(lambda: (agent.record("b").get("process") or {}).get("pid") not in (None, pid_b))
     assert agent.record("a")["process"]["pid"] == pid_a
     assert pid_b not in pids_with_marker(agent.root, "b")  # the old b is gone, not doubled
-    b_now = wait_for(lambda: pids_with_marker(agent.root, "b"), 5, "b's new processes")
+    b_now = wait_for(lambda: pids_with_marker(agent.root, "b"), 20, "b's new processes")
     a_now = pids_with_marker(agent.root, "a")
     assert pid_a in a_now
     agent.deploy(rc("a"))

@@ -26,7 +26,7 @@ from hedgerow.agent import settings as settings_
 from hedgerow.core import deployment, documents
 from hedgerow.core.documents import ComponentState as State
 from hedgerow.core.lifecycle import Event
-from tests.agent.conftest import AgentProcess, pids_with_marker, rc
+from tests.agent.conftest import AgentProcess, pids_with_marker, rc, remove_cgroups
 from tests.support.wait import wait_for
 
 Change = runtime.Change
@@ -145,6 +145,9 @@ def running(agent_home: pathlib.Path) -> Iterator[RunningAgent]:
         wait_for(lambda: not agent.states() and not pids_with_marker(agent.root), 20,
                  "everything removed")
         agent.stop()
+        # Its thing's own folder: a new name each test, so no later agent sweeps it
+        # (one hedgerow/gw-rt-*/ was left per run).
+        remove_cgroups(agent.thing)
 
 
 ECHO = "com.example.Echo"

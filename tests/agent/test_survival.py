@@ -106,7 +106,8 @@ def test_a_full_disk_is_survived_and_the_agent_converges_once_space_returns(
              "the agent meeting the full disk")
     # While full: the agent is alive and answers, the component logs into nothing but
     # runs on (its log writer did not die, so no SIGPIPE).
-    wait_for(lambda: "com.example.Ticker" in agent.cli("component", "list").stdout, 10,
+    # Each poll starts a CLI interpreter: 5.5 s of 10 on a loaded machine.
+    wait_for(lambda: "com.example.Ticker" in agent.cli("component", "list").stdout, 30,
              "the control socket answering")
     wait_passes(agent.root, 3)  # a while full: passes keep failing, the agent goes on
     assert agent.proc is not None and agent.proc.poll() is None

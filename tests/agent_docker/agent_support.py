@@ -64,8 +64,11 @@ class DockerAgent(agent_conftest.AgentProcess):
         super().start(env=env)
 
     def containers(self) -> list[Any]:
+        # ignore_removed: docker-py inspects each listed container, and one the agent
+        # removes in between (replaced, collected) would fail a poll with NotFound.
         return list(self.client.containers.list(
-            all=True, filters={"label": f"{container.LABEL_THING}={self.thing}"}))
+            all=True, filters={"label": f"{container.LABEL_THING}={self.thing}"},
+            ignore_removed=True))
 
     def container(self, name: str) -> Any:
         return self.client.containers.get(container.render_container_name(self.thing, name))

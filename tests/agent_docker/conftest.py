@@ -44,7 +44,7 @@ def made(docker_client: docker.DockerClient, thing: str) -> Iterator[Made]:
     made = Made()
     yield made
     labelled = docker_client.containers.list(
-        all=True, filters={"label": f"{container.LABEL_THING}={thing}"})
+        all=True, filters={"label": f"{container.LABEL_THING}={thing}"}, ignore_removed=True)
     for name in [c.name for c in labelled if c.name] + made.containers:
         with contextlib.suppress(docker.errors.NotFound):
             docker_client.containers.get(name).remove(force=True, v=True)

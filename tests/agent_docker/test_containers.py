@@ -16,6 +16,7 @@ from hedgerow.agent.containers import Backoff, ContainerRuntime
 from hedgerow.agent.dockererrors import PermanentError, TransientError
 from hedgerow.core import container
 from hedgerow.core.documents import ComponentState
+from tests.support import net
 from tests.support.wait import wait_for
 
 from .conftest import SLEEPER, ConfigMaker, Made, owned_images
@@ -251,14 +252,21 @@ def test_limits_are_visible_in_docker_inspect(
 def test_ports_bind_to_loopback(
     runtime: ContainerRuntime, make_config: ConfigMaker,
 ) -> None:
-    with socket.socket() as probe:  # a free port, so parallel runs do not collide
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = make_config(
-        command=["/bin/sh", "-c", "mkdir -p /tmp/www && echo up > /tmp/www/index.html && "
-                 "exec httpd -f -p 8080 -h /tmp/www"],
-        ports=[{"containerPort": 8080, "hostPort": port}])
-    runtime.apply(config)
+    for attempt in range(5):
+        port = net.free_port()  # held from other workers until docker-proxy binds it
+        config = make_config(
+            command=["/bin/sh", "-c", "mkdir -p /tmp/www && echo up > /tmp/www/index.html "
+                     "&& exec httpd -f -p 8080 -h /tmp/www"],
+            ports=[{"containerPort": 8080, "hostPort": port}])
+        try:
+            runtime.apply(config)
+            break
+        except (PermanentError, TransientError) as exc:
+            # Free a moment ago, bound since by another worker's server: another port.
+            if attempt == 4 or not any(taken in str(exc) for taken in (
+                    "already allocated", "address already in use")):
+                raise
+            runtime.remove(config.component, timeout=5)
 
     def fetch() -> bytes:
         """The whole answer (headers and body may come in separate reads), or b""."""

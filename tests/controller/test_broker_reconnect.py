@@ -16,6 +16,22 @@ from tests.support.mosquitto import Mosquitto
 from tests.support.wait import wait_for
 
 
+def _next_suback(client: controller_broker.Broker) -> threading.Event:
+    """Set once the broker acknowledges the client's next SUBSCRIBE. It subscribes in
+    its on-connect callback, after connect() may have returned: a report published
+    before the broker has the subscription has no subscriber and is dropped (seen on a
+    loaded machine: 200 published, fewer received, the wait for them timed out)."""
+    done = threading.Event()
+    inner = client.client.on_subscribe
+
+    def hook(*args: object) -> None:
+        inner(*args)
+        done.set()
+
+    client.client.on_subscribe = hook
+    return done
+
+
 def test_the_controller_rejoins_a_restarted_broker(broker: Mosquitto) -> None:
     got: list[tuple[str, bytes]] = []
     arrived = threading.Event()
@@ -27,17 +43,21 @@ def test_the_controller_rejoins_a_restarted_broker(broker: Mosquitto) -> None:
 
     client = controller_broker.Broker(controller_broker.BrokerSettings(broker.url),
                                       on_report)
+    subscribed = _next_suback(client)
     client.connect(10)
     try:
+        assert subscribed.wait(30), "the controller did not subscribe"
         port = broker.port
+        resubscribed = _next_suback(client)
         broker.stop()
         wait_for(lambda: not client._connected.is_set(), 10, "the client to see it gone")
         time.sleep(1.5)  # a few failed reconnects: the backoff grows, jittered
-        began = time.monotonic()
         broker.start(port=port)
+        began = time.monotonic()  # the broker's own start-up is not the client's backoff
         # Attempts so far waited 0.5-1, 1-2, (2-4) s: the next one comes within 4 s.
         assert client._connected.wait(8), "no reconnect within the backoff's steps"
         assert time.monotonic() - began < 8
+        assert resubscribed.wait(30), "the controller did not subscribe again"
         device = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="rc-dev",
                              protocol=mqtt.MQTTv5)
         device.connect("127.0.0.1", port)
@@ -73,7 +93,9 @@ def _reports_without_acks(generated: bool, expected: int) -> int:
     with _flow_control_broker(generated) as b:
         client = controller_broker.Broker(controller_broker.BrokerSettings(b.url),
                                           lambda thing, payload, ack: held.append(ack))
+        subscribed = _next_suback(client)
         client.connect(10)
+        assert subscribed.wait(30), "the controller did not subscribe"
         device = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="dev-flow",
                              protocol=mqtt.MQTTv5)
         device.connect("127.0.0.1", b.port)

@@ -107,7 +107,7 @@ def test_status_published_on_change_not_on_repeats(fleet: Fleet) -> None:
                                                 core_identity.DEVICE_CERT_DAYS)
     # The counter moves after paho hands the message over, which can be after the
     # broker already delivered it: wait for it rather than race it.
-    wait_for(lambda: conn.stats.published == 2, 5, "the connector to count two publishes")
+    wait_for(lambda: conn.stats.published == 2, 20, "the connector to count two publishes")
 
 
 def test_status_heartbeat(fleet: Fleet) -> None:

@@ -10,7 +10,6 @@ import os
 import pathlib
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ import pytest
 from stream_manager import StreamManagerClient
 
 from tests.agent.conftest import agent, agent_home  # noqa: F401 (fixtures for test_agent)
-from tests.support.net import LOOPBACK, free_port
+from tests.support import net
 from tests.support.procs import stop_group
 from tests.support.wait import wait_for
 
@@ -45,7 +44,7 @@ class StreamManager:
         program = ([str(SHIFTED_CLOCK), str(self.clock)] if self.clock is not None
                    else ["-m", "hedgerow.streams"])
         for _attempt in range(3):  # a free port may be taken before it binds: try another
-            self.port = free_port()
+            self.port = net.free_port()
             self.config["port"] = self.port
             logged = self.log.stat().st_size if self.log.exists() else 0
             with self.log.open("ab") as out:
@@ -65,11 +64,8 @@ class StreamManager:
         assert self.proc is not None
         if self.proc.poll() is not None:
             return "exited"
-        try:
-            socket.create_connection((LOOPBACK, self.port), timeout=1).close()
-        except OSError:
-            return None
-        return "listening"
+        # Ours, not whatever answers: another worker's server may hold the same port.
+        return "listening" if net.listens(self.proc.pid, self.port) else None
 
     def advance(self, seconds: float) -> None:
         """Move the stream manager's wall clock on (started with ``clock=True``)."""

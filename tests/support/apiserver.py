@@ -441,7 +441,10 @@ class ApiServer:
                 ],
                 self.etcd_log,
             )
-            if self._wait_http(self._etcd, f"{self.etcd_url}/health", None, b'"health":"true"'):
+            # Healthy and ours: another worker's etcd may answer on a port both were handed
+            # (ours then fails to bind), and this API server would store into that one.
+            if self._wait_http(self._etcd, f"{self.etcd_url}/health", None,
+                               b'"health":"true"') and net.listens(self._etcd.pid, client):
                 return
             last = _tail(self.etcd_log)
             _terminate(self._etcd.pid, self._etcd)

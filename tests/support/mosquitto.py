@@ -79,6 +79,7 @@ class Mosquitto:
         self.dir = directory or Path(tempfile.mkdtemp(prefix="hedgerow-mqtt-"))
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
+        self._held: socket.socket | None = None  # the port, while stopped (_hold)
         self._ca_key: ec.EllipticCurvePrivateKey | None = None
         self._ca_cert: x509.Certificate | None = None
 
@@ -191,6 +192,8 @@ class Mosquitto:
         if self.tls and self._ca_cert is None and self._external_config is None:
             self._make_ca()
         for _ in range(5):  # the free port may be taken in between; try another
+            if port is None:
+                self._release()
             self.port = port or net.free_port()
             conf = self.dir / "mosquitto.conf"
             conf.write_text(self._config())
@@ -199,11 +202,11 @@ class Mosquitto:
             )
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and self.proc.poll() is None:
-                try:
-                    with socket.create_connection((LOOPBACK, self.port), timeout=0.2):
-                        return
-                except OSError:
-                    time.sleep(0.05)
+                # Ours, not whatever answers: another worker's broker may hold the port.
+                if net.listens(self.proc.pid, self.port):
+                    self._release()
+                    return
+                time.sleep(0.05)
             self.stop()
         log = self.log.read_text() if self.log.exists() else ""
         raise RuntimeError(f"mosquitto did not start on {LOOPBACK}:\n{log[-2000:]}")
@@ -221,6 +224,28 @@ class Mosquitto:
                 proc.wait()
         if proc.stderr is not None:
             proc.stderr.close()
+        self._hold()
+
+    def _hold(self) -> None:
+        """Keep the stopped broker's port from other workers' free_port() until start()
+        on it again: tests stop a broker and restart it on the same port for clients to
+        reconnect to, and meanwhile the kernel may hand that free port to another
+        worker's bind(0). A bound, not listening, SO_REUSEADDR socket makes bind(0) skip
+        the port, and lets mosquitto (SO_REUSEADDR too) bind and listen on it."""
+        self._release()
+        held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            held.bind((LOOPBACK, self.port))
+        except OSError:  # taken already: start(port=) will say so
+            held.close()
+            return
+        self._held = held
+
+    def _release(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            held.close()
 
     def __enter__(self) -> Mosquitto:
         self.start()
@@ -233,6 +258,7 @@ class Mosquitto:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+        self._release()
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from tests.support import procs
+from tests.support import net, procs
 from tests.support.net import LOOPBACK, free_port
 from tests.support.wait import wait_for
 
@@ -42,14 +42,24 @@ class Prometheus:
             "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [target]}]}
                                for job, target in self.targets.items()],
         }))
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [self.binary, f"--config.file={self.config}",
-                 f"--storage.tsdb.path={self.directory / 'data'}",
-                 f"--web.listen-address={LOOPBACK}:{self.port}"],
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for(self._ready, 60, "prometheus to be ready")
-        return self
+        for attempt in range(3):
+            logged = self.log.stat().st_size if self.log.exists() else 0
+            with self.log.open("ab") as out:
+                self.proc = subprocess.Popen(
+                    [self.binary, f"--config.file={self.config}",
+                     f"--storage.tsdb.path={self.directory / 'data'}",
+                     f"--web.listen-address={LOOPBACK}:{self.port}"],
+                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                wait_for(self._ready, 60, "prometheus to be ready")
+                return self
+            except AssertionError:
+                procs.stop_group(self.proc)  # __exit__ does not run when __enter__ raises
+                # The free port was bound by another worker in between: another port.
+                if attempt == 2 or "address already in use" not in self.output()[logged:]:
+                    raise
+                self.port = free_port()
+        raise AssertionError("unreachable")
 
     def __exit__(self, *_: object) -> None:
         proc, self.proc = self.proc, None
@@ -58,6 +68,8 @@ class Prometheus:
     def _ready(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"prometheus exited:\n{self.output()[-3000:]}")
+        if self.proc is None or not net.listens(self.proc.pid, self.port):
+            return False  # not yet, or another worker's server answers on the port
         try:
             with urllib.request.urlopen(f"http://{LOOPBACK}:{self.port}/-/ready",
                                         timeout=2) as r:
