@@ -106,9 +106,12 @@ def run(ipc: GreengrassCoreIPCClientV2, command: dict[str, object]) -> None:
             note(event="published", topic=command["topic"], tag=command.get("tag"))
         elif op == "publish_many":
             count, size = int(command["count"]), int(command["size"])  # type: ignore[call-overload]
+            rate = float(command.get("rate") or 0)  # type: ignore[arg-type]  # per second; 0: flat out
             began = time.monotonic()
             futures = []
             for i in range(count):
+                if rate and (ahead := began + i / rate - time.monotonic()) > 0:
+                    time.sleep(ahead)
                 data = i.to_bytes(4, "big") + b"x" * (size - 4)
                 futures.append(ipc.publish_to_topic_async(
                     topic=str(command["topic"]), publish_message=model.PublishMessage(
