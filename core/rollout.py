@@ -87,10 +87,15 @@ def plan_next_window(
     now: datetime.datetime,
     window: datetime.timedelta = MINUTE,
 ) -> datetime.datetime:
-    """The next tick, when the allowance may next grow (the controller sleeps until then)."""
+    """The next tick at which the allowance may grow (the controller sleeps until then).
+    A fixed rate below ``TICKS`` a minute grows at some ticks only (1 a minute: at each
+    window's first): the ticks in between are skipped, not woken for. An exponential
+    rate depends on counts this does not see: every tick."""
     index, tick = _position(started, now, window)
-    if tick + 1 < TICKS:
-        return started + index * window + (tick + 1) * (window / TICKS)
+    rate = rollout.maximum_per_minute
+    for later in range(tick + 1, TICKS):
+        if rate is None or _share(rate, later) > _share(rate, tick):
+            return started + index * window + later * (window / TICKS)
     return started + (index + 1) * window
 
 

@@ -44,8 +44,9 @@ def test_maximum_per_minute(fields: dict[str, Any], minutes: float, targeted: in
 
 
 def _ticks(window: datetime.timedelta, windows: int) -> list[datetime.datetime]:
-    """Every tick of the first ``windows`` windows, found by following plan_next_window."""
-    r = spec(maximumPerMinute=1)
+    """Every tick of the first ``windows`` windows, found by following plan_next_window
+    (at 12 a minute the allowance grows at every tick)."""
+    r = spec(maximumPerMinute=rollout.TICKS)
     ticks = [T0]
     while ticks[-1] < T0 + windows * window:
         ticks.append(rollout.plan_next_window(r, T0, ticks[-1], window))
@@ -93,6 +94,27 @@ def test_any_sliding_minute_admits_at_most_the_rate(rate: int,
 def test_next_tick(minutes: float, expected: float) -> None:
     got = rollout.plan_next_window(spec(maximumPerMinute=10), T0, at(minutes))
     assert abs((got - at(expected)).total_seconds()) < 1e-3
+
+
+@pytest.mark.parametrize(("rate", "wakes_per_window"), [
+    (1, 1), (2, 2), (5, 5), (6, 6), (11, 11), (12, 12), (13, 12), (1000, 12)])
+def test_a_slow_rate_wakes_only_when_its_allowance_grows(rate: int,
+                                                         wakes_per_window: int) -> None:
+    r = spec(maximumPerMinute=rate)
+    counts = rollout.Counts(targeted=10**9)
+    wakes = [T0]
+    while wakes[-1] < T0 + 3 * rollout.MINUTE:
+        wakes.append(rollout.plan_next_window(r, T0, wakes[-1]))
+    wakes = wakes[:-1]
+    assert len(wakes) == 3 * wakes_per_window
+    allowed = [rollout.plan_allowance(r, T0, t, counts) for t in wakes]
+    # Each wake admits more than the one before, and nothing grows between two wakes:
+    # the allowance a microsecond before a wake is the previous wake's.
+    assert all(a < b for a, b in itertools.pairwise(allowed))
+    before = [rollout.plan_allowance(r, T0, t - datetime.timedelta(microseconds=1), counts)
+              for t in wakes[1:]]
+    assert before == allowed[:-1]
+    assert allowed[-1] == 3 * rate  # the last growth of the third window: its whole rate
 
 
 def _window_ends(r: deployment.Rollout, counts: rollout.Counts, n: int) -> list[int]:
