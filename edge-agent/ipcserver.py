@@ -162,12 +162,11 @@ class Call:
     # The connection's earlier decisions, (service, operation, resource) -> allowed: a
     # connection's caller, and so its policies, never change (Server.refresh closes the
     # connections whose component changed), so a decision holds as long as it is open.
-    decisions: dict[tuple[str, str, str], bool] | None = None
+    decisions: dict[tuple[str, str, str], bool] = dataclasses.field(default_factory=dict)
 
     def authorize(self, service: str, resource: str) -> None:
         """Raise the UnauthorizedError naming the policy to write, unless one allows it."""
-        key = (service, self.operation, resource)
-        decisions = self.decisions if self.decisions is not None else {}
+        key, decisions = (service, self.operation, resource), self.decisions
         allowed = decisions.get(key)
         if allowed is None:
             allowed = accesscontrol.is_allowed(self.caller.policies, service,

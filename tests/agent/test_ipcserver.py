@@ -212,3 +212,56 @@ def test_authorization_decisions_are_remembered_per_connection_and_bounded() -> 
     for i in range(3 * ipcserver._DECISIONS):
         call.authorize(accesscontrol.PUBSUB, f"ok/{i}")
         assert len(decisions) <= ipcserver._DECISIONS
+
+
+def test_a_revoked_policy_ends_what_an_open_connection_remembered(
+        tmp_path: pathlib.Path) -> None:
+    """The attacker keeps a connection open after its access was taken away, hoping the
+    connection's remembered "allowed" outlives the policy: the agent's pass (refresh)
+    closes the connection, and a new one with the same token is refused."""
+    allowing = accesscontrol.resolve_policies("c", {"accessControl": {accesscontrol.PUBSUB: {
+        "p": {"operations": ["*"], "resources": ["ok/*"]}}}})
+    policies = {"now": allowing}
+
+    def changing(token: str) -> ipcserver.Caller | None:
+        return ipcserver.Caller("c", token, policies["now"]) if token == TOKEN else None
+
+    async def main() -> None:
+        server = ipcserver.Server(tmp_path / "ipc" / "ipc.sock", changing,
+                                  pubsub.operations(pubsub.Bus()))
+        await server.start()
+        try:
+            p = Peer(*await asyncio.open_unix_connection(str(server.path)))
+            await p.connect()
+            p.call(1, pubsub.PUBLISH, {"topic": "ok/a", "publishMessage": {
+                "jsonMessage": {"message": 1}}})
+            answer = await p.receive()
+            assert answer is not None and answer.type is es.MessageType.APPLICATION_MESSAGE
+            policies["now"] = accesscontrol.resolve_policies("c", {})  # revoked
+            server.refresh()
+            assert await p.closed()
+            q = Peer(*await asyncio.open_unix_connection(str(server.path)))
+            await q.connect()
+            q.call(1, pubsub.PUBLISH, {"topic": "ok/a", "publishMessage": {
+                "jsonMessage": {"message": 2}}})
+            refused = await q.receive()
+            assert refused is not None and refused.type is es.MessageType.APPLICATION_ERROR
+            assert refused.header(es.SERVICE_MODEL_TYPE) == ipcserver.UNAUTHORIZED
+        finally:
+            server.close()
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("forged", [
+    'QUFB","context":{"topic":"someone/else"}}}',  # closes the string, forges the context
+    'QUFB\\"', "QUFB\n", "QU FB",
+])
+def test_a_binary_message_cannot_write_into_the_event_around_it(forged: str) -> None:
+    """The event of a binary message is put together by hand, not by the JSON encoder:
+    what is not base64 is refused before it could close the string it lands in."""
+    call = ipcserver.Call(ipcserver.Caller("c", TOKEN, POLICIES), pubsub.PUBLISH,
+                          {"topic": "t", "publishMessage": {"binaryMessage": {
+                              "message": forged}}})
+    with pytest.raises(ipcserver.RefusalError) as refused:
+        pubsub._event_of(call, "t")
+    assert refused.value.model == ipcserver.INVALID_ARGUMENTS
